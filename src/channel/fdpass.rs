@@ -1,0 +1,174 @@
+//! The channel's transport: a nonblocking `SOCK_SEQPACKET` socket carrying
+//! one frame per datagram, with descriptors attached as `SCM_RIGHTS`.
+//!
+//! Sends never block: a full socket buffer is `WouldBlock`, which the front
+//! takes as "this worker is busy, pick another". Received descriptors are
+//! `OwnedFd`s, marked close-on-exec by the kernel as they arrive.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg,
+    sendmsg, socketpair,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::{MAX_FDS, MAX_FRAME};
+
+/// Make a channel: two connected, nonblocking, close-on-exec sockets.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    Ok((a, b))
+}
+
+/// Ensure a descriptor (for example one inherited by a worker) is in
+/// nonblocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, true)?;
+    Ok(())
+}
+
+/// Send one frame and its descriptors without blocking.
+pub fn send_raw(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let iov = [io::IoSlice::new(frame)];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        let fds = &fds[..fds.len().min(MAX_FDS)];
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("descriptor batch does not fit"));
+        }
+    }
+    let sent = sendmsg(
+        sock,
+        &iov,
+        &mut control,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?;
+    if sent != frame.len() {
+        // SEQPACKET sends are atomic; a short send would be a kernel bug.
+        return Err(io::Error::other("short send on a seqpacket socket"));
+    }
+    Ok(())
+}
+
+/// What one receive produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A frame of this many bytes (at the front of the buffer).
+    Frame(usize),
+    /// The peer closed its end.
+    Closed,
+}
+
+/// Receive one frame without blocking. Descriptors it carried are appended
+/// to `fds`. A frame or descriptor list cut short by the kernel is an error
+/// (the descriptors that did arrive are still returned, to be closed).
+pub fn recv_raw(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8; MAX_FRAME],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Received> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg(
+        sock,
+        &mut iov,
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for cmsg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = cmsg {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::other(
+            "descriptors were dropped in transit (out of file descriptors?)",
+        ));
+    }
+    if msg.flags.contains(ReturnFlags::TRUNC) {
+        return Err(io::Error::other("frame larger than the channel limit"));
+    }
+    if msg.bytes == 0 {
+        // We never send empty frames, so a zero-length read is end of stream.
+        return Ok(Received::Closed);
+    }
+    Ok(Received::Frame(msg.bytes))
+}
+
+/// A channel end registered with the tokio reactor.
+pub struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Channel {
+    /// Register a nonblocking channel end. Must run inside a tokio runtime.
+    pub fn new(fd: OwnedFd) -> io::Result<Channel> {
+        set_nonblocking(fd.as_fd())?;
+        Ok(Channel {
+            fd: crate::sys::register(fd, Interest::READABLE | Interest::WRITABLE)?,
+        })
+    }
+
+    /// Send now or fail with `WouldBlock`.
+    pub fn try_send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        send_raw(self.fd.get_ref().as_fd(), frame, fds)
+    }
+
+    /// Send, waiting for room in the socket buffer.
+    pub async fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| send_raw(fd.get_ref().as_fd(), frame, fds)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Wait until the socket buffer has room again.
+    pub async fn writable(&self) -> io::Result<()> {
+        let mut guard = self.fd.writable().await?;
+        guard.retain_ready();
+        Ok(())
+    }
+
+    /// Receive one frame, waiting for it.
+    pub async fn recv(
+        &self,
+        buf: &mut [u8; MAX_FRAME],
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<Received> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recv_raw(fd.get_ref().as_fd(), buf, fds)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receive one frame if one is queued (`WouldBlock` otherwise).
+    pub fn try_recv(
+        &self,
+        buf: &mut [u8; MAX_FRAME],
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<Received> {
+        recv_raw(self.fd.get_ref().as_fd(), buf, fds)
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}

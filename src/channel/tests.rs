@@ -1,0 +1,255 @@
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use super::fdpass::{self, Received};
+use super::*;
+
+fn sample_config() -> WorkerConfig {
+    WorkerConfig {
+        connect_timeout: Duration::from_millis(1500),
+        idle_timeout: Duration::from_secs(300),
+        drain_timeout: Duration::from_secs(30),
+        splice: true,
+        backends: vec![
+            BackendEntry {
+                id: 0,
+                addr: "10.0.0.5:80".parse().unwrap(),
+                routable: true,
+            },
+            BackendEntry {
+                id: 7,
+                addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 8443),
+                routable: false,
+            },
+        ],
+    }
+}
+
+fn sample_events() -> Vec<Event> {
+    vec![
+        Event::Opened {
+            planned: 1,
+            backend: 2,
+            connect_time: Duration::from_micros(250),
+        },
+        Event::ConnectFailed {
+            backend: 1,
+            reason: FailReason::Refused,
+        },
+        Event::Closed {
+            backend: 2,
+            opened: true,
+            client: "127.0.0.9".parse().unwrap(),
+            duration: Duration::from_millis(12),
+        },
+        Event::Closed {
+            backend: 1,
+            opened: false,
+            client: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            duration: Duration::ZERO,
+        },
+        Event::Bytes {
+            backend: 2,
+            up: 10,
+            down: u64::MAX,
+        },
+    ]
+}
+
+#[test]
+fn down_messages_round_trip() {
+    let msgs = [
+        Down::Config(sample_config()),
+        Down::Conns(vec![
+            Handoff {
+                conn: 1,
+                backend: 0,
+            },
+            Handoff {
+                conn: u64::MAX,
+                backend: 7,
+            },
+        ]),
+        Down::Conns(vec![]),
+        Down::Drain {
+            timeout: Duration::from_secs(30),
+        },
+    ];
+    let mut buf = Vec::new();
+    for msg in msgs {
+        msg.encode(&mut buf).unwrap();
+        assert_eq!(Down::decode(&buf).unwrap(), msg);
+    }
+}
+
+#[test]
+fn up_messages_round_trip() {
+    let mut buf = Vec::new();
+    for msg in [Up::Ready { pid: 4242 }, Up::Events(sample_events())] {
+        msg.encode(&mut buf).unwrap();
+        assert_eq!(Up::decode(&buf).unwrap(), msg);
+    }
+}
+
+#[test]
+fn encoded_events_fit_the_declared_maximum() {
+    let mut buf = Vec::new();
+    for ev in sample_events() {
+        Up::Events(vec![ev]).encode(&mut buf).unwrap();
+        assert!(
+            buf.len() - 4 <= EVENT_MAX_LEN,
+            "{ev:?} took {}",
+            buf.len() - 4
+        );
+    }
+    Down::encode_conns(
+        &[Handoff {
+            conn: 1,
+            backend: 2,
+        }],
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(buf.len() - 4, HANDOFF_LEN);
+}
+
+#[test]
+fn malformed_frames_are_errors_naming_the_problem() {
+    assert_eq!(Down::decode(&[]), Err(FrameError::Empty));
+    assert_eq!(Down::decode(&[9, 1]), Err(FrameError::Version(9)));
+    assert_eq!(Down::decode(&[VERSION, 0x55]), Err(FrameError::Kind(0x55)));
+    assert_eq!(
+        Up::decode(&[VERSION, 0x81, 1, 2]),
+        Err(FrameError::Truncated("pid"))
+    );
+    assert_eq!(
+        Up::decode(&[VERSION, 0x81, 1, 2, 3, 4, 5]),
+        Err(FrameError::Trailing(1))
+    );
+    // A count larger than the kernel's descriptor limit per frame.
+    assert!(matches!(
+        Down::decode(&[VERSION, 0x02, 0xff, 0xff]),
+        Err(FrameError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn every_truncation_of_a_valid_frame_is_rejected() {
+    let mut buf = Vec::new();
+    Down::Config(sample_config()).encode(&mut buf).unwrap();
+    for len in 0..buf.len() {
+        assert!(
+            Down::decode(&buf[..len]).is_err(),
+            "prefix of {len} bytes parsed"
+        );
+    }
+    Up::Events(sample_events()).encode(&mut buf).unwrap();
+    for len in 0..buf.len() {
+        assert!(
+            Up::decode(&buf[..len]).is_err(),
+            "prefix of {len} bytes parsed"
+        );
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    // Deterministic xorshift so a failure is reproducible.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut valid = Vec::new();
+    Up::Events(sample_events()).encode(&mut valid).unwrap();
+    for round in 0..20_000 {
+        let len = (next() % 300) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 2 == 0 && len >= 2 {
+            // Keep a plausible header so decoding goes deeper.
+            frame[0] = VERSION;
+            frame[1] = [0x01, 0x02, 0x03, 0x81, 0x82][(next() % 5) as usize];
+        }
+        if round % 5 == 0 {
+            // Flip bytes of a valid frame.
+            frame = valid.clone();
+            let i = (next() as usize) % frame.len();
+            frame[i] ^= next() as u8 | 1;
+        }
+        let _ = Down::decode(&frame);
+        let _ = Up::decode(&frame);
+    }
+}
+
+#[test]
+fn descriptors_travel_with_their_frame() {
+    let (front, worker) = fdpass::pair().unwrap();
+    // Two connected socket pairs stand in for client connections.
+    let (mut a_local, a_remote) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut b_local, b_remote) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut frame = Vec::new();
+    let handoffs = [
+        Handoff {
+            conn: 1,
+            backend: 3,
+        },
+        Handoff {
+            conn: 2,
+            backend: 4,
+        },
+    ];
+    Down::encode_conns(&handoffs, &mut frame).unwrap();
+    fdpass::send_raw(front.as_fd(), &frame, &[a_remote.as_fd(), b_remote.as_fd()]).unwrap();
+    drop((a_remote, b_remote)); // the only copies left are in flight
+
+    let mut buf = Box::new([0u8; MAX_FRAME]);
+    let mut fds = Vec::new();
+    let got = fdpass::recv_raw(worker.as_fd(), &mut buf, &mut fds).unwrap();
+    let Received::Frame(n) = got else {
+        panic!("expected a frame")
+    };
+    assert_eq!(
+        Down::decode(&buf[..n]).unwrap(),
+        Down::Conns(handoffs.to_vec())
+    );
+    assert_eq!(fds.len(), 2);
+    // The received descriptors are the same connections.
+    let mut a = std::os::unix::net::UnixStream::from(fds.remove(0));
+    let mut b = std::os::unix::net::UnixStream::from(fds.remove(0));
+    a.write_all(b"to-a").unwrap();
+    b.write_all(b"to-b").unwrap();
+    let mut got = [0u8; 4];
+    a_local.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-a");
+    b_local.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-b");
+
+    // Nothing more queued, then end of stream once the front end closes.
+    let err = fdpass::recv_raw(worker.as_fd(), &mut buf, &mut fds).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    drop(front);
+    assert_eq!(
+        fdpass::recv_raw(worker.as_fd(), &mut buf, &mut fds).unwrap(),
+        Received::Closed
+    );
+}
+
+#[test]
+fn a_full_channel_refuses_instead_of_blocking() {
+    let (front, _worker) = fdpass::pair().unwrap();
+    let frame = vec![VERSION; 4096];
+    let mut sent = 0;
+    let err = loop {
+        match fdpass::send_raw(front.as_fd(), &frame, &[]) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 1_000_000, "channel never filled up");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(sent > 0);
+}

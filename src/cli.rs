@@ -1,0 +1,270 @@
+//! Command-line definitions (clap). Only the shape of the flags lives here;
+//! turning them into a validated [`crate::config::Config`] is `config`'s job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::PolicyName;
+
+const ABOUT: &str = "A userspace L4 TCP load-balancing proxy with per-core worker processes";
+
+const LONG_ABOUT: &str = "\
+rrproxy is a userspace L4 (TCP) load-balancing proxy. One front process owns \
+the listening sockets, accepts every connection and hands its file descriptor \
+(over SCM_RIGHTS) to one of N worker processes, one per core. Workers proxy \
+each connection to unmodified backends. The balancing policy (round-robin, \
+least-conn, sticky) can be changed while running, and a Prometheus endpoint \
+shows how connections spread across workers and backends.";
+
+const AFTER_LONG_HELP: &str = "\
+EXAMPLES:
+    rrproxy --listen 0.0.0.0:80 --backend 10.0.0.5:80 --backend 10.0.0.6:80
+    rrproxy --workers auto --policy sticky --backend app1:8080 --backend app2:8080,weight=3
+    rrproxy --config /etc/rrproxy/rrproxy.toml
+    rrproxy ctl workers
+    rrproxy ctl policy least-conn
+    rrproxy demo
+
+SIGNALS:
+    SIGTERM, SIGINT   stop accepting, finish connections in flight (up to
+                      --drain-timeout), then exit 0
+    SIGHUP            re-read --config and apply policy and backend changes
+    SIGUSR2           restart the workers one at a time (no connection lost)
+
+EXIT STATUS:
+    0 after a clean shutdown; 1 on a startup error (bad flag or config file,
+    address in use, unresolvable backend) or when no worker can run; 2 on a
+    command-line usage error.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rrproxy",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    args_conflicts_with_subcommands = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Talk to a running rrproxy through its control socket.
+    Ctl(CtlArgs),
+    /// Start three built-in HTTP backends and a proxy in front of them.
+    Demo(DemoArgs),
+    /// Validate the flags and config file, print the result, and exit.
+    Check(CheckArgs),
+    /// Internal: run as a worker process (started by the front).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Everything that configures the proxy. Every field is optional here so
+/// that a config file can supply it; flags override the file.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Proxy")]
+pub struct ProxyArgs {
+    /// Address to accept client connections on (repeatable). [default: 0.0.0.0:8080]
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Backend server as HOST:PORT, [IPV6]:PORT or NAME:PORT, optionally
+    /// followed by ",weight=N" (repeatable; at least one is required).
+    #[arg(short, long = "backend", value_name = "ADDR")]
+    pub backend: Vec<String>,
+
+    /// Number of worker processes, or "auto" for one per available core. [default: auto]
+    #[arg(short, long, value_name = "N|auto")]
+    pub workers: Option<String>,
+
+    /// How to choose a worker and a backend for each connection. [default: round-robin]
+    #[arg(short, long, value_enum, value_name = "NAME")]
+    pub policy: Option<PolicyName>,
+
+    /// Serve Prometheus metrics on ADDR (/metrics), or "off". [default: 127.0.0.1:9898]
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics: Option<String>,
+
+    /// Control socket path, or "off". [default: $XDG_RUNTIME_DIR/rrproxy.sock,
+    /// /run/rrproxy.sock as root, else /tmp/rrproxy-$UID.sock]
+    #[arg(long, value_name = "PATH|off")]
+    pub control: Option<String>,
+
+    /// TOML config file; flags given on the command line override it.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Timeouts, limits and health checks.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Timeouts and limits")]
+pub struct TuningArgs {
+    /// Give up connecting to a backend after this long (e.g. 5s, 500ms). [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Close a connection on which no byte moved in either direction for
+    /// this long. [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// On shutdown or worker restart, how long connections in flight may
+    /// take to finish before they are cut. [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+
+    /// Listen backlog: connections the kernel queues while workers are busy. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+
+    /// Most connections proxied at once; beyond it new clients wait in the
+    /// kernel backlog instead of being accepted. [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<u64>,
+
+    /// Most connections one worker proxies at once. [default: what its file
+    /// descriptor limit allows]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_worker: Option<u64>,
+
+    /// Most connections at once from one client IP; more are refused
+    /// (closed) so one noisy client cannot crowd out the others. [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+
+    /// Actively check every backend with a TCP connect this often, or "off".
+    /// Workers' connect failures also count as failed checks. [default: 2s]
+    #[arg(long, value_name = "DURATION|off")]
+    pub health_interval: Option<String>,
+
+    /// A health check connect that takes longer than this fails. [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+
+    /// Consecutive good checks that bring a down backend back up. [default: 2]
+    #[arg(long, value_name = "N")]
+    pub rise: Option<u32>,
+
+    /// Consecutive failed checks that mark a backend down. [default: 3]
+    #[arg(long, value_name = "N")]
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+impl LogArgs {
+    /// The tracing level these flags ask for.
+    pub fn level(&self) -> tracing::Level {
+        use tracing::Level;
+        match (self.verbose, self.quiet) {
+            (0, 0) => Level::INFO,
+            (1, _) => Level::DEBUG,
+            (v, _) if v >= 2 => Level::TRACE,
+            (_, 1) => Level::WARN,
+            _ => Level::ERROR,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// Control socket of the running rrproxy. [default: as for rrproxy --control]
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The command and its arguments, e.g. `status`, `workers`,
+    /// `policy sticky`, `backend add 10.0.0.7:80`. `help` lists them all.
+    #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the demo proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+
+    /// Where the demo serves metrics.
+    #[arg(long, default_value = "127.0.0.1:9898", value_name = "ADDR")]
+    pub metrics: String,
+
+    /// Worker processes for the demo proxy.
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    pub workers: String,
+
+    /// Balancing policy for the demo proxy.
+    #[arg(long, value_enum, default_value_t = PolicyName::RoundRobin)]
+    pub policy: PolicyName,
+
+    /// Control socket for the demo proxy. [default: as for rrproxy --control]
+    #[arg(long, value_name = "PATH|off")]
+    pub control: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Worker slot number (0..N-1).
+    #[arg(long)]
+    pub slot: usize,
+    /// Inherited descriptor of this worker's end of the channel.
+    #[arg(long)]
+    pub channel_fd: i32,
+}
+
+/// Parse a human duration such as `5s`, `500ms`, `2m`, or a bare number of
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration like 5s, 500ms or 2m ({e})"))
+}

@@ -1,0 +1,186 @@
+//! `rrproxy ctl`: send one command to a running proxy and print the reply.
+//! Also the table renderers, shared with the server's plain-text replies.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{BackendRow, Status, WorkerRow};
+
+/// Why `ctl` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach rrproxy at {path}: {source} (is it running? is --control right?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Send `words` (plus `--json` if asked) and return the reply text. An
+/// `error:` reply becomes `CtlError::Refused`.
+pub fn run(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+    let p = path.display().to_string();
+    let io = |source| CtlError::Io {
+        path: p.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
+        path: p.clone(),
+        source,
+    })?;
+    // A rolling restart replies when it is done; everything else at once.
+    let slow = words.first().is_some_and(|w| w == "reload");
+    let timeout = if slow {
+        None
+    } else {
+        Some(Duration::from_secs(30))
+    };
+    stream.set_read_timeout(timeout).map_err(io)?;
+    let mut line = words.join(" ");
+    if json {
+        line.push_str(" --json");
+    }
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut reply = String::new();
+    loop {
+        let mut l = String::new();
+        let n = reader.read_line(&mut l).map_err(io)?;
+        if n == 0 || l == "\n" {
+            break;
+        }
+        reply.push_str(&l);
+    }
+    let reply = reply.trim_end().to_string();
+    let is_error = reply.starts_with("error:") || (json && reply.starts_with("{\"error\""));
+    if is_error {
+        let msg = reply.strip_prefix("error: ").unwrap_or(&reply).to_string();
+        return Err(CtlError::Refused(msg));
+    }
+    Ok(reply)
+}
+
+/// Render rows as an aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+pub fn render_status(s: &Status) -> String {
+    format!(
+        "rrproxy {version} pid {pid}, up {uptime}s\n\
+         policy       {policy}\n\
+         listen       {listen}\n\
+         metrics      {metrics}\n\
+         workers      {wu}/{w} up{rolling}\n\
+         backends     {bu}/{b} up\n\
+         connections  {active} active, {total} total, {pending} pending\n\
+         accepting    {accepting}",
+        version = s.version,
+        pid = s.pid,
+        uptime = s.uptime_seconds,
+        policy = s.policy,
+        listen = s.listen.join(", "),
+        metrics = s
+            .metrics
+            .as_deref()
+            .map_or("off".to_string(), |m| format!("http://{m}/metrics")),
+        wu = s.workers_up,
+        w = s.workers,
+        rolling = if s.rolling_restart {
+            " (rolling restart in progress)"
+        } else {
+            ""
+        },
+        bu = s.backends_up,
+        b = s.backends,
+        active = s.active_connections,
+        total = s.total_connections,
+        pending = s.pending_connections,
+        accepting = if s.accepting { "yes" } else { "no (paused)" },
+    )
+}
+
+pub fn render_workers(rows: &[WorkerRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut state = r.state.to_string();
+            if !r.draining_pids.is_empty() {
+                let pids: Vec<String> = r.draining_pids.iter().map(u32::to_string).collect();
+                state.push_str(&format!(" (draining {})", pids.join(",")));
+            }
+            vec![
+                r.slot.to_string(),
+                r.pid.map_or("-".into(), |p| p.to_string()),
+                state,
+                r.active.to_string(),
+                r.total.to_string(),
+                r.restarts.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["SLOT", "PID", "STATE", "ACTIVE", "TOTAL", "RESTARTS"],
+        &body,
+    )
+}
+
+pub fn render_backends(rows: &[BackendRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.address.clone(),
+                r.state.to_string(),
+                r.weight.to_string(),
+                r.active.to_string(),
+                r.total.to_string(),
+                r.failures.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["BACKEND", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES"],
+        &body,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+}

@@ -1,0 +1,287 @@
+//! Control commands: parsing a line, doing it against the front, and
+//! rendering the reply as a table or as JSON.
+
+use serde::Serialize;
+
+use crate::config::parse_backend;
+use crate::front::{Admin, Front, Shared};
+use crate::policy::PolicyName;
+use crate::supervisor::Role;
+
+const HELP: &str = "\
+commands (add --json to any of the first four for JSON):
+  status                         proxy summary
+  workers                        worker slots: pid, state, connections
+  backends                       backends: state, weight, connections, failures
+  policy [NAME]                  show, or switch to round-robin|least-conn|sticky
+  backend add ADDR[,weight=N]    add a backend
+  backend remove ADDR            drain a backend, then remove it
+  backend enable|disable ADDR    take a backend in or out of rotation
+  drain ADDR                     same as backend disable: no new connections,
+                                 existing ones finish; undo with backend enable
+  reload                         restart the workers one at a time
+  config reload                  re-read the config file (like SIGHUP)
+  help                           this text
+  quit                           close the connection";
+
+/// `status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub policy: PolicyName,
+    pub listen: Vec<String>,
+    pub metrics: Option<String>,
+    pub workers: usize,
+    pub workers_up: usize,
+    pub backends: usize,
+    pub backends_up: usize,
+    pub active_connections: u64,
+    pub total_connections: u64,
+    pub pending_connections: usize,
+    pub accepting: bool,
+    pub rolling_restart: bool,
+}
+
+/// One row of `workers`.
+#[derive(Debug, Serialize)]
+pub struct WorkerRow {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: &'static str,
+    pub active: u64,
+    pub total: u64,
+    pub restarts: u64,
+    /// Older processes of this slot still finishing their connections.
+    pub draining_pids: Vec<u32>,
+}
+
+/// One row of `backends`.
+#[derive(Debug, Serialize)]
+pub struct BackendRow {
+    pub address: String,
+    pub resolved: String,
+    pub state: &'static str,
+    pub weight: u32,
+    pub active: u64,
+    pub total: u64,
+    pub failures: u64,
+}
+
+impl serde::Serialize for PolicyName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+pub fn status(f: &Front) -> Status {
+    let cfg = f.config.load();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        uptime_seconds: f.started.elapsed().as_secs(),
+        policy: f.policy.name(),
+        listen: f.listen_addrs.iter().map(|a| a.to_string()).collect(),
+        metrics: f.metrics_addr.map(|a| a.to_string()),
+        workers: cfg.workers,
+        workers_up: f.slots.iter().filter(|s| s.serving().is_some()).count(),
+        backends: f.backends.list.len(),
+        backends_up: f.backends.views.iter().filter(|v| v.routable).count(),
+        active_connections: f.worker_views.iter().map(|w| w.active).sum(),
+        total_connections: f.slots.iter().map(|s| s.handed).sum(),
+        pending_connections: f.pending.len(),
+        accepting: !f.paused,
+        rolling_restart: f.rolling,
+    }
+}
+
+pub fn workers(f: &Front) -> Vec<WorkerRow> {
+    f.slots
+        .iter()
+        .map(|s| WorkerRow {
+            slot: s.index,
+            pid: s
+                .serving()
+                .or_else(|| s.procs.iter().find(|p| p.role == Role::Starting))
+                .map(|p| p.pid),
+            state: s.state(),
+            active: f.worker_views[s.index].active,
+            total: s.handed,
+            restarts: s.restarts,
+            draining_pids: s
+                .procs
+                .iter()
+                .filter(|p| p.role == Role::Retiring)
+                .map(|p| p.pid)
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn backends(f: &Front) -> Vec<BackendRow> {
+    f.backends
+        .list
+        .iter()
+        .zip(&f.backends.views)
+        .map(|(b, v)| BackendRow {
+            address: b.spec.name.clone(),
+            resolved: b.spec.addr.to_string(),
+            state: match (b.admin, b.healthy) {
+                (Admin::Draining, _) => "draining",
+                (Admin::Disabled, _) => "disabled",
+                (Admin::Enabled, true) => "up",
+                (Admin::Enabled, false) => "down",
+            },
+            weight: b.spec.weight,
+            active: v.active,
+            total: b.total,
+            failures: b.failures,
+        })
+        .collect()
+}
+
+/// Run one command line and return the reply text (without the final
+/// empty line).
+pub async fn execute(front: &Shared, line: &str) -> String {
+    let mut words: Vec<&str> = line.split_whitespace().collect();
+    let json = words.last() == Some(&"--json");
+    if json {
+        words.pop();
+    }
+    let result = run(front, &words, json).await;
+    match (result, json) {
+        (Ok(text), _) => text,
+        (Err(msg), true) => serde_json::json!({ "error": msg }).to_string(),
+        (Err(msg), false) => format!("error: {msg}"),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, String> {
+    serde_json::to_string(value).map_err(|e| format!("cannot encode reply: {e}"))
+}
+
+fn ok_json(json: bool, msg: String) -> Result<String, String> {
+    if json {
+        to_json(&serde_json::json!({ "ok": msg }))
+    } else {
+        Ok(msg)
+    }
+}
+
+async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, String> {
+    match words {
+        ["help"] => Ok(HELP.to_string()),
+        ["status"] => {
+            let s = status(&front.borrow());
+            if json {
+                to_json(&s)
+            } else {
+                Ok(super::client::render_status(&s))
+            }
+        }
+        ["workers"] => {
+            let rows = workers(&front.borrow());
+            if json {
+                to_json(&rows)
+            } else {
+                Ok(super::client::render_workers(&rows))
+            }
+        }
+        ["backends"] => {
+            let rows = backends(&front.borrow());
+            if json {
+                to_json(&rows)
+            } else {
+                Ok(super::client::render_backends(&rows))
+            }
+        }
+        ["policy"] => {
+            let name = front.borrow().policy.name();
+            if json {
+                to_json(&serde_json::json!({ "policy": name }))
+            } else {
+                Ok(name.to_string())
+            }
+        }
+        ["policy", name] => {
+            let name: PolicyName = name.parse()?;
+            let old = front.borrow_mut().set_policy(name);
+            ok_json(json, format!("policy {old} -> {name}"))
+        }
+        ["backend", "add", spec] => {
+            let spec = spec.to_string();
+            // Resolve off the event loop: a slow DNS server must not stall it.
+            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let name = parsed.to_string();
+            front
+                .borrow_mut()
+                .add_backend(parsed)
+                .map_err(|e| e.to_string())?;
+            ok_json(json, format!("backend {name} added"))
+        }
+        ["backend", "remove", name] => {
+            front
+                .borrow_mut()
+                .remove_backend(name)
+                .map_err(|e| e.to_string())?;
+            ok_json(
+                json,
+                format!("backend {name} draining; removed when its connections end"),
+            )
+        }
+        ["backend", "enable", name] => {
+            front
+                .borrow_mut()
+                .set_backend_enabled(name, true)
+                .map_err(|e| e.to_string())?;
+            ok_json(json, format!("backend {name} enabled"))
+        }
+        ["backend", "disable", name] | ["drain", name] => {
+            front
+                .borrow_mut()
+                .set_backend_enabled(name, false)
+                .map_err(|e| e.to_string())?;
+            ok_json(
+                json,
+                format!("backend {name} disabled: no new connections, existing ones finish"),
+            )
+        }
+        ["reload"] => {
+            let done = crate::supervisor::rolling::start(front.clone())?;
+            let outcome = done
+                .await
+                .map_err(|_| "rolling restart interrupted".to_string())?;
+            ok_json(json, outcome?)
+        }
+        ["config", "reload"] => {
+            let args = front.borrow().reload_args.clone();
+            let notes = crate::front::reload(front, args.as_ref()).await?;
+            let mut msg = "configuration reloaded".to_string();
+            for n in notes {
+                msg.push_str("; ");
+                msg.push_str(&n);
+            }
+            ok_json(json, msg)
+        }
+        [] => Err("empty command (try help)".into()),
+        [cmd, ..] if ["status", "workers", "backends", "help", "reload"].contains(cmd) => {
+            Err(format!("'{cmd}' takes no arguments (try help)"))
+        }
+        ["backend", ..] => Err("usage: backend add|remove|enable|disable ADDR".into()),
+        ["policy", ..] => Err("usage: policy [round-robin|least-conn|sticky]".into()),
+        [cmd, ..] => Err(format!("unknown command '{}' (try help)", truncate(cmd))),
+    }
+}
+
+/// Keep echoed input short in error replies.
+fn truncate(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}

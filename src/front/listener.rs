@@ -1,0 +1,131 @@
+//! Listening sockets and the accept loop.
+//!
+//! Each listener accepts until EAGAIN (bounded per round so other tasks
+//! run), dispatches each connection, then flushes the batches: one
+//! `sendmsg` per worker per round. When the front must not accept (limits,
+//! no worker ready, all channels full) the loop waits for the pause to lift
+//! and clients wait in the kernel backlog. Running out of descriptors
+//! (EMFILE/ENFILE) backs off instead of spinning, logs at most once a
+//! second, and recovers by itself.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, warn};
+
+use super::Shared;
+
+/// Most connections accepted in one round before yielding.
+const ACCEPT_BATCH: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Bind a listening socket: SO_REUSEADDR, IPv6 sockets v6-only, TCP_NODELAY
+/// (inherited by accepted sockets), nonblocking, close-on-exec.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// Out of descriptors or kernel memory: retrying at once would spin.
+fn is_resource_error(err: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(err.raw_os_error(), Some(c) if [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .iter()
+        .any(|e| e.raw_os_error() == c))
+}
+
+/// Accept on `listener` until the front shuts down.
+pub async fn accept_loop(front: Shared, listener: std::net::TcpListener) {
+    let local = listener.local_addr().ok();
+    let listener = match crate::sys::register(listener, tokio::io::Interest::READABLE) {
+        Ok(l) => l,
+        Err(err) => {
+            warn!(cause = %err, "cannot watch listener");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut last_log: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        // Wait while paused.
+        loop {
+            let resume = front.borrow().resume.clone();
+            let lifted = resume.notified();
+            {
+                let f = front.borrow();
+                if f.shutting_down {
+                    return;
+                }
+                if !f.paused {
+                    break;
+                }
+            }
+            lifted.await;
+        }
+        let Ok(mut guard) = listener.readable().await else {
+            return;
+        };
+        let mut resource_error = None;
+        {
+            let mut f = front.borrow_mut();
+            for _ in 0..ACCEPT_BATCH {
+                if f.paused {
+                    break;
+                }
+                match guard.try_io(|l| l.get_ref().accept()) {
+                    Ok(Ok((stream, peer))) => {
+                        backoff = BACKOFF_MIN;
+                        f.accepted(stream, peer);
+                    }
+                    Ok(Err(err)) if is_resource_error(&err) => {
+                        f.fm.accept_emfile.increment(1);
+                        resource_error = Some(err);
+                        break;
+                    }
+                    Ok(Err(err)) => {
+                        // The client gave up (ECONNABORTED) or similar.
+                        f.fm.accept_other.increment(1);
+                        debug!(listener = ?local, cause = %err, "accept failed");
+                    }
+                    Err(_would_block) => break,
+                }
+            }
+            f.flush();
+        }
+        if let Some(err) = resource_error {
+            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                warn!(
+                    listener = ?local,
+                    cause = %err,
+                    suppressed,
+                    retry_in = ?backoff,
+                    "cannot accept: out of file descriptors or memory; backing off"
+                );
+                last_log = Some(Instant::now());
+                suppressed = 0;
+            } else {
+                suppressed += 1;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            // Let worker reports and control requests run between rounds.
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The `rrproxy` binary: parse the command line, set up logging, and run
+//! the requested role (proxy front, worker, ctl, demo, check).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rrproxy::cli::{Cli, Command, LogArgs, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Ctl(args)) => {
+            let path = args
+                .control
+                .clone()
+                .unwrap_or_else(rrproxy::config::default_control_path);
+            match rrproxy::control::ctl(&path, &args.command, args.json) {
+                Ok(reply) => {
+                    if !reply.is_empty() {
+                        println!("{reply}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail("rrproxy ctl", &err),
+            }
+        }
+        Some(Command::Check(args)) => match rrproxy::config::Config::load(&args.proxy) {
+            Ok(config) => {
+                println!("configuration OK: {}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail("rrproxy check", &err),
+        },
+        Some(Command::Worker(args)) => {
+            init_logging(&cli.log, Some(args.slot));
+            match rrproxy::worker::run(args.slot, args.channel_fd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail("rrproxy worker", &err),
+            }
+        }
+        Some(Command::Demo(args)) => {
+            init_logging(&cli.log, None);
+            match rrproxy::demo::run(args, cli.log.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail("rrproxy demo", &err),
+            }
+        }
+        None => {
+            init_logging(&cli.log, None);
+            match rrproxy::front::run(cli.proxy, cli.log.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail("rrproxy", &err),
+            }
+        }
+    }
+}
+
+/// Print one clear line (with causes) and return failure.
+fn fail(who: &str, err: &dyn std::error::Error) -> ExitCode {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    eprintln!("{who}: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(log: &LogArgs, worker: Option<usize>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log.level().as_str().to_ascii_lowercase()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let role = match worker {
+        Some(slot) => format!("worker{slot}"),
+        None => "front".into(),
+    };
+    // Both processes write to the same stderr; the role tells lines apart.
+    let result = match log.log_format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Text => builder.with_thread_names(false).try_init(),
+    };
+    if let Err(err) = result {
+        eprintln!("rrproxy ({role}): logging setup failed: {err}");
+    }
+}

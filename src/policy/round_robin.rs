@@ -1,0 +1,132 @@
+//! Round-robin: strict rotation over the routable workers, and smooth
+//! weighted rotation (as in nginx) over the routable backends, so weights
+//! 1:3 interleave as a b b b rather than a b b b in bursts.
+
+use std::net::IpAddr;
+
+use super::{BackendView, Policy, PolicyName, WorkerView};
+
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    /// Next worker slot to try.
+    next_worker: usize,
+    /// Smooth weighted round-robin state, one entry per backend.
+    current: Vec<i64>,
+}
+
+impl Policy for RoundRobin {
+    fn name(&self) -> PolicyName {
+        PolicyName::RoundRobin
+    }
+
+    fn pick_worker(&mut self, _client: IpAddr, workers: &[WorkerView]) -> Option<usize> {
+        let n = workers.len();
+        for step in 0..n {
+            let slot = (self.next_worker + step) % n;
+            if workers[slot].routable {
+                self.next_worker = (slot + 1) % n;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn pick_backend(&mut self, _client: IpAddr, backends: &[BackendView]) -> Option<usize> {
+        if self.current.len() != backends.len() {
+            self.current = vec![0; backends.len()];
+        }
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, b) in backends.iter().enumerate() {
+            if !b.routable {
+                continue;
+            }
+            let w = i64::from(b.weight.max(1));
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|j| self.current[i] > self.current[j]) {
+                best = Some(i);
+            }
+        }
+        let chosen = best?;
+        self.current[chosen] -= total;
+        Some(chosen)
+    }
+
+    fn rebuild(&mut self, backends: &[BackendView]) {
+        self.current = vec![0; backends.len()];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(weights: &[u32]) -> Vec<BackendView> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| BackendView {
+                key: i as u64,
+                weight,
+                routable: true,
+                active: 0,
+            })
+            .collect()
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn rotates_workers_skipping_unroutable() {
+        let mut rr = RoundRobin::default();
+        let mut w = vec![
+            WorkerView {
+                routable: true,
+                active: 0
+            };
+            3
+        ];
+        w[1].routable = false;
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick_worker(CLIENT, &w).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+        w[0].routable = false;
+        w[2].routable = false;
+        assert_eq!(rr.pick_worker(CLIENT, &w), None);
+    }
+
+    #[test]
+    fn weights_interleave_smoothly() {
+        let mut rr = RoundRobin::default();
+        let b = backends(&[1, 3]);
+        let picks: Vec<_> = (0..8)
+            .map(|_| rr.pick_backend(CLIENT, &b).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2);
+        // Never more than three in a row on the heavy backend.
+        assert!(!picks.windows(4).any(|w| w.iter().all(|&i| i == 1)));
+    }
+
+    #[test]
+    fn equal_weights_are_exact_rotation() {
+        let mut rr = RoundRobin::default();
+        let b = backends(&[1, 1, 1]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick_backend(CLIENT, &b).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn skips_unroutable_backends() {
+        let mut rr = RoundRobin::default();
+        let mut b = backends(&[1, 1, 1]);
+        b[1].routable = false;
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick_backend(CLIENT, &b).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+    }
+}

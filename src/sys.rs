@@ -1,0 +1,116 @@
+//! Operating-system edges: the only module allowed to use `unsafe`.
+//!
+//! Everything else in the crate goes through safe wrappers (rustix, socket2,
+//! std). What lives here needs `unsafe` because the standard library exposes
+//! it only that way: running code in the child between `fork` and `exec`.
+//! The file descriptor limit helpers are here too because they describe the
+//! process's relationship with the kernel, not any one role.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+
+use rustix::io::FdFlags;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+/// Make `fd` survive `exec` in the child that `cmd` starts, and only there.
+///
+/// Every descriptor the crate opens is close-on-exec, so a spawned worker
+/// inherits nothing by accident. For the one descriptor a worker must
+/// inherit (its end of the channel) the flag is cleared in the child after
+/// `fork` and before `exec`, so no other child can ever see it, even if two
+/// spawns raced.
+pub fn inherit_fd(cmd: &mut std::process::Command, fd: RawFd) {
+    let clear = move || -> std::io::Result<()> {
+        // SAFETY: `fd` is a descriptor the parent keeps open until after
+        // `spawn` returns, so it is valid in the child (fork copies the
+        // table). We only borrow it for the duration of one fcntl call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child of a possibly
+    // multi-threaded parent, where only async-signal-safe operations are
+    // allowed. It performs a single fcntl(2) system call through rustix
+    // (no allocation, no locks, no panics on the success or error path:
+    // the error is returned by value), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(clear);
+    }
+}
+
+/// The soft and hard limit on open file descriptors.
+pub fn nofile_limit() -> (Option<u64>, Option<u64>) {
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    (current, maximum)
+}
+
+/// Raise the soft limit on open file descriptors to the hard limit and
+/// return the limit now in force (`u64::MAX` when unlimited).
+///
+/// A proxy holds two descriptors per connection; the default soft limit of
+/// 1024 would cap it at a few hundred connections. Workers inherit the
+/// raised limit.
+pub fn raise_nofile_limit() -> u64 {
+    let (current, maximum) = nofile_limit();
+    if current != maximum {
+        let raised = Rlimit {
+            current: maximum,
+            maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(cause = %err, "could not raise the open file limit");
+        }
+    }
+    nofile_limit().0.unwrap_or(u64::MAX)
+}
+
+/// Number of descriptors currently open in this process (Linux: /proc).
+pub fn open_fd_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// The raw number of a descriptor, for passing on a command line.
+pub fn raw(fd: &impl AsRawFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Take ownership of a descriptor this process inherited at `exec` (a
+/// worker's channel end, whose number came on the command line).
+///
+/// The caller must have checked that `fd` is open (see `worker::run`), and
+/// nothing else in the process may own it: it was passed for this purpose
+/// only and is adopted exactly once, at start.
+pub fn adopt_inherited_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is open (checked by the caller through /proc/self/fd) and
+    // was inherited for this single owner; no other object in the process
+    // refers to it, so creating the unique `OwnedFd` for it is sound.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Types that own their descriptor for their whole life and always report
+/// the same one: the only types [`register`] accepts.
+pub trait OwnsFd: AsRawFd + sealed::Sealed {}
+impl OwnsFd for std::os::fd::OwnedFd {}
+impl OwnsFd for std::net::TcpListener {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::os::fd::OwnedFd {}
+    impl Sealed for std::net::TcpListener {}
+}
+
+/// Register an owned descriptor with the tokio reactor (must run inside a
+/// runtime). The descriptor should be in nonblocking mode.
+pub fn register<T: OwnsFd>(
+    inner: T,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T` is `OwnedFd` or `std::net::TcpListener` (sealed), both of
+    // which own their descriptor exclusively, keep it open until dropped and
+    // return the same number from every `as_raw_fd` call. The `AsyncFd`
+    // takes ownership of `inner`, so the descriptor outlives the
+    // registration, as tokio requires.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(inner, interest) }
+        .map_err(|e| e.into_parts().1)
+}

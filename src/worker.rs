@@ -1,0 +1,223 @@
+//! The worker process: receives client connections from the front over its
+//! channel, connects each to a backend and moves bytes both ways.
+//!
+//! A worker holds no policy state. It runs one single-threaded tokio
+//! runtime, reports every connection's life back to the front (batched, see
+//! [`report`]) and exits on its own when the front tells it to drain or when
+//! the channel closes (the front is gone): it never outlives the front by
+//! more than its drain timeout.
+
+mod connect;
+mod pump;
+mod report;
+
+use std::cell::Cell;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::channel::fdpass::{Channel, Received};
+use crate::channel::{Down, Handoff, MAX_FRAME, Up, WorkerConfig};
+use report::Reporter;
+
+/// Why a worker stopped before serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker slot {slot}: channel fd {fd} is not usable: {source}")]
+    Channel {
+        slot: usize,
+        fd: i32,
+        source: std::io::Error,
+    },
+    #[error("worker slot {slot}: front closed the channel before sending a config")]
+    NoConfig { slot: usize },
+    #[error("worker slot {slot}: bad frame from the front: {source}")]
+    Frame {
+        slot: usize,
+        #[source]
+        source: crate::channel::FrameError,
+    },
+    #[error("worker slot {slot}: channel i/o failed: {source}")]
+    Io { slot: usize, source: std::io::Error },
+}
+
+/// State shared by the tasks of one worker (single-threaded).
+pub(crate) struct Worker {
+    pub slot: usize,
+    /// The latest config from the front, swapped whole on every update.
+    pub config: ArcSwap<WorkerConfig>,
+    /// Connections received and not yet finished.
+    pub active: Cell<usize>,
+    /// Signalled whenever `active` drops to zero.
+    pub idle: Notify,
+    pub reporter: Reporter,
+}
+
+/// Run a worker on an inherited channel descriptor. Blocks until it exits.
+pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| WorkerError::Io { slot, source })?;
+    check_fd(channel_fd).map_err(|source| WorkerError::Channel {
+        slot,
+        fd: channel_fd,
+        source,
+    })?;
+    let fd = crate::sys::adopt_inherited_fd(channel_fd);
+    let local = tokio::task::LocalSet::new();
+    // Every line this process logs says which worker it came from.
+    let span = tracing::info_span!("worker", slot);
+    let _entered = span.enter();
+    local.block_on(&runtime, async move {
+        let channel = Channel::new(fd).map_err(|source| WorkerError::Channel {
+            slot,
+            fd: channel_fd,
+            source,
+        })?;
+        serve(slot, Rc::new(channel)).await
+    })
+}
+
+/// The worker's main loop over an already-open channel. Public to the crate
+/// so tests and benches can run a worker in-process over a socketpair.
+pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), WorkerError> {
+    let mut buf = Box::new([0u8; MAX_FRAME]);
+    let mut fds = Vec::new();
+    let config = match next_frame(slot, &channel, &mut buf, &mut fds).await? {
+        Some(Down::Config(cfg)) => cfg,
+        Some(other) => {
+            warn!(slot, frame = ?other, "expected a config first; ignoring frame");
+            return Err(WorkerError::NoConfig { slot });
+        }
+        None => return Err(WorkerError::NoConfig { slot }),
+    };
+    let worker = Rc::new(Worker {
+        slot,
+        config: ArcSwap::from_pointee(config),
+        active: Cell::new(0),
+        idle: Notify::new(),
+        reporter: Reporter::new(channel.clone()),
+    });
+    tokio::task::spawn_local(report::flush_loop(worker.clone()));
+    tokio::task::spawn_local(report::bytes_loop(worker.clone()));
+    let pid = std::process::id();
+    send_up(slot, &channel, &Up::Ready { pid }).await?;
+    info!(slot, pid, "worker ready");
+
+    let drain_timeout = loop {
+        fds.clear();
+        match next_frame(slot, &channel, &mut buf, &mut fds).await {
+            Ok(Some(Down::Conns(conns))) => start_conns(&worker, conns, &mut fds),
+            Ok(Some(Down::Config(cfg))) => {
+                debug!(slot, backends = cfg.backends.len(), "config updated");
+                worker.config.store(Arc::new(cfg));
+            }
+            Ok(Some(Down::Drain { timeout })) => {
+                info!(slot, timeout = ?timeout, "draining on request");
+                break timeout;
+            }
+            Ok(None) => {
+                let timeout = worker.config.load().drain_timeout;
+                info!(slot, timeout = ?timeout, "front is gone; draining");
+                break timeout;
+            }
+            Err(WorkerError::Frame { source, .. }) => {
+                // A frame we cannot read: drop it (and any descriptors it
+                // carried) and keep serving; nothing else is affected.
+                warn!(slot, cause = %source, "ignoring malformed frame from the front");
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    drain(&worker, drain_timeout).await;
+    Ok(())
+}
+
+/// Wait for the connections in flight to finish, up to `timeout`.
+async fn drain(worker: &Rc<Worker>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while worker.active.get() > 0 {
+        let idle = worker.idle.notified();
+        if worker.active.get() == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, idle).await.is_err() {
+            warn!(
+                slot = worker.slot,
+                cut = worker.active.get(),
+                "drain timeout: closing connections still open"
+            );
+            break;
+        }
+    }
+    worker.reporter.report_bytes();
+    worker.reporter.flush_now().await;
+    info!(slot = worker.slot, "worker exiting");
+}
+
+fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>) {
+    if conns.len() != fds.len() {
+        warn!(
+            slot = worker.slot,
+            described = conns.len(),
+            received = fds.len(),
+            "handoff frame and descriptors disagree; serving what matches"
+        );
+    }
+    for (handoff, fd) in conns.into_iter().zip(fds.drain(..)) {
+        let stream = std::net::TcpStream::from(fd);
+        worker.active.set(worker.active.get() + 1);
+        let span = tracing::debug_span!("conn", id = handoff.conn, worker = worker.slot);
+        let w = worker.clone();
+        tokio::task::spawn_local(
+            async move {
+                connect::serve_conn(&w, stream, handoff).await;
+                let left = w.active.get() - 1;
+                w.active.set(left);
+                if left == 0 {
+                    w.idle.notify_waiters();
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn next_frame(
+    slot: usize,
+    channel: &Channel,
+    buf: &mut [u8; MAX_FRAME],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<Option<Down>, WorkerError> {
+    match channel.recv(buf, fds).await {
+        Ok(Received::Frame(n)) => Down::decode(&buf[..n])
+            .map(Some)
+            .map_err(|source| WorkerError::Frame { slot, source }),
+        Ok(Received::Closed) => Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
+        Err(source) => Err(WorkerError::Io { slot, source }),
+    }
+}
+
+async fn send_up(slot: usize, channel: &Channel, msg: &Up) -> Result<(), WorkerError> {
+    let mut frame = Vec::new();
+    msg.encode(&mut frame)
+        .map_err(|source| WorkerError::Frame { slot, source })?;
+    channel
+        .send(&frame, &[])
+        .await
+        .map_err(|source| WorkerError::Io { slot, source })
+}
+
+fn check_fd(fd: i32) -> std::io::Result<()> {
+    if fd < 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|_| ())
+}

@@ -1,0 +1,132 @@
+//! One connection's life in a worker: connect to the chosen backend (or the
+//! next ones, each at most once), then pump bytes until both sides are done.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Worker;
+use super::pump::{self, Outcome};
+use crate::channel::{BackendEntry, Event, FailReason, Handoff, WorkerConfig};
+
+/// Serve one handed-off client connection to the end.
+pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: Handoff) {
+    let started = Instant::now();
+    let client_ip = stream
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let client = match stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream))
+    {
+        Ok(c) => c,
+        Err(err) => {
+            debug!(cause = %err, "cannot register client connection");
+            closed(worker, handoff.backend, false, client_ip, started);
+            return;
+        }
+    };
+    let config = worker.config.load_full();
+    let Some((backend, upstream, connect_time)) =
+        connect_any(worker, &config, handoff.backend).await
+    else {
+        debug!(client.addr = %client_ip, "no backend reachable; closing client");
+        reset(&client);
+        closed(worker, handoff.backend, false, client_ip, started);
+        return;
+    };
+    worker.reporter.push(Event::Opened {
+        planned: handoff.backend,
+        backend: backend.id,
+        connect_time,
+    });
+    debug!(client.addr = %client_ip, server.addr = %backend.addr, "connected");
+    let counter = worker.reporter.counter(backend.id);
+    let outcome = pump::pump(&client, &upstream, config.idle_timeout, &counter).await;
+    match outcome {
+        Outcome::Done => {}
+        Outcome::IdleTimeout => debug!("idle timeout"),
+        Outcome::Reset(side, err) => {
+            debug!(side, cause = %err, "connection reset; propagating");
+            reset(&client);
+            reset(&upstream);
+        }
+    }
+    closed(worker, backend.id, true, client_ip, started);
+}
+
+fn closed(worker: &Worker, backend: u32, opened: bool, client: IpAddr, started: Instant) {
+    worker.reporter.push(Event::Closed {
+        backend,
+        opened,
+        client,
+        duration: started.elapsed(),
+    });
+}
+
+/// Make the next close send RST instead of FIN.
+fn reset(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Try the planned backend, then every other routable backend once, in
+/// table order after it. Reports each failure.
+async fn connect_any(
+    worker: &Worker,
+    config: &WorkerConfig,
+    planned: u32,
+) -> Option<(BackendEntry, TcpStream, Duration)> {
+    let table = &config.backends;
+    let n = table.len();
+    let start = table.iter().position(|b| b.id == planned);
+    let base = start.map_or(0, |i| i + 1);
+    let fallbacks = (0..n)
+        .map(move |k| (base + k) % n)
+        .filter(move |&i| Some(i) != start && table[i].routable);
+    let order = start.into_iter().chain(fallbacks);
+    for i in order {
+        let backend = table[i];
+        let began = Instant::now();
+        match connect_one(backend.addr, config.connect_timeout).await {
+            Ok(stream) => return Some((backend, stream, began.elapsed())),
+            Err(reason) => {
+                debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
+                worker.reporter.push(Event::ConnectFailed {
+                    backend: backend.id,
+                    reason,
+                });
+            }
+        }
+    }
+    None
+}
+
+async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, FailReason> {
+    let attempt = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        socket.set_nodelay(true)?;
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(classify(&err)),
+        Err(_elapsed) => Err(FailReason::Timeout),
+    }
+}
+
+fn classify(err: &io::Error) -> FailReason {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => FailReason::Refused,
+        io::ErrorKind::TimedOut => FailReason::Timeout,
+        _ => FailReason::Other,
+    }
+}

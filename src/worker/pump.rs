@@ -1,0 +1,165 @@
+//! Moving bytes between a client and its backend, both directions at once.
+//!
+//! Semantics, as a user of a TCP proxy expects them:
+//! - bytes arrive intact and in order;
+//! - half-close is honoured: EOF from one side becomes a write shutdown on
+//!   the other, and the opposite direction keeps flowing;
+//! - a reset is propagated: if either side resets, both are closed with RST;
+//! - a connection on which nothing moved in either direction for the idle
+//!   timeout is closed.
+//!
+//! Buffers are taken from a small per-thread pool only when a socket is
+//! readable, and given back right after the write, so an idle connection
+//! holds no buffer at all.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::report::ByteCounter;
+
+/// Size of one copy buffer.
+pub const BUF_SIZE: usize = 64 * 1024;
+/// Buffers kept for reuse per worker thread.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buf(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
+}
+
+/// How a pumped connection ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Both directions reached EOF and were shut down.
+    Done,
+    /// Nothing moved for the idle timeout.
+    IdleTimeout,
+    /// A side failed (reset, broken pipe...). Names the side.
+    Reset(&'static str, io::Error),
+}
+
+/// Which way bytes flow, for counting.
+#[derive(Clone, Copy)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// Pump until both directions are done, a side resets, or idle timeout.
+pub async fn pump(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    counter: &ByteCounter,
+) -> Outcome {
+    let last = Cell::new(Instant::now());
+    let up = copy(client, backend, Dir::Up, counter, &last);
+    let down = copy(backend, client, Dir::Down, counter, &last);
+    let both = async { tokio::try_join!(up, down) };
+    tokio::select! {
+        res = both => match res {
+            Ok(((), ())) => Outcome::Done,
+            Err((side, err)) => Outcome::Reset(side, err),
+        },
+        () = idle_watch(&last, idle) => Outcome::IdleTimeout,
+    }
+}
+
+/// Resolves once `last` is older than `idle`.
+async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
+    let mut deadline = last.get() + idle;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        let next = last.get() + idle;
+        if next <= Instant::now() {
+            return;
+        }
+        deadline = next;
+    }
+}
+
+/// Copy `src` to `dst` until EOF, then shut down `dst`'s write side.
+async fn copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    dir: Dir,
+    counter: &ByteCounter,
+    last: &Cell<Instant>,
+) -> Result<(), (&'static str, io::Error)> {
+    let (src_name, dst_name) = match dir {
+        Dir::Up => ("client", "backend"),
+        Dir::Down => ("backend", "client"),
+    };
+    loop {
+        src.readable().await.map_err(|e| (src_name, e))?;
+        let mut buf = take_buf();
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => {
+                give_buf(buf);
+                // Half-close: pass the EOF on, keep the other way open.
+                return match SockRef::from(dst).shutdown(Shutdown::Write) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                    Err(e) => Err((dst_name, e)),
+                };
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                give_buf(buf);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                give_buf(buf);
+                continue;
+            }
+            Err(e) => {
+                give_buf(buf);
+                return Err((src_name, e));
+            }
+        };
+        last.set(Instant::now());
+        match dir {
+            Dir::Up => counter.add_up(n),
+            Dir::Down => counter.add_down(n),
+        }
+        let written = write_all(dst, &buf[..n], last).await;
+        give_buf(buf);
+        written.map_err(|e| (dst_name, e))?;
+    }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                last.set(Instant::now());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
