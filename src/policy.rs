@@ -105,6 +105,16 @@ pub trait Policy: Send {
     }
 }
 
+/// Whether this build implements `name` yet.
+pub fn available(name: PolicyName) -> Result<(), String> {
+    match name {
+        PolicyName::RoundRobin => Ok(()),
+        other => Err(format!(
+            "policy '{other}' is not available in this build yet (use round-robin)"
+        )),
+    }
+}
+
 /// Make a fresh policy for `name`, prepared for `backends`.
 pub fn build(name: PolicyName, backends: &[BackendView]) -> Box<dyn Policy> {
     let mut policy: Box<dyn Policy> = match name {

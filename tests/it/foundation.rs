@@ -1,0 +1,347 @@
+//! The foundation: process model, byte integrity, half-close, distribution,
+//! backend failure, shutdown, bad input, descriptor exhaustion.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Inodes of the listening TCP sockets on `port` (from /proc/net/tcp*).
+fn listen_inodes(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if f[3] == "0A" && local_port == Some(port) {
+                out.push(f[9].to_string());
+            }
+        }
+    }
+    out
+}
+
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().to_string();
+                    l.strip_prefix("socket:[")
+                        .map(|s| s.trim_end_matches(']').to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_workers_are_children_and_only_the_front_listens() {
+    let b = echo_backend();
+    let proxy = ProxyCmd::new(&[b.addr]).workers(3).start();
+    let kids = children(proxy.pid());
+    assert_eq!(kids.len(), 3, "children: {kids:?}");
+    assert!(kids.iter().all(|(_, comm)| comm == "rrproxy"), "{kids:?}");
+    let mut pids: Vec<u32> = proxy.worker_pids().into_iter().flatten().collect();
+    let mut kid_pids: Vec<u32> = kids.iter().map(|k| k.0).collect();
+    pids.sort();
+    kid_pids.sort();
+    assert_eq!(pids, kid_pids, "ctl workers reports the children");
+
+    let listening = listen_inodes(proxy.listen.port());
+    assert_eq!(listening.len(), 1, "one listening socket on the port");
+    assert!(
+        socket_inodes(proxy.pid()).contains(&listening[0]),
+        "front holds it"
+    );
+    for (pid, _) in &kids {
+        assert!(
+            !socket_inodes(*pid).contains(&listening[0]),
+            "worker {pid} must not hold the listener"
+        );
+    }
+}
+
+#[test]
+fn bytes_arrive_intact_on_parallel_connections() {
+    const PER_CONN: usize = 12 << 20;
+    let b = echo_backend();
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let handles: Vec<_> = (0..4u64)
+        .map(|seed| {
+            let data = random_bytes(seed + 1, PER_CONN);
+            let mut s = proxy.connect();
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let to_send = data.clone();
+                let writer = thread::spawn(move || {
+                    for chunk in to_send.chunks(100_003) {
+                        w.write_all(chunk).unwrap();
+                    }
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut got = Vec::with_capacity(PER_CONN);
+                s.read_to_end(&mut got).unwrap();
+                writer.join().unwrap();
+                assert_eq!(got.len(), data.len(), "length on connection {seed}");
+                assert!(got == data, "bytes differ on connection {seed}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_flowing() {
+    let b = echo_backend();
+    let proxy = ProxyCmd::new(&[b.addr]).workers(1).start();
+    let mut s = proxy.connect();
+    let data = random_bytes(7, 300_000);
+    s.write_all(&data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap(); // returns at EOF
+    assert!(got == data, "echoed {} of {} bytes", got.len(), data.len());
+}
+
+#[test]
+fn sequential_connections_spread_evenly_over_workers() {
+    let b = name_backend("solo");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(3).start();
+    for _ in 0..300 {
+        assert_eq!(fetch_name(&proxy), "solo");
+    }
+    let counts = proxy
+        .scrape()
+        .per_worker("rrproxy_worker_connections_total", 3);
+    for (slot, c) in counts.iter().enumerate() {
+        assert!((c - 100.0).abs() <= 1.0, "slot {slot} got {c}: {counts:?}");
+    }
+}
+
+#[test]
+fn a_refusing_backend_is_skipped_and_all_refusing_closes_promptly() {
+    let live = name_backend("live");
+    let dead = refused_addr();
+    let proxy = ProxyCmd::new(&[dead, live.addr])
+        .workers(2)
+        .args(["--health-interval", "off"])
+        .start();
+    for _ in 0..40 {
+        assert_eq!(fetch_name(&proxy), "live");
+    }
+    let m = proxy.scrape();
+    assert!(
+        m.sum_where(
+            "rrproxy_backend_connect_failures_total",
+            "backend",
+            &dead.to_string()
+        ) >= 1.0,
+        "the refusals are counted"
+    );
+
+    let proxy = ProxyCmd::new(&[refused_addr(), refused_addr()])
+        .workers(1)
+        .start();
+    for _ in 0..5 {
+        let started = Instant::now();
+        // The reset may even beat the end of connect(): also a prompt close.
+        if let Ok(mut s) = TcpStream::connect_timeout(&proxy.listen, Duration::from_secs(5)) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 16];
+            let r = s.read(&mut buf);
+            assert!(matches!(r, Ok(0) | Err(_)), "client is closed: {r:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "closed promptly"
+        );
+    }
+    wait_until(Duration::from_secs(5), "failures to be counted", || {
+        proxy.scrape().get("rrproxy_failed_connections_total", &[]) == Some(5.0)
+    });
+}
+
+#[test]
+fn sigterm_finishes_transfers_refuses_new_and_leaves_no_worker() {
+    let b = echo_backend();
+    let mut proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let workers: Vec<u32> = proxy.worker_pids().into_iter().flatten().collect();
+    let mut s = proxy.connect();
+    let data = random_bytes(3, 2 << 20);
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = thread::spawn(move || {
+        // First half, then wait for the signal to be sent, then the rest.
+        let (a, rest) = sent.split_at(sent.len() / 2);
+        w.write_all(a).unwrap();
+        rx.recv().unwrap();
+        for chunk in rest.chunks(64 * 1024) {
+            w.write_all(chunk).unwrap();
+            thread::sleep(Duration::from_millis(5));
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    // The transfer is under way.
+    wait_until(Duration::from_secs(10), "transfer to start", || {
+        let active = proxy
+            .scrape()
+            .per_worker("rrproxy_worker_active_connections", 2);
+        active.iter().sum::<f64>() >= 1.0
+    });
+    proxy.signal("TERM");
+    tx.send(()).unwrap();
+    // New connections are refused once the listener is closed.
+    wait_until(
+        Duration::from_secs(5),
+        "new connections to be refused",
+        || TcpStream::connect_timeout(&proxy.listen, Duration::from_millis(200)).is_err(),
+    );
+    writer.join().unwrap();
+    let got = reader.join().unwrap();
+    assert!(
+        got == data,
+        "in-flight transfer completed intact ({} bytes)",
+        got.len()
+    );
+    let st = proxy.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "front exit status {st}");
+    for pid in workers {
+        wait_until(Duration::from_secs(5), "worker to be gone", || !alive(pid));
+    }
+}
+
+#[test]
+fn bad_input_fails_fast_with_one_clear_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--backend", "127.0.0.1:80", "--policy", "fastest"],
+            "invalid value 'fastest'",
+        ),
+        (
+            vec!["--backend", "127.0.0.1:80", "--listen", "not-an-address"],
+            "invalid listen address 'not-an-address'",
+        ),
+        (vec!["--backend", "10.0.0.1"], "invalid backend '10.0.0.1'"),
+        (vec!["--listen", "127.0.0.1:0"], "no backend given"),
+        (
+            vec![
+                "--backend",
+                "127.0.0.1:80",
+                "--listen",
+                &taken_addr,
+                "--metrics",
+                "off",
+                "--control",
+                "off",
+            ],
+            "cannot listen on",
+        ),
+        (
+            vec!["--backend", "127.0.0.1:80", "--workers", "0"],
+            "invalid worker count 0",
+        ),
+        (
+            vec!["--backend", "127.0.0.1:80", "--connect-timeout", "soon"],
+            "'soon' is not a duration",
+        ),
+    ];
+    for (args, needle) in cases {
+        let started = Instant::now();
+        let (st, err) = run_bin(&args);
+        assert!(!st.success(), "{args:?} should fail");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{args:?} took too long"
+        );
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(needle),
+            "{args:?}: first line {first:?} lacks {needle:?}\n{err}"
+        );
+        if !first.starts_with("error: invalid value") {
+            // Our own errors are exactly one line.
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+    drop(taken);
+}
+
+#[test]
+fn running_out_of_descriptors_backs_off_and_recovers() {
+    let b = name_backend("fd");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .under(["prlimit", "--nofile=64:64", "--"])
+        .start();
+    // Far more clients than the proxy has descriptors for, all held open.
+    let mut clients = Vec::new();
+    for _ in 0..120 {
+        match TcpStream::connect_timeout(&proxy.listen, Duration::from_secs(2)) {
+            Ok(s) => clients.push(s),
+            Err(_) => break, // the backlog is full: also fine
+        }
+    }
+    assert!(
+        clients.len() >= 60,
+        "only {} clients connected",
+        clients.len()
+    );
+    // Some are served, the rest wait; meanwhile the front stays responsive
+    // and does not spin.
+    wait_until(Duration::from_secs(10), "proxy to be saturated", || {
+        let m = proxy.scrape();
+        m.get("rrproxy_accept_paused", &[]) == Some(1.0)
+            || m.get("rrproxy_accept_errors_total", &[("reason", "emfile")])
+                .unwrap_or(0.0)
+                > 0.0
+    });
+    let cpu_before = cpu_seconds(proxy.pid());
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(5), "a second to pass", || {
+        t0.elapsed() >= Duration::from_millis(1500)
+    });
+    let cpu = cpu_seconds(proxy.pid()) - cpu_before;
+    assert!(
+        cpu < 0.5,
+        "front burned {cpu:.2}s of CPU in 1.5s while saturated"
+    );
+    assert!(
+        proxy.ctl("status").contains("rrproxy"),
+        "control still answers"
+    );
+    // When the clients leave, new ones are served again.
+    drop(clients);
+    wait_until(Duration::from_secs(20), "service to recover", || {
+        let Ok(mut s) = TcpStream::connect_timeout(&proxy.listen, Duration::from_secs(2)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        read_name_opt(&mut s).as_deref() == Some("fd")
+    });
+}
+
+fn read_name_opt(s: &mut TcpStream) -> Option<String> {
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}

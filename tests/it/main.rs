@@ -1,0 +1,5 @@
+//! Integration tests: the real `rrproxy` binary, real sockets on loopback.
+//! One test binary (faster to build and link than one per file).
+
+mod foundation;
+mod support;

@@ -1,0 +1,558 @@
+//! Test harness: start the real `rrproxy` binary, real backends on
+//! loopback, and wait on conditions with deadlines.
+//!
+//! Every proxy runs in its own process group, killed as a whole when the
+//! `Proxy` value drops, so no worker outlives its test. Ports are
+//! ephemeral: the proxy binds `127.0.0.1:0` and the harness reads the bound
+//! addresses from `ctl status --json`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rrproxy");
+
+/// Poll `cond` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Like `wait_until` but returns the value once `f` yields `Some`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rrproxy-it-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running rrproxy front (and its workers).
+pub struct Proxy {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub control: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+/// Builder for a proxy invocation.
+pub struct ProxyCmd {
+    args: Vec<String>,
+    prefix: Vec<String>,
+    envs: Vec<(String, String)>,
+    metrics: bool,
+    wait_workers: bool,
+}
+
+impl ProxyCmd {
+    pub fn new(backends: &[SocketAddr]) -> ProxyCmd {
+        let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+        for b in backends {
+            args.push("--backend".into());
+            args.push(b.to_string());
+        }
+        ProxyCmd {
+            args,
+            prefix: Vec::new(),
+            envs: Vec::new(),
+            metrics: true,
+            wait_workers: true,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> ProxyCmd {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<S: Into<String>>(mut self, a: impl IntoIterator<Item = S>) -> ProxyCmd {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn workers(self, n: usize) -> ProxyCmd {
+        self.args(["--workers".to_string(), n.to_string()])
+    }
+
+    pub fn no_metrics(mut self) -> ProxyCmd {
+        self.metrics = false;
+        self
+    }
+
+    /// Run the proxy under another command (e.g. `prlimit --nofile=64`).
+    pub fn under<S: Into<String>>(mut self, cmd: impl IntoIterator<Item = S>) -> ProxyCmd {
+        self.prefix = cmd.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> ProxyCmd {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Don't wait for every worker to be up (only for the control socket).
+    pub fn no_wait_workers(mut self) -> ProxyCmd {
+        self.wait_workers = false;
+        self
+    }
+
+    pub fn start(self) -> Proxy {
+        let dir = temp_dir("proxy");
+        let control = dir.join("ctl.sock");
+        let log = dir.join("stderr.log");
+        let mut args = self.args;
+        args.extend(["--control".to_string(), control.display().to_string()]);
+        if self.metrics {
+            args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
+        } else {
+            args.extend(["--metrics".into(), "off".into()]);
+        }
+        let mut cmd = if self.prefix.is_empty() {
+            Command::new(BIN)
+        } else {
+            let mut c = Command::new(&self.prefix[0]);
+            c.args(&self.prefix[1..]).arg(BIN);
+            c
+        };
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("RUST_LOG", "info")
+            .process_group(0);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start rrproxy");
+        let mut proxy = Proxy {
+            child,
+            dir,
+            control,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
+            log,
+            exited: None,
+        };
+        let wait_workers = self.wait_workers;
+        let status = wait_for(Duration::from_secs(20), "proxy to come up", || {
+            if let Ok(Some(st)) = proxy.child.try_wait() {
+                panic!("rrproxy exited early with {st}:\n{}", proxy.stderr());
+            }
+            let s = proxy.try_ctl("status --json").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let up = v["workers_up"].as_u64()?;
+            let want = v["workers"].as_u64()?;
+            (up == want || (!wait_workers && v["listen"].is_array())).then_some(v)
+        });
+        proxy.listen = status["listen"][0].as_str().unwrap().parse().unwrap();
+        proxy.metrics = status["metrics"].as_str().map(|m| m.parse().unwrap());
+        proxy
+    }
+}
+
+impl Proxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send one control command; `Err` if the socket is unreachable.
+    pub fn try_ctl(&self, line: &str) -> std::io::Result<String> {
+        ctl_at(&self.control, line)
+    }
+
+    pub fn ctl(&self, line: &str) -> String {
+        self.try_ctl(line)
+            .unwrap_or_else(|e| panic!("ctl {line}: {e}\n{}", self.stderr()))
+    }
+
+    pub fn ctl_json(&self, line: &str) -> serde_json::Value {
+        let reply = self.ctl(&format!("{line} --json"));
+        serde_json::from_str(&reply)
+            .unwrap_or_else(|e| panic!("bad JSON from {line}: {e}: {reply}"))
+    }
+
+    /// The pid of each worker slot's serving process.
+    pub fn worker_pids(&self) -> Vec<Option<u32>> {
+        self.ctl_json("workers")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    /// Scrape `/metrics` into series → value.
+    pub fn scrape(&self) -> Metrics {
+        let addr = self.metrics.expect("metrics enabled");
+        Metrics::parse(&http_get(addr, "/metrics"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the front to exit and return its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(st) = self.exited {
+            return st;
+        }
+        let st = wait_for(limit, "rrproxy to exit", || self.child.try_wait().unwrap());
+        self.exited = Some(st);
+        st
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect_timeout(&self.listen, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to proxy {}: {e}", self.listen));
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    /// Connect from a given loopback source address (127.0.0.x).
+    pub fn connect_from(&self, src: Ipv4Addr) -> TcpStream {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((src, 0)).into()).unwrap();
+        sock.connect_timeout(&self.listen.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Kill the whole process group: the front and every worker.
+        let pgid = self.child.id() as i32;
+        // SIGKILL to the group; ignore errors (already gone).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "--- rrproxy stderr ({}) ---\n{}",
+                self.log.display(),
+                self.stderr()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn ctl_at(path: &Path, line: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l)? == 0 || l == "\n" {
+            break;
+        }
+        out.push_str(&l);
+    }
+    Ok(out.trim_end().to_string())
+}
+
+/// A minimal HTTP GET (Connection: close) returning the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    match resp.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => resp,
+    }
+}
+
+/// A scraped exposition: `name{labels}` → value.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub series: HashMap<String, f64>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut series = HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                if let Ok(v) = v.parse::<f64>() {
+                    series.insert(k.to_string(), v);
+                }
+            }
+        }
+        Metrics {
+            series,
+            text: text.to_string(),
+        }
+    }
+
+    /// Value of `name` with exactly these labels (order as exported:
+    /// pass them in the order the exporter prints them).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let key = if labels.is_empty() {
+            name.to_string()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        self.series.get(&key).copied()
+    }
+
+    /// Sum of every series of `name` whose labels include `label=value`.
+    pub fn sum_where(&self, name: &str, label: &str, value: &str) -> f64 {
+        let needle = format!("{label}=\"{value}\"");
+        self.series
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name) && k.contains(&needle))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn per_worker(&self, name: &str, workers: usize) -> Vec<f64> {
+        (0..workers)
+            .map(|w| {
+                self.get(name, &[("worker", &w.to_string())])
+                    .unwrap_or(f64::NAN)
+            })
+            .collect()
+    }
+}
+
+/// A backend thread pool that stops when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn spawn_backend(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+    spawn_backend_on(TcpListener::bind("127.0.0.1:0").unwrap(), handler)
+}
+
+pub fn spawn_backend_on(
+    listener: TcpListener,
+    handler: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> Backend {
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let handler = Arc::new(handler);
+    let (s, a) = (stop.clone(), accepted.clone());
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            a.fetch_add(1, Ordering::Relaxed);
+            let h = handler.clone();
+            thread::spawn(move || h(conn));
+        }
+    });
+    Backend {
+        addr,
+        stop,
+        accepted,
+    }
+}
+
+/// Echoes every byte; on EOF from the client, shuts down its write side.
+pub fn echo_backend() -> Backend {
+    spawn_backend(|mut conn| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = conn.shutdown(Shutdown::Write);
+    })
+}
+
+/// Writes `name\n` on connect, then waits for the client's EOF.
+pub fn name_backend(name: &'static str) -> Backend {
+    spawn_backend(move |mut conn| {
+        if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+        let mut sink = [0u8; 1024];
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    })
+}
+
+/// A port nothing listens on (connections are refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Read the name line a `name_backend` sends.
+pub fn read_name(s: &mut TcpStream) -> String {
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// Connect through the proxy, read the backend's name, close.
+pub fn fetch_name(proxy: &Proxy) -> String {
+    let mut s = proxy.connect();
+    let name = read_name(&mut s);
+    let _ = s.shutdown(Shutdown::Both);
+    name
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Child processes of `pid` (from /proc), with their command names.
+pub fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may contain spaces.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = stat[stat.find('(').unwrap() + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields.get(1).and_then(|f| f.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
+            out.push((p, comm));
+        }
+    }
+    out
+}
+
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| !stat[i + 2..].starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// User + system CPU time of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let close = stat.rfind(')').unwrap();
+    let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Run the binary with `args` and return (exit status, stderr).
+pub fn run_bin(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let st = wait_for(Duration::from_secs(10), "rrproxy to exit", || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (st, err)
+}
