@@ -2,4 +2,5 @@
 //! One test binary (faster to build and link than one per file).
 
 mod foundation;
+mod supervision;
 mod support;

@@ -75,6 +75,7 @@ pub struct Proxy {
 
 /// Builder for a proxy invocation.
 pub struct ProxyCmd {
+    bin: PathBuf,
     args: Vec<String>,
     prefix: Vec<String>,
     envs: Vec<(String, String)>,
@@ -90,6 +91,7 @@ impl ProxyCmd {
             args.push(b.to_string());
         }
         ProxyCmd {
+            bin: PathBuf::from(BIN),
             args,
             prefix: Vec::new(),
             envs: Vec::new(),
@@ -114,6 +116,12 @@ impl ProxyCmd {
 
     pub fn no_metrics(mut self) -> ProxyCmd {
         self.metrics = false;
+        self
+    }
+
+    /// Run this rrproxy binary instead of the one cargo built.
+    pub fn binary(mut self, path: &Path) -> ProxyCmd {
+        self.bin = path.to_path_buf();
         self
     }
 
@@ -146,10 +154,10 @@ impl ProxyCmd {
             args.extend(["--metrics".into(), "off".into()]);
         }
         let mut cmd = if self.prefix.is_empty() {
-            Command::new(BIN)
+            Command::new(&self.bin)
         } else {
             let mut c = Command::new(&self.prefix[0]);
-            c.args(&self.prefix[1..]).arg(BIN);
+            c.args(&self.prefix[1..]).arg(&self.bin);
             c
         };
         cmd.args(&args)
@@ -257,14 +265,18 @@ impl Proxy {
 
     /// Connect from a given loopback source address (127.0.0.x).
     pub fn connect_from(&self, src: Ipv4Addr) -> TcpStream {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&SocketAddr::from((src, 0)).into()).unwrap();
-        sock.connect_timeout(&self.listen.into(), Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+        self.try_connect_from(src)
+            .unwrap_or_else(|e| panic!("connect from {src}: {e}"))
+    }
+
+    /// Connect from `src`; a refused client may see its reset already here.
+    pub fn try_connect_from(&self, src: Ipv4Addr) -> std::io::Result<TcpStream> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::from((src, 0)).into())?;
+        sock.connect_timeout(&self.listen.into(), Duration::from_secs(5))?;
         let s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(s)
     }
 }
 

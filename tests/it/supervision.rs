@@ -1,0 +1,521 @@
+//! Supervision and availability: respawn, recovery of queued connections,
+//! crash loops, rolling restarts, health checks, limits, idle timeout.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn kill(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A copy of the rrproxy binary the test may later break.
+fn binary_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("rrproxy");
+    std::fs::copy(BIN, &path).unwrap();
+    path
+}
+
+/// Replace the binary at `path` with one that exits 1 at once: a broken
+/// upgrade. Rename keeps the running front's own executable intact.
+fn break_binary(path: &Path) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Clients hitting the proxy in a loop until stopped; counts outcomes.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: &Proxy, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, addr) =
+                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                            .ok()
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                                let mut buf = [0u8; 32];
+                                let n = s.read(&mut buf).ok()?;
+                                (n > 0).then_some(())
+                            });
+                        match served {
+                            Some(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            None => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[test]
+fn killed_worker_is_replaced_in_its_slot_and_new_connections_succeed() {
+    let b = name_backend("r");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let before = proxy.worker_pids();
+    let victim = before[1].unwrap();
+    kill(victim, "KILL");
+    // Right after the kill: every connection succeeds.
+    for _ in 0..20 {
+        assert_eq!(fetch_name(&proxy), "r");
+    }
+    let started = Instant::now();
+    let after = wait_for(Duration::from_secs(3), "slot 1 to get a new worker", || {
+        let pids = proxy.worker_pids();
+        (pids[1].is_some() && pids[1] != Some(victim)).then_some(pids)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "respawn took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(after[0], before[0], "the other slot is untouched");
+    let m = proxy.scrape();
+    assert_eq!(
+        m.get("rrproxy_worker_restarts_total", &[("worker", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get("rrproxy_worker_restarts_total", &[("worker", "0")]),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn connections_queued_for_a_dead_worker_are_served_by_another() {
+    let b = name_backend("q");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let stalled = proxy.worker_pids()[0].unwrap();
+    // The worker stops picking anything up...
+    kill(stalled, "STOP");
+    // ...while round-robin keeps handing it every other connection.
+    let clients: Vec<TcpStream> = (0..10).map(|_| proxy.connect()).collect();
+    wait_until(Duration::from_secs(5), "handoffs to both slots", || {
+        let m = proxy.scrape();
+        m.get("rrproxy_worker_connections_total", &[("worker", "0")]) == Some(5.0)
+    });
+    kill(stalled, "KILL");
+    for mut c in clients {
+        assert_eq!(read_name(&mut c), "q", "every client is served");
+    }
+    let m = proxy.scrape();
+    assert!(
+        m.get("rrproxy_redispatched_connections_total", &[])
+            .unwrap()
+            >= 5.0
+    );
+}
+
+#[test]
+fn killing_workers_under_load_loses_at_most_their_connections() {
+    let b = name_backend("load");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let load = Load::start(&proxy, 6);
+    wait_until(Duration::from_secs(10), "load to flow", || {
+        load.counts().0 > 200
+    });
+    let mut in_flight = 0;
+    for round in 0..3 {
+        let t = Instant::now();
+        let rows = proxy.ctl_json("workers");
+        let slot = round % 2;
+        let row = &rows[slot];
+        in_flight += row["active"].as_u64().unwrap();
+        kill(row["pid"].as_u64().unwrap() as u32, "KILL");
+        wait_until(Duration::from_secs(3), "respawn", || {
+            proxy.ctl_json("workers")[slot]["pid"] != row["pid"]
+                && proxy.ctl_json("workers")[slot]["state"] == "up"
+        });
+        wait_until(Duration::from_secs(3), "a second to pass", || {
+            t.elapsed() >= Duration::from_secs(1)
+        });
+    }
+    let (ok, failed) = load.finish();
+    eprintln!(
+        "kill under load: {ok} served, {failed} failed, {in_flight} in flight on the killed workers"
+    );
+    assert!(ok > 500, "load too light: {ok}");
+    // Each failure is a connection a killed worker was proxying; allow for
+    // the ones handed to it between the snapshot and the kill.
+    assert!(
+        failed <= in_flight + 6 * 3,
+        "{failed} failed, {in_flight} were in flight"
+    );
+}
+
+#[test]
+fn a_crash_looping_slot_is_parked_and_the_others_keep_serving() {
+    let dir = temp_dir("crashloop");
+    let bin = binary_copy(&dir);
+    let b = name_backend("c");
+    let mut proxy = ProxyCmd::new(&[b.addr]).workers(2).binary(&bin).start();
+    break_binary(&bin);
+    let victim = proxy.worker_pids()[1].unwrap();
+    kill(victim, "KILL");
+    wait_until(Duration::from_secs(20), "slot 1 to be parked", || {
+        proxy.ctl_json("workers")[1]["state"] == "parked"
+    });
+    assert!(
+        proxy.stderr().contains("crash-looping"),
+        "parking is logged"
+    );
+    let m = proxy.scrape();
+    assert_eq!(m.get("rrproxy_worker_up", &[("worker", "1")]), Some(0.0));
+    assert_eq!(m.get("rrproxy_worker_up", &[("worker", "0")]), Some(1.0));
+    for _ in 0..10 {
+        assert_eq!(fetch_name(&proxy), "c", "slot 0 keeps serving");
+    }
+    // When no worker can run at all, the front gives up (exit non-zero) so
+    // a service manager can restart it.
+    kill(proxy.worker_pids()[0].unwrap(), "KILL");
+    let st = proxy.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "front must exit non-zero, got {st}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn rolling_restart_under_load(trigger: impl FnOnce(&Proxy)) {
+    let echo = echo_backend();
+    let proxy = ProxyCmd::new(&[echo.addr]).workers(2).start();
+    let before: Vec<u32> = proxy.worker_pids().into_iter().flatten().collect();
+    // A long transfer that starts before the restart.
+    let mut long = proxy.connect();
+    let data = random_bytes(11, 4 << 20);
+    let mut w = long.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = thread::spawn(move || {
+        for chunk in sent.chunks(32 * 1024) {
+            w.write_all(chunk).unwrap();
+            thread::sleep(Duration::from_millis(3));
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        long.read_to_end(&mut got).unwrap();
+        got
+    });
+    let load = Load::start_echo(&proxy, 4);
+    wait_until(Duration::from_secs(10), "load to flow", || {
+        load.counts().0 > 100
+    });
+    trigger(&proxy);
+    wait_until(
+        Duration::from_secs(30),
+        "every worker pid to change",
+        || {
+            let now: Vec<u32> = proxy.worker_pids().into_iter().flatten().collect();
+            now.len() == 2
+                && now.iter().all(|p| !before.contains(p))
+                && proxy.ctl_json("status")["rolling_restart"] == false
+        },
+    );
+    let (ok, failed) = load.finish();
+    writer.join().unwrap();
+    let got = reader.join().unwrap();
+    eprintln!("rolling restart under load: {ok} served, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "no connection may fail during a rolling restart ({ok} ok)"
+    );
+    assert!(
+        got == data,
+        "the long transfer completed intact ({} bytes)",
+        got.len()
+    );
+    let m = proxy.scrape();
+    assert_eq!(
+        m.get("rrproxy_worker_restarts_total", &[("worker", "0")]),
+        Some(1.0)
+    );
+}
+
+impl Load {
+    /// Like `start`, against an echo backend: send a line, read it back.
+    fn start_echo(proxy: &Proxy, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, addr) =
+                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                            .ok()
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                                s.write_all(b"ping\n").ok()?;
+                                s.shutdown(Shutdown::Write).ok()?;
+                                let mut got = Vec::new();
+                                s.read_to_end(&mut got).ok()?;
+                                (got == b"ping\n").then_some(())
+                            });
+                        match served {
+                            Some(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            None => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+}
+
+#[test]
+fn rolling_restart_by_sigusr2_fails_nothing() {
+    rolling_restart_under_load(|p| p.signal("USR2"));
+}
+
+#[test]
+fn rolling_restart_by_ctl_reload_fails_nothing() {
+    rolling_restart_under_load(|p| {
+        let reply = p.ctl("reload");
+        assert!(reply.contains("rolling restart done"), "{reply}");
+    });
+}
+
+#[test]
+fn a_replacement_that_cannot_start_aborts_the_rollout() {
+    let dir = temp_dir("badroll");
+    let bin = binary_copy(&dir);
+    let b = name_backend("keep");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).binary(&bin).start();
+    let before = proxy.worker_pids();
+    break_binary(&bin);
+    let reply = proxy.ctl("reload");
+    assert!(
+        reply.starts_with("error:") && reply.contains("aborted"),
+        "{reply}"
+    );
+    assert_eq!(proxy.worker_pids(), before, "old workers keep serving");
+    for _ in 0..6 {
+        assert_eq!(fetch_name(&proxy), "keep");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
+    let stays = name_backend("stays");
+    let flappy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flappy_addr = flappy_listener.local_addr().unwrap();
+    let flappy = spawn_backend_on(flappy_listener, |mut c| {
+        let _ = c.write_all(b"flappy\n");
+    });
+    let proxy = ProxyCmd::new(&[stays.addr, flappy_addr])
+        .workers(1)
+        .args([
+            "--health-interval",
+            "100ms",
+            "--health-timeout",
+            "200ms",
+            "--rise",
+            "2",
+            "--fall",
+            "3",
+        ])
+        .start();
+    let label = flappy_addr.to_string();
+    assert_eq!(
+        proxy
+            .scrape()
+            .get("rrproxy_backend_up", &[("backend", &label)]),
+        Some(1.0)
+    );
+    drop(flappy); // stops listening
+    let t = Instant::now();
+    wait_until(Duration::from_secs(3), "backend marked down", || {
+        proxy
+            .scrape()
+            .get("rrproxy_backend_up", &[("backend", &label)])
+            == Some(0.0)
+    });
+    // fall × interval = 300 ms, plus a check timeout and scheduling slack.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+    let refused_before = proxy.scrape().get(
+        "rrproxy_backend_connect_failures_total",
+        &[("backend", &label), ("reason", "refused")],
+    );
+    for _ in 0..20 {
+        assert_eq!(fetch_name(&proxy), "stays");
+    }
+    let refused_after = proxy.scrape().get(
+        "rrproxy_backend_connect_failures_total",
+        &[("backend", &label), ("reason", "refused")],
+    );
+    assert_eq!(
+        refused_before, refused_after,
+        "a down backend gets no connections"
+    );
+    assert!(
+        proxy.stderr().contains("backend down"),
+        "transition is logged"
+    );
+    // It comes back after `rise` good checks.
+    let back = std::net::TcpListener::bind(flappy_addr).unwrap();
+    let _flappy = spawn_backend_on(back, |mut c| {
+        let _ = c.write_all(b"flappy\n");
+    });
+    wait_until(Duration::from_secs(3), "backend back up", || {
+        proxy
+            .scrape()
+            .get("rrproxy_backend_up", &[("backend", &label)])
+            == Some(1.0)
+    });
+    let names: Vec<String> = (0..10).map(|_| fetch_name(&proxy)).collect();
+    assert!(names.iter().any(|n| n == "flappy"), "{names:?}");
+}
+
+#[test]
+fn at_max_conns_new_clients_wait_and_proceed_when_a_slot_frees() {
+    let b = name_backend("lim");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .args(["--max-conns", "3"])
+        .start();
+    let mut held: Vec<TcpStream> = (0..3).map(|_| proxy.connect()).collect();
+    for s in &mut held {
+        assert_eq!(read_name(s), "lim");
+    }
+    // The fourth connects (kernel backlog) but is not served yet...
+    let mut waiting = proxy.connect();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    let r = waiting.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "4th client must wait, got {r:?}"
+    );
+    assert_eq!(proxy.scrape().get("rrproxy_accept_paused", &[]), Some(1.0));
+    // ...and proceeds as soon as one of the others leaves.
+    held.pop();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_name(&mut waiting), "lim");
+}
+
+#[test]
+fn max_conns_per_ip_refuses_only_that_client() {
+    let b = name_backend("ip");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .args(["--max-conns-per-ip", "2"])
+        .start();
+    let noisy = Ipv4Addr::new(127, 0, 0, 2);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| proxy.connect_from(noisy)).collect();
+    for s in &mut held {
+        assert_eq!(read_name(s), "ip");
+    }
+    let mut buf = [0u8; 8];
+    if let Ok(mut third) = proxy.try_connect_from(noisy) {
+        let r = third.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "third from the same IP is refused: {r:?}"
+        );
+    }
+    let mut other = proxy.connect_from(Ipv4Addr::new(127, 0, 0, 3));
+    assert_eq!(read_name(&mut other), "ip", "another client is unaffected");
+    assert_eq!(
+        proxy.scrape().get("rrproxy_refused_connections_total", &[]),
+        Some(1.0)
+    );
+    // Once one closes, the noisy client may connect again.
+    drop(held.pop());
+    wait_until(Duration::from_secs(5), "the slot to free", || {
+        let Ok(mut s) = proxy.try_connect_from(noisy) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        matches!(s.read(&mut buf), Ok(n) if n > 0)
+    });
+}
+
+#[test]
+fn idle_timeout_closes_silent_connections_but_never_active_ones() {
+    let b = echo_backend();
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(1)
+        .args(["--idle-timeout", "400ms"])
+        .start();
+    let mut silent = proxy.connect();
+    let mut active = proxy.connect();
+    let t = Instant::now();
+    let mut buf = [0u8; 8];
+    // The active one pings every 100 ms for 1.5 s and always gets its echo.
+    while t.elapsed() < Duration::from_millis(1500) {
+        active.write_all(b"x").unwrap();
+        active.read_exact(&mut buf[..1]).unwrap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    let r = silent.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0)),
+        "the silent connection was closed: {r:?}"
+    );
+}
