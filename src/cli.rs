@@ -67,6 +67,13 @@ pub enum Command {
     Demo(DemoArgs),
     /// Validate the flags and config file, print the result, and exit.
     Check(CheckArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `rrproxy man > rrproxy.1`.
+    Man,
     /// Internal: run as a worker process (started by the front).
     #[command(hide = true)]
     Worker(WorkerArgs),

@@ -11,6 +11,7 @@
 
 mod client;
 mod commands;
+mod top;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use tracing::{debug, warn};
 
 pub use client::run as ctl;
 pub use commands::{BackendRow, Status, WorkerRow};
+pub use top::run as top;
 
 use crate::front::Shared;
 

@@ -99,12 +99,24 @@ pub async fn serve(
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> Result<(), FrontError> {
     let nofile = crate::sys::raise_nofile_limit();
-    let mut listeners = Vec::new();
-    for &addr in &config.listen {
-        let l = listener::bind(addr, config.backlog)
-            .map_err(|source| FrontError::Listen { addr, source })?;
-        listeners.push(l);
-    }
+    let listeners = match activated_listeners()? {
+        Some(inherited) => {
+            info!(
+                count = inherited.len(),
+                "using listening sockets from the service manager (socket activation); --listen ignored"
+            );
+            inherited
+        }
+        None => {
+            let mut bound = Vec::new();
+            for &addr in &config.listen {
+                let l = listener::bind(addr, config.backlog)
+                    .map_err(|source| FrontError::Listen { addr, source })?;
+                bound.push(l);
+            }
+            bound
+        }
+    };
     let listen_addrs: Vec<_> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -145,6 +157,7 @@ pub async fn serve(
         .map(|l| tokio::task::spawn_local(listener::accept_loop(front.clone(), l)))
         .collect();
     tokio::task::spawn_local(health::run(front.clone()));
+    tokio::task::spawn_local(stats_loop(front.clone()));
     let control_path = control.as_ref().map(|c| c.path.clone());
     if let Some(c) = control {
         tokio::task::spawn_local(crate::control::serve(front.clone(), c));
@@ -164,6 +177,7 @@ pub async fn serve(
     }
 
     let outcome = wait_for_stop(&front).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
 
     // Drain: stop accepting at once, let workers finish, then exit.
     let drain_timeout = shared.load().drain_timeout;
@@ -219,7 +233,9 @@ pub async fn reload(front: &Shared, args: Option<&ProxyArgs>) -> Result<Vec<Stri
     let Some(args) = args.cloned() else {
         return Err("this proxy was not started from a config it can re-read".into());
     };
+    reloading_notice();
     let result = tokio::task::spawn_blocking(move || Config::reload(&args)).await;
+    notify(&[sd_notify::NotifyState::Ready]);
     match result {
         Ok(Ok(config)) => Ok(front.borrow_mut().apply_config(config)),
         Ok(Err(err)) => {
@@ -299,6 +315,50 @@ impl Front {
             warn!(cause = %err, "cannot encode drain");
         }
         frame
+    }
+}
+
+/// Refresh the summary gauges once a second.
+async fn stats_loop(front: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let f = front.borrow();
+        if f.shutting_down {
+            return;
+        }
+        f.publish_stats();
+    }
+}
+
+/// Listening sockets inherited through systemd socket activation, if any.
+fn activated_listeners() -> Result<Option<Vec<std::net::TcpListener>>, FrontError> {
+    let fds = sd_notify::listen_fds()
+        .map_err(|e| FrontError::Control(format!("invalid socket activation environment: {e}")))?;
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for fd in fds {
+        let l = crate::sys::adopt_listener(fd)
+            .map_err(|e| FrontError::Control(format!("socket activation: {e}")))?;
+        out.push(l);
+    }
+    Ok(Some(out))
+}
+
+/// Tell the service manager (systemd `Type=notify`) about a state change.
+/// Does nothing when not started by one.
+pub(crate) fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        warn!(cause = %err, "cannot notify the service manager");
+    }
+}
+
+fn reloading_notice() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
     }
 }
 

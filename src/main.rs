@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rrproxy::cli::{Cli, Command, LogArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -15,6 +15,12 @@ fn main() -> ExitCode {
                 .control
                 .clone()
                 .unwrap_or_else(rrproxy::config::default_control_path);
+            if args.command.first().is_some_and(|c| c == "top") {
+                return match rrproxy::control::top(&path, &args.command[1..]) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => fail("rrproxy ctl top", &err),
+                };
+            }
             match rrproxy::control::ctl(&path, &args.command, args.json) {
                 Ok(reply) => {
                     if !reply.is_empty() {
@@ -32,6 +38,20 @@ fn main() -> ExitCode {
             }
             Err(err) => fail("rrproxy check", &err),
         },
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "rrproxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Man) => {
+            let man = clap_mangen::Man::new(Cli::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `rrproxy man | head`: the reader left; not an error.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(err) => fail("rrproxy man", &err),
+            }
+        }
         Some(Command::Worker(args)) => {
             init_logging(&cli.log, Some(args.slot));
             match rrproxy::worker::run(args.slot, args.channel_fd) {

@@ -38,6 +38,9 @@ pub const HANDOFF_FAILURES: &str = "rrproxy_handoff_failures_total";
 pub const REDISPATCHED: &str = "rrproxy_redispatched_connections_total";
 pub const FAILED_CONNECTIONS: &str = "rrproxy_failed_connections_total";
 pub const REFUSED_PER_IP: &str = "rrproxy_refused_connections_total";
+pub const ACTIVE: &str = "rrproxy_active_connections";
+pub const IMBALANCE: &str = "rrproxy_worker_imbalance_ratio";
+pub const BACKEND_REDISPATCHES: &str = "rrproxy_backend_redispatches_total";
 pub const PENDING: &str = "rrproxy_pending_connections";
 pub const ACCEPT_PAUSED: &str = "rrproxy_accept_paused";
 pub const POLICY_INFO: &str = "rrproxy_policy_info";
@@ -142,6 +145,18 @@ pub fn describe() {
     describe_counter!(
         REFUSED_PER_IP,
         "Client connections refused because their IP was at --max-conns-per-ip."
+    );
+    describe_gauge!(
+        ACTIVE,
+        "Connections the proxy holds now (all workers, plus pending)."
+    );
+    describe_gauge!(
+        IMBALANCE,
+        "Spread of active connections over ready worker slots: max / mean (1 = even; 1 when idle)."
+    );
+    describe_counter!(
+        BACKEND_REDISPATCHES,
+        "Connections planned for this backend that another backend served after a connect failure."
     );
     describe_gauge!(
         PENDING,

@@ -114,3 +114,26 @@ pub fn register<T: OwnsFd>(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(inner, interest) }
         .map_err(|e| e.into_parts().1)
 }
+
+/// Adopt a listening socket passed by the service manager (socket
+/// activation: `LISTEN_FDS`, descriptors from 3 up), checking it really is
+/// a listening TCP socket.
+pub fn adopt_listener(fd: RawFd) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    // Validate before taking ownership: fstat through /proc tells whether
+    // the number is open at all.
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))?;
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process by the service manager for exactly this use; sd_notify's
+    // `listen_fds` yields each one once, so nothing else owns it.
+    let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+    if socket.r#type()? != socket2::Type::STREAM || !socket.is_listener()? {
+        return Err(std::io::Error::other(format!(
+            "inherited descriptor {fd} is not a listening stream socket"
+        )));
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    let _ = socket.set_tcp_nodelay(true);
+    Ok(socket.into())
+}

@@ -173,7 +173,13 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
     for (handoff, fd) in conns.into_iter().zip(fds.drain(..)) {
         let stream = std::net::TcpStream::from(fd);
         worker.active.set(worker.active.get() + 1);
-        let span = tracing::debug_span!("conn", id = handoff.conn, worker = worker.slot);
+        let span = tracing::debug_span!(
+            "conn",
+            id = handoff.conn,
+            worker = worker.slot,
+            client.addr = tracing::field::Empty,
+            server.addr = tracing::field::Empty,
+        );
         let w = worker.clone();
         tokio::task::spawn_local(
             async move {

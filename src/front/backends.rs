@@ -49,6 +49,7 @@ pub struct BackendMetrics {
     pub fail_other: Counter,
     pub connect_time: Histogram,
     pub check_failures: Counter,
+    pub redispatches: Counter,
 }
 
 impl BackendMetrics {
@@ -74,6 +75,7 @@ impl BackendMetrics {
             fail_other: fail("other"),
             connect_time: histogram!(m::BACKEND_CONNECT_SECONDS, "backend" => label.clone()),
             check_failures: zero(counter!(m::BACKEND_CHECK_FAILURES, "backend" => label.clone())),
+            redispatches: zero(counter!(m::BACKEND_REDISPATCHES, "backend" => label.clone())),
         };
         bm.active.set(0.0);
         bm.up.set(1.0);

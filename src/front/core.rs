@@ -54,6 +54,8 @@ pub struct FrontMetrics {
     pub duration: metrics::Histogram,
     pub pending: Gauge,
     pub paused: Gauge,
+    pub active: Gauge,
+    pub imbalance: Gauge,
 }
 
 impl FrontMetrics {
@@ -73,7 +75,11 @@ impl FrontMetrics {
             duration: metrics::histogram!(m::CONNECTION_SECONDS),
             pending: gauge!(m::PENDING),
             paused: gauge!(m::ACCEPT_PAUSED),
+            active: gauge!(m::ACTIVE),
+            imbalance: gauge!(m::IMBALANCE),
         };
+        fm.active.set(0.0);
+        fm.imbalance.set(1.0);
         fm.pending.set(0.0);
         fm.paused.set(1.0);
         fm
@@ -111,6 +117,8 @@ pub struct Front {
     /// The flags the proxy started with, re-read (with the config file) on
     /// reload; `None` for an embedded proxy (the demo).
     pub reload_args: Option<crate::cli::ProxyArgs>,
+    /// READY=1 was sent to the service manager.
+    pub announced_ready: bool,
     /// A rolling restart is in progress.
     pub rolling: bool,
     /// The open-file limit workers run with.
@@ -160,6 +168,7 @@ impl Front {
                 fatal: None,
                 shutting_down: false,
                 rolling: false,
+                announced_ready: false,
                 reload_args: None,
                 nofile: 0,
                 next_conn: 0,
@@ -415,6 +424,26 @@ impl Front {
         }
         self.readiness
             .set(!self.shutting_down && self.slots.iter().any(|s| s.serving().is_some()));
+    }
+
+    /// Publish the gauges that summarise the whole front (called once a
+    /// second): total active connections and how evenly they are spread
+    /// over the ready worker slots (max / mean; 1 = even).
+    pub fn publish_stats(&self) {
+        self.fm.active.set(self.total_active() as f64);
+        let ready: Vec<u64> = self
+            .slots
+            .iter()
+            .zip(&self.worker_views)
+            .filter(|(s, _)| s.serving().is_some())
+            .map(|(_, v)| v.active)
+            .collect();
+        let total: u64 = ready.iter().sum();
+        let ratio = match ready.iter().max() {
+            Some(&max) if total > 0 => max as f64 * ready.len() as f64 / total as f64,
+            _ => 1.0,
+        };
+        self.fm.imbalance.set(ratio);
     }
 
     /// Send the current worker config (timeouts and backend table) to every

@@ -52,6 +52,13 @@ impl Front {
         }
         s.metrics.up.set(1.0);
         info!(slot, pid, "worker up");
+        if !self.announced_ready {
+            self.announced_ready = true;
+            crate::front::notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("accepting connections"),
+            ]);
+        }
         self.refresh_view(slot, self.per_proc_cap);
         self.retry_pending();
         self.update_paused();
@@ -70,6 +77,9 @@ impl Front {
                         p.reassign(planned, backend);
                     }
                     self.backends.sub_active_id(planned, 1);
+                    if let Some(i) = self.backends.index_of(planned) {
+                        self.backends.list[i].metrics.redispatches.increment(1);
+                    }
                     if let Some(i) = self.backends.index_of(backend) {
                         self.backends.add_active(i);
                     }

@@ -17,9 +17,12 @@ use crate::channel::{BackendEntry, Event, FailReason, Handoff, WorkerConfig};
 /// Serve one handed-off client connection to the end.
 pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: Handoff) {
     let started = Instant::now();
-    let client_ip = stream
-        .peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let peer = stream.peer_addr().ok();
+    let client_ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let span = tracing::Span::current();
+    if let Some(peer) = peer {
+        span.record("client.addr", tracing::field::display(peer));
+    }
     let client = match stream
         .set_nonblocking(true)
         .and_then(|()| TcpStream::from_std(stream))
@@ -35,7 +38,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     let Some((backend, upstream, connect_time)) =
         connect_any(worker, &config, handoff.backend).await
     else {
-        debug!(client.addr = %client_ip, "no backend reachable; closing client");
+        debug!("no backend reachable; closing client");
         reset(&client);
         closed(worker, handoff.backend, false, client_ip, started);
         return;
@@ -45,7 +48,8 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         backend: backend.id,
         connect_time,
     });
-    debug!(client.addr = %client_ip, server.addr = %backend.addr, "connected");
+    span.record("server.addr", tracing::field::display(backend.addr));
+    debug!(connect_time = ?connect_time, "connected");
     let counter = worker.reporter.counter(backend.id);
     let outcome = pump::pump(&client, &upstream, config.idle_timeout, &counter).await;
     match outcome {

@@ -2,5 +2,6 @@
 //! One test binary (faster to build and link than one per file).
 
 mod foundation;
+mod observability;
 mod supervision;
 mod support;

@@ -1,0 +1,201 @@
+//! `rrproxy ctl top`: a live terminal view of a running proxy, refreshed
+//! every second: per-worker and per-backend active connections as bars,
+//! connection rates, health, policy. `rrproxy ctl top N` draws N frames and
+//! exits (for scripts); without N it runs until interrupted.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::client::{CtlError, run as ctl};
+
+const BAR_WIDTH: usize = 30;
+
+pub fn run(path: &Path, args: &[String]) -> Result<(), CtlError> {
+    let frames: Option<u64> = match args {
+        [] => None,
+        [n] => Some(
+            n.parse()
+                .map_err(|_| CtlError::Refused(format!("top: '{n}' is not a frame count")))?,
+        ),
+        _ => return Err(CtlError::Refused("usage: rrproxy ctl top [FRAMES]".into())),
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<(Instant, HashMap<String, u64>)> = None;
+    let mut drawn = 0u64;
+    loop {
+        let started = Instant::now();
+        let status = fetch(path, "status")?;
+        let workers = fetch(path, "workers")?;
+        let backends = fetch(path, "backends")?;
+        let totals = totals(&workers, &backends);
+        let rates = prev.as_ref().map(|(t, old)| {
+            let secs = started.duration_since(*t).as_secs_f64().max(0.001);
+            totals
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.saturating_sub(*old.get(k).unwrap_or(v)) as f64 / secs,
+                    )
+                })
+                .collect::<HashMap<_, _>>()
+        });
+        let frame = render(&status, &workers, &backends, rates.as_ref());
+        let mut out = std::io::stdout().lock();
+        let result = if tty {
+            write!(out, "\x1b[H\x1b[2J{frame}")
+        } else {
+            writeln!(out, "{frame}")
+        };
+        if result.and_then(|()| out.flush()).is_err() {
+            return Ok(()); // output closed
+        }
+        drop(out);
+        prev = Some((started, totals));
+        drawn += 1;
+        if frames.is_some_and(|n| drawn >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    }
+}
+
+fn fetch(path: &Path, cmd: &str) -> Result<Value, CtlError> {
+    let text = ctl(path, &[cmd.to_string()], true)?;
+    serde_json::from_str(&text).map_err(|e| CtlError::Refused(format!("bad reply to {cmd}: {e}")))
+}
+
+fn totals(workers: &Value, backends: &Value) -> HashMap<String, u64> {
+    let mut t = HashMap::new();
+    for w in workers.as_array().into_iter().flatten() {
+        t.insert(format!("w{}", w["slot"]), w["total"].as_u64().unwrap_or(0));
+    }
+    for b in backends.as_array().into_iter().flatten() {
+        t.insert(
+            format!("b{}", b["address"]),
+            b["total"].as_u64().unwrap_or(0),
+        );
+    }
+    t
+}
+
+fn bar(value: u64, max: u64) -> String {
+    let filled = if max == 0 {
+        0
+    } else {
+        (value as usize * BAR_WIDTH).div_ceil(max as usize)
+    };
+    format!(
+        "{}{}",
+        "█".repeat(filled.min(BAR_WIDTH)),
+        "·".repeat(BAR_WIDTH - filled.min(BAR_WIDTH))
+    )
+}
+
+fn rate(rates: Option<&HashMap<String, f64>>, key: &str) -> String {
+    rates
+        .and_then(|r| r.get(key))
+        .map_or("-".into(), |r| format!("{r:.0}/s"))
+}
+
+fn render(
+    status: &Value,
+    workers: &Value,
+    backends: &Value,
+    rates: Option<&HashMap<String, f64>>,
+) -> String {
+    let mut out = format!(
+        "rrproxy {}  policy {}  workers {}/{} up  backends {}/{} up  active {}  total {}  {}\n\n",
+        status["version"].as_str().unwrap_or("?"),
+        status["policy"].as_str().unwrap_or("?"),
+        status["workers_up"],
+        status["workers"],
+        status["backends_up"],
+        status["backends"],
+        status["active_connections"],
+        status["total_connections"],
+        if status["accepting"] == true {
+            "accepting"
+        } else {
+            "PAUSED"
+        },
+    );
+    let ws = workers.as_array().cloned().unwrap_or_default();
+    let wmax = ws
+        .iter()
+        .filter_map(|w| w["active"].as_u64())
+        .max()
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "{:<6} {:<8} {:<10} {:<w$}  {:>7} {:>9}\n",
+        "WORKER",
+        "PID",
+        "STATE",
+        "ACTIVE",
+        "",
+        "RATE",
+        w = BAR_WIDTH
+    ));
+    for w in &ws {
+        let active = w["active"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<6} {:<8} {:<10} {} {:>7} {:>9}\n",
+            w["slot"].to_string(),
+            w["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            w["state"].as_str().unwrap_or("?"),
+            bar(active, wmax),
+            active,
+            rate(rates, &format!("w{}", w["slot"])),
+        ));
+    }
+    let bs = backends.as_array().cloned().unwrap_or_default();
+    let bmax = bs
+        .iter()
+        .filter_map(|b| b["active"].as_u64())
+        .max()
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "\n{:<24} {:<9} {:<w$}  {:>7} {:>9} {:>8}\n",
+        "BACKEND",
+        "STATE",
+        "ACTIVE",
+        "",
+        "RATE",
+        "FAILURES",
+        w = BAR_WIDTH
+    ));
+    for b in &bs {
+        let active = b["active"].as_u64().unwrap_or(0);
+        let address = b["address"].as_str().unwrap_or("?");
+        out.push_str(&format!(
+            "{:<24} {:<9} {} {:>7} {:>9} {:>8}\n",
+            address,
+            b["state"].as_str().unwrap_or("?"),
+            bar(active, bmax),
+            active,
+            rate(rates, &format!("b{}", b["address"])),
+            b["failures"].to_string(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_scale_to_the_largest() {
+        assert_eq!(bar(0, 0).chars().filter(|&c| c == '█').count(), 0);
+        assert_eq!(bar(10, 10).chars().filter(|&c| c == '█').count(), BAR_WIDTH);
+        assert_eq!(
+            bar(5, 10).chars().filter(|&c| c == '█').count(),
+            BAR_WIDTH / 2
+        );
+        assert_eq!(bar(5, 10).chars().count(), BAR_WIDTH);
+    }
+}

@@ -1,0 +1,360 @@
+//! Observability: the metrics a known workload produces, byte counters that
+//! advance during long connections, `promtool` on a live scrape, a real
+//! Prometheus server scraping the proxy, systemd notification and socket
+//! activation, JSON logs, `ctl top`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// An external tool the test needs. CI (`RRPROXY_REQUIRE_TOOLS=1`, set by
+/// `.ci/run`, which installs them) fails without it; elsewhere the test is
+/// skipped with a note.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RRPROXY_REQUIRE_TOOLS").is_none(),
+            "{name} is required (RRPROXY_REQUIRE_TOOLS is set) but not installed"
+        );
+        eprintln!("SKIPPED: {name} not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+/// Every metric the README documents.
+const DOCUMENTED: &[&str] = &[
+    "rrproxy_worker_connections_total",
+    "rrproxy_worker_active_connections",
+    "rrproxy_worker_restarts_total",
+    "rrproxy_worker_up",
+    "rrproxy_worker_received_bytes_total",
+    "rrproxy_worker_sent_bytes_total",
+    "rrproxy_worker_imbalance_ratio",
+    "rrproxy_backend_connections_total",
+    "rrproxy_backend_active_connections",
+    "rrproxy_backend_up",
+    "rrproxy_backend_connect_failures_total",
+    "rrproxy_backend_check_failures_total",
+    "rrproxy_backend_redispatches_total",
+    "rrproxy_backend_received_bytes_total",
+    "rrproxy_backend_sent_bytes_total",
+    "rrproxy_backend_weight",
+    "rrproxy_backend_connect_duration_seconds_bucket",
+    "rrproxy_connection_duration_seconds_bucket",
+    "rrproxy_accepted_connections_total",
+    "rrproxy_accept_errors_total",
+    "rrproxy_handoff_failures_total",
+    "rrproxy_redispatched_connections_total",
+    "rrproxy_failed_connections_total",
+    "rrproxy_refused_connections_total",
+    "rrproxy_active_connections",
+    "rrproxy_pending_connections",
+    "rrproxy_accept_paused",
+    "rrproxy_policy_info",
+    "rrproxy_policy_changes_total",
+    "rrproxy_build_info",
+];
+
+#[test]
+fn a_known_workload_shows_in_every_metric() {
+    let echo = echo_backend();
+    let dead = refused_addr();
+    let proxy = ProxyCmd::new(&[echo.addr, dead])
+        .workers(2)
+        .args(["--health-interval", "off"])
+        .start();
+    for i in 0..10u64 {
+        let mut s = proxy.connect();
+        let data = random_bytes(i, 1000);
+        s.write_all(&data).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+    }
+    let (e, d) = (echo.addr.to_string(), dead.to_string());
+    // Byte counts arrive with the workers' once-a-second reports.
+    let m = wait_for(Duration::from_secs(5), "all events reported", || {
+        let m = proxy.scrape();
+        let bytes = m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
+        let closed = m.get("rrproxy_connection_duration_seconds_count", &[]);
+        (bytes == Some(10_000.0) && closed == Some(10.0)).then_some(m)
+    });
+    for name in DOCUMENTED {
+        assert!(
+            m.series.keys().any(|k| k.split('{').next() == Some(*name)),
+            "{name} missing from the exposition"
+        );
+    }
+    let w = |name: &str, slot: &str| m.get(name, &[("worker", slot)]);
+    let b = |name: &str, backend: &str| m.get(name, &[("backend", backend)]);
+    assert_eq!(w("rrproxy_worker_connections_total", "0"), Some(5.0));
+    assert_eq!(w("rrproxy_worker_connections_total", "1"), Some(5.0));
+    assert_eq!(w("rrproxy_worker_active_connections", "0"), Some(0.0));
+    let sum = |name: &str| w(name, "0").unwrap() + w(name, "1").unwrap();
+    assert_eq!(sum("rrproxy_worker_received_bytes_total"), 10_000.0);
+    assert_eq!(sum("rrproxy_worker_sent_bytes_total"), 10_000.0);
+    assert_eq!(b("rrproxy_backend_connections_total", &e), Some(10.0));
+    assert_eq!(b("rrproxy_backend_connections_total", &d), Some(0.0));
+    assert_eq!(b("rrproxy_backend_sent_bytes_total", &e), Some(10_000.0));
+    assert_eq!(b("rrproxy_backend_active_connections", &e), Some(0.0));
+    assert_eq!(b("rrproxy_backend_redispatches_total", &d), Some(5.0));
+    assert_eq!(b("rrproxy_backend_weight", &e), Some(1.0));
+    assert_eq!(
+        m.get(
+            "rrproxy_backend_connect_failures_total",
+            &[("backend", &d), ("reason", "refused")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        m.get(
+            "rrproxy_backend_connect_duration_seconds_count",
+            &[("backend", &e)]
+        ),
+        Some(10.0)
+    );
+    assert_eq!(m.get("rrproxy_accepted_connections_total", &[]), Some(10.0));
+    assert_eq!(
+        m.get("rrproxy_redispatched_connections_total", &[]),
+        Some(5.0)
+    );
+    assert_eq!(m.get("rrproxy_failed_connections_total", &[]), Some(0.0));
+    assert_eq!(
+        m.get("rrproxy_policy_info", &[("policy", "round-robin")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "rrproxy_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(w("rrproxy_worker_up", "1"), Some(1.0));
+    assert_eq!(w("rrproxy_worker_restarts_total", "1"), Some(0.0));
+
+    // A restart shows too.
+    let victim = proxy.worker_pids()[1].unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(Duration::from_secs(5), "restart counted", || {
+        proxy
+            .scrape()
+            .get("rrproxy_worker_restarts_total", &[("worker", "1")])
+            == Some(1.0)
+    });
+}
+
+#[test]
+fn byte_counters_advance_while_a_connection_is_open() {
+    let echo = echo_backend();
+    let proxy = ProxyCmd::new(&[echo.addr]).workers(1).start();
+    let mut s = proxy.connect();
+    let data = random_bytes(5, 200_000);
+    s.write_all(&data).unwrap();
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "bytes reported before close",
+        || {
+            proxy
+                .scrape()
+                .get("rrproxy_worker_received_bytes_total", &[("worker", "0")])
+                == Some(200_000.0)
+        },
+    );
+    assert_eq!(
+        proxy
+            .scrape()
+            .get("rrproxy_worker_active_connections", &[("worker", "0")]),
+        Some(1.0),
+        "the connection is still open"
+    );
+}
+
+#[test]
+fn promtool_accepts_a_live_scrape() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let b = name_backend("p");
+    let proxy = ProxyCmd::new(&[b.addr, refused_addr()]).workers(2).start();
+    for _ in 0..5 {
+        fetch_name(&proxy);
+    }
+    let text = proxy.scrape().text;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = temp_dir("notify");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = dir.join("rrproxy.toml");
+    let b = name_backend("n");
+    std::fs::write(&config, format!("backends = [\"{}\"]\n", b.addr)).unwrap();
+    let mut proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .start();
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(next().contains("READY=1"));
+    proxy.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next().contains("READY=1"));
+    proxy.signal("TERM");
+    assert!(next().contains("STOPPING=1"));
+    assert!(proxy.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn socket_activation_serves_on_the_inherited_listener() {
+    let b = name_backend("activated");
+    // The "service manager": we bind, rrproxy inherits the socket as fd 3.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = socket2::SockRef::from(&listener);
+    sock.set_cloexec(false).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let dir = temp_dir("activation");
+    let log = dir.join("stderr.log");
+    let script = format!(
+        "exec 3<&{fd}; exec {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {BIN} --backend {} --workers 1 --metrics off --control off",
+        b.addr
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    drop(listener); // only rrproxy holds it now
+    let name = wait_for(
+        Duration::from_secs(10),
+        "service on the inherited socket",
+        || {
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut line = String::new();
+            BufReader::new(s.try_clone().ok()?)
+                .read_line(&mut line)
+                .ok()?;
+            let _ = s.shutdown(Shutdown::Both);
+            Some(line.trim().to_string())
+        },
+    );
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(name, "activated", "{stderr}");
+    assert!(stderr.contains("socket activation"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn json_logs_are_json_and_connections_are_not_logged_by_default() {
+    let b = name_backend("j");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(1)
+        .args(["--log-format", "json"])
+        .start();
+    for _ in 0..5 {
+        fetch_name(&proxy);
+    }
+    let log = proxy.stderr();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+        assert_ne!(
+            v["level"], "DEBUG",
+            "no per-connection lines at the default level"
+        );
+    }
+    assert!(log.contains("\"worker up\""), "{log}");
+}
+
+#[test]
+fn ctl_top_draws_frames() {
+    let b = name_backend("t");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    fetch_name(&proxy);
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--control",
+            proxy.control.to_str().unwrap(),
+            "top",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("WORKER").count(), 2, "{text}");
+    assert!(
+        text.contains(&b.addr.to_string()) && text.contains("/s"),
+        "{text}"
+    );
+}
