@@ -1,0 +1,327 @@
+//! The control socket and the config file: every command, hostile
+//! clients, `rrproxy check`, SIGHUP reloads good and bad.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn names(proxy: &Proxy, n: usize) -> Vec<String> {
+    (0..n).map(|_| fetch_name(proxy)).collect()
+}
+
+#[test]
+fn status_workers_backends_and_policy_report_the_truth() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr, b.addr]).workers(2).start();
+    names(&proxy, 4);
+    let status = proxy.ctl_json("status");
+    assert_eq!(status["workers"], 2);
+    assert_eq!(status["workers_up"], 2);
+    assert_eq!(status["backends_up"], 2);
+    assert_eq!(status["total_connections"], 4);
+    assert_eq!(status["policy"], "round-robin");
+    assert_eq!(status["listen"][0], proxy.listen.to_string());
+
+    let workers = proxy.ctl_json("workers");
+    assert_eq!(workers.as_array().unwrap().len(), 2);
+    for (slot, w) in workers.as_array().unwrap().iter().enumerate() {
+        assert_eq!(w["slot"], slot);
+        assert_eq!(w["state"], "up");
+        assert_eq!(w["total"], 2);
+        assert!(w["pid"].as_u64().is_some());
+    }
+    let backends = proxy.ctl_json("backends");
+    assert_eq!(backends[0]["address"], a.addr.to_string());
+    assert_eq!(backends[0]["state"], "up");
+    assert_eq!(backends[0]["total"], 2);
+    assert_eq!(proxy.ctl("policy"), "round-robin");
+
+    // The human forms are tables with the same facts.
+    let table = proxy.ctl("workers");
+    assert!(
+        table.starts_with("SLOT") && table.lines().count() == 3,
+        "{table}"
+    );
+    let table = proxy.ctl("backends");
+    assert!(
+        table.contains(&b.addr.to_string()) && table.contains(" up "),
+        "{table}"
+    );
+    assert!(proxy.ctl("status").contains("workers      2/2 up"));
+    assert!(proxy.ctl("help").contains("backend add"));
+
+    // The control socket is private to its owner.
+    let mode = std::fs::metadata(&proxy.control)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn backends_can_be_added_disabled_enabled_and_removed_at_run_time() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(2).start();
+    assert!(names(&proxy, 4).iter().all(|n| n == "a"));
+
+    let reply = proxy.ctl(&format!("backend add {},weight=2", b.addr));
+    assert!(reply.contains("added"), "{reply}");
+    let got = names(&proxy, 6);
+    assert_eq!(
+        got.iter().filter(|n| *n == "b").count(),
+        4,
+        "weight 2 of 3: {got:?}"
+    );
+
+    proxy.ctl(&format!("backend disable {}", a.addr));
+    assert!(names(&proxy, 4).iter().all(|n| n == "b"));
+    assert_eq!(proxy.ctl_json("backends")[0]["state"], "disabled");
+    proxy.ctl(&format!("backend enable {}", a.addr));
+    assert!(names(&proxy, 6).iter().any(|n| n == "a"));
+
+    // Remove drains: an open connection on it finishes, new ones go elsewhere.
+    let mut held = wait_for(Duration::from_secs(5), "a connection on a", || {
+        let mut s = proxy.connect();
+        (read_name(&mut s) == "a").then_some(s)
+    });
+    let reply = proxy.ctl(&format!("backend remove {}", a.addr));
+    assert!(reply.contains("draining"), "{reply}");
+    assert_eq!(proxy.ctl_json("backends")[0]["state"], "draining");
+    assert!(names(&proxy, 4).iter().all(|n| n == "b"));
+    held.write_all(b"still here\n").unwrap();
+    drop(held);
+    wait_until(
+        Duration::from_secs(5),
+        "drained backend to leave the list",
+        || proxy.ctl_json("backends").as_array().unwrap().len() == 1,
+    );
+    // The last backend cannot be removed.
+    let reply = proxy.ctl(&format!("backend remove {}", b.addr));
+    assert!(
+        reply.starts_with("error:") && reply.contains("last backend"),
+        "{reply}"
+    );
+    let reply = proxy.ctl(&format!("backend add {}", b.addr));
+    assert!(
+        reply.starts_with("error:") && reply.contains("already exists"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn bad_commands_get_an_error_and_change_nothing() {
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    let before = proxy.ctl("backends");
+    for (cmd, needle) in [
+        ("frobnicate", "unknown command 'frobnicate'"),
+        ("policy fastest", "unknown policy 'fastest'"),
+        ("backend add nonsense", "invalid backend 'nonsense'"),
+        ("backend remove 10.9.9.9:1", "no backend named '10.9.9.9:1'"),
+        ("backend explode 1.2.3.4:5", "usage: backend"),
+        ("workers now", "takes no arguments"),
+        ("\u{1}\u{2}\u{3}", "unknown command"),
+    ] {
+        let reply = proxy.ctl(cmd);
+        assert!(
+            reply.starts_with("error: ") && reply.contains(needle),
+            "{cmd:?}: {reply}"
+        );
+        assert_eq!(reply.lines().count(), 1, "{cmd:?}: one line");
+    }
+    let json: serde_json::Value = serde_json::from_str(&proxy.ctl("nope --json")).unwrap();
+    assert!(json["error"].as_str().unwrap().contains("unknown command"));
+    assert_eq!(proxy.ctl("backends"), before, "nothing changed");
+    assert_eq!(fetch_name(&proxy), "a");
+}
+
+#[test]
+fn hostile_control_clients_cannot_block_anything() {
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    // A client that connects and says nothing...
+    let _silent = UnixStream::connect(&proxy.control).unwrap();
+    // ...one that sends a partial line and stalls...
+    let mut partial = UnixStream::connect(&proxy.control).unwrap();
+    partial.write_all(b"stat").unwrap();
+    // ...and one that sends an endless line.
+    let mut flood = UnixStream::connect(&proxy.control).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let junk = vec![b'x'; 8192];
+    let _ = flood.write_all(&junk);
+    let mut reply = String::new();
+    let _ = flood.read_to_string(&mut reply);
+    assert!(reply.contains("longer than 4096 bytes"), "{reply:?}");
+    // Invalid UTF-8 gets an error, the session goes on.
+    let mut bin = UnixStream::connect(&proxy.control).unwrap();
+    bin.write_all(b"\xff\xfe\n").unwrap();
+    let mut r = BufReader::new(bin.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("not valid UTF-8"), "{line}");
+    // Meanwhile, everything else works.
+    let t = Instant::now();
+    assert!(proxy.ctl("status").contains("rrproxy"));
+    assert_eq!(fetch_name(&proxy), "a");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Several commands on one connection, like socat by hand.
+    let mut s = UnixStream::connect(&proxy.control).unwrap();
+    s.write_all(b"policy\nworkers --json\nquit\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("round-robin\n\n[{"), "{all}");
+}
+
+#[test]
+fn ctl_client_prints_replies_and_fails_on_errors() {
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    let ctl = |args: &[&str]| {
+        let mut full = vec!["ctl", "--control", proxy.control.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Command::new(BIN).args(&full).output().unwrap()
+    };
+    let out = ctl(&["policy"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "round-robin");
+    let out = ctl(&["--json", "workers"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["slot"], 0);
+    let out = ctl(&["bogus"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("rrproxy ctl: error: unknown command 'bogus'"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["ctl", "--control", "/nonexistent/rrproxy.sock", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot reach rrproxy at /nonexistent/rrproxy.sock")
+    );
+}
+
+#[test]
+fn the_control_socket_is_removed_on_exit_and_a_live_one_is_not_stolen() {
+    let a = name_backend("a");
+    let mut proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    // A second proxy on the same control path is refused.
+    let (st, err) = run_bin(&[
+        "--backend",
+        &a.addr.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "off",
+        "--control",
+        proxy.control.to_str().unwrap(),
+    ]);
+    assert!(!st.success());
+    assert!(err.contains("is in use by another process"), "{err}");
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(20)).success());
+    assert!(!proxy.control.exists(), "socket removed on exit");
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("rrproxy.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn check_validates_config_files() {
+    let dir = temp_dir("check");
+    let good = write_config(
+        &dir,
+        "backends = [\"127.0.0.1:8081\", { address = \"127.0.0.1:8082\", weight = 2 }]\nworkers = 2\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    for (body, needle) in [
+        (
+            "backends = [\"127.0.0.1:80\"]\nspeed = 3\n",
+            ":2:1: unknown field `speed`",
+        ),
+        (
+            "backends = [\"127.0.0.1:80\"]\nworkers = 0\n",
+            "invalid worker count 0",
+        ),
+        (
+            "backends = [\"127.0.0.1:80\"]\nidle-timeout = \"never\"\n",
+            "idle-timeout",
+        ),
+        ("backends = 5\n", ":1:12:"),
+    ] {
+        let path = write_config(&dir, body);
+        let out = Command::new(BIN)
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{body}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{body}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let unreadable = dir.join("missing.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", unreadable.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sighup_applies_a_good_file_and_keeps_running_on_a_bad_one() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let dir = temp_dir("reload");
+    let config = write_config(&dir, &format!("backends = [\"{}\"]\n", a.addr));
+    let proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .start();
+    assert!(names(&proxy, 3).iter().all(|n| n == "a"));
+    // Good: switch to b.
+    write_config(&dir, &format!("backends = [\"{}\"]\n", b.addr));
+    proxy.signal("HUP");
+    wait_until(Duration::from_secs(5), "reload to apply", || {
+        fetch_name(&proxy) == "b" && fetch_name(&proxy) == "b"
+    });
+    // Bad: rejected, logged, and the running config stays.
+    write_config(&dir, "backends = [\"127.0.0.1:80\"]\nmystery = true\n");
+    proxy.signal("HUP");
+    wait_until(Duration::from_secs(5), "rejection logged", || {
+        proxy.stderr().contains("reload rejected")
+    });
+    assert!(names(&proxy, 3).iter().all(|n| n == "b"));
+    // The same through the control socket.
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.starts_with("error: reload rejected") && reply.contains("mystery"),
+        "{reply}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
