@@ -59,6 +59,9 @@ pub struct Cli {
     pub log: LogArgs,
 }
 
+// `Check` carries every proxy flag; the value is built once per run, so its
+// size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Talk to a running rrproxy through its control socket.
@@ -171,6 +174,11 @@ pub struct TuningArgs {
     /// Consecutive failed checks that mark a backend down. [default: 3]
     #[arg(long, value_name = "N")]
     pub fall: Option<u32>,
+
+    /// Move bytes with splice(2) through pipes, without copying them
+    /// through user space ("off": buffered copy). [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    pub splice: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -263,6 +271,15 @@ pub struct WorkerArgs {
     /// Inherited descriptor of this worker's end of the channel.
     #[arg(long)]
     pub channel_fd: i32,
+}
+
+/// Parse `on`/`off` (also `true`/`false`, `yes`/`no`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(format!("'{other}' is not on or off")),
+    }
 }
 
 /// Parse a human duration such as `5s`, `500ms`, `2m`, or a bare number of

@@ -81,6 +81,8 @@ pub struct Config {
     pub backlog: u32,
     pub limits: Limits,
     pub health: Health,
+    /// Forward with splice(2) (zero-copy) rather than buffered copies.
+    pub splice: bool,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
 }
@@ -233,6 +235,7 @@ impl Config {
             ));
         }
         Ok(Config {
+            splice: t.splice.or(file.splice).unwrap_or(true),
             limits,
             health,
             listen,

@@ -41,6 +41,9 @@ pub const REFUSED_PER_IP: &str = "rrproxy_refused_connections_total";
 pub const ACTIVE: &str = "rrproxy_active_connections";
 pub const IMBALANCE: &str = "rrproxy_worker_imbalance_ratio";
 pub const BACKEND_REDISPATCHES: &str = "rrproxy_backend_redispatches_total";
+pub const OPEN_FDS: &str = "rrproxy_open_fds";
+pub const MAX_FDS: &str = "rrproxy_max_fds";
+pub const WORKER_LIMIT: &str = "rrproxy_worker_connection_limit";
 pub const PENDING: &str = "rrproxy_pending_connections";
 pub const ACCEPT_PAUSED: &str = "rrproxy_accept_paused";
 pub const POLICY_INFO: &str = "rrproxy_policy_info";
@@ -157,6 +160,12 @@ pub fn describe() {
     describe_counter!(
         BACKEND_REDISPATCHES,
         "Connections planned for this backend that another backend served after a connect failure."
+    );
+    describe_gauge!(OPEN_FDS, "File descriptors the front process has open.");
+    describe_gauge!(MAX_FDS, "The open-file limit of the front and its workers.");
+    describe_gauge!(
+        WORKER_LIMIT,
+        "Most connections one worker holds at once (--max-conns-per-worker or its descriptor budget)."
     );
     describe_gauge!(
         PENDING,

@@ -137,3 +137,28 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<std::net::TcpListener> {
     let _ = socket.set_tcp_nodelay(true);
     Ok(socket.into())
 }
+
+/// How a worker spends its descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdPlan {
+    /// Connections (two sockets each) a worker may hold.
+    pub conns: u64,
+    /// Pipes (two descriptors each) a worker may have open for splice(2);
+    /// beyond this it copies through buffers instead.
+    pub pipes: u64,
+}
+
+/// Descriptors a worker keeps for itself (channel, epoll, stdio, ...).
+const FD_RESERVE: u64 = 64;
+
+/// Split an open-file limit between connections and splice pipes. Pipes
+/// are only held while bytes are in flight, so a bounded allowance is
+/// enough; every other descriptor serves connections.
+pub fn fd_plan(nofile: u64) -> FdPlan {
+    let pipes = (nofile / 8).clamp(4, 1024);
+    let conns = nofile.saturating_sub(FD_RESERVE + 2 * pipes) / 2;
+    FdPlan {
+        conns: conns.max(8),
+        pipes,
+    }
+}

@@ -10,6 +10,7 @@
 mod connect;
 mod pump;
 mod report;
+mod splice;
 
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
@@ -106,13 +108,29 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
     });
     tokio::task::spawn_local(report::flush_loop(worker.clone()));
     tokio::task::spawn_local(report::bytes_loop(worker.clone()));
+    // Ctrl-C reaches the whole process group: the front decides how to
+    // stop, so a worker ignores SIGINT. SIGTERM sent to a worker (or to
+    // the group) drains it like a request from the front.
+    let mut interrupts =
+        signal(SignalKind::interrupt()).map_err(|source| WorkerError::Io { slot, source })?;
+    tokio::task::spawn_local(async move { while interrupts.recv().await.is_some() {} });
+    let mut terms =
+        signal(SignalKind::terminate()).map_err(|source| WorkerError::Io { slot, source })?;
     let pid = std::process::id();
     send_up(slot, &channel, &Up::Ready { pid }).await?;
     info!(slot, pid, "worker ready");
 
     let drain_timeout = loop {
         fds.clear();
-        match next_frame(slot, &channel, &mut buf, &mut fds).await {
+        let frame = tokio::select! {
+            frame = next_frame(slot, &channel, &mut buf, &mut fds) => frame,
+            _ = terms.recv() => {
+                let timeout = worker.config.load().drain_timeout;
+                info!(slot, timeout = ?timeout, "SIGTERM: draining");
+                break timeout;
+            }
+        };
+        match frame {
             Ok(Some(Down::Conns(conns))) => start_conns(&worker, conns, &mut fds),
             Ok(Some(Down::Config(cfg))) => {
                 debug!(slot, backends = cfg.backends.len(), "config updated");

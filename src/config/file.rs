@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub health_timeout: Option<DurationValue>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub splice: Option<bool>,
 }
 
 /// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`, or

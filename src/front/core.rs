@@ -56,6 +56,9 @@ pub struct FrontMetrics {
     pub paused: Gauge,
     pub active: Gauge,
     pub imbalance: Gauge,
+    pub open_fds: Gauge,
+    pub max_fds: Gauge,
+    pub worker_limit: Gauge,
 }
 
 impl FrontMetrics {
@@ -77,6 +80,9 @@ impl FrontMetrics {
             paused: gauge!(m::ACCEPT_PAUSED),
             active: gauge!(m::ACTIVE),
             imbalance: gauge!(m::IMBALANCE),
+            open_fds: gauge!(m::OPEN_FDS),
+            max_fds: gauge!(m::MAX_FDS),
+            worker_limit: gauge!(m::WORKER_LIMIT),
         };
         fm.active.set(0.0);
         fm.imbalance.set(1.0);
@@ -117,6 +123,8 @@ pub struct Front {
     /// The flags the proxy started with, re-read (with the config file) on
     /// reload; `None` for an embedded proxy (the demo).
     pub reload_args: Option<crate::cli::ProxyArgs>,
+    /// When a pause was last logged.
+    pub last_pause_log: Option<Instant>,
     /// READY=1 was sent to the service manager.
     pub announced_ready: bool,
     /// A rolling restart is in progress.
@@ -169,6 +177,7 @@ impl Front {
                 shutting_down: false,
                 rolling: false,
                 announced_ready: false,
+                last_pause_log: None,
                 reload_args: None,
                 nofile: 0,
                 next_conn: 0,
@@ -418,7 +427,9 @@ impl Front {
         if paused != self.paused {
             self.paused = paused;
             self.fm.paused.set(if paused { 1.0 } else { 0.0 });
-            if !paused {
+            if paused {
+                self.log_pause();
+            } else {
                 self.resume.notify_waiters();
             }
         }
@@ -426,11 +437,48 @@ impl Front {
             .set(!self.shutting_down && self.slots.iter().any(|s| s.serving().is_some()));
     }
 
+    /// Say why accepting stopped (at most once every ten seconds), so a
+    /// saturated proxy is never silent. Startup and shutdown are expected.
+    fn log_pause(&mut self) {
+        let cap = self.per_proc_cap;
+        let serving: Vec<&crate::supervisor::WorkerProc> =
+            self.slots.iter().filter_map(|s| s.serving()).collect();
+        let reason = if self.shutting_down || !self.announced_ready {
+            return;
+        } else if self.at_global_limit() {
+            "--max-conns reached"
+        } else if serving.is_empty() {
+            "no worker is ready"
+        } else if serving.iter().all(|p| p.active >= cap) {
+            "every worker is at its connection limit (--max-conns-per-worker or its descriptor budget)"
+        } else {
+            "every worker's channel is full"
+        };
+        if self
+            .last_pause_log
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_pause_log = Some(Instant::now());
+        warn!(
+            reason,
+            active = self.total_active(),
+            per_worker_limit = cap,
+            "not accepting for now: new clients wait in the listen backlog"
+        );
+    }
+
     /// Publish the gauges that summarise the whole front (called once a
     /// second): total active connections and how evenly they are spread
     /// over the ready worker slots (max / mean; 1 = even).
     pub fn publish_stats(&self) {
         self.fm.active.set(self.total_active() as f64);
+        if let Some(n) = crate::sys::open_fd_count() {
+            self.fm.open_fds.set(n as f64);
+        }
+        self.fm.max_fds.set(self.nofile as f64);
+        self.fm.worker_limit.set(self.per_proc_cap as f64);
         let ready: Vec<u64> = self
             .slots
             .iter()
@@ -464,7 +512,7 @@ impl Front {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             drain_timeout: cfg.drain_timeout,
-            splice: false,
+            splice: cfg.splice,
             backends: self.backends.worker_table(),
         });
         let mut frame = Vec::new();

@@ -13,15 +13,9 @@ use tracing::debug;
 
 use super::Front;
 
-/// Descriptors a worker keeps for itself (channel, epoll, stdio, ...).
-const FD_RESERVE: u64 = 64;
-/// Descriptors one proxied connection may use: client, backend, and a pipe
-/// pair per direction when splicing.
-const FDS_PER_CONN: u64 = 6;
-
 /// How many connections a worker with `nofile` descriptors can hold.
 pub fn fd_budget(nofile: u64) -> u64 {
-    (nofile.saturating_sub(FD_RESERVE).max(FDS_PER_CONN * 8)) / FDS_PER_CONN
+    crate::sys::fd_plan(nofile).conns
 }
 
 impl Front {
@@ -88,7 +82,9 @@ mod tests {
     #[test]
     fn budget_scales_with_limit_and_has_a_floor() {
         assert_eq!(fd_budget(64), 8);
-        assert_eq!(fd_budget(1024), 160);
-        assert!(fd_budget(1 << 20) > 100_000);
+        assert_eq!(fd_budget(1024), (1024 - 64 - 256) / 2);
+        // Most descriptors go to connections: two each.
+        assert_eq!(fd_budget(20_000), (20_000 - 64 - 2048) / 2);
+        assert!(fd_budget(1 << 20) > 500_000);
     }
 }

@@ -40,7 +40,13 @@ pub fn spawn_worker(
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         })
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Meant for the front only: a worker must not talk to systemd or
+        // mistake the front's activated sockets for its own.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
     for _ in 0..log.verbose {
         cmd.arg("-v");
     }

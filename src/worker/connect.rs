@@ -51,7 +51,14 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     span.record("server.addr", tracing::field::display(backend.addr));
     debug!(connect_time = ?connect_time, "connected");
     let counter = worker.reporter.counter(backend.id);
-    let outcome = pump::pump(&client, &upstream, config.idle_timeout, &counter).await;
+    let outcome = pump::pump(
+        &client,
+        &upstream,
+        config.idle_timeout,
+        config.splice,
+        &counter,
+    )
+    .await;
     match outcome {
         Outcome::Done => {}
         Outcome::IdleTimeout => debug!("idle timeout"),

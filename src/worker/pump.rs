@@ -8,9 +8,10 @@
 //! - a connection on which nothing moved in either direction for the idle
 //!   timeout is closed.
 //!
-//! Buffers are taken from a small per-thread pool only when a socket is
-//! readable, and given back right after the write, so an idle connection
-//! holds no buffer at all.
+//! Bytes move by splice(2) through a pipe (see [`splice`]) or, when that
+//! is off or impossible, through a buffer. Pipes and buffers come from
+//! small per-thread pools only when a socket is readable and go back right
+//! after the write, so an idle connection holds neither.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::report::ByteCounter;
+use super::splice;
 
 /// Size of one copy buffer.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -69,11 +71,12 @@ pub async fn pump(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
+    zero_copy: bool,
     counter: &ByteCounter,
 ) -> Outcome {
     let last = Cell::new(Instant::now());
-    let up = copy(client, backend, Dir::Up, counter, &last);
-    let down = copy(backend, client, Dir::Down, counter, &last);
+    let up = copy(client, backend, Dir::Up, zero_copy, counter, &last);
+    let down = copy(backend, client, Dir::Down, zero_copy, counter, &last);
     let both = async { tokio::try_join!(up, down) };
     tokio::select! {
         res = both => match res {
@@ -98,10 +101,14 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
 }
 
 /// Copy `src` to `dst` until EOF, then shut down `dst`'s write side.
+/// Each chunk goes through a pipe (splice) when `zero_copy` is set and a
+/// pipe can be had, else through a pooled buffer. Neither is held while
+/// the source has nothing to say.
 async fn copy(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
+    zero_copy: bool,
     counter: &ByteCounter,
     last: &Cell<Instant>,
 ) -> Result<(), (&'static str, io::Error)> {
@@ -111,40 +118,66 @@ async fn copy(
     };
     loop {
         src.readable().await.map_err(|e| (src_name, e))?;
-        let mut buf = take_buf();
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => {
-                give_buf(buf);
-                // Half-close: pass the EOF on, keep the other way open.
-                return match SockRef::from(dst).shutdown(Shutdown::Write) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                    Err(e) => Err((dst_name, e)),
+        let moved = match zero_copy.then(splice::take_pipe) {
+            Some(Ok(pipe)) => match splice::fill(&pipe, src) {
+                Ok(0) => {
+                    splice::give_pipe(pipe);
+                    0
+                }
+                Ok(n) => {
+                    let drained = splice::drain(&pipe, dst, n, || last.set(Instant::now())).await;
+                    drained.map_err(|e| (dst_name, e))?;
+                    splice::give_pipe(pipe); // empty again
+                    n
+                }
+                Err(e) if retry(&e) => {
+                    splice::give_pipe(pipe);
+                    continue;
+                }
+                Err(e) => return Err((src_name, e)),
+            },
+            // No pipe to be had (descriptor limit) or splicing is off.
+            Some(Err(_)) | None => {
+                let mut buf = take_buf();
+                let n = match src.try_read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if retry(&e) => {
+                        give_buf(buf);
+                        continue;
+                    }
+                    Err(e) => {
+                        give_buf(buf);
+                        return Err((src_name, e));
+                    }
                 };
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let written = write_all(dst, &buf[..n], last).await;
                 give_buf(buf);
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                give_buf(buf);
-                continue;
-            }
-            Err(e) => {
-                give_buf(buf);
-                return Err((src_name, e));
+                written.map_err(|e| (dst_name, e))?;
+                n
             }
         };
+        if moved == 0 {
+            // Half-close: pass the EOF on, keep the other way open.
+            return match SockRef::from(dst).shutdown(Shutdown::Write) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                Err(e) => Err((dst_name, e)),
+            };
+        }
         last.set(Instant::now());
         match dir {
-            Dir::Up => counter.add_up(n),
-            Dir::Down => counter.add_down(n),
+            Dir::Up => counter.add_up(moved),
+            Dir::Down => counter.add_down(moved),
         }
-        let written = write_all(dst, &buf[..n], last).await;
-        give_buf(buf);
-        written.map_err(|e| (dst_name, e))?;
     }
+}
+
+/// Errors after which the same operation is simply tried again.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 async fn write_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io::Result<()> {

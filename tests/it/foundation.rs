@@ -71,11 +71,13 @@ fn three_workers_are_children_and_only_the_front_listens() {
     }
 }
 
-#[test]
-fn bytes_arrive_intact_on_parallel_connections() {
+fn integrity(splice: &str) {
     const PER_CONN: usize = 12 << 20;
     let b = echo_backend();
-    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .args(["--splice", splice])
+        .start();
     let handles: Vec<_> = (0..4u64)
         .map(|seed| {
             let data = random_bytes(seed + 1, PER_CONN);
@@ -103,9 +105,21 @@ fn bytes_arrive_intact_on_parallel_connections() {
 }
 
 #[test]
-fn half_close_keeps_the_other_direction_flowing() {
+fn bytes_arrive_intact_with_splice() {
+    integrity("on");
+}
+
+#[test]
+fn bytes_arrive_intact_with_buffered_copy() {
+    integrity("off");
+}
+
+fn half_close(splice: &str) {
     let b = echo_backend();
-    let proxy = ProxyCmd::new(&[b.addr]).workers(1).start();
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(1)
+        .args(["--splice", splice])
+        .start();
     let mut s = proxy.connect();
     let data = random_bytes(7, 300_000);
     s.write_all(&data).unwrap();
@@ -113,6 +127,127 @@ fn half_close_keeps_the_other_direction_flowing() {
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap(); // returns at EOF
     assert!(got == data, "echoed {} of {} bytes", got.len(), data.len());
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_flowing_with_splice() {
+    half_close("on");
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_flowing_with_buffered_copy() {
+    half_close("off");
+}
+
+fn resets(splice: &str) {
+    // A backend that sends a little, then resets.
+    let rst = spawn_backend_on(TcpListener::bind("127.0.0.1:0").unwrap(), |mut c| {
+        let _ = c.write_all(b"bye\n");
+        let mut buf = [0u8; 4];
+        let _ = c.read(&mut buf); // wait for the client's poke
+        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+    });
+    let proxy = ProxyCmd::new(&[rst.addr])
+        .workers(1)
+        .args(["--splice", splice])
+        .start();
+    let mut s = proxy.connect();
+    assert_eq!(read_name(&mut s), "bye");
+    s.write_all(b"poke").unwrap();
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "backend reset reaches the client: {r:?}"
+    );
+
+    // A client reset reaches the backend.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let watcher = spawn_backend_on(TcpListener::bind("127.0.0.1:0").unwrap(), move |mut c| {
+        let _ = c.write_all(b"hi\n");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        let r = c.read(&mut buf).map_err(|e| e.kind());
+        let _ = tx.lock().unwrap().send(r);
+    });
+    // No health checks: their connections would reach this backend too.
+    let proxy = ProxyCmd::new(&[watcher.addr])
+        .workers(1)
+        .args(["--splice", splice, "--health-interval", "off"])
+        .start();
+    let mut s = proxy.connect();
+    assert_eq!(read_name(&mut s), "hi");
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        seen,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "client reset reaches the backend"
+    );
+}
+
+#[test]
+fn resets_are_propagated_with_splice() {
+    resets("on");
+}
+
+#[test]
+fn resets_are_propagated_with_buffered_copy() {
+    resets("off");
+}
+
+/// Pipes a process holds open.
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn splice_mode_moves_bytes_through_pipes_and_buffered_mode_does_not() {
+    // A backend that pours bytes at a client that reads slowly, so data is
+    // always in flight inside the worker.
+    let pour = spawn_backend_on(TcpListener::bind("127.0.0.1:0").unwrap(), |mut c| {
+        let chunk = vec![7u8; 64 * 1024];
+        while c.write_all(&chunk).is_ok() {}
+    });
+    for (mode, expect_pipes) in [("on", true), ("off", false)] {
+        let proxy = ProxyCmd::new(&[pour.addr])
+            .workers(1)
+            .args(["--splice", mode])
+            .start();
+        let worker = proxy.worker_pids()[0].unwrap();
+        let idle_pipes = pipes_of(worker);
+        let mut s = proxy.connect();
+        let mut buf = vec![0u8; 4096];
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            s.read_exact(&mut buf).unwrap();
+            seen = seen.max(pipes_of(worker));
+            if expect_pipes && seen > idle_pipes {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        if expect_pipes {
+            assert!(
+                seen > idle_pipes,
+                "splice mode holds a pipe while data is in flight"
+            );
+        } else {
+            assert_eq!(seen, idle_pipes, "buffered mode opens no pipe");
+        }
+    }
 }
 
 #[test]
@@ -175,6 +310,24 @@ fn a_refusing_backend_is_skipped_and_all_refusing_closes_promptly() {
 
 #[test]
 fn sigterm_finishes_transfers_refuses_new_and_leaves_no_worker() {
+    graceful_stop(|p| p.signal("TERM"));
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_also_drains_gracefully() {
+    // Ctrl-C in a terminal signals every process of the foreground group:
+    // the workers must leave the stopping to the front.
+    graceful_stop(|p| {
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", p.pid())])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    });
+}
+
+fn graceful_stop(stop: impl FnOnce(&Proxy)) {
     let b = echo_backend();
     let mut proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
     let workers: Vec<u32> = proxy.worker_pids().into_iter().flatten().collect();
@@ -206,7 +359,7 @@ fn sigterm_finishes_transfers_refuses_new_and_leaves_no_worker() {
             .per_worker("rrproxy_worker_active_connections", 2);
         active.iter().sum::<f64>() >= 1.0
     });
-    proxy.signal("TERM");
+    stop(&proxy);
     tx.send(()).unwrap();
     // New connections are refused once the listener is closed.
     wait_until(

@@ -164,7 +164,10 @@ impl ProxyCmd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("IT_RUST_LOG").unwrap_or("info".into()),
+            )
             .process_group(0);
         for (k, v) in &self.envs {
             cmd.env(k, v);
