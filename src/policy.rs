@@ -5,6 +5,7 @@
 //! ([`WorkerView`], [`BackendView`]), indexed by slot and by position in
 //! the backend list, so a pick allocates nothing and takes no lock.
 
+mod least_conn;
 mod round_robin;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::str::FromStr;
 
 use clap::ValueEnum;
 
+pub use least_conn::LeastConn;
 pub use round_robin::RoundRobin;
 
 /// The policy names users type.
@@ -105,11 +107,30 @@ pub trait Policy: Send {
     }
 }
 
+/// Settings that tune a policy without changing which one it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyOptions {
+    /// Sticky: how many leading bits of an IPv6 client address decide its
+    /// backend and worker (128 = the whole address, 64 = its /64).
+    pub sticky_ipv6_prefix: u8,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            sticky_ipv6_prefix: 128,
+        }
+    }
+}
+
 /// Make a fresh policy for `name`, prepared for `backends`.
-pub fn build(name: PolicyName, backends: &[BackendView]) -> Box<dyn Policy> {
+pub fn build(name: PolicyName, backends: &[BackendView], opts: &PolicyOptions) -> Box<dyn Policy> {
+    let _ = opts;
     let mut policy: Box<dyn Policy> = match name {
         PolicyName::RoundRobin => Box::new(RoundRobin::default()),
-        PolicyName::LeastConn | PolicyName::Sticky => Box::new(RoundRobin::default()),
+        PolicyName::LeastConn => Box::new(LeastConn::default()),
+        // Until sticky lands.
+        PolicyName::Sticky => Box::new(RoundRobin::default()),
     };
     policy.rebuild(backends);
     policy
