@@ -19,9 +19,9 @@
 //!    backend `i` wins with probability `w_i / Σw` (minimum of exponential
 //!    clocks). The logarithm is [`super::neg_ln_unit`], bit-identical on
 //!    every platform.
-//! 4. With more than `DIRECT_MAX` backends, a bucket's best `TOP`
-//!    backends are cached on first use after each `rebuild` (which just
-//!    bumps an epoch). A pick takes the first routable one of them; if all
+//! 4. A bucket's best `TOP` backends are cached on first use after each
+//!    `rebuild` (which just bumps an epoch: O(N), the ranking work is
+//!    spread over the picks that need it). A pick takes the first routable one of them; if all
 //!    are down it scans the whole list for the best routable draw, which
 //!    is by construction the same answer as the cached ranking's next one.
 //! 5. Worker slots: plain (unweighted) rendezvous on the full client hash
@@ -37,9 +37,6 @@ const BUCKET_BITS: u32 = 16;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 /// Backends cached per bucket.
 const TOP: usize = 3;
-/// Up to this many backends, picks compute the draws directly; the cache
-/// only pays off beyond.
-const DIRECT_MAX: usize = 8;
 
 // Fixed seeds (arbitrary constants). Changing one re-deals every client.
 const SEED_BUCKET: u64 = 0xa409_3822_299f_31d0;
@@ -65,7 +62,8 @@ pub struct Sticky {
     /// The list the cache was ranked for, from the last `rebuild`.
     keys: Vec<u64>,
     weights: Vec<u32>,
-    /// [`BUCKETS`] entries, allocated on the first large rebuild.
+    inv_weights: Vec<f64>,
+    /// [`BUCKETS`] entries (1 MiB), allocated by the first rebuild.
     cache: Vec<Entry>,
     epoch: u32,
 }
@@ -78,6 +76,7 @@ impl Sticky {
             ipv6_prefix: ipv6_prefix.min(128),
             keys: Vec::new(),
             weights: Vec::new(),
+            inv_weights: Vec::new(),
             cache: Vec::new(),
             epoch: 1,
         }
@@ -89,8 +88,8 @@ impl Sticky {
         let entry = &mut self.cache[bucket];
         if entry.epoch != epoch {
             let mut top = [(0.0, 0, EMPTY); TOP];
-            for (i, (&key, &weight)) in self.keys.iter().zip(&self.weights).enumerate() {
-                let d = draw(bh, key, weight);
+            for (i, (&key, &inv_w)) in self.keys.iter().zip(&self.inv_weights).enumerate() {
+                let d = draw(bh, key, inv_w);
                 let mut j = TOP;
                 while j > 0 && (top[j - 1].2 == EMPTY || beats(d, key, top[j - 1].0, top[j - 1].1))
                 {
@@ -117,9 +116,14 @@ fn bucket_of(client_hash: u64) -> (usize, u64) {
 }
 
 /// A backend's draw for a bucket: an exponential variable of rate
-/// `weight`. Smallest wins.
-fn draw(bucket_hash: u64, key: u64, weight: u32) -> f64 {
-    neg_ln_unit(mix64(bucket_hash ^ key)) / f64::from(weight.max(1))
+/// `weight`, given `inv_w` = [`inv_weight`]. Smallest wins.
+fn draw(bucket_hash: u64, key: u64, inv_w: f64) -> f64 {
+    neg_ln_unit(mix64(bucket_hash ^ key)) * inv_w
+}
+
+/// `1 / weight`, correctly rounded, so cached and scanned draws agree.
+fn inv_weight(weight: u32) -> f64 {
+    1.0 / f64::from(weight.max(1))
 }
 
 /// Ranking order: smaller draw, then smaller key.
@@ -134,7 +138,7 @@ fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
         if !b.routable {
             continue;
         }
-        let d = draw(bh, b.key, b.weight);
+        let d = draw(bh, b.key, inv_weight(b.weight));
         if best.is_none_or(|(bd, bk, _)| beats(d, b.key, bd, bk)) {
             best = Some((d, b.key, i));
         }
@@ -165,7 +169,7 @@ impl Policy for Sticky {
     fn pick_backend(&mut self, client: IpAddr, backends: &[BackendView]) -> Option<usize> {
         let (bucket, bh) = bucket_of(client_key(client, self.ipv6_prefix));
         // The cache only serves the list it was ranked for.
-        if !self.cache.is_empty() && backends.len() == self.keys.len() {
+        if !self.cache.is_empty() && !backends.is_empty() && backends.len() == self.keys.len() {
             for i in self.ranking(bucket, bh) {
                 let Some(b) = backends.get(i as usize) else {
                     break; // EMPTY: the whole list was in the ranking.
@@ -186,10 +190,9 @@ impl Policy for Sticky {
         self.keys.extend(backends.iter().map(|b| b.key));
         self.weights.clear();
         self.weights.extend(backends.iter().map(|b| b.weight));
-        if backends.len() <= DIRECT_MAX {
-            self.cache = Vec::new();
-            return;
-        }
+        self.inv_weights.clear();
+        self.inv_weights
+            .extend(backends.iter().map(|b| inv_weight(b.weight)));
         if self.cache.is_empty() {
             self.cache = vec![UNFILLED; BUCKETS];
         }
@@ -327,8 +330,7 @@ mod tests {
 
     #[test]
     fn a_down_backend_fails_over_and_comes_back() {
-        // On the cached path, also enough down that some buckets' whole
-        // cached ranking is down.
+        // Also enough down that some buckets' whole cached ranking is.
         let cases: [(usize, &[usize]); 3] = [(3, &[1]), (32, &[1]), (32, &[1, 2, 3, 4, 6, 7])];
         for (n, down) in cases {
             let mut v = views(&vec![1; n]);
@@ -423,10 +425,13 @@ mod tests {
 
     #[test]
     fn none_only_when_nothing_is_routable() {
-        for n in [3, 32] {
+        for n in [1, 2, 3, 32] {
             let mut v = views(&vec![1; n]);
             let mut w = workers(4);
             let mut s = built(&v);
+            // Shorter lists than the cached ranking; the last one left.
+            v[..n - 1].iter_mut().for_each(|b| b.routable = false);
+            assert!(ips(100).all(|ip| s.pick_backend(ip, &v) == Some(n - 1)));
             v.iter_mut().for_each(|b| b.routable = false);
             w.iter_mut().for_each(|w| w.routable = false);
             let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
