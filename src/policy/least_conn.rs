@@ -23,27 +23,33 @@ pub struct LeastConn {
     next_backend: usize,
 }
 
-/// Scan `n` items starting at `*start` (wrapping), keep the first routable
-/// item that no later one beats (`better(a, b)`: a is strictly better than
-/// b), and move the start one past it.
-fn scan_min(
+/// Scan `items` from `*start` round to just before it, keep the first
+/// routable one (`load` is `Some`) that no later one beats (`less(a, b)`:
+/// load a is strictly smaller), and move the start one past it.
+fn scan_min<T, L>(
+    items: &[T],
     start: &mut usize,
-    n: usize,
-    routable: impl Fn(usize) -> bool,
-    better: impl Fn(usize, usize) -> bool,
+    load: impl Fn(&T) -> Option<L>,
+    less: impl Fn(&L, &L) -> bool,
 ) -> Option<usize> {
-    if n == 0 {
-        return None;
-    }
-    let first = *start % n;
-    let mut best: Option<usize> = None;
-    for step in 0..n {
-        let i = (first + step) % n;
-        if routable(i) && best.is_none_or(|b| better(i, b)) {
-            best = Some(i);
+    let n = items.len();
+    let first = if n == 0 { 0 } else { *start % n };
+    let mut best: Option<(usize, L)> = None;
+    let mut consider = |i: usize, item: &T| {
+        // (Not a let chain: the crate supports Rust 1.85.)
+        if let Some(l) = load(item) {
+            if best.as_ref().is_none_or(|(_, b)| less(&l, b)) {
+                best = Some((i, l));
+            }
         }
+    };
+    for (j, item) in items[first..].iter().enumerate() {
+        consider(first + j, item);
     }
-    let chosen = best?;
+    for (i, item) in items[..first].iter().enumerate() {
+        consider(i, item);
+    }
+    let (chosen, _) = best?;
     *start = (chosen + 1) % n;
     Some(chosen)
 }
@@ -55,27 +61,24 @@ impl Policy for LeastConn {
 
     fn pick_worker(&mut self, _client: IpAddr, workers: &[WorkerView]) -> Option<usize> {
         scan_min(
+            workers,
             &mut self.next_worker,
-            workers.len(),
-            |i| workers[i].routable,
-            |a, b| workers[a].active < workers[b].active,
+            |w| w.routable.then_some(w.active),
+            |a, b| a < b,
         )
     }
 
     fn pick_backend(&mut self, _client: IpAddr, backends: &[BackendView]) -> Option<usize> {
-        // a/wa < b/wb  <=>  a*wb < b*wa (weights are positive).
-        let load = |i: usize| {
-            let b = &backends[i];
-            (u128::from(b.active), u128::from(b.weight.max(1)))
+        let load = |b: &BackendView| {
+            let w = u128::from(b.weight.max(1));
+            b.routable.then_some((u128::from(b.active), w))
         };
+        // a/wa < b/wb  <=>  a*wb < b*wa (weights are positive).
         scan_min(
+            backends,
             &mut self.next_backend,
-            backends.len(),
-            |i| backends[i].routable,
-            |a, b| {
-                let ((aa, wa), (ab, wb)) = (load(a), load(b));
-                aa * wb < ab * wa
-            },
+            load,
+            |(a, wa), (b, wb)| a * wb < b * wa,
         )
     }
 }
