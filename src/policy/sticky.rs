@@ -1,7 +1,7 @@
 //! Sticky: the client's IP address (never its port) decides its backend
 //! and its worker slot, identically in every rrproxy process and instance
-//! that has the same backend list. Owns the client hashing, the rendezvous
-//! scores and a lazily filled cache of per-bucket rankings.
+//! that has the same backend list. Owns the client buckets, the rendezvous
+//! draws and a lazily filled cache of per-bucket rankings.
 //!
 //! Algorithm:
 //! 1. The address is hashed by [`client_key`] (fixed seeds, never the
@@ -10,9 +10,9 @@
 //! 2. The top `BUCKET_BITS` bits of that hash name the client's bucket.
 //!    The bucket count is fixed forever, so it never depends on the list.
 //! 3. Backends: weighted rendezvous (highest random weight) per bucket.
-//!    Each backend draws `-ln(u) / weight`, `u` in (0, 1) from
+//!    Each backend draws `-ln(u) * (1 / weight)`, `u` in (0, 1) from
 //!    `mix64(bucket_hash ^ backend.key)`; the smallest draw wins (ties by
-//!    key), which is `weight / -ln(u)` highest. A backend's draw depends
+//!    key), i.e. the highest `weight / -ln(u)`. A backend's draw depends
 //!    only on the bucket, its key and its weight, so removing a backend
 //!    moves exactly the buckets it won, an added one takes ≈ w/Σw of them,
 //!    a down one's buckets go to their own next choice and come back, and
@@ -20,10 +20,11 @@
 //!    clocks). The logarithm is [`super::neg_ln_unit`], bit-identical on
 //!    every platform.
 //! 4. A bucket's best `TOP` backends are cached on first use after each
-//!    `rebuild` (which just bumps an epoch: O(N), the ranking work is
-//!    spread over the picks that need it). A pick takes the first routable one of them; if all
-//!    are down it scans the whole list for the best routable draw, which
-//!    is by construction the same answer as the cached ranking's next one.
+//!    `rebuild` (which only copies keys and weights and bumps an epoch; the
+//!    ranking work, O(N) per bucket, falls on the first pick that needs
+//!    it). A pick takes the first routable cached one; if all are down it
+//!    scans the whole list for the best routable draw, which is the same
+//!    answer the full ranking gives. No allocation, no lock.
 //! 5. Worker slots: plain (unweighted) rendezvous on the full client hash
 //!    over the routable slots, slot `s` keyed by `mix64(s ^ SEED_SLOT)`.
 
