@@ -154,7 +154,6 @@ impl Config {
             (None, Some(text)) => text.parse().map_err(ConfigError::Invalid)?,
             (None, None) => PolicyName::RoundRobin,
         };
-        crate::policy::available(policy).map_err(ConfigError::Invalid)?;
         let metrics = match args.metrics.clone().or(file.metrics) {
             Some(m) if m == "off" => None,
             Some(m) => Some(parse_listen(&m).map_err(|_| {

@@ -5,7 +5,9 @@
 //! ([`WorkerView`], [`BackendView`]), indexed by slot and by position in
 //! the backend list, so a pick allocates nothing and takes no lock.
 
+mod least_conn;
 mod round_robin;
+mod sticky;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,7 +15,9 @@ use std::str::FromStr;
 
 use clap::ValueEnum;
 
+pub use least_conn::LeastConn;
 pub use round_robin::RoundRobin;
+pub use sticky::Sticky;
 
 /// The policy names users type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -105,21 +109,28 @@ pub trait Policy: Send {
     }
 }
 
-/// Whether this build implements `name` yet.
-pub fn available(name: PolicyName) -> Result<(), String> {
-    match name {
-        PolicyName::RoundRobin => Ok(()),
-        other => Err(format!(
-            "policy '{other}' is not available in this build yet (use round-robin)"
-        )),
+/// Settings that tune a policy without changing which one it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyOptions {
+    /// Sticky: how many leading bits of an IPv6 client address decide its
+    /// backend and worker (128 = the whole address, 64 = its /64).
+    pub sticky_ipv6_prefix: u8,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            sticky_ipv6_prefix: 128,
+        }
     }
 }
 
 /// Make a fresh policy for `name`, prepared for `backends`.
-pub fn build(name: PolicyName, backends: &[BackendView]) -> Box<dyn Policy> {
+pub fn build(name: PolicyName, backends: &[BackendView], opts: &PolicyOptions) -> Box<dyn Policy> {
     let mut policy: Box<dyn Policy> = match name {
         PolicyName::RoundRobin => Box::new(RoundRobin::default()),
-        PolicyName::LeastConn | PolicyName::Sticky => Box::new(RoundRobin::default()),
+        PolicyName::LeastConn => Box::new(LeastConn::default()),
+        PolicyName::Sticky => Box::new(Sticky::new(opts.sticky_ipv6_prefix)),
     };
     policy.rebuild(backends);
     policy
@@ -136,6 +147,29 @@ pub fn backend_key(name: &str) -> u64 {
     mix64(h)
 }
 
+/// A stable 64-bit key for a client address, from fixed seeds so every
+/// process agrees. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) keys as
+/// its IPv4 address; any other IPv6 address counts only its leading
+/// `ipv6_prefix` bits (128 or more: all of it).
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> u64 {
+    const SEED_V4: u64 = 0x243f_6a88_85a3_08d3;
+    const SEED_V6: u64 = 0x1319_8a2e_0370_7344;
+    let v6 = match ip {
+        IpAddr::V4(a) => return mix64(u64::from(u32::from(a)) ^ SEED_V4),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(a) => return mix64(u64::from(u32::from(a)) ^ SEED_V4),
+            None => u128::from(a),
+        },
+    };
+    let mask = match ipv6_prefix {
+        0 => 0,
+        p if p >= 128 => u128::MAX,
+        p => u128::MAX << (128 - u32::from(p)),
+    };
+    let v6 = v6 & mask;
+    mix64(mix64((v6 >> 64) as u64 ^ SEED_V6) ^ v6 as u64)
+}
+
 /// A strong 64-bit mixing function (the splitmix64 finalizer).
 pub fn mix64(mut x: u64) -> u64 {
     x ^= x >> 30;
@@ -143,4 +177,70 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// A hash turned into an exponential draw: `-ln(u)` for
+/// `u = (h / 2^12 + 0.5) / 2^52`, strictly inside (0, 1), so the result is
+/// finite and > 0. Basic IEEE operations only (no libm, whose `ln` may
+/// differ in the last bit between platforms, and Rust never fuses them),
+/// so every process and every build gets the same bits; relative error
+/// ~1e-15.
+pub fn neg_ln_unit(h: u64) -> f64 {
+    const SQRT_2: f64 = std::f64::consts::SQRT_2;
+    let u = ((h >> 12) as f64 + 0.5) * (1.0 / (1u64 << 52) as f64);
+    let bits = u.to_bits();
+    // u >= 2^-53 is a normal number: split it into 2^e * m, m in [1, 2).
+    let mut e = ((bits >> 52) & 0x7ff) as i32 - 1023;
+    let mut m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    if m > SQRT_2 {
+        m *= 0.5;
+        e += 1;
+    }
+    // ln(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172.
+    let f = m - 1.0; // exact (Sterbenz)
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let series = 1.0
+        + z * (1.0 / 3.0
+            + z * (1.0 / 5.0
+                + z * (1.0 / 7.0
+                    + z * (1.0 / 9.0 + z * (1.0 / 11.0 + z * (1.0 / 13.0 + z * (1.0 / 15.0)))))));
+    -(f64::from(e) * std::f64::consts::LN_2 + 2.0 * s * series)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn client_key_mapped_ipv4_and_prefixes() {
+        let v4 = Ipv4Addr::new(192, 0, 2, 7);
+        let key = |ip: IpAddr, p| client_key(ip, p);
+        assert_eq!(key(v4.to_ipv6_mapped().into(), 64), key(v4.into(), 128));
+        let net = |low: u128| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0000_0001 << 64 | low));
+        // Bit 63 from the right is outside a /64 but inside a /65.
+        assert_eq!(key(net(0), 64), key(net(1 << 63 | 5), 64));
+        assert_ne!(key(net(0), 65), key(net(1 << 63), 65));
+        assert_ne!(key(net(0), 128), key(net(1), 128));
+        assert_eq!(key(net(1), 128), key(net(1), 200));
+        assert_eq!(key(net(1), 0), key(IpAddr::V6(Ipv6Addr::LOCALHOST), 0));
+        assert_ne!(
+            key(v4.into(), 128),
+            key(Ipv4Addr::new(192, 0, 2, 8).into(), 128)
+        );
+    }
+
+    #[test]
+    fn neg_ln_unit_is_accurate_and_positive() {
+        for h in (0..100_000u64).map(mix64).chain([0, 1, u64::MAX, 1 << 63]) {
+            let u = ((h >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
+            let (ours, std) = (neg_ln_unit(h), -u.ln());
+            assert!(
+                ours > 0.0 && ((ours - std) / std).abs() < 1e-13,
+                "{h}: {ours} vs {std}"
+            );
+        }
+    }
 }

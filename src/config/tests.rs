@@ -87,7 +87,7 @@ fn file_fills_and_flags_override() {
 listen = ["127.0.0.1:7000"]
 backends = ["127.0.0.1:81", { address = "127.0.0.1:82", weight = 3 }]
 workers = 2
-policy = "round-robin"
+policy = "sticky"
 connect-timeout = "250ms"
 idle-timeout = 60
 max-conns-per-ip = 10
@@ -101,16 +101,18 @@ health-interval = "off"
     };
     let c = Config::load(&a).unwrap();
     assert_eq!(c.workers, 2);
-    assert_eq!(c.policy, PolicyName::RoundRobin);
+    assert_eq!(c.policy, PolicyName::Sticky);
     assert_eq!(c.backends.len(), 2);
     assert_eq!(c.backends[1].weight, 3);
     assert_eq!(c.connect_timeout, Duration::from_millis(250));
     assert_eq!(c.idle_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.max_conns_per_ip, Some(10));
     assert_eq!(c.health.interval, None);
+    a.policy = Some(PolicyName::LeastConn);
     a.backend = vec!["127.0.0.1:99".into()];
     a.tuning.connect_timeout = Some(Duration::from_secs(9));
     let c = Config::load(&a).unwrap();
+    assert_eq!(c.policy, PolicyName::LeastConn);
     assert_eq!(c.connect_timeout, Duration::from_secs(9));
     assert_eq!(c.backends.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();

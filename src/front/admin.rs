@@ -56,7 +56,11 @@ impl Front {
     pub fn set_policy(&mut self, name: PolicyName) -> PolicyName {
         let old = self.policy.name();
         if old != name {
-            self.policy = policy::build(name, &self.backends.views);
+            self.policy = policy::build(
+                name,
+                &self.backends.views,
+                &policy::PolicyOptions::default(),
+            );
             self.update_config(|c| c.policy = name);
             set_policy_metric(Some(old), name);
             info!(from = %old, to = %name, "policy changed");
