@@ -104,6 +104,11 @@ pub struct ProxyArgs {
     #[arg(short, long, value_enum, value_name = "NAME")]
     pub policy: Option<PolicyName>,
 
+    /// With --policy sticky: how many leading bits of an IPv6 client
+    /// address choose its backend (64 keeps a /64 together). [default: 128]
+    #[arg(long, value_name = "BITS")]
+    pub sticky_ipv6_prefix: Option<u8>,
+
     /// Serve Prometheus metrics on ADDR (/metrics), or "off". [default: 127.0.0.1:9898]
     #[arg(long, value_name = "ADDR|off")]
     pub metrics: Option<String>,

@@ -13,7 +13,7 @@ pub use file::FileConfig;
 pub use parse::{BackendSpec, parse_backend, parse_listen, parse_workers, resolve};
 
 use crate::cli::ProxyArgs;
-use crate::policy::PolicyName;
+use crate::policy::{PolicyName, PolicyOptions};
 
 /// Most backends one proxy accepts (bounded so the worker table always fits
 /// in one channel frame and metric cardinality stays sane).
@@ -71,6 +71,8 @@ pub struct Config {
     pub backends: Vec<BackendSpec>,
     pub workers: usize,
     pub policy: PolicyName,
+    /// Tuning for the policies (the sticky IPv6 prefix).
+    pub policy_options: PolicyOptions,
     /// Where `/metrics` is served; `None` when disabled.
     pub metrics: Option<SocketAddr>,
     /// Control socket path; `None` when disabled.
@@ -153,6 +155,18 @@ impl Config {
             (Some(p), _) => p,
             (None, Some(text)) => text.parse().map_err(ConfigError::Invalid)?,
             (None, None) => PolicyName::RoundRobin,
+        };
+        let prefix = args
+            .sticky_ipv6_prefix
+            .or(file.sticky_ipv6_prefix)
+            .unwrap_or(128);
+        if !(1..=128).contains(&prefix) {
+            return Err(ConfigError::invalid(format!(
+                "sticky-ipv6-prefix must be 1..=128, got {prefix}"
+            )));
+        }
+        let policy_options = PolicyOptions {
+            sticky_ipv6_prefix: prefix,
         };
         let metrics = match args.metrics.clone().or(file.metrics) {
             Some(m) if m == "off" => None,
@@ -241,6 +255,7 @@ impl Config {
             backends,
             workers,
             policy,
+            policy_options,
             metrics,
             control,
             connect_timeout,

@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub backends: Vec<BackendValue>,
     pub workers: Option<WorkersValue>,
     pub policy: Option<String>,
+    pub sticky_ipv6_prefix: Option<u8>,
     pub metrics: Option<String>,
     pub control: Option<String>,
     pub connect_timeout: Option<DurationValue>,

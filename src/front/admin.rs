@@ -59,7 +59,7 @@ impl Front {
             self.policy = policy::build(
                 name,
                 &self.backends.views,
-                &policy::PolicyOptions::default(),
+                &self.config.load().policy_options,
             );
             self.update_config(|c| c.policy = name);
             set_policy_metric(Some(old), name);
@@ -217,7 +217,17 @@ impl Front {
         } else {
             self.broadcast_config();
         }
-        self.set_policy(policy);
+        if self.set_policy(policy) == policy
+            && cur.policy_options != self.config.load().policy_options
+        {
+            // Same policy, new tuning (sticky IPv6 prefix): rebuild it.
+            self.policy = policy::build(
+                policy,
+                &self.backends.views,
+                &self.config.load().policy_options,
+            );
+            info!("policy options changed");
+        }
         self.per_proc_cap = super::proc_cap(&self.config.load(), self.nofile);
         self.refresh_all_views();
         info!("configuration reloaded");

@@ -155,11 +155,7 @@ impl Front {
     ) -> Shared {
         let cfg = config.load_full();
         let backends = Backends::new(&cfg.backends);
-        let policy = policy::build(
-            cfg.policy,
-            &backends.views,
-            &policy::PolicyOptions::default(),
-        );
+        let policy = policy::build(cfg.policy, &backends.views, &cfg.policy_options);
         crate::front::set_policy_metric(None, cfg.policy);
         let slots = (0..cfg.workers).map(Slot::new).collect();
         Rc::new_cyclic(|me| {
