@@ -64,6 +64,9 @@ LOGS=$OUT_DIR/$TS-logs
 mkdir -p "$T/logs"
 echo "workload,proxy,round,metric,value" > "$CSV"
 RUN_START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY_START=$("${LIB[@]}" busy)
+SELF_START=$("${LIB[@]}" tree-cpu $$)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -474,6 +477,15 @@ run_cell() {
 
 # ------------------------------------------------------------ main
 
+# busy_note: a warning line when the 1-minute load average is high.
+busy_note() {
+    local load cpus
+    load=$(cut -d' ' -f1 /proc/loadavg); cpus=$(nproc)
+    if [ "$(calc "int($load >= 0.5 * $cpus)")" = 1 ]; then
+        echo "WARNING: the machine is busy (load $load on $cpus cpus $1): expect noisy numbers"
+    fi
+}
+
 versions() {
     echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -502,6 +514,7 @@ est=$((est * ROUNDS))
     echo "proxies: $PROXIES"
     echo "workloads: ${want_workloads[*]}"
     echo "estimated time: ~$((est / 60 + 1)) min"
+    busy_note "before the run"
 } | tee "$OUT_DIR/$TS.meta.txt" >&2
 
 start_backends
@@ -521,10 +534,19 @@ for w in "${want_workloads[@]}"; do
 done
 
 RUN_END=$(date +%s)
+# How much CPU did processes other than this script's tree use meanwhile?
+BUSY_END=$("${LIB[@]}" busy)
+SELF_END=$("${LIB[@]}" tree-cpu $$)
+FOREIGN=$(calc "round(max(0, ($BUSY_END - $BUSY_START) - ($SELF_END - $SELF_START)), 1)")
+FOREIGN_PCT=$(calc "round(100 * $FOREIGN / ($(nproc) * max(1, $RUN_END - $RUN_START)))")
 {
     echo
     echo "== results $TS (median of $ROUNDS rounds; ratio = value / $BASELINE in this run)"
-    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $((RUN_END - RUN_START)) s"
+    echo "load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $((RUN_END - RUN_START)) s"
+    echo "other processes on the machine used $FOREIGN CPU-seconds during the run (${FOREIGN_PCT}% of all CPU time)"
+    if [ "${FOREIGN_PCT:-0}" -ge 10 ]; then
+        echo "WARNING: the machine was busy with other work: numbers are noisy, compare ratios only"
+    fi
     [ ${#SKIPPED[@]} -gt 0 ] && printf 'skipped: %s\n' "${SKIPPED[@]}"
     echo
     "${LIB[@]}" report "$CSV" "$PROXIES" "$BASELINE" "$OUT_DIR/$TS.json"
