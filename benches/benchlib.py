@@ -145,10 +145,15 @@ def count_established(port):
     return n
 
 
-def idle(n, port, backend_port, root_pid, settle, timeout):
+def idle(n, port, backend_port, root_pid, settle, timeout, stall=5.0):
     """Open n idle connections to 127.0.0.1:port (the proxy), wait until
     the proxy holds n connections to backend_port, measure the proxy tree's
-    RSS, close everything. Prints one JSON object."""
+    RSS, close everything. Prints one JSON object.
+
+    Gives up waiting after `timeout` seconds in all, or once nothing has
+    progressed (no connect completed, no new backend connection) for
+    `stall` seconds: a proxy that stops accepting then shows as holding
+    fewer connections than asked, quickly."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 64:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -162,7 +167,12 @@ def idle(n, port, backend_port, root_pid, settle, timeout):
     deadline = t0 + timeout
     started = 0
     max_inflight = 256  # keep well under every listen backlog
+    last_progress = t0
+    res["stalled"] = False
     while (started < n or pending) and time.monotonic() < deadline:
+        if time.monotonic() - last_progress > stall:
+            res["stalled"] = True
+            break
         while started < n and pending < max_inflight:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
@@ -182,6 +192,7 @@ def idle(n, port, backend_port, root_pid, settle, timeout):
             s = key.fileobj
             sel.unregister(s)
             pending -= 1
+            last_progress = time.monotonic()
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 failed += 1
@@ -190,13 +201,21 @@ def idle(n, port, backend_port, root_pid, settle, timeout):
                 socks.append(s)
     res["connected"] = len(socks)
     res["connect_failed"] = failed
+    res["connect_pending"] = pending
     res["open_seconds"] = round(time.monotonic() - t0, 3)
     # Wait for the proxy to have opened its side to the backend.
     want = len(socks)
     got = count_established(backend_port) - base_backend
+    last_progress = time.monotonic()
     while got < want and time.monotonic() < deadline:
+        if time.monotonic() - last_progress > stall:
+            res["stalled"] = True
+            break
         time.sleep(0.2)
-        got = count_established(backend_port) - base_backend
+        now = count_established(backend_port) - base_backend
+        if now > got:
+            last_progress = time.monotonic()
+        got = now
     res["backend_established"] = got
     res["ready_seconds"] = round(time.monotonic() - t0, 3)
     time.sleep(settle)
@@ -216,6 +235,8 @@ def idle(n, port, backend_port, root_pid, settle, timeout):
     res["backend_established_end"] = count_established(backend_port) - base_backend
     for s in socks:
         s.close()
+    for key in list(sel.get_map().values()):  # connects still pending
+        key.fileobj.close()
     held = min(alive, res["backend_established_end"])
     res["held"] = held
     if root_pid and held > 0:

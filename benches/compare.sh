@@ -426,12 +426,14 @@ run_iperf3() {  # run_iperf3 PROXY ROUND
 run_idle() {  # run_idle PROXY ROUND
     local p=$1 r=$2 j held bpc
     if [ -z "$PROXY_PID" ]; then return; fi
-    j=$(timeout --foreground -k 5 150 "${LIB[@]}" idle "$IDLE_CONNS" "$PROXY_PORT" "$P_HTTP" "$PROXY_PID" 1 90)
+    j=$(timeout --foreground -k 5 100 "${LIB[@]}" idle "$IDLE_CONNS" "$PROXY_PORT" "$P_HTTP" "$PROXY_PID" 1 60)
     if [ -z "$j" ]; then note idle "$p" "$r" "idle client failed or timed out"; return; fi
     echo "$j" > "$T/logs/idle-$p-$r.json"
     held=$(json_get "$j" held); bpc=$(json_get "$j" bytes_per_conn)
     record idle "$p" "$r" idle_held "$held"
-    [ "${held:-0}" -lt "$IDLE_CONNS" ] && note idle "$p" "$r" "held only $held of $IDLE_CONNS: $j"
+    if [ "${held:-0}" -lt "$IDLE_CONNS" ]; then
+        note idle "$p" "$r" "held only $held of $IDLE_CONNS idle connections: client connects completed $(json_get "$j" connected), still pending $(json_get "$j" connect_pending), failed $(json_get "$j" connect_failed); proxy-to-backend connections $(json_get "$j" backend_established); stalled: $(json_get "$j" stalled)"
+    fi
     [ -n "$bpc" ] && record idle "$p" "$r" idle_bytes_per_conn "$bpc"
     record idle "$p" "$r" idle_rss_base_MiB "$(calc "$(json_get "$j" rss_before) / 1048576")"
     record idle "$p" "$r" idle_rss_loaded_MiB "$(calc "$(json_get "$j" rss_after) / 1048576")"
