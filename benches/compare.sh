@@ -503,9 +503,10 @@ n_proxies=${#want_proxies[@]}
 est=0
 for w in "${want_workloads[@]}"; do
     case "$w" in
-        close|keepalive|iperf3) est=$((est + n_proxies * (DURATION + 2))) ;;
-        bulk) est=$((est + n_proxies * (BULK_REPEAT + 2))) ;;
-        idle) est=$((est + (n_proxies - 1) * (3 + IDLE_CONNS / 2000))) ;;
+        close|keepalive) est=$((est + n_proxies * (DURATION + 1))) ;;
+        iperf3) est=$((est + n_proxies * (DURATION + 2))) ;;
+        bulk) est=$((est + n_proxies * (BULK_REPEAT / 2 + 1))) ;;
+        idle) est=$((est + (n_proxies - 1) * (2 + IDLE_CONNS / 2000))) ;;
     esac
 done
 est=$((est * ROUNDS))
