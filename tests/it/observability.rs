@@ -361,3 +361,168 @@ fn ctl_top_draws_frames() {
         "{text}"
     );
 }
+
+/// A real Prometheus server (Debian's `prometheus`) on loopback.
+struct PromServer {
+    child: std::process::Child,
+    dir: PathBuf,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- prometheus log ---\n{}",
+                std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PromServer {
+    /// Start Prometheus with `deploy/prometheus/prometheus-ci.yml` (and
+    /// the alert rules) scraping `target`.
+    fn start(bin: &std::path::Path, target: std::net::SocketAddr) -> PromServer {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = temp_dir("prometheus");
+        let template =
+            std::fs::read_to_string(root.join("deploy/prometheus/prometheus-ci.yml")).unwrap();
+        assert!(template.contains("RRPROXY_METRICS_TARGET"));
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            template.replace("RRPROXY_METRICS_TARGET", &target.to_string()),
+        )
+        .unwrap();
+        std::fs::copy(
+            root.join("deploy/prometheus/rules.yml"),
+            dir.join("rules.yml"),
+        )
+        .unwrap();
+        let log = dir.join("prometheus.log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut server = PromServer {
+            child,
+            dir,
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        // It logs `msg="Listening on" address=127.0.0.1:PORT`.
+        server.addr = wait_for(Duration::from_secs(20), "prometheus to listen", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text.lines().find(|l| l.contains("Listening on"))?;
+            line.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        server
+    }
+
+    /// Run an instant query; returns the `data.result` array.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = http_get(self.addr, &format!("/api/v1/query?query={encoded}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["status"], "success", "{body}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_distribution() {
+    let Some(bin) = tool("prometheus") else {
+        return;
+    };
+    let b = name_backend("prom");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(3).start();
+    let prom = PromServer::start(&bin, proxy.metrics.unwrap());
+    for _ in 0..30 {
+        assert_eq!(fetch_name(&proxy), "prom");
+    }
+    // Prometheus scrapes every second; wait until it has seen all 30.
+    let per_worker = wait_for(
+        Duration::from_secs(30),
+        "prometheus to see the connections",
+        || {
+            let result = prom.query("sum by (worker) (rrproxy_worker_connections_total)");
+            let counts: std::collections::BTreeMap<String, f64> = result
+                .iter()
+                .map(|r| {
+                    let slot = r["metric"]["worker"].as_str().unwrap_or("?").to_string();
+                    (
+                        slot,
+                        r["value"][1].as_str().unwrap().parse::<f64>().unwrap(),
+                    )
+                })
+                .collect();
+            (counts.values().sum::<f64>() == 30.0).then_some(counts)
+        },
+    );
+    let expected: std::collections::BTreeMap<String, f64> =
+        (0..3).map(|w| (w.to_string(), 10.0)).collect();
+    assert_eq!(
+        per_worker, expected,
+        "round-robin over 3 slots, as Prometheus sees it"
+    );
+    // The scrape is healthy and the alert rules load and evaluate.
+    assert_eq!(prom.query("up{job=\"rrproxy\"}")[0]["value"][1], "1");
+    let rules = http_get(prom.addr, "/api/v1/rules");
+    let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    let groups = v["data"]["groups"].as_array().unwrap();
+    assert!(!groups.is_empty(), "alert rules loaded: {rules}");
+    for g in groups {
+        for r in g["rules"].as_array().unwrap() {
+            assert_ne!(
+                r["health"], "err",
+                "rule {} failed: {}",
+                r["name"], r["lastError"]
+            );
+        }
+    }
+}
+
+#[test]
+fn deploy_artifacts_validate() {
+    if tool("promtool").is_none() || tool("python3").is_none() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("deploy/validate.sh"))
+        .env("RRPROXY_BIN", BIN)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "deploy/validate.sh failed:\n{text}");
+    assert!(text.contains("0 failed"), "{text}");
+}

@@ -326,7 +326,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        // HTTP/1.0: the reply is never chunked, so the body is the rest.
+        "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
