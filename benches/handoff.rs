@@ -62,7 +62,11 @@ fn handoff(c: &mut Criterion) {
         group.bench_function(format!("batch_{batch}"), |b| {
             let (front, worker) = fdpass::pair().unwrap();
             let reader = drain(worker);
-            let mut pol = policy::build(PolicyName::RoundRobin, &views);
+            let mut pol = policy::build(
+                PolicyName::RoundRobin,
+                &views,
+                &policy::PolicyOptions::default(),
+            );
             let mut frame = Vec::with_capacity(1024);
             let mut handoffs = Vec::with_capacity(batch);
             let mut owned: Vec<OwnedFd> = Vec::with_capacity(batch);
