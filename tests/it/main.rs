@@ -4,5 +4,6 @@
 mod control;
 mod foundation;
 mod observability;
+mod policies;
 mod supervision;
 mod support;

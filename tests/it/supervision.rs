@@ -5,8 +5,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,68 +33,6 @@ fn break_binary(path: &Path) {
     std::fs::write(&tmp, "#!/bin/sh\nexit 1\n").unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Clients hitting the proxy in a loop until stopped; counts outcomes.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(proxy: &Proxy, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, addr) =
-                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|mut s| {
-                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                                let mut buf = [0u8; 32];
-                                let n = s.read(&mut buf).ok()?;
-                                (n > 0).then_some(())
-                            });
-                        match served {
-                            Some(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            None => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
 }
 
 #[test]
@@ -278,45 +214,6 @@ fn rolling_restart_under_load(trigger: impl FnOnce(&Proxy)) {
         m.get("rrproxy_worker_restarts_total", &[("worker", "0")]),
         Some(1.0)
     );
-}
-
-impl Load {
-    /// Like `start`, against an echo backend: send a line, read it back.
-    fn start_echo(proxy: &Proxy, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, addr) =
-                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|mut s| {
-                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                                s.write_all(b"ping\n").ok()?;
-                                s.shutdown(Shutdown::Write).ok()?;
-                                let mut got = Vec::new();
-                                s.read_to_end(&mut got).ok()?;
-                                (got == b"ping\n").then_some(())
-                            });
-                        match served {
-                            Some(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            None => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
-    }
 }
 
 #[test]
