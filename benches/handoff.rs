@@ -6,7 +6,7 @@
 //! cost (~0.1 µs) is included, so the figure is slightly pessimistic.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,7 @@ fn handoff(c: &mut Criterion) {
                         handoffs.push(Handoff {
                             conn: i * batch as u64 + k as u64,
                             backend: black_box(backend as u32 + slot as u32),
+                            client: SocketAddr::new(client, 40000),
                         });
                     }
                     Down::encode_conns(&handoffs, &mut frame).unwrap();

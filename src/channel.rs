@@ -71,6 +71,9 @@ pub struct Handoff {
     pub conn: u64,
     /// The backend the front chose.
     pub backend: u32,
+    /// The client's address, as `accept` returned it (spares the worker a
+    /// `getpeername`).
+    pub client: SocketAddr,
 }
 
 /// A message from a worker to the front.
@@ -143,8 +146,10 @@ impl Up {
 /// Bytes one encoded [`Event`] takes at most, so a batch can be cut into
 /// frames that fit [`MAX_FRAME`].
 pub const EVENT_MAX_LEN: usize = 1 + 4 + 1 + 17 + 8;
-/// Bytes one encoded [`Handoff`] takes.
-pub const HANDOFF_LEN: usize = 12;
+/// Bytes one encoded [`Handoff`] takes at most (IPv6 client).
+pub const HANDOFF_LEN: usize = 8 + 4 + ADDR_MAX_LEN;
+/// Bytes an encoded socket address takes at most.
+pub const ADDR_MAX_LEN: usize = 1 + 16 + 2 + 4;
 
 #[cfg(test)]
 mod tests;

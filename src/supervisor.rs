@@ -57,10 +57,9 @@ pub struct WorkerProc {
     /// Control frames (config, drain) waiting for channel room; they go
     /// before any further handoff.
     pub outbox: VecDeque<Vec<u8>>,
-    /// This accept round's handoffs, their descriptors and client IPs.
+    /// This accept round's handoffs and their descriptors.
     pub batch: Vec<Handoff>,
     pub batch_fds: Vec<OwnedFd>,
-    pub batch_ips: Vec<IpAddr>,
     /// Connections handed and not yet reported closed.
     pub active: u64,
     /// `active`, split by backend id (to uncount them if the worker dies).

@@ -79,6 +79,7 @@ pub(super) fn encode_conns(conns: &[Handoff], out: &mut Vec<u8>) -> Result<(), F
     for h in conns {
         out.extend_from_slice(&h.conn.to_le_bytes());
         out.extend_from_slice(&h.backend.to_le_bytes());
+        put_addr(out, h.client);
     }
     Ok(())
 }
@@ -119,7 +120,12 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             for _ in 0..n {
                 let conn = r.u64("connection id")?;
                 let backend = r.u32("backend id")?;
-                conns.push(Handoff { conn, backend });
+                let client = r.addr()?;
+                conns.push(Handoff {
+                    conn,
+                    backend,
+                    client,
+                });
             }
             Down::Conns(conns)
         }

@@ -66,10 +66,12 @@ fn down_messages_round_trip() {
             Handoff {
                 conn: 1,
                 backend: 0,
+                client: "127.0.0.2:5000".parse().unwrap(),
             },
             Handoff {
                 conn: u64::MAX,
                 backend: 7,
+                client: "[2001:db8::1]:65535".parse().unwrap(),
             },
         ]),
         Down::Conns(vec![]),
@@ -104,14 +106,12 @@ fn encoded_events_fit_the_declared_maximum() {
             buf.len() - 4
         );
     }
-    Down::encode_conns(
-        &[Handoff {
-            conn: 1,
-            backend: 2,
-        }],
-        &mut buf,
-    )
-    .unwrap();
+    let v6 = Handoff {
+        conn: 1,
+        backend: 2,
+        client: "[2001:db8::1]:80".parse().unwrap(),
+    };
+    Down::encode_conns(&[v6], &mut buf).unwrap();
     assert_eq!(buf.len() - 4, HANDOFF_LEN);
 }
 
@@ -192,14 +192,17 @@ fn descriptors_travel_with_their_frame() {
     let (mut a_local, a_remote) = std::os::unix::net::UnixStream::pair().unwrap();
     let (mut b_local, b_remote) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut frame = Vec::new();
+    let client = "127.0.0.9:1234".parse().unwrap();
     let handoffs = [
         Handoff {
             conn: 1,
             backend: 3,
+            client,
         },
         Handoff {
             conn: 2,
             backend: 4,
+            client,
         },
     ];
     Down::encode_conns(&handoffs, &mut frame).unwrap();

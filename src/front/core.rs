@@ -39,7 +39,13 @@ pub type Shared = Rc<std::cell::RefCell<Front>>;
 /// An accepted client connection not yet handed to a worker.
 pub struct Conn {
     pub stream: TcpStream,
-    pub ip: IpAddr,
+    pub peer: SocketAddr,
+}
+
+impl Conn {
+    pub fn ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
 }
 
 /// Front-wide metric handles, resolved once.
@@ -202,24 +208,25 @@ impl Front {
             refuse(&stream);
             return;
         }
-        self.dispatch(Conn { stream, ip });
+        self.dispatch(Conn { stream, peer });
         self.update_paused();
     }
 
     /// Choose a worker and backend for `conn` and add it to that worker's
     /// batch. Returns false if no worker can take it now (it is queued).
     pub fn dispatch(&mut self, conn: Conn) -> bool {
-        let Some(slot) = self.policy.pick_worker(conn.ip, &self.worker_views) else {
+        let ip = conn.ip();
+        let Some(slot) = self.policy.pick_worker(ip, &self.worker_views) else {
             self.pending.push_front(conn);
             self.fm.pending.set(self.pending.len() as f64);
             self.update_paused();
             return false;
         };
-        let Some(bidx) = self.pick_backend(conn.ip) else {
+        let Some(bidx) = self.pick_backend(ip) else {
             // Every backend is disabled or draining: nothing to try.
-            debug!(client.addr = %conn.ip, "no enabled backend; closing client");
+            debug!(client.addr = %conn.peer, "no enabled backend; closing client");
             self.fm.failed.increment(1);
-            self.release_ip(conn.ip);
+            self.release_ip(ip);
             refuse(&conn.stream);
             return true;
         };
@@ -239,13 +246,13 @@ impl Front {
         };
         proc.assign(backend);
         if track_ip {
-            proc.ip_add(conn.ip);
+            proc.ip_add(ip);
         }
         proc.batch.push(Handoff {
             conn: conn_id,
             backend,
+            client: conn.peer,
         });
-        proc.batch_ips.push(conn.ip);
         proc.batch_fds.push(OwnedFd::from(conn.stream));
         let full_batch = proc.batch.len() >= MAX_FDS;
         self.refresh_view(slot, cap);
@@ -313,7 +320,6 @@ impl Front {
                 let n = handoffs.len() as u64;
                 proc.handed += n;
                 proc.batch_fds.clear(); // closes our copies
-                proc.batch_ips.clear();
                 self.slots[slot].metrics.connections.increment(n);
                 self.slots[slot].handed += n;
                 Vec::new()
@@ -327,12 +333,9 @@ impl Front {
                 let id = proc.id;
                 let channel = proc.channel.clone();
                 let fds = std::mem::take(&mut proc.batch_fds);
-                let ips = std::mem::take(&mut proc.batch_ips);
                 for h in &handoffs {
                     proc.unassign(h.backend, 1);
-                }
-                for ip in &ips {
-                    proc.ip_sub(*ip, 1);
+                    proc.ip_sub(h.client.ip(), 1);
                 }
                 self.fm.handoff_failures.increment(handoffs.len() as u64);
                 for h in &handoffs {
@@ -343,10 +346,10 @@ impl Front {
                     self.watch_writable(slot, id, channel, wait);
                 }
                 fds.into_iter()
-                    .zip(ips)
-                    .map(|(fd, ip)| Conn {
+                    .zip(&handoffs)
+                    .map(|(fd, h)| Conn {
                         stream: TcpStream::from(fd),
-                        ip,
+                        peer: h.client,
                     })
                     .collect()
             }

@@ -40,6 +40,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
+/// Accept one connection, already nonblocking and close-on-exec: the
+/// nonblocking flag belongs to the open file description, which the worker
+/// receives, so it needs no `ioctl` of its own.
+fn accept(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = addr
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    Ok((std::net::TcpStream::from(fd), peer))
+}
+
 /// Out of descriptors or kernel memory: retrying at once would spin.
 fn is_resource_error(err: &io::Error) -> bool {
     use rustix::io::Errno;
@@ -87,7 +99,7 @@ pub async fn accept_loop(front: Shared, listener: std::net::TcpListener) {
                 if f.paused {
                     break;
                 }
-                match guard.try_io(|l| l.get_ref().accept()) {
+                match guard.try_io(|l| accept(l.get_ref())) {
                     Ok(Ok((stream, peer))) => {
                         backoff = BACKOFF_MIN;
                         f.accepted(stream, peer);

@@ -77,7 +77,6 @@ impl Front {
             outbox: Default::default(),
             batch: Vec::new(),
             batch_fds: Vec::new(),
-            batch_ips: Vec::new(),
             active: 0,
             per_backend: HashMap::new(),
             ips: HashMap::new(),
@@ -171,15 +170,14 @@ impl Front {
         let mut conns = Vec::new();
         // Anything batched but never sent.
         let batch = std::mem::take(&mut proc.batch);
-        let ips = std::mem::take(&mut proc.batch_ips);
         let fds = std::mem::take(&mut proc.batch_fds);
-        for ((h, fd), ip) in batch.iter().zip(fds).zip(ips) {
+        for (h, fd) in batch.iter().zip(fds) {
             proc.unassign(h.backend, 1);
-            proc.ip_sub(ip, 1);
+            proc.ip_sub(h.client.ip(), 1);
             self.backends.sub_active_id(h.backend, 1);
             conns.push(Conn {
                 stream: fd.into(),
-                ip,
+                peer: h.client,
             });
         }
         let mut buf = Box::new([0u8; MAX_FRAME]);
@@ -193,15 +191,11 @@ impl Front {
                     };
                     for (h, fd) in handoffs.iter().zip(fds.drain(..)) {
                         proc.unassign(h.backend, 1);
+                        proc.ip_sub(h.client.ip(), 1);
                         self.backends.sub_active_id(h.backend, 1);
-                        let stream = std::net::TcpStream::from(fd);
-                        let Ok(peer) = stream.peer_addr() else {
-                            continue; // the client already left
-                        };
-                        proc.ip_sub(peer.ip(), 1);
                         conns.push(Conn {
-                            stream,
-                            ip: peer.ip(),
+                            stream: std::net::TcpStream::from(fd),
+                            peer: h.client,
                         });
                     }
                 }

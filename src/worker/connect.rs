@@ -2,7 +2,7 @@
 //! next ones, each at most once), then pump bytes until both sides are done.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -17,16 +17,11 @@ use crate::channel::{BackendEntry, Event, FailReason, Handoff, WorkerConfig};
 /// Serve one handed-off client connection to the end.
 pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: Handoff) {
     let started = Instant::now();
-    let peer = stream.peer_addr().ok();
-    let client_ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let span = tracing::Span::current();
-    if let Some(peer) = peer {
-        span.record("client.addr", tracing::field::display(peer));
-    }
-    let client = match stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream))
-    {
+    let client_ip = handoff.client.ip();
+    tracing::Span::current().record("client.addr", tracing::field::display(handoff.client));
+    // The front accepted it nonblocking (the flag travels with the
+    // descriptor), as tokio requires.
+    let mut client = match TcpStream::from_std(stream) {
         Ok(c) => c,
         Err(err) => {
             debug!(cause = %err, "cannot register client connection");
@@ -35,7 +30,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         }
     };
     let config = worker.config.load_full();
-    let Some((backend, upstream, connect_time)) =
+    let Some((backend, mut upstream, connect_time)) =
         connect_any(worker, &config, handoff.backend).await
     else {
         debug!("no backend reachable; closing client");
@@ -48,12 +43,12 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         backend: backend.id,
         connect_time,
     });
-    span.record("server.addr", tracing::field::display(backend.addr));
+    tracing::Span::current().record("server.addr", tracing::field::display(backend.addr));
     debug!(connect_time = ?connect_time, "connected");
     let counter = worker.reporter.counter(backend.id);
     let outcome = pump::pump(
-        &client,
-        &upstream,
+        &mut client,
+        &mut upstream,
         config.idle_timeout,
         config.splice,
         &counter,

@@ -19,7 +19,9 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 use socket2::SockRef;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::report::ByteCounter;
@@ -68,15 +70,24 @@ enum Dir {
 
 /// Pump until both directions are done, a side resets, or idle timeout.
 pub async fn pump(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     idle: Duration,
     zero_copy: bool,
     counter: &ByteCounter,
 ) -> Outcome {
     let last = Cell::new(Instant::now());
-    let up = copy(client, backend, Dir::Up, zero_copy, counter, &last);
-    let down = copy(backend, client, Dir::Down, zero_copy, counter, &last);
+    let finished = Cell::new(false);
+    let (client_r, client_w) = client.split();
+    let (backend_r, backend_w) = backend.split();
+    let flow = Flow {
+        zero_copy,
+        counter,
+        last: &last,
+        finished: &finished,
+    };
+    let up = copy(client_r, backend_w, Dir::Up, &flow);
+    let down = copy(backend_r, client_w, Dir::Down, &flow);
     let both = async { tokio::try_join!(up, down) };
     tokio::select! {
         res = both => match res {
@@ -85,6 +96,16 @@ pub async fn pump(
         },
         () = idle_watch(&last, idle) => Outcome::IdleTimeout,
     }
+}
+
+/// What both directions of one connection share.
+struct Flow<'a> {
+    zero_copy: bool,
+    counter: &'a ByteCounter,
+    /// When a byte last moved either way (idle timeout).
+    last: &'a Cell<Instant>,
+    /// One direction already reached EOF.
+    finished: &'a Cell<bool>,
 }
 
 /// Resolves once `last` is older than `idle`.
@@ -101,16 +122,14 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
 }
 
 /// Copy `src` to `dst` until EOF, then shut down `dst`'s write side.
-/// Each chunk goes through a pipe (splice) when `zero_copy` is set and a
-/// pipe can be had, else through a pooled buffer. Neither is held while
-/// the source has nothing to say.
+/// Each chunk goes through a pipe (splice) when zero-copy is on and a pipe
+/// can be had, else through a pooled buffer. Neither is held while the
+/// source has nothing to say.
 async fn copy(
-    src: &TcpStream,
-    dst: &TcpStream,
+    mut src: ReadHalf<'_>,
+    dst: WriteHalf<'_>,
     dir: Dir,
-    zero_copy: bool,
-    counter: &ByteCounter,
-    last: &Cell<Instant>,
+    flow: &Flow<'_>,
 ) -> Result<(), (&'static str, io::Error)> {
     let (src_name, dst_name) = match dir {
         Dir::Up => ("client", "backend"),
@@ -118,14 +137,16 @@ async fn copy(
     };
     loop {
         src.readable().await.map_err(|e| (src_name, e))?;
-        let moved = match zero_copy.then(splice::take_pipe) {
-            Some(Ok(pipe)) => match splice::fill(&pipe, src) {
+        let moved = match flow.zero_copy.then(splice::take_pipe) {
+            Some(Ok(pipe)) => match splice::fill(&pipe, src.as_ref()) {
                 Ok(0) => {
                     splice::give_pipe(pipe);
                     0
                 }
                 Ok(n) => {
-                    let drained = splice::drain(&pipe, dst, n, || last.set(Instant::now())).await;
+                    let drained =
+                        splice::drain(&pipe, dst.as_ref(), n, || flow.last.set(Instant::now()))
+                            .await;
                     drained.map_err(|e| (dst_name, e))?;
                     splice::give_pipe(pipe); // empty again
                     n
@@ -136,10 +157,12 @@ async fn copy(
                 }
                 Err(e) => return Err((src_name, e)),
             },
-            // No pipe to be had (descriptor limit) or splicing is off.
+            // No pipe to be had (descriptor allowance) or splicing is off.
             Some(Err(_)) | None => {
                 let mut buf = take_buf();
-                let n = match src.try_read(&mut buf) {
+                // Readable now, so this returns at once; a short read tells
+                // tokio the socket is drained (no extra EAGAIN read).
+                let n = match src.read(&mut buf).await {
                     Ok(n) => n,
                     Err(e) if retry(&e) => {
                         give_buf(buf);
@@ -150,24 +173,29 @@ async fn copy(
                         return Err((src_name, e));
                     }
                 };
-                let written = write_all(dst, &buf[..n], last).await;
+                let written = write_all(dst.as_ref(), &buf[..n], flow.last).await;
                 give_buf(buf);
                 written.map_err(|e| (dst_name, e))?;
                 n
             }
         };
         if moved == 0 {
-            // Half-close: pass the EOF on, keep the other way open.
-            return match SockRef::from(dst).shutdown(Shutdown::Write) {
+            // Half-close: pass the EOF on, keep the other way open. When
+            // the other way is already done, the close that follows sends
+            // the FIN anyway.
+            if flow.finished.replace(true) {
+                return Ok(());
+            }
+            return match SockRef::from(dst.as_ref()).shutdown(Shutdown::Write) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
                 Err(e) => Err((dst_name, e)),
             };
         }
-        last.set(Instant::now());
+        flow.last.set(Instant::now());
         match dir {
-            Dir::Up => counter.add_up(moved),
-            Dir::Down => counter.add_down(moved),
+            Dir::Up => flow.counter.add_up(moved),
+            Dir::Down => flow.counter.add_down(moved),
         }
     }
 }
