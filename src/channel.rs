@@ -49,9 +49,35 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// How long to keep serving after the front is gone.
     pub drain_timeout: Duration,
-    /// Move bytes with splice(2) where possible (Linux).
-    pub splice: bool,
+    /// When to move bytes with splice(2).
+    pub splice: Splice,
     pub backends: Vec<BackendEntry>,
+}
+
+/// When workers forward with splice(2) instead of buffered copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Splice {
+    /// Always copy through a buffer.
+    Off,
+    /// Always splice.
+    On,
+    /// Copy small chunks, splice bulk: a direction switches to splice once
+    /// a read fills a whole buffer, and back when chunks get small.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Splice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Splice, String> {
+        match s.trim() {
+            "off" | "false" | "no" => Ok(Splice::Off),
+            "on" | "true" | "yes" => Ok(Splice::On),
+            "auto" => Ok(Splice::Auto),
+            other => Err(format!("'{other}' is not auto, on or off")),
+        }
+    }
 }
 
 /// One backend as the worker knows it.

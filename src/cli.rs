@@ -181,9 +181,10 @@ pub struct TuningArgs {
     pub fall: Option<u32>,
 
     /// Move bytes with splice(2) through pipes, without copying them
-    /// through user space ("off": buffered copy). [default: on]
-    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
-    pub splice: Option<bool>,
+    /// through user space: "on", "off" (buffered copies), or "auto" (copy
+    /// small chunks, splice bulk transfers). [default: auto]
+    #[arg(long, value_name = "auto|on|off")]
+    pub splice: Option<crate::channel::Splice>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -276,15 +277,6 @@ pub struct WorkerArgs {
     /// Inherited descriptor of this worker's end of the channel.
     #[arg(long)]
     pub channel_fd: i32,
-}
-
-/// Parse `on`/`off` (also `true`/`false`, `yes`/`no`).
-pub fn parse_switch(text: &str) -> Result<bool, String> {
-    match text.trim() {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        other => Err(format!("'{other}' is not on or off")),
-    }
 }
 
 /// Parse a human duration such as `5s`, `500ms`, `2m`, or a bare number of

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use file::FileConfig;
 pub use parse::{BackendSpec, parse_backend, parse_listen, parse_workers, resolve};
 
+use crate::channel::Splice;
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
@@ -83,8 +84,8 @@ pub struct Config {
     pub backlog: u32,
     pub limits: Limits,
     pub health: Health,
-    /// Forward with splice(2) (zero-copy) rather than buffered copies.
-    pub splice: bool,
+    /// When to forward with splice(2) (zero-copy) rather than buffered copies.
+    pub splice: Splice,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
 }
@@ -248,7 +249,15 @@ impl Config {
             ));
         }
         Ok(Config {
-            splice: t.splice.or(file.splice).unwrap_or(true),
+            splice: match (t.splice, file.splice) {
+                (Some(s), _) => s,
+                (None, Some(file::SpliceValue::Switch(true))) => Splice::On,
+                (None, Some(file::SpliceValue::Switch(false))) => Splice::Off,
+                (None, Some(file::SpliceValue::Text(t))) => t
+                    .parse()
+                    .map_err(|e| ConfigError::invalid(format!("splice: {e}")))?,
+                (None, None) => Splice::Auto,
+            },
             limits,
             health,
             listen,

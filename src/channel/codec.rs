@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
+use super::Splice;
 use super::{
     BackendEntry, Down, Event, FailReason, Handoff, MAX_FDS, MAX_FRAME, Up, VERSION, WorkerConfig,
 };
@@ -47,7 +48,11 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
             put_duration(out, cfg.connect_timeout);
             put_duration(out, cfg.idle_timeout);
             put_duration(out, cfg.drain_timeout);
-            out.push(u8::from(cfg.splice));
+            out.push(match cfg.splice {
+                Splice::Off => 0,
+                Splice::On => 1,
+                Splice::Auto => 2,
+            });
             put_count(out, cfg.backends.len(), "backend count")?;
             for b in &cfg.backends {
                 out.extend_from_slice(&b.id.to_le_bytes());
@@ -91,7 +96,17 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             let connect_timeout = r.duration("connect timeout")?;
             let idle_timeout = r.duration("idle timeout")?;
             let drain_timeout = r.duration("drain timeout")?;
-            let splice = r.flag("splice flag")?;
+            let splice = match r.u8("splice mode")? {
+                0 => Splice::Off,
+                1 => Splice::On,
+                2 => Splice::Auto,
+                v => {
+                    return Err(FrameError::Invalid {
+                        what: "splice mode",
+                        value: v.into(),
+                    });
+                }
+            };
             let n = r.u16("backend count")? as usize;
             let mut backends = Vec::with_capacity(n.min(r.remaining() / 8));
             for _ in 0..n {

@@ -11,7 +11,7 @@ fn sample_config() -> WorkerConfig {
         connect_timeout: Duration::from_millis(1500),
         idle_timeout: Duration::from_secs(300),
         drain_timeout: Duration::from_secs(30),
-        splice: true,
+        splice: Splice::Auto,
         backends: vec![
             BackendEntry {
                 id: 0,

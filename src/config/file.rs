@@ -32,7 +32,7 @@ pub struct FileConfig {
     pub health_timeout: Option<DurationValue>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
-    pub splice: Option<bool>,
+    pub splice: Option<SpliceValue>,
 }
 
 /// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`, or
@@ -62,6 +62,14 @@ impl BackendValue {
             },
         }
     }
+}
+
+/// `splice = "auto"`, `"on"`, `"off"`, or a boolean.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SpliceValue {
+    Switch(bool),
+    Text(String),
 }
 
 /// `workers = 4` or `workers = "auto"`.

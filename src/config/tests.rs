@@ -92,6 +92,7 @@ connect-timeout = "250ms"
 idle-timeout = 60
 max-conns-per-ip = 10
 health-interval = "off"
+splice = false
 "#,
     )
     .unwrap();
@@ -108,6 +109,7 @@ health-interval = "off"
     assert_eq!(c.idle_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.max_conns_per_ip, Some(10));
     assert_eq!(c.health.interval, None);
+    assert_eq!(c.splice, crate::channel::Splice::Off);
     a.policy = Some(PolicyName::LeastConn);
     a.backend = vec!["127.0.0.1:99".into()];
     a.tuning.connect_timeout = Some(Duration::from_secs(9));

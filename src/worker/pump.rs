@@ -26,9 +26,13 @@ use tokio::time::Instant;
 
 use super::report::ByteCounter;
 use super::splice;
+use crate::channel::Splice;
 
 /// Size of one copy buffer.
 pub const BUF_SIZE: usize = 64 * 1024;
+/// In `Auto` splice mode, a spliced chunk smaller than this sends the
+/// direction back to buffered copies.
+const SMALL_CHUNK: usize = 16 * 1024;
 /// Buffers kept for reuse per worker thread.
 const POOL_MAX: usize = 64;
 
@@ -73,7 +77,7 @@ pub async fn pump(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle: Duration,
-    zero_copy: bool,
+    splice: Splice,
     counter: &ByteCounter,
 ) -> Outcome {
     let last = Cell::new(Instant::now());
@@ -81,7 +85,7 @@ pub async fn pump(
     let (client_r, client_w) = client.split();
     let (backend_r, backend_w) = backend.split();
     let flow = Flow {
-        zero_copy,
+        splice,
         counter,
         last: &last,
         finished: &finished,
@@ -100,7 +104,7 @@ pub async fn pump(
 
 /// What both directions of one connection share.
 struct Flow<'a> {
-    zero_copy: bool,
+    splice: Splice,
     counter: &'a ByteCounter,
     /// When a byte last moved either way (idle timeout).
     last: &'a Cell<Instant>,
@@ -122,9 +126,11 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
 }
 
 /// Copy `src` to `dst` until EOF, then shut down `dst`'s write side.
-/// Each chunk goes through a pipe (splice) when zero-copy is on and a pipe
-/// can be had, else through a pooled buffer. Neither is held while the
-/// source has nothing to say.
+/// Each chunk goes through a pipe (splice) or a pooled buffer, as the
+/// splice mode says: `Auto` starts with buffers, which cost the fewest
+/// system calls for small messages, moves to pipes once a read fills a
+/// whole buffer (a bulk transfer), and back once chunks are small again.
+/// Neither a pipe nor a buffer is held while the source has nothing to say.
 async fn copy(
     mut src: ReadHalf<'_>,
     dst: WriteHalf<'_>,
@@ -135,15 +141,19 @@ async fn copy(
         Dir::Up => ("client", "backend"),
         Dir::Down => ("backend", "client"),
     };
+    let mut piping = flow.splice == Splice::On;
     loop {
         src.readable().await.map_err(|e| (src_name, e))?;
-        let moved = match flow.zero_copy.then(splice::take_pipe) {
+        let moved = match piping.then(splice::take_pipe) {
             Some(Ok(pipe)) => match splice::fill(&pipe, src.as_ref()) {
                 Ok(0) => {
                     splice::give_pipe(pipe);
                     0
                 }
                 Ok(n) => {
+                    if flow.splice == Splice::Auto && n < SMALL_CHUNK {
+                        piping = false;
+                    }
                     let drained =
                         splice::drain(&pipe, dst.as_ref(), n, || flow.last.set(Instant::now()))
                             .await;
@@ -176,6 +186,9 @@ async fn copy(
                 let written = write_all(dst.as_ref(), &buf[..n], flow.last).await;
                 give_buf(buf);
                 written.map_err(|e| (dst_name, e))?;
+                if flow.splice == Splice::Auto && n == BUF_SIZE {
+                    piping = true;
+                }
                 n
             }
         };

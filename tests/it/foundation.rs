@@ -114,6 +114,11 @@ fn bytes_arrive_intact_with_buffered_copy() {
     integrity("off");
 }
 
+#[test]
+fn bytes_arrive_intact_with_auto_splice() {
+    integrity("auto");
+}
+
 fn half_close(splice: &str) {
     let b = echo_backend();
     let proxy = ProxyCmd::new(&[b.addr])
@@ -220,7 +225,7 @@ fn splice_mode_moves_bytes_through_pipes_and_buffered_mode_does_not() {
         let chunk = vec![7u8; 64 * 1024];
         while c.write_all(&chunk).is_ok() {}
     });
-    for (mode, expect_pipes) in [("on", true), ("off", false)] {
+    for (mode, expect_pipes) in [("on", true), ("off", false), ("auto", true)] {
         let proxy = ProxyCmd::new(&[pour.addr])
             .workers(1)
             .args(["--splice", mode])
