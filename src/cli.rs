@@ -185,6 +185,11 @@ pub struct TuningArgs {
     /// small chunks, splice bulk transfers). [default: auto]
     #[arg(long, value_name = "auto|on|off")]
     pub splice: Option<crate::channel::Splice>,
+
+    /// Pin the front to the first allowed CPU and each worker to one of the
+    /// others (in turn), so they stop migrating between cores.
+    #[arg(long)]
+    pub cpu_affinity: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -277,6 +282,9 @@ pub struct WorkerArgs {
     /// Inherited descriptor of this worker's end of the channel.
     #[arg(long)]
     pub channel_fd: i32,
+    /// Pin this worker to one CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
 }
 
 /// Parse a human duration such as `5s`, `500ms`, `2m`, or a bare number of

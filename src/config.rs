@@ -86,6 +86,8 @@ pub struct Config {
     pub health: Health,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.
     pub splice: Splice,
+    /// Pin the front and the workers to CPUs.
+    pub cpu_affinity: bool,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
 }
@@ -249,6 +251,7 @@ impl Config {
             ));
         }
         Ok(Config {
+            cpu_affinity: t.cpu_affinity || file.cpu_affinity.unwrap_or(false),
             splice: match (t.splice, file.splice) {
                 (Some(s), _) => s,
                 (None, Some(file::SpliceValue::Switch(true))) => Splice::On,

@@ -136,6 +136,23 @@ pub async fn serve(
         None => None,
     };
     let exe = std::env::current_exe().map_err(FrontError::Exe)?;
+    let worker_cpus = if config.cpu_affinity {
+        match crate::sys::cpu_plan(&crate::sys::allowed_cpus(), config.workers) {
+            Some((front_cpu, workers)) => {
+                if let Err(err) = crate::sys::pin_to_cpu(front_cpu) {
+                    warn!(cause = %err, "cannot pin the front to a CPU");
+                }
+                info!(front = front_cpu, workers = ?workers, "CPU affinity");
+                Some(workers)
+            }
+            None => {
+                warn!("cannot read the allowed CPUs; --cpu-affinity ignored");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let cap = proc_cap(&config, nofile);
     let summary = config.summary();
     let shared = Arc::new(ArcSwap::from_pointee(config));
@@ -146,6 +163,7 @@ pub async fn serve(
         f.metrics_addr = metrics_addr;
         f.nofile = nofile;
         f.reload_args = args;
+        f.worker_cpus = worker_cpus;
         for slot in 0..f.slots.len() {
             f.start_worker(slot)
                 .map_err(|source| FrontError::Spawn { slot, source })?;

@@ -54,6 +54,11 @@ fn main() -> ExitCode {
         }
         Some(Command::Worker(args)) => {
             init_logging(&cli.log, Some(args.slot));
+            if let Some(cpu) = args.cpu {
+                if let Err(err) = rrproxy::sys::pin_to_cpu(cpu) {
+                    tracing::warn!(slot = args.slot, cpu, cause = %err, "cannot pin worker to its CPU");
+                }
+            }
             match rrproxy::worker::run(args.slot, args.channel_fd) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail("rrproxy worker", &err),

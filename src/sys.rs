@@ -162,3 +162,53 @@ pub fn fd_plan(nofile: u64) -> FdPlan {
         pipes,
     }
 }
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    match sched_getaffinity(None) {
+        Ok(set) => (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Run the calling thread (and threads it creates later) on `cpu` only.
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    use rustix::thread::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// With `--cpu-affinity`: the front's CPU and each worker slot's. The
+/// front gets the first allowed CPU to itself; slots take the next ones in
+/// turn, wrapping (with more slots than CPUs left, they share).
+pub fn cpu_plan(allowed: &[usize], slots: usize) -> Option<(usize, Vec<usize>)> {
+    let (&front, _) = allowed.split_first()?;
+    let workers = (0..slots)
+        .map(|i| allowed[(1 + i) % allowed.len()])
+        .collect();
+    Some((front, workers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_gets_a_cpu_of_its_own_and_workers_take_the_rest_in_turn() {
+        assert_eq!(cpu_plan(&[0, 1], 2), Some((0, vec![1, 0])));
+        assert_eq!(cpu_plan(&[2, 3, 5, 7], 3), Some((2, vec![3, 5, 7])));
+        assert_eq!(cpu_plan(&[4], 2), Some((4, vec![4, 4])));
+        assert_eq!(cpu_plan(&[], 2), None);
+    }
+
+    #[test]
+    fn the_fd_plan_leaves_most_descriptors_to_connections() {
+        let p = fd_plan(1 << 20);
+        assert_eq!(p.pipes, 1024);
+        assert!(p.conns * 2 + p.pipes * 2 + 64 <= 1 << 20);
+        assert_eq!(fd_plan(64), FdPlan { conns: 8, pipes: 8 });
+    }
+}

@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub splice: Option<SpliceValue>,
+    pub cpu_affinity: Option<bool>,
 }
 
 /// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`, or

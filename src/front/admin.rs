@@ -163,6 +163,7 @@ impl Front {
             ("metrics", cur.metrics != new.metrics),
             ("control", cur.control != new.control),
             ("backlog", cur.backlog != new.backlog),
+            ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
         ] {
             if changed {
                 warn!(

@@ -135,6 +135,8 @@ pub struct Front {
     pub announced_ready: bool,
     /// A rolling restart is in progress.
     pub rolling: bool,
+    /// With `--cpu-affinity`: the CPU of each worker slot.
+    pub worker_cpus: Option<Vec<usize>>,
     /// The open-file limit workers run with.
     pub nofile: u64,
     pub next_conn: u64,
@@ -186,6 +188,7 @@ impl Front {
                 last_pause_log: None,
                 reload_args: None,
                 nofile: 0,
+                worker_cpus: None,
                 next_conn: 0,
                 next_proc: 0,
                 started: Instant::now(),

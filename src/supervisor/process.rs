@@ -27,6 +27,7 @@ pub fn spawn_worker(
     slot: usize,
     worker_end: &impl AsFd,
     log: &crate::cli::LogArgs,
+    cpu: Option<usize>,
 ) -> io::Result<tokio::process::Child> {
     let fd = sys::raw(&worker_end.as_fd());
     let mut cmd = std::process::Command::new(exe);
@@ -47,6 +48,9 @@ pub fn spawn_worker(
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES");
+    if let Some(cpu) = cpu {
+        cmd.arg("--cpu").arg(cpu.to_string());
+    }
     for _ in 0..log.verbose {
         cmd.arg("-v");
     }
@@ -62,7 +66,8 @@ impl Front {
     /// reports ready.
     pub fn start_worker(&mut self, slot: usize) -> io::Result<u64> {
         let (front_end, worker_end) = fdpass::pair()?;
-        let child = spawn_worker(&self.exe, slot, &worker_end, &self.log)?;
+        let cpu = self.worker_cpus.as_ref().and_then(|c| c.get(slot).copied());
+        let child = spawn_worker(&self.exe, slot, &worker_end, &self.log, cpu)?;
         let pid = child.id().unwrap_or(0);
         let channel = Rc::new(Channel::new(front_end)?);
         let id = self.next_proc;

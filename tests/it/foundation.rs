@@ -503,3 +503,46 @@ fn read_name_opt(s: &mut TcpStream) -> Option<String> {
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
+
+fn cpus_allowed(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn cpu_affinity_pins_the_front_and_each_worker() {
+    let b = name_backend("pin");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .arg("--cpu-affinity")
+        .start();
+    let allowed: Vec<String> = {
+        // What this test process may use, e.g. "0-1".
+        let me = cpus_allowed(std::process::id());
+        let mut v = Vec::new();
+        for part in me.split(',') {
+            match part.split_once('-') {
+                Some((a, z)) => (a.parse::<u32>().unwrap()..=z.parse().unwrap())
+                    .for_each(|c| v.push(c.to_string())),
+                None => v.push(part.to_string()),
+            }
+        }
+        v
+    };
+    assert_eq!(
+        cpus_allowed(proxy.pid()),
+        allowed[0],
+        "the front on the first CPU"
+    );
+    let pids = proxy.worker_pids();
+    for (slot, pid) in pids.iter().enumerate() {
+        let want = &allowed[(1 + slot) % allowed.len()];
+        assert_eq!(&cpus_allowed(pid.unwrap()), want, "worker {slot}");
+    }
+    assert_eq!(fetch_name(&proxy), "pin");
+}
