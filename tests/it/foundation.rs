@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -545,4 +546,77 @@ fn cpu_affinity_pins_the_front_and_each_worker() {
         assert_eq!(&cpus_allowed(pid.unwrap()), want, "worker {slot}");
     }
     assert_eq!(fetch_name(&proxy), "pin");
+}
+
+#[test]
+fn the_demo_serves_three_backends_and_stops_on_ctrl_c() {
+    let dir = temp_dir("demo");
+    let control = dir.join("demo.sock");
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ])
+        .args(["--control", control.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // The banner names the address to try.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr: std::net::SocketAddr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo banner");
+        if let Some(rest) = line.split("curl -s http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let body = http_get(addr, "/");
+        seen.insert(body.trim().to_string());
+    }
+    let want: std::collections::BTreeSet<String> = ["alpha", "bravo", "charlie"]
+        .iter()
+        .map(|n| format!("hello from backend {n}"))
+        .collect();
+    assert_eq!(seen, want);
+    let workers = children(child.id());
+    assert_eq!(workers.len(), 2);
+    // Ctrl-C: SIGINT to the whole group, as a terminal sends it.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", child.id())])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let st = wait_for(Duration::from_secs(20), "demo to exit", || {
+        child.try_wait().unwrap()
+    });
+    assert!(st.success(), "demo exit status {st}");
+    for (pid, _) in workers {
+        wait_until(Duration::from_secs(5), "worker gone", || !alive(pid));
+    }
+    assert!(!control.exists(), "control socket removed");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
