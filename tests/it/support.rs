@@ -581,26 +581,47 @@ pub struct Load {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+/// One request against a `name_backend`: connect, read its name.
+fn read_some(addr: SocketAddr) -> Option<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then_some(())
+}
+
+/// One request against an `echo_backend`: send a line, read it back.
+fn echo_line(addr: SocketAddr) -> Option<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"ping\n").ok()?;
+    s.shutdown(Shutdown::Write).ok()?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).ok()?;
+    (got == b"ping\n").then_some(())
+}
+
 impl Load {
+    /// `clients` threads connecting to a `name_backend` through `proxy`.
     pub fn start(proxy: &Proxy, clients: usize) -> Load {
+        Load::run(proxy.listen, clients, read_some)
+    }
+
+    /// The same against an echo backend.
+    pub fn start_echo(proxy: &Proxy, clients: usize) -> Load {
+        Load::run(proxy.listen, clients, echo_line)
+    }
+
+    fn run(addr: SocketAddr, clients: usize, request: fn(SocketAddr) -> Option<()>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let threads = (0..clients)
             .map(|_| {
-                let (stop, ok, failed, addr) =
-                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
                 thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|mut s| {
-                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                                let mut buf = [0u8; 32];
-                                let n = s.read(&mut buf).ok()?;
-                                (n > 0).then_some(())
-                            });
-                        match served {
+                        match request(addr) {
                             Some(()) => ok.fetch_add(1, Ordering::Relaxed),
                             None => failed.fetch_add(1, Ordering::Relaxed),
                         };
@@ -623,53 +644,11 @@ impl Load {
         )
     }
 
-    pub fn finish(self) -> (u64, u64) {
+    pub fn finish(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             t.join().unwrap();
         }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Load {
-    /// Like `start`, against an echo backend: send a line, read it back.
-    pub fn start_echo(proxy: &Proxy, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, addr) =
-                    (stop.clone(), ok.clone(), failed.clone(), proxy.listen);
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let served = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|mut s| {
-                                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                                s.write_all(b"ping\n").ok()?;
-                                s.shutdown(Shutdown::Write).ok()?;
-                                let mut got = Vec::new();
-                                s.read_to_end(&mut got).ok()?;
-                                (got == b"ping\n").then_some(())
-                            });
-                        match served {
-                            Some(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            None => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
+        self.counts()
     }
 }
