@@ -13,6 +13,7 @@ mod events;
 mod health;
 mod limits;
 mod listener;
+mod views;
 
 use std::path::PathBuf;
 use std::sync::Arc;
