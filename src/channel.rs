@@ -141,6 +141,9 @@ pub enum Event {
     /// Bytes moved since the last report for `backend`: `up` from clients
     /// to the backend, `down` from the backend to clients.
     Bytes { backend: u32, up: u64, down: u64 },
+    /// The worker took `count` handed-off connections out of its channel
+    /// (lets the front bound how many wait unread for one worker).
+    Received { count: u32 },
 }
 
 impl Down {

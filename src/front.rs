@@ -325,6 +325,7 @@ impl Front {
                 p.queue_control(drain.clone());
             }
         }
+        self.arm_watchers();
         self.refresh_all_views();
     }
 

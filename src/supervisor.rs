@@ -28,6 +28,9 @@ use crate::metrics as m;
 
 pub use process::spawn_worker;
 
+/// Most handed-off connections that may wait unread in one worker's channel.
+pub const MAX_UNREAD: u64 = 512;
+
 /// Where a worker process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +57,8 @@ pub struct WorkerProc {
     pub worker_end: OwnedFd,
     /// The last send found the channel full; skip until it drains.
     pub full: bool,
+    /// A task waits for the channel to drain (at most one per process).
+    pub watched: bool,
     /// Control frames (config, drain) waiting for channel room; they go
     /// before any further handoff.
     pub outbox: VecDeque<Vec<u8>>,
@@ -62,6 +67,12 @@ pub struct WorkerProc {
     pub batch_fds: Vec<OwnedFd>,
     /// Connections handed and not yet reported closed.
     pub active: u64,
+    /// Connections handed (batched or sent) and not yet taken out of the
+    /// channel by the worker:
+    /// a worker that stops reading is skipped once this reaches
+    /// [`MAX_UNREAD`], so a stalled worker holds back a bounded number of
+    /// clients whatever the kernel's socket buffer would allow.
+    pub unread: u64,
     /// `active`, split by backend id (to uncount them if the worker dies).
     pub per_backend: HashMap<u32, u64>,
     /// Open connections per client IP (only with `--max-conns-per-ip`).

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::channel::fdpass::{Channel, Received};
-use crate::channel::{Down, Handoff, MAX_FRAME, Up, WorkerConfig};
+use crate::channel::{Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
 use report::Reporter;
 
 /// Why a worker stopped before serving.
@@ -188,6 +188,9 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
             "handoff frame and descriptors disagree; serving what matches"
         );
     }
+    worker.reporter.push(Event::Received {
+        count: conns.len() as u32,
+    });
     for (handoff, fd) in conns.into_iter().zip(fds.drain(..)) {
         let stream = std::net::TcpStream::from(fd);
         worker.active.set(worker.active.get() + 1);

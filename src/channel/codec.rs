@@ -38,6 +38,7 @@ const EV_OPENED: u8 = 1;
 const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
 const EV_BYTES: u8 = 4;
+const EV_RECEIVED: u8 = 5;
 
 pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.clear();
@@ -230,6 +231,10 @@ fn put_event(out: &mut Vec<u8>, ev: &Event) {
             out.extend_from_slice(&up.to_le_bytes());
             out.extend_from_slice(&down.to_le_bytes());
         }
+        Event::Received { count } => {
+            out.push(EV_RECEIVED);
+            out.extend_from_slice(&count.to_le_bytes());
+        }
     }
 }
 
@@ -393,6 +398,9 @@ impl Reader<'_> {
                 backend: self.u32("backend id")?,
                 up: self.u64("bytes up")?,
                 down: self.u64("bytes down")?,
+            }),
+            EV_RECEIVED => Ok(Event::Received {
+                count: self.u32("received count")?,
             }),
             v => Err(FrameError::Invalid {
                 what: "event kind",

@@ -121,9 +121,14 @@ impl Channel {
         })
     }
 
-    /// Send now or fail with `WouldBlock`.
+    /// Send now or fail with `WouldBlock`. Goes through the reactor's
+    /// readiness, so a `WouldBlock` clears it and [`Channel::writable`]
+    /// then really waits for room (a direct `sendmsg` would leave the
+    /// socket marked writable and a waiter would spin). Until the reactor
+    /// has seen the socket writable once, this reports `WouldBlock`.
     pub fn try_send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        send_raw(self.fd.get_ref().as_fd(), frame, fds)
+        self.fd
+            .try_io(Interest::WRITABLE, |fd| send_raw(fd.as_fd(), frame, fds))
     }
 
     /// Send, waiting for room in the socket buffer.

@@ -55,6 +55,7 @@ fn sample_events() -> Vec<Event> {
             up: 10,
             down: u64::MAX,
         },
+        Event::Received { count: 64 },
     ]
 }
 

@@ -248,6 +248,7 @@ impl Front {
             return false;
         };
         proc.assign(backend);
+        proc.unread += 1;
         if track_ip {
             proc.ip_add(ip);
         }
@@ -340,6 +341,7 @@ impl Front {
                     proc.unassign(h.backend, 1);
                     proc.ip_sub(h.client.ip(), 1);
                 }
+                proc.unread = proc.unread.saturating_sub(handoffs.len() as u64);
                 self.fm.handoff_failures.increment(handoffs.len() as u64);
                 for h in &handoffs {
                     self.backends.sub_active_id(h.backend, 1);
@@ -360,32 +362,72 @@ impl Front {
     }
 
     /// When a full channel drains, make its worker routable again.
+    /// Wait until a full channel drains, send what its outbox holds, and
+    /// make the worker routable again. One watcher per process at a time.
     fn watch_writable(
-        &self,
+        &mut self,
         slot: usize,
         id: u64,
         channel: Rc<crate::channel::fdpass::Channel>,
         wait: Retry,
     ) {
+        let Some(p) = self.slots[slot].proc_mut(id) else {
+            return;
+        };
+        if p.watched {
+            return;
+        }
+        p.watched = true;
         let me = self.me.clone();
         tokio::task::spawn_local(async move {
-            let ok = match wait {
-                Retry::Writable => channel.writable().await.is_ok(),
-                Retry::After(delay) => {
-                    tokio::time::sleep(delay).await;
-                    true
+            let mut wait = wait;
+            loop {
+                let ok = match wait {
+                    Retry::Writable => channel.writable().await.is_ok(),
+                    Retry::After(delay) => {
+                        tokio::time::sleep(delay).await;
+                        true
+                    }
+                };
+                let Some(front) = me.upgrade() else { return };
+                let mut f = front.borrow_mut();
+                let cap = f.per_proc_cap;
+                let Some(p) = f.slots[slot].proc_mut(id) else {
+                    return;
+                };
+                if !ok {
+                    // The channel is broken: the worker is going away and
+                    // its exit is handled elsewhere.
+                    p.watched = false;
+                    return;
                 }
-            };
-            let Some(front) = me.upgrade() else { return };
-            let mut f = front.borrow_mut();
-            let cap = f.per_proc_cap;
-            if let Some(p) = f.slots[slot].procs.iter_mut().find(|p| p.id == id) {
-                p.full = !ok;
+                p.full = false;
                 p.flush_outbox();
+                if p.full {
+                    // Control frames filled it again: keep waiting.
+                    wait = Retry::Writable;
+                    continue;
+                }
+                p.watched = false;
+                f.refresh_view(slot, cap);
+                f.retry_pending();
+                return;
             }
-            f.refresh_view(slot, cap);
-            f.retry_pending();
         });
+    }
+
+    /// Watch every process a control frame left with a full channel.
+    pub fn arm_watchers(&mut self) {
+        let full: Vec<(usize, u64, Rc<crate::channel::fdpass::Channel>)> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.procs.iter().map(move |p| (s.index, p)))
+            .filter(|(_, p)| p.full && !p.watched)
+            .map(|(slot, p)| (slot, p.id, p.channel.clone()))
+            .collect();
+        for (slot, id, channel) in full {
+            self.watch_writable(slot, id, channel, Retry::Writable);
+        }
     }
 
     /// Hand queued connections to workers that have room again.
@@ -407,6 +449,7 @@ impl Front {
                 p.queue_control(frame.clone());
             }
         }
+        self.arm_watchers();
         self.refresh_all_views();
     }
 

@@ -52,6 +52,7 @@ impl Front {
         }
         s.metrics.up.set(1.0);
         info!(slot, pid, "worker up");
+        self.arm_watchers();
         if !self.announced_ready {
             self.announced_ready = true;
             crate::front::notify(&[
@@ -114,6 +115,11 @@ impl Front {
                     self.fm.duration.record(duration.as_secs_f64());
                 } else {
                     self.fm.failed.increment(1);
+                }
+            }
+            Event::Received { count } => {
+                if let Some(p) = self.slots[slot].proc_mut(id) {
+                    p.unread = p.unread.saturating_sub(u64::from(count));
                 }
             }
             Event::Bytes { backend, up, down } => {

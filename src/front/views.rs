@@ -18,7 +18,11 @@ impl Front {
         let routable = !self.shutting_down
             && !s.parked
             && s.procs.iter().any(|p| {
-                p.role == Role::Serving && !p.full && p.outbox.is_empty() && p.active < cap
+                p.role == Role::Serving
+                    && !p.full
+                    && p.outbox.is_empty()
+                    && p.active < cap
+                    && p.unread < crate::supervisor::MAX_UNREAD
             });
         self.worker_views[slot] = WorkerView { routable, active };
         s.metrics.active.set(active as f64);
@@ -71,7 +75,7 @@ impl Front {
         } else if serving.iter().all(|p| p.active >= cap) {
             "every worker is at its connection limit (--max-conns-per-worker or its descriptor budget)"
         } else {
-            "every worker's channel is full"
+            "every worker has a full channel or too many unread handoffs (stalled?)"
         };
         if self
             .last_pause_log

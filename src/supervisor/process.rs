@@ -79,10 +79,12 @@ impl Front {
             channel: channel.clone(),
             worker_end,
             full: false,
+            watched: false,
             outbox: Default::default(),
             batch: Vec::new(),
             batch_fds: Vec::new(),
             active: 0,
+            unread: 0,
             per_backend: HashMap::new(),
             ips: HashMap::new(),
             handed: 0,
@@ -90,6 +92,8 @@ impl Front {
         };
         proc.queue_control(self.config_frame());
         self.slots[slot].procs.push(proc);
+        // The reactor may not know the new channel is writable yet.
+        self.arm_watchers();
         tokio::task::spawn_local(read_events(self.me.clone(), slot, id, channel));
         tokio::task::spawn_local(wait_exit(self.me.clone(), slot, id, child));
         tracing::debug!(slot, pid, "worker spawned");

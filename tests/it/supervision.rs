@@ -416,3 +416,111 @@ fn idle_timeout_closes_silent_connections_but_never_active_ones() {
         "the silent connection was closed: {r:?}"
     );
 }
+
+#[test]
+fn a_stalled_worker_never_stalls_the_front_and_catches_up_when_it_resumes() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(2).start();
+    let stalled = proxy.worker_pids()[0].unwrap();
+    kill(stalled, "STOP");
+    // Round-robin keeps handing the stalled worker every other connection
+    // until 512 wait unread in its channel; from then on the other worker
+    // takes all.
+    let totals = |p: &Proxy| {
+        let w = p.ctl_json("workers");
+        (
+            w[0]["total"].as_u64().unwrap(),
+            w[1]["total"].as_u64().unwrap(),
+        )
+    };
+    let mut clients: Vec<TcpStream> = (0..1300).map(|_| proxy.connect()).collect();
+    wait_until(
+        Duration::from_secs(20),
+        "the front to hand out all 1300",
+        || totals(&proxy).0 + totals(&proxy).1 == 1300,
+    );
+    assert_eq!(
+        totals(&proxy),
+        (512, 788),
+        "the stalled worker is skipped after 512 unread handoffs"
+    );
+    // The front is not stalled: new clients are served at once.
+    for _ in 0..20 {
+        let mut s = proxy.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_name(&mut s), "a");
+    }
+    // A config change while the channel is full is queued for it...
+    proxy.ctl(&format!("backend add {}", b.addr));
+    proxy.ctl(&format!("backend disable {}", a.addr));
+    kill(stalled, "CONT");
+    // ...and when it resumes, it serves its backlog and gets the change.
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let name = read_name(c);
+        assert!(name == "a" || name == "b", "{name:?}");
+    }
+    drop(clients);
+    let before = proxy.ctl_json("workers")[0]["total"].as_u64().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the resumed worker to take new connections",
+        || {
+            assert_eq!(
+                fetch_name(&proxy),
+                "b",
+                "every worker has the new backend table"
+            );
+            proxy.ctl_json("workers")[0]["total"].as_u64().unwrap() > before
+        },
+    );
+}
+
+#[test]
+fn config_changes_that_fill_a_stalled_workers_channel_are_delivered_when_it_resumes() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr])
+        .workers(2)
+        .args(["--health-interval", "off"])
+        .start();
+    let stalled = proxy.worker_pids()[0].unwrap();
+    kill(stalled, "STOP");
+    // Every change sends the whole backend table to every worker: with a
+    // few hundred backends the stalled worker's channel fills up and the
+    // front queues the rest for it.
+    // 300 distinct ports nobody listens on (held together while chosen).
+    let held: Vec<std::net::TcpListener> = (0..300).map(|_| listen_any()).collect();
+    let dead: Vec<String> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    drop(held);
+    for d in &dead {
+        assert!(proxy.ctl(&format!("backend add {d}")).contains("added"));
+    }
+    for d in &dead {
+        proxy.ctl(&format!("backend disable {d}"));
+    }
+    proxy.ctl(&format!("backend add {}", b.addr));
+    proxy.ctl(&format!("backend disable {}", a.addr));
+    // The other worker kept serving throughout, with the latest table.
+    assert_eq!(fetch_name(&proxy), "b");
+    kill(stalled, "CONT");
+    // Once it drains, the resumed worker gets every queued change and
+    // takes connections again.
+    let before = proxy.ctl_json("workers")[0]["total"].as_u64().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the resumed worker to take new connections",
+        || {
+            assert_eq!(
+                fetch_name(&proxy),
+                "b",
+                "every worker has the latest backend table"
+            );
+            proxy.ctl_json("workers")[0]["total"].as_u64().unwrap() > before
+        },
+    );
+}

@@ -412,7 +412,17 @@ impl Drop for Backend {
 }
 
 fn spawn_backend(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
-    spawn_backend_on(TcpListener::bind("127.0.0.1:0").unwrap(), handler)
+    spawn_backend_on(listen_any(), handler)
+}
+
+/// A loopback listener on an ephemeral port with a deep backlog (std's
+/// `bind` uses 128, too few when a worker opens hundreds at once).
+pub fn listen_any() -> TcpListener {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(4096).unwrap();
+    sock.into()
 }
 
 pub fn spawn_backend_on(
