@@ -13,6 +13,7 @@
 #   CONCURRENCY=50  requests in flight (one new connection per request)
 #   KEEPALIVE=1     persistent HTTP/1.1 connections instead   [0]
 #   TIMEOUT=5       seconds a request may take before it counts as failed
+#   LOADGEN=ab      load with ApacheBench (ab -r) instead of availlib.py
 #   WORKERS=2       rrproxy workers (HAProxy: nbthread)
 #   KILL_WORKERS=8  rrproxy workers in the `kill` scenario     [8]
 #   KILL_EVERY=1    seconds between kills in `kill`            [1]
@@ -48,6 +49,7 @@ PROXIES=${PROXIES:-rrproxy haproxy}
 CONCURRENCY=${CONCURRENCY:-50}
 KEEPALIVE=${KEEPALIVE:-0}
 TIMEOUT=${TIMEOUT:-5}
+LOADGEN=${LOADGEN:-availlib}
 WORKERS=${WORKERS:-2}
 KILL_WORKERS=${KILL_WORKERS:-8}
 KILL_EVERY=${KILL_EVERY:-1}
@@ -151,6 +153,11 @@ wait_port() {
 
 # ------------------------------------------------------------ prerequisites
 
+case "$LOADGEN" in
+    availlib) ;;
+    ab) have ab || { echo "availability.sh: LOADGEN=ab but ab is not installed" >&2; exit 1; } ;;
+    *) echo "availability.sh: LOADGEN is availlib or ab" >&2; exit 2 ;;
+esac
 for tool in nginx curl setsid; do
     have "$tool" || { echo "availability.sh: $tool is required" >&2; exit 1; }
 done
@@ -237,7 +244,11 @@ start_b2() {
 stop_b2() {
     local pid i
     pid=$(cat "$B2_PIDFILE" 2>/dev/null) || return 0
-    kill -s "$FLAP_SIGNAL" "$pid" 2>/dev/null
+    if [ "$FLAP_SIGNAL" = KILL ]; then
+        kill -KILL -- "-$pid" 2>/dev/null   # a crash: master and worker at once
+    else
+        kill -s "$FLAP_SIGNAL" "$pid" 2>/dev/null   # the master stops its worker
+    fi
     for i in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
@@ -404,11 +415,20 @@ describe() {  # describe SCENARIO PROXY
     esac
 }
 
+na_row() {  # na_row SCENARIO PROXY WHY: a cell that does not apply
+    "$PY" -S -c 'import json, sys; print(json.dumps({"scenario": sys.argv[1], "proxy": sys.argv[2], "na": sys.argv[3], "notes": []}))' "$@" >> "$ROWS"
+}
+
 run_cell() {  # run_cell SCENARIO PROXY
     local s=$1 p=$2 workers=$WORKERS tag=$1-$2 notes=()
     local loadout=$T/logs/load-$tag.json
     case "$s/$p" in
-        kill/haproxy|kill-2w/haproxy|roll-b2b/haproxy) return ;;
+        kill/haproxy|kill-2w/haproxy)
+            na_row "$s" "$p" "HAProxy has no worker processes to kill: its threads share one process, and in master-worker mode the master does not respawn a dead worker"
+            return ;;
+        roll-b2b/haproxy)
+            na_row "$s" "$p" "an HAProxy reload returns before the new worker serves: there is no back-to-back"
+            return ;;
     esac
     [ "$s" = kill ] && workers=$KILL_WORKERS
     EVENTS=$T/logs/events-$tag.txt
@@ -427,7 +447,9 @@ run_cell() {  # run_cell SCENARIO PROXY
     log "$tag: ${DURATION}s of load, $(describe "$s" "$p" | cut -c1-100)"
     local ka=()
     [ "$KEEPALIVE" = 1 ] && ka=(--keepalive)
-    setsid timeout -k 5 $((DURATION + TIMEOUT + 20)) "${LIB[@]}" load --port "$PROXY_PORT" \
+    local gen=(load)
+    [ "$LOADGEN" = ab ] && gen=(ab --raw "$T/logs/ab-$tag.txt")
+    setsid timeout -k 5 $((DURATION + TIMEOUT + 20)) "${LIB[@]}" "${gen[@]}" --port "$PROXY_PORT" \
         --concurrency "$CONCURRENCY" --duration "$DURATION" --timeout "$TIMEOUT" "${ka[@]}" \
         --start-file "$T/load-started" > "$loadout" 2> "$T/logs/load-$tag.err" < /dev/null &
     LOADER=$!
@@ -525,7 +547,7 @@ done
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
     have haproxy && echo "haproxy: $(haproxy -v | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
-    echo "settings: DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL"
+    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL"
     echo "scenarios: $SCENARIOS; proxies: ${want_proxies[*]}"
     echo "estimated time: ~$(( (n_cells * (DURATION + 4) + 5) / 60 + 1 )) min"
 } | tee "$BASE.meta.txt" >&2
@@ -545,7 +567,7 @@ RUN_END=$(date +%s)
 cp "$ROWS" "$BASE.jsonl"
 {
     echo
-    echo "== availability $TS: $([ "$KEEPALIVE" = 1 ] && echo "keep-alive" || echo "one new connection per request"), $CONCURRENCY in flight, ${DURATION}s per cell"
+    echo "== availability $TS: $([ "$KEEPALIVE" = 1 ] && echo "keep-alive" || echo "one new connection per request"), $CONCURRENCY in flight, ${DURATION}s per cell, load by $LOADGEN"
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $((RUN_END - RUN_START)) s"
     echo
     "${LIB[@]}" table "$ROWS"

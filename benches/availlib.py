@@ -5,6 +5,9 @@ Subcommands (each prints its result on stdout):
 
   load      the load client: HTTP requests through the proxy, every one
             accounted for (see below); prints one JSON object
+  ab        the same load with ApacheBench (`ab -r`) instead, its summary
+            in the same JSON shape, for comparison with the articles that
+            measured with ab (no per-failure times; see README)
   slotpid   SLOT: read `rrproxy ctl --json workers` on stdin, print the pid
             serving SLOT (or the next slot that has one) as "SLOT PID"
   cell      combine one run's load result, injected faults, proxy log and
@@ -39,6 +42,7 @@ import errno
 import io
 import json
 import re
+import subprocess
 import selectors
 import socket
 import sys
@@ -281,6 +285,7 @@ def load(argv):
         "rps": round(total / elapsed, 1) if elapsed else None,
         "t_start": round(t_start, 4),
         "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "ok_over_1s": sum(1 for x in lat if x > 1.0),
         "concurrency": a.concurrency, "keepalive": a.keepalive,
         "timeout": a.timeout, "events": events,
         "events_dropped": dropped_events,
@@ -289,6 +294,83 @@ def load(argv):
     sys.stdout.write("\n")
 
 
+
+
+# ---------------------------------------------------------------- ab
+
+
+def ab(argv):
+    """Run `ab -r` for --duration seconds and print its counts as JSON.
+
+    ab's "Complete requests" counts every request that ended, failed ones
+    included; "Failed requests" is split into Connect, Receive, Length and
+    Exceptions, and one failed request can show in two of them (a refused
+    connect counts as Receive and as Exception), so failures are taken as
+    min(Failed, Complete) plus non-2xx responses."""
+    ap = argparse.ArgumentParser(prog="availlib.py ab")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--path", default="/")
+    ap.add_argument("--concurrency", "-c", type=int, default=50)
+    ap.add_argument("--duration", "-d", type=float, default=10)
+    ap.add_argument("--timeout", type=float, default=5)
+    ap.add_argument("--keepalive", action="store_true")
+    ap.add_argument("--start-file")
+    ap.add_argument("--raw", help="keep ab's own output here")
+    a = ap.parse_args(argv)
+    # -n after -t: -t alone caps the run at 50000 requests.
+    cmd = ["ab", "-r", "-q", "-s", str(int(max(1, a.timeout))),
+           "-t", str(int(a.duration)), "-n", str(int(a.duration * 40000)),
+           "-c", str(a.concurrency)]
+    if a.keepalive:
+        cmd.append("-k")
+    cmd.append("http://%s:%d%s" % (a.host, a.port, a.path))
+    t_start = time.time()
+    if a.start_file:
+        with open(a.start_file, "w") as f:
+            f.write("%.4f\n" % t_start)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, errors="replace")
+    out = p.stdout
+    if a.raw:
+        with open(a.raw, "w") as f:
+            f.write(out)
+
+    def num(pattern, default=0):
+        m = re.search(pattern, out)
+        return int(m.group(1)) if m else default
+
+    complete = num(r"Complete requests:\s+(\d+)", None)
+    if complete is None:
+        raise SystemExit("ab gave no result (exit %d): %s" % (p.returncode, out[-300:]))
+    failed = num(r"Failed requests:\s+(\d+)")
+    non2xx = num(r"Non-2xx responses:\s+(\d+)")
+    m = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", out)
+    counts = {}
+    if m:
+        for k, v in zip(("ab_connect", "ab_receive", "ab_length", "ab_exceptions"), m.groups()):
+            if int(v):
+                counts[k] = int(v)
+    if non2xx:
+        counts["non2xx"] = non2xx
+    failures = min(failed, complete) + non2xx
+    ok = max(0, complete - failures)
+    counts["ok"] = ok
+    secs = float(re.search(r"Time taken for tests:\s+([\d.]+)", out).group(1))
+    lat = {}
+    for q in ("50", "99", "100"):
+        mm = re.search(r"^\s*%s%%\s+(\d+)" % q, out, re.M)
+        lat[q] = float(mm.group(1)) if mm else None
+    json.dump({
+        "requests": complete, "ok": ok, "failures": failures,
+        "availability_pct": round(100.0 * ok / complete, 4) if complete else None,
+        "counts": counts, "seconds": secs,
+        "rps": round(complete / secs, 1) if secs else None, "t_start": round(t_start, 4),
+        "p50_ms": lat["50"], "p99_ms": lat["99"], "max_ms": lat["100"],
+        "concurrency": a.concurrency, "keepalive": a.keepalive, "timeout": a.timeout,
+        "events": [], "events_dropped": failures, "loadgen": "ab",
+    }, sys.stdout)
+    sys.stdout.write("\n")
 
 
 # ---------------------------------------------------------------- slotpid
@@ -424,10 +506,13 @@ def cell(argv):
         print(json.dumps(row))
         return
     for k in ("requests", "ok", "failures", "availability_pct", "counts",
-              "rps", "seconds", "p50_ms", "p99_ms", "max_ms", "concurrency",
+              "rps", "seconds", "p50_ms", "p99_ms", "max_ms", "ok_over_1s", "concurrency",
               "keepalive"):
         row[k] = ld.get(k)
-    if ld.get("events_dropped"):
+    row["loadgen"] = ld.get("loadgen", "availlib")
+    if row["loadgen"] == "ab":
+        row["notes"].append("load by ab: failures not itemised, so not attributed to faults")
+    elif ld.get("events_dropped"):
         row["notes"].append("%d failures not itemised (over --max-events)"
                             % ld["events_dropped"])
     events = read_events(a.events) if a.events else []
@@ -529,6 +614,9 @@ def table(argv):
               "availability", "failure kinds", "max/fault", "proxy counters"]
     out = []
     for r in rows:
+        if r.get("na"):
+            out.append([r["scenario"], r["proxy"], "n/a", "", "", "", "", "", ""])
+            continue
         if r.get("requests") is None:
             out.append([r["scenario"], r["proxy"], "-", "-", "-", "no result", "-", "-", ""])
             continue
@@ -544,7 +632,8 @@ def table(argv):
             faults = " ".join("%d %s" % (n, k) for k, n in r["fault_kinds"].items())
         out.append([r["scenario"], r["proxy"], faults, str(r["requests"]),
                     str(r["failures"]), av, _kinds_text(r),
-                    str(r.get("max_failures_per_fault", 0)) if r.get("faults") else "-",
+                    str(r.get("max_failures_per_fault", 0))
+                    if r.get("faults") and r.get("loadgen") != "ab" else "-",
                     _counters_text(r)])
     widths = [max(len(x[i]) for x in [header] + out) for i in range(len(header))]
     right = {3, 4, 5, 7}
@@ -565,6 +654,9 @@ def table(argv):
             print("  %-9s %s" % (r["scenario"], r["what"]))
     notes = []
     for r in rows:
+        if r.get("na"):
+            notes.append("%s/%s: n/a: %s" % (r["scenario"], r["proxy"], r["na"]))
+            continue
         if r.get("requests") is None:
             notes.extend("%s/%s: %s" % (r["scenario"], r["proxy"], n) for n in r["notes"])
             continue
@@ -574,12 +666,14 @@ def table(argv):
                      "an upper bound: it includes ones whose close was not yet reported), "
                      "%d more queued ones were recovered and served"
                      % (r["lost_connections"], r.get("recovered_connections", 0)))
-        if r.get("faults") and r["failures"]:
+        if r.get("faults") and r["failures"] and r.get("loadgen") != "ab":
             d.append("failures came within %s ms of a fault, %d of %d faults caused any"
                      % (r.get("max_failure_delay_ms"), r["faults_with_failures"], r["faults"]))
         if r.get("failures_before_first_fault"):
             d.append("%d failures before the first fault" % r["failures_before_first_fault"])
         d.append("%.0f req/s, p99 %s ms, max %s ms" % (r["rps"] or 0, r["p99_ms"], r["max_ms"]))
+        if r.get("ok_over_1s"):
+            d.append("%d successful requests took over 1 s" % r["ok_over_1s"])
         for n in r.get("notes", []):
             d.append(n)
         notes.append("%s/%s: %s" % (r["scenario"], r["proxy"], "; ".join(d)))
@@ -591,7 +685,7 @@ def table(argv):
 
 
 def main(argv):
-    cmds = {"load": load, "slotpid": slotpid, "cell": cell, "table": table}
+    cmds = {"load": load, "ab": ab, "slotpid": slotpid, "cell": cell, "table": table}
     if len(argv) < 2 or argv[1] not in cmds:
         raise SystemExit("usage: availlib.py {%s} ..." % ",".join(cmds))
     cmds[argv[1]](argv[2:])
