@@ -424,7 +424,7 @@ run_cell() {  # run_cell SCENARIO PROXY
     local loadout=$T/logs/load-$tag.json
     case "$s/$p" in
         kill/haproxy|kill-2w/haproxy)
-            na_row "$s" "$p" "HAProxy has no worker processes to kill: its threads share one process, and in master-worker mode the master does not respawn a dead worker"
+            na_row "$s" "$p" "HAProxy runs one worker process (threads inside it); kill -9 of it takes the whole proxy down (the 2.6 master logs 'exit-on-failure: killing every processes' and exits; it never respawns a worker)"
             return ;;
         roll-b2b/haproxy)
             na_row "$s" "$p" "an HAProxy reload returns before the new worker serves: there is no back-to-back"
