@@ -68,11 +68,12 @@ class Req:
 
 
 def parse_response(buf, eof):
-    """(done, status) if buf holds a whole response; (False, None) if more
-    is needed; raises ValueError if it can never be one."""
+    """(done, status, close) if buf holds a whole response, close telling
+    whether the server ends the connection after it; (False, None, None)
+    if more is needed; raises ValueError if it can never be one."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
-        return False, None
+        return False, None, None
     head = bytes(buf[:end]).decode("latin-1")
     lines = head.split("\r\n")
     parts = lines[0].split(" ", 2)
@@ -80,15 +81,23 @@ def parse_response(buf, eof):
         raise ValueError("bad status line")
     status = int(parts[1])
     length = None
+    close = parts[0] == "HTTP/1.0"
     for line in lines[1:]:
         k, _, v = line.partition(":")
-        if k.strip().lower() == "content-length":
+        k = k.strip().lower()
+        if k == "content-length":
             length = int(v.strip())
+        elif k == "connection":
+            tokens = [t.strip().lower() for t in v.split(",")]
+            if "close" in tokens:
+                close = True
+            elif "keep-alive" in tokens:
+                close = False
     body = len(buf) - end - 4
     if length is not None:
-        return body >= length, status
+        return body >= length, status, close
     # No length: the body ends at EOF.
-    return eof, status
+    return eof, status, True
 
 
 def load(argv):
@@ -231,16 +240,15 @@ def load(argv):
                 eof = not data
                 r.buf += data
                 try:
-                    done, status = parse_response(r.buf, eof)
+                    done, status, server_closes = parse_response(r.buf, eof)
                 except ValueError:
                     close(r)
                     finish(r, "eof", "garbled")
                     r.state = "idle"
                     continue
                 if done:
-                    if a.keepalive and not eof:
-                        pass  # keep the connection for the next request
-                    else:
+                    if not (a.keepalive and not eof and not server_closes):
+                        # Keep the connection only if the server does.
                         close(r)
                     finish(r, "ok" if 200 <= status < 300 else "non2xx",
                            "" if 200 <= status < 300 else str(status))
