@@ -21,6 +21,7 @@
 #   ROLL_EVERY=2    seconds between reload starts in `roll`     [2]
 #   FLAP_DOWN=2 FLAP_UP=2  seconds backend 2 is down / up in `flap`
 #   FLAP_SIGNAL=QUIT  how backend 2 is stopped: QUIT (graceful) or KILL
+#   BACKEND_KA_REQUESTS=1000000  nginx keepalive_requests on the backends
 #   RRPROXY=PATH    rrproxy binary                 [target/release/rrproxy]
 #   OUT_DIR         where results go               [target/bench-results]
 
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --rrproxy) RRPROXY=$2; shift 2 ;;
         --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "availability.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,6 +59,10 @@ ROLL_EVERY=${ROLL_EVERY:-2}
 FLAP_DOWN=${FLAP_DOWN:-2}
 FLAP_UP=${FLAP_UP:-2}
 FLAP_SIGNAL=${FLAP_SIGNAL:-QUIT}
+# With KEEPALIVE=1, how many requests a backend serves on one connection
+# before it closes it (Connection: close). High by default so that
+# connections last the whole run: the hardest case for draining.
+BACKEND_KA_REQUESTS=${BACKEND_KA_REQUESTS:-1000000}
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-results}
 # rrproxy parks a slot after 5 crashes in 30 s (src/supervisor/respawn.rs).
 CRASH_LIMIT=5
@@ -213,7 +218,7 @@ events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_timeout 300s;
-    keepalive_requests 1000000;
+    keepalive_requests $BACKEND_KA_REQUESTS;
     client_body_temp_path $d/body;
     proxy_temp_path $d/proxy;
     fastcgi_temp_path $d/fastcgi;
@@ -547,7 +552,7 @@ done
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
     have haproxy && echo "haproxy: $(haproxy -v | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
-    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL"
+    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL BACKEND_KA_REQUESTS=$BACKEND_KA_REQUESTS"
     echo "scenarios: $SCENARIOS; proxies: ${want_proxies[*]}"
     echo "estimated time: ~$(( (n_cells * (DURATION + 4) + 5) / 60 + 1 )) min"
 } | tee "$BASE.meta.txt" >&2
