@@ -75,7 +75,7 @@ impl Front {
         } else if serving.iter().all(|p| p.active >= cap) {
             "every worker is at its connection limit (--max-conns-per-worker or its descriptor budget)"
         } else {
-            "every worker has a full channel or too many unread handoffs (stalled?)"
+            "every worker has a full channel or 512 handoffs it has not read yet (busy, or stalled)"
         };
         if self
             .last_pause_log

@@ -154,9 +154,12 @@ async fn copy(
                     if flow.splice == Splice::Auto && n < SMALL_CHUNK {
                         piping = false;
                     }
-                    let drained =
-                        splice::drain(&pipe, dst.as_ref(), n, || flow.last.set(Instant::now()))
-                            .await;
+                    // Boxed: only live while bytes are in flight, so an idle
+                    // connection's task does not carry its size.
+                    let drained = Box::pin(splice::drain(&pipe, dst.as_ref(), n, || {
+                        flow.last.set(Instant::now())
+                    }))
+                    .await;
                     drained.map_err(|e| (dst_name, e))?;
                     splice::give_pipe(pipe); // empty again
                     n
@@ -183,7 +186,7 @@ async fn copy(
                         return Err((src_name, e));
                     }
                 };
-                let written = write_all(dst.as_ref(), &buf[..n], flow.last).await;
+                let written = Box::pin(write_all(dst.as_ref(), &buf[..n], flow.last)).await;
                 give_buf(buf);
                 written.map_err(|e| (dst_name, e))?;
                 if flow.splice == Splice::Auto && n == BUF_SIZE {
@@ -236,4 +239,30 @@ async fn write_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task carries this future; its size is most of
+    /// what an idle connection costs. Transfer-time futures are boxed so
+    /// they do not count here; this keeps it that way.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut a = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut b, _) = l.accept().await.unwrap();
+            let c = super::super::report::ByteCounter::default();
+            let idle = std::time::Duration::from_secs(1);
+            let f = super::pump(&mut a, &mut b, idle, crate::channel::Splice::Auto, &c);
+            let size = std::mem::size_of_val(&f);
+            assert!(size <= 1600, "pump future grew to {size} bytes");
+        });
+    }
 }
