@@ -79,40 +79,11 @@ ROWS=$T/rows.jsonl
 : > "$ROWS"
 RUN_START=$(date +%s)
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# Shared helpers: log, kill_tree, stop_bg, start_bg, wait_port.
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 now() { date +%s.%N; }
 have() { command -v "$1" >/dev/null 2>&1; }
-
-# Kill one started process: its process group and every descendant.
-kill_tree() {
-    local pid=$1 sig=${2:-TERM} kids
-    kids=$("${BENCHLIB[@]}" tree-pids "$pid" 2>/dev/null)
-    kill -s "$sig" -- "-$pid" 2>/dev/null
-    # shellcheck disable=SC2086
-    [ -n "$kids" ] && kill -s "$sig" $kids 2>/dev/null
-    return 0
-}
-
-# Stop one started process: TERM to the leader (a master stops its workers
-# its own way), KILL what is left after 5 s, reap it.
-stop_bg() {
-    local pid=$1 i kids
-    [ -z "$pid" ] && return 0
-    kids=$("${BENCHLIB[@]}" tree-pids "$pid" 2>/dev/null)
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill_tree "$pid" KILL
-    # shellcheck disable=SC2086
-    [ -n "$kids" ] && kill -KILL $kids 2>/dev/null
-    wait "$pid" 2>/dev/null
-    local keep=() p
-    for p in "${STARTED[@]}"; do [ "$p" != "$pid" ] && keep+=("$p"); done
-    STARTED=("${keep[@]}")
-    return 0
-}
 
 # Backend 2 is restarted by the flap loop, in a subshell: its current pid
 # lives in a file, not in STARTED.
@@ -136,25 +107,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
-
-# start_bg NAME CMD...: run CMD in its own process group, output to a log.
-start_bg() {
-    local name=$1; shift
-    setsid "$@" >>"$T/logs/$name.log" 2>&1 < /dev/null &
-    BG_PID=$!
-    STARTED+=("$BG_PID")
-}
-
-# wait_port PORT [SECONDS [PID]]: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-    local port=$1 secs=${2:-10} pid=${3:-} i
-    for i in $(seq $((secs * 20))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-        sleep 0.05
-    done
-    return 1
-}
 
 # ------------------------------------------------------------ prerequisites
 
