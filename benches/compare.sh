@@ -9,6 +9,7 @@
 #   ROUNDS=3        repeats of every (proxy, workload) cell [3, QUICK: 1]
 #   QUICK=1         ~1 minute smoke run
 #   RRPROXY=PATH    rrproxy binary                        [target/release/rrproxy]
+#   RR_WORKERS      rrproxy --workers (default 2, like HAProxy nbthread 2)
 #   RRPROXY_ARGS    extra arguments for rrproxy (e.g. "--splice on")
 #   PROXIES         subset/order of: direct haproxy haproxy-splice nginx pen rrproxy
 #   WORKLOADS       subset/order of: close keepalive bulk iperf3 idle
@@ -48,6 +49,7 @@ WRK_CONNS=${WRK_CONNS:-50}
 PROXIES=${PROXIES:-direct haproxy haproxy-splice nginx pen rrproxy}
 WORKLOADS=${WORKLOADS:-close keepalive bulk iperf3 idle}
 RRPROXY_ARGS=${RRPROXY_ARGS:-}
+RR_WORKERS=${RR_WORKERS:-2}
 BASELINE=haproxy
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-results}
 BIG_SIZE=$((256 * 1024 * 1024))
@@ -276,7 +278,7 @@ EOF
         rrproxy)
             # shellcheck disable=SC2086
             start_bg rrproxy "$RRPROXY" -q --listen "127.0.0.1:$PROXY_PORT" \
-                --backend "127.0.0.1:$bport" --workers 2 --policy round-robin \
+                --backend "127.0.0.1:$bport" --workers "$RR_WORKERS" --policy round-robin \
                 --metrics off --control off $RRPROXY_ARGS ;;
     esac
     PROXY_PID=$BG_PID
@@ -445,7 +447,7 @@ versions() {
     have pen && echo "pen: $(dpkg-query -W -f='${Version}' pen 2>/dev/null || echo present)"
     have wrk && echo "wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     have iperf3 && echo "iperf3: $(iperf3 --version | head -1)"
-    [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')) args: --workers 2 $RRPROXY_ARGS"
+    [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')) args: --workers $RR_WORKERS $RRPROXY_ARGS"
 }
 
 n_proxies=${#want_proxies[@]}
