@@ -8,9 +8,11 @@
 //! more than its drain timeout.
 
 mod connect;
-mod pump;
+pub mod pump;
 mod report;
 mod splice;
+
+pub use report::ByteCounter;
 
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
