@@ -4,7 +4,7 @@
 //! SIGUSR2 rolling restart).
 //!
 //! It runs one single-threaded event loop. `run` sets it up and tears it
-//! down; [`core`] holds the state and the dispatch hot path.
+//! down; `core` holds the state and the dispatch hot path.
 
 mod admin;
 mod backends;

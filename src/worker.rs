@@ -3,7 +3,7 @@
 //!
 //! A worker holds no policy state. It runs one single-threaded tokio
 //! runtime, reports every connection's life back to the front (batched, see
-//! [`report`]) and exits on its own when the front tells it to drain or when
+//! `report`) and exits on its own when the front tells it to drain or when
 //! the channel closes (the front is gone): it never outlives the front by
 //! more than its drain timeout.
 
