@@ -100,8 +100,9 @@ def parse_response(buf, eof):
     return eof, status, True
 
 
-def load(argv):
-    ap = argparse.ArgumentParser(prog="availlib.py load")
+def load_args(prog):
+    """The options both load generators (ours and ab) take."""
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--path", default="/")
@@ -109,8 +110,13 @@ def load(argv):
     ap.add_argument("--duration", "-d", type=float, default=10)
     ap.add_argument("--timeout", type=float, default=5)
     ap.add_argument("--keepalive", action="store_true")
-    ap.add_argument("--max-events", type=int, default=2000)
     ap.add_argument("--start-file", help="write the start time here when running")
+    return ap
+
+
+def load(argv):
+    ap = load_args("availlib.py load")
+    ap.add_argument("--max-events", type=int, default=2000)
     a = ap.parse_args(argv)
 
     if a.keepalive:
@@ -315,15 +321,7 @@ def ab(argv):
     Exceptions, and one failed request can show in two of them (a refused
     connect counts as Receive and as Exception), so failures are taken as
     min(Failed, Complete) plus non-2xx responses."""
-    ap = argparse.ArgumentParser(prog="availlib.py ab")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--path", default="/")
-    ap.add_argument("--concurrency", "-c", type=int, default=50)
-    ap.add_argument("--duration", "-d", type=float, default=10)
-    ap.add_argument("--timeout", type=float, default=5)
-    ap.add_argument("--keepalive", action="store_true")
-    ap.add_argument("--start-file")
+    ap = load_args("availlib.py ab")
     ap.add_argument("--raw", help="keep ab's own output here")
     a = ap.parse_args(argv)
     # -n after -t: -t alone caps the run at 50000 requests.

@@ -249,16 +249,8 @@ fn check_validates_config_files() {
         &dir,
         "backends = [\"127.0.0.1:8081\", { address = \"127.0.0.1:8082\", weight = 2 }]\nworkers = 2\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config", good.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    let out = run_ok(&["check", "--config", good.to_str().unwrap()]);
+    assert!(out.contains("configuration OK"), "{out}");
     for (body, needle) in [
         (
             "backends = [\"127.0.0.1:80\"]\nspeed = 3\n",

@@ -339,22 +339,13 @@ fn ctl_top_draws_frames() {
     let b = name_backend("t");
     let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
     fetch_name(&proxy);
-    let out = Command::new(BIN)
-        .args([
-            "ctl",
-            "--control",
-            proxy.control.to_str().unwrap(),
-            "top",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run_ok(&[
+        "ctl",
+        "--control",
+        proxy.control.to_str().unwrap(),
+        "top",
+        "2",
+    ]);
     assert_eq!(text.matches("WORKER").count(), 2, "{text}");
     assert!(
         text.contains(&b.addr.to_string()) && text.contains("/s"),

@@ -462,19 +462,7 @@ fn a_stalled_worker_never_stalls_the_front_and_catches_up_when_it_resumes() {
         assert!(name == "a" || name == "b", "{name:?}");
     }
     drop(clients);
-    let before = proxy.ctl_json("workers")[0]["total"].as_u64().unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the resumed worker to take new connections",
-        || {
-            assert_eq!(
-                fetch_name(&proxy),
-                "b",
-                "every worker has the new backend table"
-            );
-            proxy.ctl_json("workers")[0]["total"].as_u64().unwrap() > before
-        },
-    );
+    expect_slot0_takes_connections_again(&proxy, "b");
 }
 
 #[test]
@@ -510,14 +498,21 @@ fn config_changes_that_fill_a_stalled_workers_channel_are_delivered_when_it_resu
     kill(stalled, "CONT");
     // Once it drains, the resumed worker gets every queued change and
     // takes connections again.
+    expect_slot0_takes_connections_again(&proxy, "b");
+}
+
+/// Wait until worker slot 0 (resumed after a stop) takes new connections
+/// again, while every connection meanwhile reaches backend `name`: every
+/// worker has the latest backend table.
+fn expect_slot0_takes_connections_again(proxy: &Proxy, name: &str) {
     let before = proxy.ctl_json("workers")[0]["total"].as_u64().unwrap();
     wait_until(
         Duration::from_secs(10),
         "the resumed worker to take new connections",
         || {
             assert_eq!(
-                fetch_name(&proxy),
-                "b",
+                fetch_name(proxy),
+                name,
                 "every worker has the latest backend table"
             );
             proxy.ctl_json("workers")[0]["total"].as_u64().unwrap() > before
