@@ -92,7 +92,10 @@ pub struct ProxyArgs {
     pub listen: Vec<String>,
 
     /// Backend server as HOST:PORT, [IPV6]:PORT or NAME:PORT, optionally
-    /// followed by ",weight=N" (repeatable; at least one is required).
+    /// followed by ",weight=N" (repeatable; at least one is required). A
+    /// name is resolved at start and on reload, to its first address; with
+    /// ",resolve" every address of the name is a backend, kept up to date
+    /// (see --resolve-interval): DNS service discovery.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backend: Vec<String>,
 
@@ -167,6 +170,12 @@ pub struct TuningArgs {
     /// Workers' connect failures also count as failed checks. [default: 2s]
     #[arg(long, value_name = "DURATION|off")]
     pub health_interval: Option<String>,
+
+    /// Look the host names of `--backend NAME:PORT,resolve` up again this
+    /// often (every address is a backend: new ones are added, vanished
+    /// ones drained), or "off". [default: 5s]
+    #[arg(long, value_name = "DURATION|off")]
+    pub resolve_interval: Option<String>,
 
     /// A health check connect that takes longer than this fails. [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::FileConfig;
-pub use parse::{BackendSpec, parse_backend, parse_listen, parse_workers, resolve};
+pub use parse::{
+    BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,
+    parse_backend_arg, parse_listen, parse_workers, resolve, resolve_all,
+};
 
 use crate::channel::Splice;
 use crate::cli::ProxyArgs;
@@ -70,6 +73,10 @@ pub struct Health {
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,
+    /// Host names given with `resolve`: every address is a backend.
+    pub resolve: Vec<ResolveGroup>,
+    /// How often `resolve` names are looked up again; `None`: never.
+    pub resolve_interval: Option<Duration>,
     pub workers: usize,
     pub policy: PolicyName,
     /// Tuning for the policies (the sticky IPv6 prefix).
@@ -139,17 +146,59 @@ impl Config {
                 backend_specs.len()
             )));
         }
-        let mut backends = Vec::with_capacity(backend_specs.len());
-        for spec in &backend_specs {
-            let b = parse_backend(spec)?;
-            if backends.iter().any(|o: &BackendSpec| o.name == b.name) {
+        let args_parsed = backend_specs
+            .iter()
+            .map(|s| parse_backend_arg(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in args_parsed.iter().enumerate() {
+            if args_parsed[..i].iter().any(|o| o.name == a.name) {
                 return Err(ConfigError::invalid(format!(
                     "backend '{}' is listed twice",
-                    b.name
+                    a.name
                 )));
             }
-            backends.push(b);
         }
+        let mut backends: Vec<BackendSpec> = Vec::with_capacity(args_parsed.len());
+        // Named backends first, so an address a `resolve` name also
+        // returns stays the named one.
+        for a in args_parsed.iter().filter(|a| !a.resolve) {
+            backends.extend(expand_backend(a)?);
+        }
+        let mut resolve = Vec::new();
+        for a in args_parsed.iter().filter(|a| a.resolve) {
+            for b in expand_backend(a)? {
+                if !backends
+                    .iter()
+                    .any(|o| o.name == b.name || o.addr == b.addr)
+                {
+                    backends.push(b);
+                }
+            }
+            resolve.push(ResolveGroup {
+                name: a.name.clone(),
+                weight: a.weight,
+            });
+        }
+        if backends.len() > MAX_BACKENDS {
+            return Err(ConfigError::invalid(format!(
+                "too many backends: {} after resolving (at most {MAX_BACKENDS})",
+                backends.len()
+            )));
+        }
+        let resolve_interval = match (&t.resolve_interval, file.resolve_interval) {
+            (Some(text), _) if text == "off" => None,
+            (Some(text), _) => Some(
+                crate::cli::parse_duration(text)
+                    .map_err(|e| ConfigError::invalid(format!("resolve-interval: {e}")))?,
+            ),
+            (None, Some(file::DurationValue::Text(text))) if text == "off" => None,
+            (None, Some(v)) => Some(
+                v.to_duration()
+                    .map_err(|e| ConfigError::invalid(format!("resolve-interval: {e}")))?,
+            ),
+            (None, None) => Some(Duration::from_secs(5)),
+        }
+        .filter(|d| !d.is_zero());
         let workers = match args.workers.clone().or(file.workers.map(|w| w.to_string())) {
             Some(w) => parse_workers(&w)?,
             None => parse_workers("auto")?,
@@ -265,6 +314,8 @@ impl Config {
             health,
             listen,
             backends,
+            resolve,
+            resolve_interval,
             workers,
             policy,
             policy_options,

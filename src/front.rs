@@ -13,6 +13,7 @@ mod events;
 mod health;
 mod limits;
 mod listener;
+mod resolver;
 mod views;
 
 use std::path::PathBuf;
@@ -176,6 +177,7 @@ pub async fn serve(
         .map(|l| tokio::task::spawn_local(listener::accept_loop(front.clone(), l)))
         .collect();
     tokio::task::spawn_local(health::run(front.clone()));
+    tokio::task::spawn_local(resolver::run(front.clone()));
     tokio::task::spawn_local(stats_loop(front.clone()));
     let control_path = control.as_ref().map(|c| c.path.clone());
     if let Some(c) = control {

@@ -30,6 +30,7 @@ pub const BACKEND_CHECK_FAILURES: &str = "rrproxy_backend_check_failures_total";
 pub const BACKEND_BYTES_IN: &str = "rrproxy_backend_received_bytes_total";
 pub const BACKEND_BYTES_OUT: &str = "rrproxy_backend_sent_bytes_total";
 pub const BACKEND_WEIGHT: &str = "rrproxy_backend_weight";
+pub const RESOLVE_FAILURES: &str = "rrproxy_resolve_failures_total";
 pub const BACKEND_CONNECT_SECONDS: &str = "rrproxy_backend_connect_duration_seconds";
 pub const CONNECTION_SECONDS: &str = "rrproxy_connection_duration_seconds";
 pub const ACCEPTED: &str = "rrproxy_accepted_connections_total";
@@ -118,6 +119,10 @@ pub fn describe() {
         "Bytes sent to each backend."
     );
     describe_gauge!(BACKEND_WEIGHT, "Configured weight of each backend.");
+    describe_counter!(
+        RESOLVE_FAILURES,
+        "Failed or empty look-ups of each `resolve` backend name (the last known addresses stay)."
+    );
     describe_histogram!(
         BACKEND_CONNECT_SECONDS,
         Unit::Seconds,

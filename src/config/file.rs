@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub max_conns_per_worker: Option<u64>,
     pub max_conns_per_ip: Option<u32>,
     pub health_interval: Option<DurationValue>,
+    pub resolve_interval: Option<DurationValue>,
     pub health_timeout: Option<DurationValue>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
@@ -36,8 +37,9 @@ pub struct FileConfig {
     pub cpu_affinity: Option<bool>,
 }
 
-/// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`, or
-/// `{ address = "10.0.0.5:80", weight = 3 }`.
+/// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`,
+/// `"app.example:80,resolve"`, or
+/// `{ address = "10.0.0.5:80", weight = 3, resolve = false }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum BackendValue {
@@ -50,6 +52,7 @@ pub enum BackendValue {
 pub struct BackendTable {
     pub address: String,
     pub weight: Option<u32>,
+    pub resolve: Option<bool>,
 }
 
 impl BackendValue {
@@ -57,10 +60,16 @@ impl BackendValue {
     pub fn into_spec(self) -> String {
         match self {
             BackendValue::Spec(s) => s,
-            BackendValue::Table(t) => match t.weight {
-                Some(w) => format!("{},weight={w}", t.address),
-                None => t.address,
-            },
+            BackendValue::Table(t) => {
+                let mut spec = t.address;
+                if let Some(w) = t.weight {
+                    spec.push_str(&format!(",weight={w}"));
+                }
+                if t.resolve == Some(true) {
+                    spec.push_str(",resolve");
+                }
+                spec
+            }
         }
     }
 }

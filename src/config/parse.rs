@@ -1,5 +1,6 @@
 //! Parsing of the textual values shared by flags and the config file:
-//! listen addresses, backend specs with weights, worker counts.
+//! listen addresses, backend specs with weights and DNS discovery, worker
+//! counts.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,9 +14,31 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// and the address it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
-    /// `host:port` exactly as written (without the weight).
+    /// `host:port` exactly as written (without the weight); for a backend
+    /// found by DNS discovery, its address.
     pub name: String,
     pub addr: SocketAddr,
+    pub weight: u32,
+    /// For a backend found by DNS discovery: the `host:port` it came from.
+    pub group: Option<String>,
+}
+
+/// A backend argument as written, before any resolution:
+/// `HOST:PORT[,weight=N][,resolve]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendArg {
+    pub name: String,
+    pub weight: u32,
+    /// Every address of the name is a backend, re-resolved while running.
+    pub resolve: bool,
+}
+
+/// A host name whose addresses are all backends, kept up to date by
+/// re-resolving it (`HOST:PORT,resolve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveGroup {
+    /// `host:port` as written.
+    pub name: String,
     pub weight: u32,
 }
 
@@ -29,12 +52,8 @@ impl fmt::Display for BackendSpec {
     }
 }
 
-/// Resolve `host:port` (IPv4, `[IPv6]:port` or a host name) to its first
-/// address. Host names are looked up now, once.
-pub fn resolve(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
+/// Check the shape of `host:port` (IPv4, `[IPv6]:port` or a host name).
+fn check_host_port(text: &str) -> Result<(), String> {
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err("expected HOST:PORT".into());
     };
@@ -47,12 +66,43 @@ pub fn resolve(text: &str) -> Result<SocketAddr, String> {
     if host.contains(':') && !host.starts_with('[') {
         return Err("IPv6 addresses must be written in brackets, like [::1]:80".into());
     }
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve host '{host}': {e}"))?;
-    addrs
+    Ok(())
+}
+
+/// Resolve `host:port` (IPv4, `[IPv6]:port` or a host name) to its first
+/// address. Host names are looked up now, once.
+pub fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    resolve_all(text)?
+        .into_iter()
         .next()
-        .ok_or_else(|| format!("host '{host}' has no address"))
+        .ok_or_else(|| "no address".into())
+}
+
+/// Resolve `host:port` to every address the system resolver returns
+/// (`/etc/hosts`, DNS, as `nsswitch.conf` says), in its order, without
+/// duplicates. Blocks while the lookup runs.
+pub fn resolve_all(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    check_host_port(text)?;
+    let host = text.rsplit_once(':').map_or(text, |(h, _)| h);
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for addr in text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
+    {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("host '{host}' has no address"));
+    }
+    Ok(addrs)
 }
 
 /// A listen address; `:8080` means all IPv4 interfaces.
@@ -67,8 +117,8 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|e| ConfigError::invalid(format!("invalid listen address '{text}': {e}")))
 }
 
-/// `host:port[,weight=N]`.
-pub fn parse_backend(text: &str) -> Result<BackendSpec, ConfigError> {
+/// `host:port[,weight=N][,resolve]`, syntax only (nothing is resolved).
+pub fn parse_backend_arg(text: &str) -> Result<BackendArg, ConfigError> {
     let bad = |why: String| ConfigError::invalid(format!("invalid backend '{text}': {why}"));
     let mut parts = text.trim().split(',');
     let name = parts.next().unwrap_or_default().trim().to_string();
@@ -76,6 +126,7 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, ConfigError> {
         return Err(bad("empty address".into()));
     }
     let mut weight = 1;
+    let mut resolve = false;
     for opt in parts {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
         match key.trim() {
@@ -89,14 +140,72 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, ConfigError> {
                         bad(format!("weight must be 1..={MAX_WEIGHT}, got '{value}'"))
                     })?;
             }
-            other => return Err(bad(format!("unknown option '{other}' (expected weight=N)"))),
+            "resolve" if value.is_empty() => resolve = true,
+            other => {
+                return Err(bad(format!(
+                    "unknown option '{other}' (expected weight=N or resolve)"
+                )));
+            }
         }
     }
-    let addr = resolve(&name).map_err(bad)?;
-    if addr.port() == 0 {
+    if name.parse::<SocketAddr>().is_ok() {
+        if resolve {
+            return Err(bad("resolve needs a host name, not an address".into()));
+        }
+    } else {
+        check_host_port(&name).map_err(bad)?;
+    }
+    if name.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
         return Err(bad("port 0 is not a backend port".into()));
     }
-    Ok(BackendSpec { name, addr, weight })
+    Ok(BackendArg {
+        name,
+        weight,
+        resolve,
+    })
+}
+
+/// The backends one argument stands for: one (a host name's first
+/// address), or with `resolve` one per address of the name, each named by
+/// its address. Resolves now (blocking).
+pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, ConfigError> {
+    let bad = |why: String| ConfigError::invalid(format!("invalid backend '{}': {why}", arg.name));
+    if !arg.resolve {
+        let addr = resolve(&arg.name).map_err(bad)?;
+        return Ok(vec![BackendSpec {
+            name: arg.name.clone(),
+            addr,
+            weight: arg.weight,
+            group: None,
+        }]);
+    }
+    Ok(resolve_all(&arg.name)
+        .map_err(bad)?
+        .into_iter()
+        .map(|addr| group_member(&arg.name, addr, arg.weight))
+        .collect())
+}
+
+/// The backend for one address of a `resolve` name.
+pub fn group_member(group: &str, addr: SocketAddr, weight: u32) -> BackendSpec {
+    BackendSpec {
+        name: addr.to_string(),
+        addr,
+        weight,
+        group: Some(group.to_string()),
+    }
+}
+
+/// `host:port[,weight=N]`, one backend, resolved now (for `ctl backend
+/// add`, where `resolve` has no place: discovery belongs in the config).
+pub fn parse_backend(text: &str) -> Result<BackendSpec, ConfigError> {
+    let arg = parse_backend_arg(text)?;
+    if arg.resolve {
+        return Err(ConfigError::invalid(format!(
+            "invalid backend '{text}': resolve is for --backend and the config file"
+        )));
+    }
+    Ok(expand_backend(&arg)?.remove(0))
 }
 
 /// `auto` (one per available core) or a count in 1..=MAX_WORKERS.

@@ -37,6 +37,40 @@ fn backend_forms() {
 }
 
 #[test]
+fn resolve_makes_every_address_a_backend() {
+    let arg = parse_backend_arg("localhost:9000,weight=2,resolve").unwrap();
+    assert!(arg.resolve);
+    assert_eq!((arg.name.as_str(), arg.weight), ("localhost:9000", 2));
+    let specs = expand_backend(&arg).unwrap();
+    assert!(!specs.is_empty());
+    for s in &specs {
+        assert_eq!(s.name, s.addr.to_string(), "named by its address");
+        assert_eq!(s.group.as_deref(), Some("localhost:9000"));
+        assert_eq!((s.addr.port(), s.weight), (9000, 2));
+    }
+    assert!(
+        specs
+            .iter()
+            .any(|s| s.addr == "127.0.0.1:9000".parse().unwrap())
+    );
+    // In a config: the group is remembered for re-resolution, and an
+    // address also given by itself stays the named backend.
+    let c = Config::load(&args(&["127.0.0.1:9000", "localhost:9000,resolve"])).unwrap();
+    assert_eq!(c.resolve.len(), 1);
+    assert_eq!(c.resolve[0].name, "localhost:9000");
+    let named: Vec<_> = c
+        .backends
+        .iter()
+        .filter(|b| b.addr == "127.0.0.1:9000".parse().unwrap())
+        .collect();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].group, None);
+    assert!(
+        err(&args(&["localhost:9000,resolve", "localhost:9000,resolve"])).contains("listed twice")
+    );
+}
+
+#[test]
 fn bad_backends_name_the_problem() {
     for (spec, needle) in [
         ("10.0.0.5", "expected HOST:PORT"),
@@ -47,6 +81,12 @@ fn bad_backends_name_the_problem() {
         ("10.0.0.5:80,color=red", "unknown option 'color'"),
         ("10.0.0.5:0", "port 0"),
         ("no-such-host.invalid:80", "cannot resolve host"),
+        ("10.0.0.5:80,resolve", "resolve needs a host name"),
+        (
+            "localhost:80,resolve",
+            "resolve is for --backend and the config file",
+        ),
+        ("localhost:80,resolve=yes", "unknown option 'resolve'"),
     ] {
         let e = parse_backend(spec).unwrap_err().to_string();
         assert!(e.contains(spec), "{e}");

@@ -159,7 +159,10 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
         .iter()
         .map(|r| {
             vec![
-                r.address.clone(),
+                match &r.from {
+                    Some(name) => format!("{} ({name})", r.address),
+                    None => r.address.clone(),
+                },
                 r.state.to_string(),
                 r.weight.to_string(),
                 r.active.to_string(),

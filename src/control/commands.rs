@@ -62,6 +62,9 @@ pub struct WorkerRow {
 pub struct BackendRow {
     pub address: String,
     pub resolved: String,
+    /// For a backend found by DNS discovery: the `host:port` it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     pub state: &'static str,
     pub weight: u32,
     pub active: u64,
@@ -127,6 +130,7 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
         .map(|(b, v)| BackendRow {
             address: b.spec.name.clone(),
             resolved: b.spec.addr.to_string(),
+            from: b.spec.group.clone(),
             state: match (b.admin, b.healthy) {
                 (Admin::Draining, _) => "draining",
                 (Admin::Disabled, _) => "disabled",

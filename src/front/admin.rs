@@ -6,6 +6,7 @@
 //! diffed, and the new worker table broadcast. The next accepted connection
 //! sees the new state; connections in flight are untouched.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::gauge;
@@ -13,7 +14,7 @@ use tracing::{info, warn};
 
 use super::Front;
 use super::backends::Admin;
-use crate::config::{BackendSpec, Config};
+use crate::config::{BackendSpec, Config, ResolveGroup, group_member};
 use crate::metrics as m;
 use crate::policy::{self, PolicyName};
 
@@ -149,6 +150,67 @@ impl Front {
             return Err(AdminError::Draining(name.into()));
         }
         Ok(i)
+    }
+
+    /// Bring a `resolve` name's backends in line with a fresh look-up:
+    /// add the new addresses, drain the vanished ones (never the last
+    /// backend standing). An address already listed under another name is
+    /// left to that one.
+    pub fn apply_resolved(&mut self, group: &ResolveGroup, addrs: &[SocketAddr]) {
+        if addrs.is_empty() {
+            return;
+        }
+        let members: Vec<SocketAddr> = self
+            .backends
+            .list
+            .iter()
+            .filter(|b| b.admin != Admin::Draining && b.spec.group.as_deref() == Some(&group.name))
+            .map(|b| b.spec.addr)
+            .collect();
+        let (add, gone) = super::resolver::diff(&members, addrs);
+        let mut changed = false;
+        for addr in add {
+            let spec = group_member(&group.name, addr, group.weight);
+            if self.backends.find(&spec.name).is_some()
+                || self.backends.list.iter().any(|b| b.spec.addr == addr)
+            {
+                continue; // listed under another name, or still draining
+            }
+            if self.backends.list.len() >= crate::config::MAX_BACKENDS {
+                warn!(name = %group.name, backend = %spec.name, "too many backends; not adding this address");
+                continue;
+            }
+            info!(name = %group.name, backend = %spec.name, "backend discovered");
+            self.backends.add(spec);
+            changed = true;
+        }
+        for addr in gone {
+            let remaining = self
+                .backends
+                .list
+                .iter()
+                .filter(|b| b.admin != Admin::Draining)
+                .count();
+            let Some(i) = self.backends.list.iter().position(|b| {
+                b.admin != Admin::Draining
+                    && b.spec.addr == addr
+                    && b.spec.group.as_deref() == Some(&group.name)
+            }) else {
+                continue;
+            };
+            if remaining <= 1 {
+                warn!(name = %group.name, backend = %addr, "address gone from the name, but it is the last backend; keeping it");
+                continue;
+            }
+            self.backends.list[i].admin = Admin::Draining;
+            info!(name = %group.name, backend = %addr, active = self.backends.views[i].active, "backend gone from the name; draining");
+            changed = true;
+        }
+        if changed {
+            self.backends.refresh_routable();
+            self.backends.reap_drained();
+            self.backends_changed();
+        }
     }
 
     /// Apply a reloaded config: policy, backends (added, removed, weights),

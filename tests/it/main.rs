@@ -2,6 +2,7 @@
 //! One test binary (faster to build and link than one per file).
 
 mod control;
+mod discovery;
 mod foundation;
 mod observability;
 mod policies;

@@ -484,7 +484,12 @@ pub fn echo_backend() -> Backend {
 
 /// Writes `name\n` on connect, then waits for the client's EOF.
 pub fn name_backend(name: &'static str) -> Backend {
-    spawn_backend(move |mut conn| {
+    name_backend_on(listen_any(), name)
+}
+
+/// `name_backend` on a given listener.
+pub fn name_backend_on(listener: TcpListener, name: &'static str) -> Backend {
+    spawn_backend_on(listener, move |mut conn| {
         if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
             return;
         }

@@ -1,0 +1,205 @@
+//! DNS service discovery (`--backend NAME:PORT,resolve`) through the real
+//! system resolver: the proxy runs in a private mount namespace whose
+//! `/etc/hosts` is a file this test rewrites (glibc reads it on every
+//! look-up), so the name's addresses change under it like a headless
+//! Service's do when pods come and go.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// The command that runs the proxy with `hosts` bind-mounted over
+/// `/etc/hosts` in a mount namespace of its own (`unshare` then `exec`, so
+/// the proxy keeps the pid the test started). Needs root; CI
+/// (`RRPROXY_REQUIRE_TOOLS=1`) runs as root, elsewhere the test is skipped.
+fn private_hosts(hosts: &Path) -> Option<Vec<String>> {
+    let root = rustix::process::geteuid().is_root();
+    let probe = root
+        && std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts")
+            .arg(hosts)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !probe {
+        assert!(
+            std::env::var_os("RRPROXY_REQUIRE_TOOLS").is_none(),
+            "DNS discovery test needs root and unshare (RRPROXY_REQUIRE_TOOLS is set)"
+        );
+        eprintln!("SKIPPED: needs root and unshare(1) to give the proxy its own /etc/hosts");
+        return None;
+    }
+    Some(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([hosts.display().to_string()])
+        .collect(),
+    )
+}
+
+/// Rewrite the hosts file in place (same inode: the bind mount follows).
+fn write_hosts(path: &Path, ips: &[&str]) {
+    let mut text = String::from("127.0.0.1 localhost\n");
+    for ip in ips {
+        text.push_str(&format!("{ip} rr-app.test\n"));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Three name backends on 127.0.0.11, .12 and .13, all on one port (a
+/// name gives addresses, the port comes with the name).
+fn three_backends() -> (u16, [Backend; 3]) {
+    for _ in 0..20 {
+        let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let (Ok(second), Ok(third)) = (
+            TcpListener::bind((Ipv4Addr::new(127, 0, 0, 12), port)),
+            TcpListener::bind((Ipv4Addr::new(127, 0, 0, 13), port)),
+        ) else {
+            continue;
+        };
+        return (
+            port,
+            [
+                name_backend_on(first, "a"),
+                name_backend_on(second, "b"),
+                name_backend_on(third, "c"),
+            ],
+        );
+    }
+    panic!("no port free on 127.0.0.11-13 after 20 tries");
+}
+
+/// The backends the proxy lists: address → state, for those from the name.
+fn listed(proxy: &Proxy, port: u16) -> Vec<(String, String)> {
+    let name = format!("rr-app.test:{port}");
+    proxy
+        .ctl_json("backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["from"] == name.as_str())
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn names_seen(proxy: &Proxy, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| fetch_name(proxy)).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_resolve_name_follows_its_addresses() {
+    let dir = temp_dir("dns");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "").unwrap();
+    let Some(prefix) = private_hosts(&hosts) else {
+        return;
+    };
+    let (port, _backends) = three_backends();
+    let addr = |last: u8| SocketAddr::from(([127, 0, 0, last], port)).to_string();
+    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    let name = format!("rr-app.test:{port}");
+    let proxy = ProxyCmd::new(&[])
+        .args(["--backend", &format!("{name},resolve")])
+        .args(["--resolve-interval", "100ms", "--policy", "round-robin"])
+        .workers(2)
+        .under(prefix)
+        .start();
+
+    // At start: every address of the name is a backend, named by address.
+    let up = |a: &str| (a.to_string(), "up".to_string());
+    assert_eq!(listed(&proxy, port), vec![up(&addr(11)), up(&addr(12))]);
+    assert_eq!(names_seen(&proxy, 6), set(&["a", "b"]));
+
+    // .11 goes, .13 comes: discovered and drained without a restart.
+    write_hosts(&hosts, &["127.0.0.12", "127.0.0.13"]);
+    wait_until(Duration::from_secs(10), "the new address set", || {
+        listed(&proxy, port) == vec![up(&addr(12)), up(&addr(13))]
+    });
+    assert_eq!(names_seen(&proxy, 6), set(&["b", "c"]));
+    let log = proxy.stderr();
+    assert!(log.contains("backend discovered"), "{log}");
+    assert!(
+        log.contains("backend gone from the name; draining"),
+        "{log}"
+    );
+
+    // A connection in flight on an address that goes away is not cut: the
+    // backend drains, and leaves once the connection ends.
+    let mut held = None;
+    for _ in 0..10 {
+        let mut s = proxy.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if read_name(&mut s) == "c" {
+            held = Some(s);
+            break;
+        }
+    }
+    let mut held = held.expect("round-robin reaches c within 10 connections");
+    write_hosts(&hosts, &["127.0.0.12"]);
+    wait_until(Duration::from_secs(10), ".13 draining", || {
+        listed(&proxy, port).contains(&(addr(13), "draining".to_string()))
+    });
+    assert_eq!(names_seen(&proxy, 4), set(&["b"]));
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let still_open = matches!(held.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    assert!(still_open, "the draining backend's connection stays open");
+    drop(held);
+    wait_until(Duration::from_secs(10), ".13 removed once idle", || {
+        listed(&proxy, port) == vec![up(&addr(12))]
+    });
+
+    // The name stops resolving: nothing changes, the failure is counted
+    // and logged once.
+    write_hosts(&hosts, &[]);
+    let key = format!("rrproxy_resolve_failures_total{{name=\"{name}\"}}");
+    wait_until(Duration::from_secs(10), "failed look-ups counted", || {
+        proxy.scrape().series.get(&key).copied().unwrap_or(0.0) >= 3.0
+    });
+    assert_eq!(listed(&proxy, port), vec![up(&addr(12))]);
+    assert_eq!(names_seen(&proxy, 3), set(&["b"]));
+    let log = proxy.stderr();
+    assert_eq!(
+        log.matches("backend name does not resolve").count(),
+        1,
+        "{log}"
+    );
+
+    // And back.
+    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    wait_until(Duration::from_secs(10), "the name resolves again", || {
+        listed(&proxy, port) == vec![up(&addr(12)), up(&addr(11))]
+    });
+    assert!(proxy.stderr().contains("backend name resolves again"));
+    assert_eq!(names_seen(&proxy, 6), set(&["a", "b"]));
+}
