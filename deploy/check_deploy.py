@@ -367,18 +367,26 @@ def check_kubernetes(objs, config_keys: set[str], dockerfile_bin: str) -> None:
     if sleep + drain + KILL_GRACE_S >= grace:
         err(f"preStop {sleep}s + drain-timeout {drain:g}s + {KILL_GRACE_S}s >= "
             f"terminationGracePeriodSeconds {grace}")
-    # Backends: per-pod names under the example headless Service.
+    # Backends: a headless Service of this base (its name, with `resolve`,
+    # or a per-pod name under it) on a port the Service serves.
     headless = {name: o for (kind, name), o in objs.items()
                 if kind == "Service" and o["spec"].get("clusterIP") == "None"}
     for b in conf.get("backends", []):
-        addr = b["address"] if isinstance(b, dict) else b.split(",")[0]
+        if isinstance(b, dict):
+            addr, resolve = b["address"], b.get("resolve", False)
+        else:
+            addr, *opts = b.split(",")
+            resolve = "resolve" in [o.strip() for o in opts]
         host, port = addr.rsplit(":", 1)
         parts = host.split(".")
-        svc = headless.get(parts[1]) if len(parts) > 2 else None
+        svc_name = parts[0] if resolve else (parts[1] if len(parts) > 2 else None)
+        svc = headless.get(svc_name)
         if svc is None:
-            warn(f"backend {addr} is not a per-pod name under a headless Service here")
+            warn(f"backend {addr} is not a headless Service here (or a pod name under one)")
         elif int(port) not in [p["port"] for p in svc["spec"]["ports"]]:
-            err(f"backend {addr}: port not served by Service {parts[1]}")
+            err(f"backend {addr}: port not served by Service {svc_name}")
+        elif not resolve:
+            warn(f"backend {addr}: one pod's name; `resolve = true` on the Service name follows every pod")
     # Services and the PDB select the proxy pods; ports resolve.
     for (kind, name), o in objs.items():
         if kind == "Service" and name.startswith("rrproxy"):
