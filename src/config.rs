@@ -185,20 +185,12 @@ impl Config {
                 backends.len()
             )));
         }
-        let resolve_interval = match (&t.resolve_interval, file.resolve_interval) {
-            (Some(text), _) if text == "off" => None,
-            (Some(text), _) => Some(
-                crate::cli::parse_duration(text)
-                    .map_err(|e| ConfigError::invalid(format!("resolve-interval: {e}")))?,
-            ),
-            (None, Some(file::DurationValue::Text(text))) if text == "off" => None,
-            (None, Some(v)) => Some(
-                v.to_duration()
-                    .map_err(|e| ConfigError::invalid(format!("resolve-interval: {e}")))?,
-            ),
-            (None, None) => Some(Duration::from_secs(5)),
-        }
-        .filter(|d| !d.is_zero());
+        let resolve_interval = optional_duration(
+            t.resolve_interval.as_deref(),
+            file.resolve_interval,
+            Duration::from_secs(5),
+            "resolve-interval",
+        )?;
         let workers = match args.workers.clone().or(file.workers.map(|w| w.to_string())) {
             Some(w) => parse_workers(&w)?,
             None => parse_workers("auto")?,
@@ -269,20 +261,12 @@ impl Config {
             )?
             .map(|n| n as u32),
         };
-        let interval = match (&t.health_interval, file.health_interval) {
-            (Some(text), _) if text == "off" => None,
-            (Some(text), _) => Some(
-                crate::cli::parse_duration(text)
-                    .map_err(|e| ConfigError::invalid(format!("health-interval: {e}")))?,
-            ),
-            (None, Some(file::DurationValue::Text(text))) if text == "off" => None,
-            (None, Some(v)) => Some(
-                v.to_duration()
-                    .map_err(|e| ConfigError::invalid(format!("health-interval: {e}")))?,
-            ),
-            (None, None) => Some(Duration::from_secs(2)),
-        }
-        .filter(|d| !d.is_zero());
+        let interval = optional_duration(
+            t.health_interval.as_deref(),
+            file.health_interval,
+            Duration::from_secs(2),
+            "health-interval",
+        )?;
         let health = Health {
             interval,
             timeout: duration(
@@ -362,6 +346,25 @@ fn pick_list(flags: &[String], file: Vec<String>) -> Vec<String> {
     } else {
         flags.to_vec()
     }
+}
+
+/// A duration that may be "off" (or 0): `None`. Flag, then file, then
+/// `default`.
+fn optional_duration(
+    flag: Option<&str>,
+    file: Option<file::DurationValue>,
+    default: Duration,
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let bad = |e: String| ConfigError::invalid(format!("{key}: {e}"));
+    let d = match (flag, file) {
+        (Some("off"), _) => None,
+        (Some(text), _) => Some(crate::cli::parse_duration(text).map_err(bad)?),
+        (None, Some(file::DurationValue::Text(text))) if text == "off" => None,
+        (None, Some(v)) => Some(v.to_duration().map_err(bad)?),
+        (None, None) => Some(default),
+    };
+    Ok(d.filter(|d| !d.is_zero()))
 }
 
 fn duration(

@@ -106,13 +106,7 @@ impl Front {
     /// last connection ends.
     pub fn remove_backend(&mut self, name: &str) -> Result<(), AdminError> {
         let i = self.find_backend(name)?;
-        let remaining = self
-            .backends
-            .list
-            .iter()
-            .filter(|b| b.admin != Admin::Draining)
-            .count();
-        if remaining <= 1 {
+        if self.backends.serving() <= 1 {
             return Err(AdminError::LastBackend(name.into()));
         }
         self.backends.list[i].admin = Admin::Draining;
@@ -185,12 +179,6 @@ impl Front {
             changed = true;
         }
         for addr in gone {
-            let remaining = self
-                .backends
-                .list
-                .iter()
-                .filter(|b| b.admin != Admin::Draining)
-                .count();
             let Some(i) = self.backends.list.iter().position(|b| {
                 b.admin != Admin::Draining
                     && b.spec.addr == addr
@@ -198,7 +186,7 @@ impl Front {
             }) else {
                 continue;
             };
-            if remaining <= 1 {
+            if self.backends.serving() <= 1 {
                 warn!(name = %group.name, backend = %addr, "address gone from the name, but it is the last backend; keeping it");
                 continue;
             }

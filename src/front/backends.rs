@@ -208,6 +208,14 @@ impl Backends {
             .collect()
     }
 
+    /// Backends not being removed.
+    pub fn serving(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|b| b.admin != Admin::Draining)
+            .count()
+    }
+
     pub fn any_routable(&self) -> bool {
         self.views.iter().any(|v| v.routable)
     }
