@@ -135,10 +135,36 @@ impl FileConfig {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: err.message().trim().replace('\n', " "),
+                message: explain(err.message().trim()).replace('\n', " "),
             }
         })
     }
+}
+
+/// serde's message for a value that fits none of an untagged enum's forms
+/// names the Rust type; say instead what the key accepts.
+fn explain(message: &str) -> String {
+    let expected = [
+        (
+            "BackendValue",
+            "a backend is \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
+        ),
+        (
+            "DurationValue",
+            "expected a duration like \"5s\" or \"500ms\", or a number of seconds",
+        ),
+        ("WorkersValue", "expected a number of workers or \"auto\""),
+        (
+            "SpliceValue",
+            "expected \"auto\", \"on\", \"off\", true or false",
+        ),
+    ];
+    for (ty, text) in expected {
+        if message.contains("did not match any variant") && message.contains(ty) {
+            return text.to_string();
+        }
+    }
+    message.to_string()
 }
 
 /// 1-based line and column of a byte offset.

@@ -168,6 +168,21 @@ fn file_errors_point_at_line_and_column() {
     assert!(msg.contains("bogus"), "{msg}");
     let e = FileConfig::parse("backlog = \"many\"\n", Path::new("y.toml")).unwrap_err();
     assert!(e.to_string().starts_with("y.toml:1:11:"), "{e}");
+    // Values that fit none of a key's forms say what the key accepts.
+    for (text, needle) in [
+        ("health-interval = true", "expected a duration"),
+        ("workers = 1.5", "a number of workers or \"auto\""),
+        ("splice = 3", "\"auto\", \"on\", \"off\""),
+        (
+            "backends = [3]",
+            "a backend is \"HOST:PORT[,weight=N][,resolve]\"",
+        ),
+    ] {
+        let e = FileConfig::parse(text, Path::new("z.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle) && !e.contains("untagged"), "{text}: {e}");
+    }
     let e = FileConfig::read(Path::new("/nonexistent/rrproxy.toml")).unwrap_err();
     assert!(
         e.to_string()
