@@ -30,6 +30,16 @@ pub async fn run(front: Shared) {
     // Names whose last look-up failed (to log the change, not every try).
     let mut failing: HashSet<String> = HashSet::new();
     loop {
+        let interval = {
+            let cfg = front.borrow().config.load_full();
+            for g in &cfg.resolve {
+                // Every name's failure series exists from the start (at 0).
+                counter!(m::RESOLVE_FAILURES, "name" => g.name.clone()).increment(0);
+            }
+            cfg.resolve_interval
+        };
+        // With discovery off, look again later in case a reload turns it on.
+        tokio::time::sleep(interval.unwrap_or(Duration::from_secs(5))).await;
         let (interval, groups) = {
             let f = front.borrow();
             if f.shutting_down {
@@ -38,13 +48,6 @@ pub async fn run(front: Shared) {
             let cfg = f.config.load();
             (cfg.resolve_interval, cfg.resolve.clone())
         };
-        for g in &groups {
-            // Every name's failure series exists from the start (at 0).
-            counter!(m::RESOLVE_FAILURES, "name" => g.name.clone()).increment(0);
-        }
-        // With discovery off (or no names), look again later in case a
-        // reload turns it on.
-        tokio::time::sleep(interval.unwrap_or(Duration::from_secs(5))).await;
         if interval.is_none() {
             continue;
         }
@@ -58,6 +61,11 @@ pub async fn run(front: Shared) {
             };
             if front.borrow().shutting_down {
                 return;
+            }
+            // A reload during the look-up may have dropped or changed the
+            // name: apply only what the config still asks for.
+            if !front.borrow().config.load().resolve.contains(&group) {
+                continue;
             }
             match result {
                 Ok(addrs) => {

@@ -51,11 +51,17 @@ fn private_hosts(hosts: &Path) -> Option<Vec<String>> {
     )
 }
 
-/// Rewrite the hosts file in place (same inode: the bind mount follows).
+/// Rewrite the hosts file in place (same inode: the bind mount follows)
+/// with these addresses for `rr-app.test`.
 fn write_hosts(path: &Path, ips: &[&str]) {
+    let lines: Vec<(&str, &str)> = ips.iter().map(|ip| (*ip, "rr-app.test")).collect();
+    write_hosts_lines(path, &lines);
+}
+
+fn write_hosts_lines(path: &Path, lines: &[(&str, &str)]) {
     let mut text = String::from("127.0.0.1 localhost\n");
-    for ip in ips {
-        text.push_str(&format!("{ip} rr-app.test\n"));
+    for (ip, name) in lines {
+        text.push_str(&format!("{ip} {name}\n"));
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -202,4 +208,75 @@ fn a_resolve_name_follows_its_addresses() {
     });
     assert!(proxy.stderr().contains("backend name resolves again"));
     assert_eq!(names_seen(&proxy, 6), set(&["a", "b"]));
+}
+
+#[test]
+fn a_reload_takes_up_and_drops_resolve_names() {
+    let dir = temp_dir("dns-reload");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "").unwrap();
+    let Some(prefix) = private_hosts(&hosts) else {
+        return;
+    };
+    let (port, _backends) = three_backends();
+    let addr = |last: u8| SocketAddr::from(([127, 0, 0, last], port)).to_string();
+    let up = |a: &str| (a.to_string(), "up".to_string());
+    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    let config = dir.join("rrproxy.toml");
+    let write_config = |body: &str| std::fs::write(&config, body).unwrap();
+    // Start with one address given by itself, no discovery.
+    write_config(&format!(
+        "backends = [\"{}\"]\nresolve-interval = \"100ms\"\n",
+        addr(13)
+    ));
+    let proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .under(prefix)
+        .start();
+    assert_eq!(names_seen(&proxy, 3), set(&["c"]));
+
+    // A reload adds a resolve name: its addresses join, and are followed.
+    write_config(&format!(
+        "backends = [\"{}\", {{ address = \"rr-app.test:{port}\", resolve = true }}]\nresolve-interval = \"100ms\"\n",
+        addr(13)
+    ));
+    proxy.signal("HUP");
+    wait_until(Duration::from_secs(10), "the name's addresses", || {
+        listed(&proxy, port) == vec![up(&addr(11)), up(&addr(12))]
+    });
+    assert_eq!(names_seen(&proxy, 6), set(&["a", "b", "c"]));
+    write_hosts(&hosts, &["127.0.0.11"]);
+    wait_until(Duration::from_secs(10), ".12 gone", || {
+        listed(&proxy, port) == vec![up(&addr(11))]
+    });
+
+    // A reload without it drains what it found, and stops following it.
+    // (Another name, rr-other.test, stays, and stops resolving: its
+    // failure count shows the look-ups going on.)
+    write_hosts_lines(
+        &hosts,
+        &[
+            ("127.0.0.11", "rr-app.test"),
+            ("127.0.0.13", "rr-other.test"),
+        ],
+    );
+    write_config(&format!(
+        "backends = [\"{}\", \"rr-other.test:{port},resolve\"]\nresolve-interval = \"100ms\"\n",
+        addr(13)
+    ));
+    proxy.signal("HUP");
+    wait_until(Duration::from_secs(10), "the name's backends gone", || {
+        listed(&proxy, port).is_empty()
+    });
+    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    let key = format!("rrproxy_resolve_failures_total{{name=\"rr-other.test:{port}\"}}");
+    wait_until(Duration::from_secs(10), "three more look-ups", || {
+        proxy.scrape().series.get(&key).copied().unwrap_or(0.0) >= 3.0
+    });
+    assert!(
+        listed(&proxy, port).is_empty(),
+        "a dropped name is not followed"
+    );
+    assert_eq!(names_seen(&proxy, 3), set(&["c"]));
 }
