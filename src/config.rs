@@ -167,10 +167,8 @@ impl Config {
         let mut resolve = Vec::new();
         for a in args_parsed.iter().filter(|a| a.resolve) {
             for b in expand_backend(a)? {
-                if !backends
-                    .iter()
-                    .any(|o| o.name == b.name || o.addr == b.addr)
-                {
+                // (A member is named by its address: the address decides.)
+                if !backends.iter().any(|o| o.addr == b.addr) {
                     backends.push(b);
                 }
             }

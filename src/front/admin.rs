@@ -165,9 +165,7 @@ impl Front {
         let mut changed = false;
         for addr in add {
             let spec = group_member(&group.name, addr, group.weight);
-            if self.backends.find(&spec.name).is_some()
-                || self.backends.list.iter().any(|b| b.spec.addr == addr)
-            {
+            if self.backends.list.iter().any(|b| b.spec.addr == addr) {
                 continue; // listed under another name, or still draining
             }
             if self.backends.list.len() >= crate::config::MAX_BACKENDS {

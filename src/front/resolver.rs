@@ -85,8 +85,8 @@ pub async fn run(front: Shared) {
     }
 }
 
-/// What a look-up changes in one group: addresses to add, backends (by
-/// name) to drain. Pure, for testing.
+/// What a look-up changes in one group: the addresses to add and the
+/// addresses whose backends to drain.
 pub fn diff(current: &[SocketAddr], resolved: &[SocketAddr]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
     let add = resolved
         .iter()

@@ -8,8 +8,8 @@
 //! - a connection on which nothing moved in either direction for the idle
 //!   timeout is closed.
 //!
-//! Bytes move by splice(2) through a pipe (see the `splice` module) or, when that
-//! is off or impossible, through a buffer. Pipes and buffers come from
+//! Bytes move by splice(2) through a pipe (the `splice` module) or, when
+//! that is off or impossible, through a buffer. Pipes and buffers come from
 //! small per-thread pools only when a socket is readable and go back right
 //! after the write, so an idle connection holds neither.
 

@@ -121,32 +121,65 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// What both tests start from: a hosts file the proxy will see as
+/// `/etc/hosts` (rr-app.test = .11 and .12), the command prefix that does
+/// it, and the three backends on one port. `None`: skipped.
+struct Fixture {
+    dir: std::path::PathBuf,
+    hosts: std::path::PathBuf,
+    prefix: Vec<String>,
+    port: u16,
+    _backends: [Backend; 3],
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Option<Fixture> {
+        let dir = temp_dir(tag);
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "").unwrap();
+        let prefix = private_hosts(&hosts)?;
+        let (port, backends) = three_backends();
+        write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+        Some(Fixture {
+            dir,
+            hosts,
+            prefix,
+            port,
+            _backends: backends,
+        })
+    }
+
+    /// `127.0.0.LAST:port`, as the proxy names a discovered backend.
+    fn addr(&self, last: u8) -> String {
+        SocketAddr::from(([127, 0, 0, last], self.port)).to_string()
+    }
+}
+
+fn up(addr: &str) -> (String, String) {
+    (addr.to_string(), "up".to_string())
+}
+
 #[test]
 fn a_resolve_name_follows_its_addresses() {
-    let dir = temp_dir("dns");
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "").unwrap();
-    let Some(prefix) = private_hosts(&hosts) else {
+    let Some(fx) = Fixture::new("dns") else {
         return;
     };
-    let (port, _backends) = three_backends();
-    let addr = |last: u8| SocketAddr::from(([127, 0, 0, last], port)).to_string();
-    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    let (hosts, port) = (&fx.hosts, fx.port);
+    let addr = |last| fx.addr(last);
     let name = format!("rr-app.test:{port}");
     let proxy = ProxyCmd::new(&[])
         .args(["--backend", &format!("{name},resolve")])
         .args(["--resolve-interval", "100ms", "--policy", "round-robin"])
         .workers(2)
-        .under(prefix)
+        .under(fx.prefix.clone())
         .start();
 
     // At start: every address of the name is a backend, named by address.
-    let up = |a: &str| (a.to_string(), "up".to_string());
     assert_eq!(listed(&proxy, port), vec![up(&addr(11)), up(&addr(12))]);
     assert_eq!(names_seen(&proxy, 6), set(&["a", "b"]));
 
     // .11 goes, .13 comes: discovered and drained without a restart.
-    write_hosts(&hosts, &["127.0.0.12", "127.0.0.13"]);
+    write_hosts(hosts, &["127.0.0.12", "127.0.0.13"]);
     wait_until(Duration::from_secs(10), "the new address set", || {
         listed(&proxy, port) == vec![up(&addr(12)), up(&addr(13))]
     });
@@ -170,7 +203,7 @@ fn a_resolve_name_follows_its_addresses() {
         }
     }
     let mut held = held.expect("round-robin reaches c within 10 connections");
-    write_hosts(&hosts, &["127.0.0.12"]);
+    write_hosts(hosts, &["127.0.0.12"]);
     wait_until(Duration::from_secs(10), ".13 draining", || {
         listed(&proxy, port).contains(&(addr(13), "draining".to_string()))
     });
@@ -187,7 +220,7 @@ fn a_resolve_name_follows_its_addresses() {
 
     // The name stops resolving: nothing changes, the failure is counted
     // and logged once.
-    write_hosts(&hosts, &[]);
+    write_hosts(hosts, &[]);
     let key = format!("rrproxy_resolve_failures_total{{name=\"{name}\"}}");
     wait_until(Duration::from_secs(10), "failed look-ups counted", || {
         proxy.scrape().series.get(&key).copied().unwrap_or(0.0) >= 3.0
@@ -202,7 +235,7 @@ fn a_resolve_name_follows_its_addresses() {
     );
 
     // And back.
-    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    write_hosts(hosts, &["127.0.0.11", "127.0.0.12"]);
     wait_until(Duration::from_secs(10), "the name resolves again", || {
         listed(&proxy, port) == vec![up(&addr(12)), up(&addr(11))]
     });
@@ -212,17 +245,12 @@ fn a_resolve_name_follows_its_addresses() {
 
 #[test]
 fn a_reload_takes_up_and_drops_resolve_names() {
-    let dir = temp_dir("dns-reload");
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "").unwrap();
-    let Some(prefix) = private_hosts(&hosts) else {
+    let Some(fx) = Fixture::new("dns-reload") else {
         return;
     };
-    let (port, _backends) = three_backends();
-    let addr = |last: u8| SocketAddr::from(([127, 0, 0, last], port)).to_string();
-    let up = |a: &str| (a.to_string(), "up".to_string());
-    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
-    let config = dir.join("rrproxy.toml");
+    let (hosts, port) = (&fx.hosts, fx.port);
+    let addr = |last| fx.addr(last);
+    let config = fx.dir.join("rrproxy.toml");
     let write_config = |body: &str| std::fs::write(&config, body).unwrap();
     // Start with one address given by itself, no discovery.
     write_config(&format!(
@@ -232,7 +260,7 @@ fn a_reload_takes_up_and_drops_resolve_names() {
     let proxy = ProxyCmd::new(&[])
         .args(["--config", config.to_str().unwrap()])
         .workers(1)
-        .under(prefix)
+        .under(fx.prefix.clone())
         .start();
     assert_eq!(names_seen(&proxy, 3), set(&["c"]));
 
@@ -246,16 +274,31 @@ fn a_reload_takes_up_and_drops_resolve_names() {
         listed(&proxy, port) == vec![up(&addr(11)), up(&addr(12))]
     });
     assert_eq!(names_seen(&proxy, 6), set(&["a", "b", "c"]));
-    write_hosts(&hosts, &["127.0.0.11"]);
+    write_hosts(hosts, &["127.0.0.11"]);
     wait_until(Duration::from_secs(10), ".12 gone", || {
         listed(&proxy, port) == vec![up(&addr(11))]
     });
+    // An address the name shares with a backend listed by itself (.13)
+    // stays that backend; .12, in the same answer, shows it was applied.
+    write_hosts(hosts, &["127.0.0.11", "127.0.0.13", "127.0.0.12"]);
+    wait_until(Duration::from_secs(10), ".12 back", || {
+        listed(&proxy, port) == vec![up(&addr(11)), up(&addr(12))]
+    });
+    let all = proxy.ctl_json("backends");
+    let thirteen: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["resolved"] == addr(13).as_str())
+        .collect();
+    assert_eq!(thirteen.len(), 1, "{all}");
+    assert!(thirteen[0].get("from").is_none(), "{all}");
 
     // A reload without it drains what it found, and stops following it.
     // (Another name, rr-other.test, stays, and stops resolving: its
     // failure count shows the look-ups going on.)
     write_hosts_lines(
-        &hosts,
+        hosts,
         &[
             ("127.0.0.11", "rr-app.test"),
             ("127.0.0.13", "rr-other.test"),
@@ -269,7 +312,7 @@ fn a_reload_takes_up_and_drops_resolve_names() {
     wait_until(Duration::from_secs(10), "the name's backends gone", || {
         listed(&proxy, port).is_empty()
     });
-    write_hosts(&hosts, &["127.0.0.11", "127.0.0.12"]);
+    write_hosts(hosts, &["127.0.0.11", "127.0.0.12"]);
     let key = format!("rrproxy_resolve_failures_total{{name=\"rr-other.test:{port}\"}}");
     wait_until(Duration::from_secs(10), "three more look-ups", || {
         proxy.scrape().series.get(&key).copied().unwrap_or(0.0) >= 3.0
