@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rrproxy::channel::Splice;
-use rrproxy::worker::ByteCounter;
+use rrproxy::worker::Meter;
 use rrproxy::worker::pump::pump;
 
 const BULK: usize = 8 << 20;
@@ -63,13 +63,19 @@ fn connect(mode: Option<Splice>) -> Path {
             let mut backend = tokio::net::TcpStream::connect(backend_addr).await.unwrap();
             client.set_nodelay(true).unwrap();
             backend.set_nodelay(true).unwrap();
-            let counter = ByteCounter::default();
+            let count = std::sync::atomic::AtomicU64::new(0);
+            let meter = Meter {
+                from_clients: &count,
+                to_clients: &count,
+                to_backend: &count,
+                from_backend: &count,
+            };
             pump(
                 &mut client,
                 &mut backend,
                 Duration::from_secs(60),
                 mode,
-                &counter,
+                meter,
             )
             .await;
         });

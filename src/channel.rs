@@ -8,6 +8,10 @@
 //!
 //! A frame is `[VERSION, kind, payload...]`, little-endian, at most
 //! [`MAX_FRAME`] bytes. [`Down`] flows front → worker, [`Up`] worker → front.
+//! The channel carries only what needs the other side to act: handoffs,
+//! configs and drains one way; readiness, connect failures, drains and
+//! wake-ups the other. Counting is done in the statistics table
+//! ([`crate::stats`]), not with messages.
 //! Decoding never panics: every read is bounds-checked and a frame that does
 //! not parse is an error naming what was wrong (see `channel/tests.rs`,
 //! which feeds it random bytes).
@@ -20,20 +24,28 @@ use std::time::Duration;
 
 pub use codec::FrameError;
 
-/// Protocol version: the first byte of every frame.
-pub const VERSION: u8 = 1;
+/// Protocol version: the first byte of every frame. An upgrade needs the
+/// old and the new build to speak the same version (the new front talks to
+/// the old workers until they are replaced).
+pub const VERSION: u8 = 2;
 /// Largest frame either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Most descriptors carried by one frame (the kernel allows 253).
 pub const MAX_FDS: usize = 64;
 /// Backend id meaning "none" (a connection that never reached a backend).
 pub const NO_BACKEND: u32 = u32::MAX;
+/// Longest build id either side sends.
+pub const MAX_BUILD_LEN: usize = 64;
 
 /// A message from the front to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Down {
-    /// The settings and backend table to use from now on. Always the first
-    /// frame a worker receives; resent whenever either changes.
+    /// Always the first frame: the worker's cell in the statistics table,
+    /// whose descriptor rides with this frame, and the front's build id
+    /// (a worker of another build refuses to run).
+    Hello { cell: u32, build: String },
+    /// The settings and backend table to use from now on. The second frame
+    /// a worker receives; resent whenever either changes.
     Config(WorkerConfig),
     /// Accepted client connections, one [`Handoff`] per descriptor carried
     /// by the same frame, in order.
@@ -45,17 +57,25 @@ pub enum Down {
 /// What a worker needs to proxy: timeouts and where the backends are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerConfig {
+    /// Increases with every config the front sends; the worker writes the
+    /// last one it applied to its statistics cell (so the front knows when
+    /// a freed backend column is no longer used anywhere).
+    pub seq: u64,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     /// How long to keep serving after the front is gone.
     pub drain_timeout: Duration,
     /// When to move bytes with splice(2).
     pub splice: Splice,
+    /// Report each finished connection's client address (the front keeps
+    /// per-client counts only with `--max-conns-per-ip`).
+    pub report_closes: bool,
     pub backends: Vec<BackendEntry>,
 }
 
 /// When workers forward with splice(2) instead of buffered copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Splice {
     /// Always copy through a buffer.
     Off,
@@ -85,6 +105,8 @@ impl std::str::FromStr for Splice {
 pub struct BackendEntry {
     /// Stable id assigned by the front; never reused while it runs.
     pub id: u32,
+    /// Its column in the statistics table.
+    pub column: u16,
     pub addr: SocketAddr,
     /// May be used as a fallback when the chosen backend fails to connect.
     pub routable: bool,
@@ -105,9 +127,11 @@ pub struct Handoff {
 /// A message from a worker to the front.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Up {
-    /// The worker has its config and is taking connections.
-    Ready { pid: u32 },
-    /// Lifecycle events, batched.
+    /// The worker has its config and is taking connections; `build` is its
+    /// build id.
+    Ready { pid: u32, build: String },
+    /// Events that need the front to act, batched. Everything else a worker
+    /// does is counted in the statistics table.
     Events(Vec<Event>),
 }
 
@@ -119,31 +143,20 @@ pub enum FailReason {
     Other,
 }
 
-/// A connection lifecycle event reported by a worker.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Something a worker tells the front because the front must act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// Connected to `backend` (the front had chosen `planned`).
-    Opened {
-        planned: u32,
-        backend: u32,
-        connect_time: Duration,
-    },
-    /// One connect attempt to `backend` failed.
+    /// One connect attempt to `backend` failed (passive health).
     ConnectFailed { backend: u32, reason: FailReason },
-    /// A connection ended. `backend` is the one it was counted on: the
-    /// backend it reached, or the planned one when `opened` is false.
-    Closed {
-        backend: u32,
-        opened: bool,
-        client: IpAddr,
-        duration: Duration,
-    },
-    /// Bytes moved since the last report for `backend`: `up` from clients
-    /// to the backend, `down` from the backend to clients.
-    Bytes { backend: u32, up: u64, down: u64 },
-    /// The worker took `count` handed-off connections out of its channel
-    /// (lets the front bound how many wait unread for one worker).
-    Received { count: u32 },
+    /// A connection from `client` ended (only with `report_closes`: the
+    /// front's per-client counts).
+    Closed { client: IpAddr },
+    /// The worker was told to stop by a signal and is draining: take it
+    /// out of rotation, and do not count its exit as a crash.
+    Draining,
+    /// The front had asked (through the statistics table) to hear when
+    /// this worker makes room: it has.
+    Wake,
 }
 
 impl Down {
@@ -162,6 +175,12 @@ impl Down {
     }
 }
 
+/// Whether an encoded frame is a [`Down::Config`] (the front coalesces
+/// them: only the latest one matters).
+pub fn is_config(frame: &[u8]) -> bool {
+    codec::is_config(frame)
+}
+
 impl Up {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
         codec::encode_up(self, out)
@@ -174,7 +193,7 @@ impl Up {
 
 /// Bytes one encoded [`Event`] takes at most, so a batch can be cut into
 /// frames that fit [`MAX_FRAME`].
-pub const EVENT_MAX_LEN: usize = 1 + 4 + 1 + 17 + 8;
+pub const EVENT_MAX_LEN: usize = 1 + 17;
 /// Bytes one encoded [`Handoff`] takes at most (IPv6 client).
 pub const HANDOFF_LEN: usize = 8 + 4 + ADDR_MAX_LEN;
 /// Bytes an encoded socket address takes at most.

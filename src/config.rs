@@ -51,7 +51,7 @@ impl ConfigError {
 }
 
 /// Connection limits. `None` means unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub max_conns: Option<u64>,
     pub max_conns_per_worker: Option<u64>,
@@ -60,7 +60,7 @@ pub struct Limits {
 
 /// Active health checking. `interval` of `None` disables it (and passive
 /// marking with it: nothing would bring a backend back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Health {
     pub interval: Option<Duration>,
     pub timeout: Duration,
@@ -68,8 +68,10 @@ pub struct Health {
     pub fall: u32,
 }
 
-/// Everything the running proxy is configured with.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything the running proxy is configured with. Serializable: an
+/// upgrade hands the running value (with its run-time changes) to the new
+/// front.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,

@@ -69,6 +69,33 @@ pub fn bind(path: &Path) -> Result<Control, String> {
     })
 }
 
+impl Control {
+    /// Serve a control socket that is already bound (taken over from the
+    /// previous front in an upgrade).
+    pub fn adopt(
+        path: PathBuf,
+        listener: std::os::unix::net::UnixListener,
+    ) -> std::io::Result<Control> {
+        listener.set_nonblocking(true)?;
+        Ok(Control { path, listener })
+    }
+
+    /// A second descriptor for the socket (kept for a handover).
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(self.listener.try_clone()?.into())
+    }
+}
+
+/// Wait while the front is frozen for an upgrade; false if it has handed
+/// over (this process is leaving).
+async fn wait_unfrozen(front: &Shared) -> bool {
+    let weak = std::rc::Rc::downgrade(front);
+    while let Some(wait) = crate::front::lifecycle::frozen_gate(&weak) {
+        wait.await;
+    }
+    !front.borrow().state.handed_over
+}
+
 /// Remove the socket file on exit.
 pub fn unlink(path: &Path) {
     if let Err(err) = std::fs::remove_file(path) {
@@ -155,10 +182,24 @@ async fn session(front: Shared, stream: UnixStream) {
                 if text == "quit" || text == "exit" {
                     return;
                 }
+                if !wait_unfrozen(&front).await {
+                    let _ = send(
+                        &mut write,
+                        "error: this front has handed over to a new one; reconnect\n",
+                    )
+                    .await;
+                    return;
+                }
                 commands::execute(&front, text).await
             }
         };
-        if send(&mut write, &reply).await.is_err() {
+        let sent = send(&mut write, &reply.text).await;
+        if reply.handed_over {
+            // The operator has the answer: this front may go now.
+            crate::front::upgrade::hand_over(&front);
+            return;
+        }
+        if sent.is_err() {
             return;
         }
     }

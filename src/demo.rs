@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::{DemoArgs, LogArgs, ProxyArgs};
 use crate::config::Config;
-use crate::front::{self, FrontError};
+use crate::front::FrontError;
+use crate::proxy;
 
 /// Names of the demo backends.
 pub const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -48,7 +49,7 @@ pub fn run(args: DemoArgs, log: LogArgs) -> Result<(), FrontError> {
         let config = Config::load(&proxy)?;
         let workers = config.workers;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let proxy_task = front::serve(config, None, log, Some(tx));
+        let proxy_task = proxy::serve(config, None, log, Some(tx));
         let banner = async move {
             if let Ok(started) = rx.await {
                 print_banner(&started, &backends, workers, &args);
@@ -59,7 +60,7 @@ pub fn run(args: DemoArgs, log: LogArgs) -> Result<(), FrontError> {
     })
 }
 
-fn print_banner(started: &front::Started, backends: &[String], workers: usize, args: &DemoArgs) {
+fn print_banner(started: &proxy::Started, backends: &[String], workers: usize, args: &DemoArgs) {
     let listen = started
         .listen
         .first()

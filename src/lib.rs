@@ -7,15 +7,27 @@
 //! Module map:
 //! - [`cli`]: command-line definitions.
 //! - [`config`]: flags + TOML file → one validated, immutable [`config::Config`].
-//! - [`front`]: the front process: listeners, accept loop, dispatch, signals.
-//! - [`supervisor`]: worker slots, spawning, respawn, rolling restart.
+//! - [`proxy`]: the proxy as a program: start-up (or take-over), signals,
+//!   reload, shutdown; wires the front to the control socket and metrics.
+//! - [`front`]: the front's state in named parts and what it does with it:
+//!   accept and dispatch, supervise workers, backends, upgrades.
+//! - [`supervisor`]: worker slots and processes: spawning, respawn backoff.
 //! - [`channel`]: the front ↔ worker messages, framing and fd passing.
+//! - [`handover`]: the old ↔ new front link during an upgrade.
+//! - [`stats`]: the shared-memory statistics table every process counts in.
 //! - [`worker`]: the worker process: connect to backends, move bytes.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
+//! - [`signals`]: catching the signals a process has no use for.
+//! - [`version`]: the version and build id of this binary.
 //! - [`demo`]: built-in backends for the one-command tour.
-//! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance).
+//! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance,
+//!   shared memory mapping).
+//!
+//! Dependencies point one way: `proxy` → `control` → `front` →
+//! `supervisor`, `channel`, `stats`; nothing below depends on what is
+//! above it.
 
 pub mod channel;
 pub mod cli;
@@ -23,8 +35,13 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod front;
+pub mod handover;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
+pub mod signals;
+pub mod stats;
 pub mod supervisor;
 pub mod sys;
+pub mod version;
 pub mod worker;

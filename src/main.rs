@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         }
         None => {
             init_logging(&cli.log, None);
-            match rrproxy::front::run(cli.proxy, cli.log.clone()) {
+            match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail("rrproxy", &err),
             }

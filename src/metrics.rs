@@ -4,17 +4,23 @@
 //! alerts, tests and the README have one place to agree with. Labels are
 //! bounded: `worker` is the slot number (stable across respawns) and
 //! `backend` is the backend's configured `host:port`; never a client
-//! address. The front creates every per-slot and per-backend series at 0
-//! when the slot or backend appears, so `rate()` and `absent()` behave.
+//! address. Every per-slot and per-backend series exists from the moment
+//! the slot or backend does (at 0), so `rate()` and `absent()` behave; a
+//! backend's series leave with it.
+//!
+//! The exposition is rendered here, at scrape time, from the statistics
+//! table ([`crate::stats`]) and a [`Snapshot`] of names and states the
+//! front publishes when they change. (The `metrics` facade and its
+//! Prometheus exporter were used before; their registry lives in one
+//! process and can be neither read back nor restored, so counters kept in
+//! shared memory by several processes, and carried across an upgrade of
+//! the front, need a renderer of their own.)
 
 mod http;
+mod render;
 
-use std::net::SocketAddr;
-
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-pub use http::{Endpoint, Readiness};
+pub use http::{Endpoint, start as start_endpoint};
+pub use render::{BackendLabel, Exporter, SlotLabel, Snapshot, render};
 
 pub const WORKER_CONNECTIONS: &str = "rrproxy_worker_connections_total";
 pub const WORKER_ACTIVE: &str = "rrproxy_worker_active_connections";
@@ -51,175 +57,173 @@ pub const POLICY_INFO: &str = "rrproxy_policy_info";
 pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
 
-/// Histogram buckets for connect times (seconds).
-const CONNECT_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-/// Histogram buckets for connection durations (seconds).
-const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
-];
-
-/// Describe every metric (HELP and unit), so the exposition is complete.
-pub fn describe() {
-    describe_counter!(
+/// Every metric: name, Prometheus type, help text. The renderer writes
+/// the `# HELP` and `# TYPE` lines from here.
+pub const FAMILIES: &[(&str, &str, &str)] = &[
+    (
         WORKER_CONNECTIONS,
-        "Connections handed to each worker slot."
-    );
-    describe_gauge!(
+        "counter",
+        "Connections handed to each worker slot.",
+    ),
+    (
         WORKER_ACTIVE,
-        "Connections a worker slot is proxying now (including handed but not yet started)."
-    );
-    describe_counter!(
+        "gauge",
+        "Connections a worker slot is proxying now (including handed but not yet started).",
+    ),
+    (
         WORKER_RESTARTS,
-        "Times a worker slot's process was replaced (crash respawn or rolling restart)."
-    );
-    describe_gauge!(
+        "counter",
+        "Times a worker slot's process was replaced (crash respawn or rolling restart).",
+    ),
+    (
         WORKER_UP,
-        "1 if the worker slot has a ready process, 0 if it is down or parked."
-    );
-    describe_counter!(
+        "gauge",
+        "1 if the worker slot has a ready process, 0 if it is down or parked.",
+    ),
+    (
         WORKER_BYTES_IN,
-        Unit::Bytes,
-        "Bytes received from clients by each worker slot."
-    );
-    describe_counter!(
+        "counter",
+        "Bytes received from clients by each worker slot.",
+    ),
+    (
         WORKER_BYTES_OUT,
-        Unit::Bytes,
-        "Bytes sent to clients by each worker slot."
-    );
-    describe_counter!(
+        "counter",
+        "Bytes sent to clients by each worker slot.",
+    ),
+    (
         BACKEND_CONNECTIONS,
-        "Connections established to each backend."
-    );
-    describe_gauge!(
+        "counter",
+        "Connections established to each backend.",
+    ),
+    (
         BACKEND_ACTIVE,
-        "Connections assigned to each backend now, across all workers."
-    );
-    describe_gauge!(
+        "gauge",
+        "Connections workers hold on each backend now.",
+    ),
+    (
         BACKEND_UP,
-        "1 if the backend is considered healthy, 0 if it is down."
-    );
-    describe_counter!(
+        "gauge",
+        "1 if the backend takes new connections (healthy and enabled), 0 if not.",
+    ),
+    (
         BACKEND_CONNECT_FAILURES,
-        "Failed connect attempts to each backend, by reason (refused, timeout, other)."
-    );
-    describe_counter!(
+        "counter",
+        "Failed connect attempts to each backend, by reason (refused, timeout, other).",
+    ),
+    (
         BACKEND_CHECK_FAILURES,
-        "Failed active health checks of each backend."
-    );
-    describe_counter!(
+        "counter",
+        "Failed active health checks of each backend.",
+    ),
+    (
         BACKEND_BYTES_IN,
-        Unit::Bytes,
-        "Bytes received from each backend."
-    );
-    describe_counter!(
-        BACKEND_BYTES_OUT,
-        Unit::Bytes,
-        "Bytes sent to each backend."
-    );
-    describe_gauge!(BACKEND_WEIGHT, "Configured weight of each backend.");
-    describe_counter!(
+        "counter",
+        "Bytes received from each backend.",
+    ),
+    (BACKEND_BYTES_OUT, "counter", "Bytes sent to each backend."),
+    (
+        BACKEND_WEIGHT,
+        "gauge",
+        "Configured weight of each backend.",
+    ),
+    (
         RESOLVE_FAILURES,
-        "Failed or empty look-ups of each `resolve` backend name (the last known addresses stay)."
-    );
-    describe_histogram!(
+        "counter",
+        "Failed or empty look-ups of each `resolve` backend name (the last known addresses stay).",
+    ),
+    (
         BACKEND_CONNECT_SECONDS,
-        Unit::Seconds,
-        "Time to connect to a backend."
-    );
-    describe_histogram!(
+        "histogram",
+        "Time to connect to a backend.",
+    ),
+    (
         CONNECTION_SECONDS,
-        Unit::Seconds,
-        "Lifetime of proxied connections."
-    );
-    describe_counter!(ACCEPTED, "Client connections accepted by the front.");
-    describe_counter!(
+        "histogram",
+        "Lifetime of proxied connections.",
+    ),
+    (
+        ACCEPTED,
+        "counter",
+        "Client connections accepted by the front.",
+    ),
+    (
         ACCEPT_ERRORS,
-        "accept() failures, by reason (emfile, other)."
-    );
-    describe_counter!(
+        "counter",
+        "accept() failures, by reason (emfile, other).",
+    ),
+    (
         HANDOFF_FAILURES,
-        "Hand-offs to a worker that could not be sent (channel full or closed) and were retried elsewhere."
-    );
-    describe_counter!(
+        "counter",
+        "Hand-offs to a worker that could not be sent (channel full or closed) and were retried elsewhere.",
+    ),
+    (
         REDISPATCHED,
-        "Connections re-dispatched: recovered from a dead worker's queue or retried on another backend."
-    );
-    describe_counter!(
+        "counter",
+        "Connections re-dispatched: recovered from a dead worker's queue or retried on another backend.",
+    ),
+    (
         FAILED_CONNECTIONS,
-        "Client connections closed because no backend could be reached."
-    );
-    describe_counter!(
+        "counter",
+        "Client connections closed because no backend could be reached.",
+    ),
+    (
         REFUSED_PER_IP,
-        "Client connections refused because their IP was at --max-conns-per-ip."
-    );
-    describe_gauge!(
+        "counter",
+        "Client connections refused because their IP was at --max-conns-per-ip.",
+    ),
+    (
         ACTIVE,
-        "Connections the proxy holds now (all workers, plus pending)."
-    );
-    describe_gauge!(
+        "gauge",
+        "Connections the proxy holds now (all workers, plus pending).",
+    ),
+    (
         IMBALANCE,
-        "Spread of active connections over ready worker slots: max / mean (1 = even; 1 when idle)."
-    );
-    describe_counter!(
+        "gauge",
+        "Spread of active connections over ready worker slots: max / mean (1 = even; 1 when idle).",
+    ),
+    (
         BACKEND_REDISPATCHES,
-        "Connections planned for this backend that another backend served after a connect failure."
-    );
-    describe_gauge!(OPEN_FDS, "File descriptors the front process has open.");
-    describe_gauge!(MAX_FDS, "The open-file limit of the front and its workers.");
-    describe_gauge!(
+        "counter",
+        "Connections planned for this backend that another backend served after a connect failure.",
+    ),
+    (
+        OPEN_FDS,
+        "gauge",
+        "File descriptors the front process has open.",
+    ),
+    (
+        MAX_FDS,
+        "gauge",
+        "The open-file limit of the front and its workers.",
+    ),
+    (
         WORKER_LIMIT,
-        "Most connections one worker holds at once (--max-conns-per-worker or its descriptor budget)."
-    );
-    describe_gauge!(
+        "gauge",
+        "Most connections one worker holds at once (--max-conns-per-worker or its descriptor budget).",
+    ),
+    (
         PENDING,
-        "Accepted connections waiting for a worker with room."
-    );
-    describe_gauge!(
+        "gauge",
+        "Accepted connections waiting for a worker with room.",
+    ),
+    (
         ACCEPT_PAUSED,
-        "1 while the front has stopped accepting (limits reached, no worker ready, or out of file descriptors)."
-    );
-    describe_gauge!(
+        "gauge",
+        "1 while the front has stopped accepting (limits reached, no worker ready, or out of file descriptors).",
+    ),
+    (
         POLICY_INFO,
-        "The balancing policy in force (label policy), always 1."
-    );
-    describe_counter!(
+        "gauge",
+        "The balancing policy in force (label policy), always 1.",
+    ),
+    (
         POLICY_CHANGES,
-        "Times the balancing policy was changed at run time."
-    );
-    describe_gauge!(
+        "counter",
+        "Times the balancing policy was changed at run time.",
+    ),
+    (
         BUILD_INFO,
-        "rrproxy build information (label version), always 1."
-    );
-}
-
-/// Install the global recorder. Call once per process, before any metric
-/// is touched. Returns the handle that renders the exposition.
-pub fn install() -> Result<PrometheusHandle, String> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(BACKEND_CONNECT_SECONDS.into()),
-            CONNECT_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(CONNECTION_SECONDS.into()), DURATION_BUCKETS)
-        })
-        .map_err(|e| format!("metrics setup: {e}"))?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| format!("metrics setup: {e}"))?;
-    describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(handle)
-}
-
-/// Bind the metrics endpoint now (so "address in use" is a startup error)
-/// and serve it from its own thread.
-pub fn start_endpoint(
-    addr: SocketAddr,
-    handle: PrometheusHandle,
-    readiness: Readiness,
-) -> std::io::Result<Endpoint> {
-    http::start(addr, handle, readiness)
-}
+        "gauge",
+        "rrproxy build information (labels version and build), always 1.",
+    ),
+];

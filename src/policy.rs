@@ -20,7 +20,10 @@ pub use round_robin::RoundRobin;
 pub use sticky::Sticky;
 
 /// The policy names users type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyName {
     /// Strict rotation over live workers and healthy backends.
     #[value(name = "round-robin")]
@@ -110,7 +113,7 @@ pub trait Policy: Send {
 }
 
 /// Settings that tune a policy without changing which one it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyOptions {
     /// Sticky: how many leading bits of an IPv6 client address decide its
     /// backend and worker (128 = the whole address, 64 = its /64).

@@ -1,15 +1,18 @@
-//! Worker slots and the processes in them: spawning by re-executing the
-//! rrproxy binary, noticing exits, recovering connections still queued for
-//! a dead worker, respawning with backoff, parking a crash-looping slot.
+//! Worker slots and the processes in them: the front's `Workers` part.
 //!
 //! A slot is a stable number 0..N-1 (the `worker` metric label). It holds
-//! at most one `Serving` process, plus, during a rolling restart, a
-//! `Starting` replacement or `Retiring` predecessors that finish their
-//! connections.
+//! at most one `Serving` process, plus, during a rolling restart or an
+//! upgrade, a `Starting` replacement or `Retiring` predecessors that finish
+//! their connections. Each process has a cell of the statistics table,
+//! given back (folded into the bases) when it is gone.
+//!
+//! This module knows processes, not connections or backends: spawning by
+//! re-executing the front's own binary (`process`), respawn backoff and
+//! parking (`respawn`). The front drives it (see `front::lifecycle`), so
+//! nothing here depends on the front.
 
-mod process;
-mod respawn;
-pub mod rolling;
+pub mod process;
+pub mod respawn;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -18,21 +21,20 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use hashbrown::HashMap;
-use metrics::{Counter, Gauge, counter, gauge};
 use serde::Serialize;
 use tracing::debug;
 
 use crate::channel::Handoff;
 use crate::channel::fdpass::Channel;
-use crate::metrics as m;
+use crate::cli::LogArgs;
 
-pub use process::spawn_worker;
+pub use process::{Exe, spawn_worker};
 
 /// Most handed-off connections that may wait unread in one worker's channel.
 pub const MAX_UNREAD: u64 = 512;
 
 /// Where a worker process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Spawned, has not reported ready yet.
@@ -49,12 +51,21 @@ pub struct WorkerProc {
     pub id: u64,
     pub pid: u32,
     pub role: Role,
+    /// Its cell in the statistics table.
+    pub cell: usize,
+    /// The build id it reported when ready.
+    pub build: Option<String>,
+    /// Inherited from a previous front (an upgrade): not our child, so its
+    /// exit status cannot be read, only its end seen.
+    pub adopted: bool,
     /// The front's end of the channel.
     pub channel: Rc<Channel>,
     /// The worker's end, kept open by the front: if the worker dies, the
     /// handoffs it had not yet read are still queued here, with their
     /// descriptors, and can be given to another worker.
     pub worker_end: OwnedFd,
+    /// Readable once the process has exited.
+    pub pidfd: Rc<OwnedFd>,
     /// The last send found the channel full; skip until it drains.
     pub full: bool,
     /// A task waits for the channel to drain (at most one per process).
@@ -65,39 +76,21 @@ pub struct WorkerProc {
     /// This accept round's handoffs and their descriptors.
     pub batch: Vec<Handoff>,
     pub batch_fds: Vec<OwnedFd>,
-    /// Connections handed and not yet reported closed.
-    pub active: u64,
-    /// Connections handed (batched or sent) and not yet taken out of the
-    /// channel by the worker:
-    /// a worker that stops reading is skipped once this reaches
-    /// [`MAX_UNREAD`], so a stalled worker holds back a bounded number of
-    /// clients whatever the kernel's socket buffer would allow.
-    pub unread: u64,
-    /// `active`, split by backend id (to uncount them if the worker dies).
-    pub per_backend: HashMap<u32, u64>,
+    /// Connections handed over its life (also in its cell, for readers).
+    pub handed: u64,
+    /// Backend ids of handoffs sent and not yet taken out of the channel,
+    /// oldest first (the worker's `Received` count says how many went).
+    pub inflight: VecDeque<u32>,
+    /// The worker's `Received` count when `inflight` was last trimmed.
+    pub received_seen: u64,
     /// Open connections per client IP (only with `--max-conns-per-ip`).
     pub ips: HashMap<IpAddr, u32>,
-    /// Connections handed over its life.
-    pub handed: u64,
     pub spawned: Instant,
+    /// Since when it has had handoffs to read and read none (watchdog).
+    pub stalled_since: Option<(Instant, u64)>,
 }
 
 impl WorkerProc {
-    pub fn assign(&mut self, backend: u32) {
-        self.active += 1;
-        *self.per_backend.entry(backend).or_default() += 1;
-    }
-
-    pub fn unassign(&mut self, backend: u32, n: u64) {
-        self.active = self.active.saturating_sub(n);
-        if let Some(c) = self.per_backend.get_mut(&backend) {
-            *c = c.saturating_sub(n);
-            if *c == 0 {
-                self.per_backend.remove(&backend);
-            }
-        }
-    }
-
     pub fn ip_add(&mut self, ip: IpAddr) {
         *self.ips.entry(ip).or_default() += 1;
     }
@@ -111,15 +104,24 @@ impl WorkerProc {
         }
     }
 
-    /// Move one connection's accounting from `from` to `to` backend.
-    pub fn reassign(&mut self, from: u32, to: u32) {
-        self.unassign(from, 1);
-        self.assign(to);
-    }
-
     /// Queue a control frame and send what the channel takes.
     pub fn queue_control(&mut self, frame: Vec<u8>) {
         self.outbox.push_back(frame);
+        self.flush_outbox();
+    }
+
+    /// Queue a config frame, replacing any config still waiting: only the
+    /// latest table matters, so a stalled worker holds at most one.
+    pub fn queue_config(&mut self, frame: Vec<u8>) {
+        if let Some(old) = self
+            .outbox
+            .iter_mut()
+            .find(|f| crate::channel::is_config(f))
+        {
+            *old = frame;
+        } else {
+            self.outbox.push_back(frame);
+        }
         self.flush_outbox();
     }
 
@@ -134,6 +136,11 @@ impl WorkerProc {
                     self.full = true;
                     return;
                 }
+                Err(err) if crate::channel::fdpass::is_transient(&err) => {
+                    // Kernel memory is short: try again when woken.
+                    self.full = true;
+                    return;
+                }
                 Err(err) => {
                     debug!(pid = self.pid, cause = %err, "control frame not sent; worker going away");
                     self.outbox.clear();
@@ -143,42 +150,10 @@ impl WorkerProc {
         }
     }
 
-    /// Ask the process to exit now (SIGKILL). Only while it is listed,
-    /// that is, not yet reaped, so the pid cannot have been reused.
+    /// Ask the process to exit now (SIGKILL), through its pidfd, so a
+    /// reused pid can never be hit.
     pub fn kill(&self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// Per-slot metric handles.
-pub struct SlotMetrics {
-    pub connections: Counter,
-    pub active: Gauge,
-    pub restarts: Counter,
-    pub up: Gauge,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
-}
-
-impl SlotMetrics {
-    fn new(index: usize) -> SlotMetrics {
-        let label = index.to_string();
-        let sm = SlotMetrics {
-            connections: counter!(m::WORKER_CONNECTIONS, "worker" => label.clone()),
-            active: gauge!(m::WORKER_ACTIVE, "worker" => label.clone()),
-            restarts: counter!(m::WORKER_RESTARTS, "worker" => label.clone()),
-            up: gauge!(m::WORKER_UP, "worker" => label.clone()),
-            bytes_in: counter!(m::WORKER_BYTES_IN, "worker" => label.clone()),
-            bytes_out: counter!(m::WORKER_BYTES_OUT, "worker" => label),
-        };
-        for c in [&sm.connections, &sm.restarts, &sm.bytes_in, &sm.bytes_out] {
-            c.absolute(0);
-        }
-        sm.active.set(0.0);
-        sm.up.set(0.0);
-        sm
+        let _ = rustix::process::pidfd_send_signal(&*self.pidfd, rustix::process::Signal::KILL);
     }
 }
 
@@ -192,10 +167,6 @@ pub struct Slot {
     pub respawn_scheduled: bool,
     /// Times of recent unexpected exits (for backoff and parking).
     pub crashes: VecDeque<Instant>,
-    pub restarts: u64,
-    /// Connections handed to this slot over its life.
-    pub handed: u64,
-    pub metrics: SlotMetrics,
 }
 
 impl Slot {
@@ -206,9 +177,6 @@ impl Slot {
             parked: false,
             respawn_scheduled: false,
             crashes: VecDeque::new(),
-            restarts: 0,
-            handed: 0,
-            metrics: SlotMetrics::new(index),
         }
     }
 
@@ -218,6 +186,10 @@ impl Slot {
 
     pub fn serving_mut(&mut self) -> Option<&mut WorkerProc> {
         self.procs.iter_mut().find(|p| p.role == Role::Serving)
+    }
+
+    pub fn proc(&self, id: u64) -> Option<&WorkerProc> {
+        self.procs.iter().find(|p| p.id == id)
     }
 
     pub fn proc_mut(&mut self, id: u64) -> Option<&mut WorkerProc> {
@@ -241,5 +213,82 @@ impl Slot {
         } else {
             "down"
         }
+    }
+}
+
+/// How workers are started: what the front passes to each.
+pub struct SpawnPlan {
+    /// The front's own binary.
+    pub exe: Exe,
+    /// Logging flags passed on to workers.
+    pub log: LogArgs,
+    /// With `--cpu-affinity`: the CPU of each worker slot.
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// The front's `Workers` part: the slots, their processes, and the
+/// statistics cells they use.
+pub struct Workers {
+    pub slots: Vec<Slot>,
+    pub plan: SpawnPlan,
+    /// Statistics cells not in use.
+    free_cells: Vec<usize>,
+    pub next_proc: u64,
+    /// Most connections one worker process may hold (its descriptor budget
+    /// or `--max-conns-per-worker`).
+    pub per_proc_cap: u64,
+    /// The open-file limit workers run with.
+    pub nofile: u64,
+}
+
+impl Workers {
+    pub fn new(
+        slots: usize,
+        cells: usize,
+        plan: SpawnPlan,
+        per_proc_cap: u64,
+        nofile: u64,
+    ) -> Workers {
+        Workers {
+            slots: (0..slots).map(Slot::new).collect(),
+            plan,
+            free_cells: (0..cells).rev().collect(),
+            next_proc: 0,
+            per_proc_cap,
+            nofile,
+        }
+    }
+
+    /// Take a free statistics cell.
+    pub fn take_cell(&mut self) -> Option<usize> {
+        self.free_cells.pop()
+    }
+
+    /// Give a cell back (already folded and cleared).
+    pub fn give_cell(&mut self, cell: usize) {
+        if !self.free_cells.contains(&cell) {
+            self.free_cells.push(cell);
+        }
+    }
+
+    /// Mark a cell as used (an adopted process keeps its cell).
+    pub fn claim_cell(&mut self, cell: usize) {
+        self.free_cells.retain(|&c| c != cell);
+    }
+
+    pub fn procs(&self) -> impl Iterator<Item = &WorkerProc> {
+        self.slots.iter().flat_map(|s| &s.procs)
+    }
+
+    pub fn procs_mut(&mut self) -> impl Iterator<Item = &mut WorkerProc> {
+        self.slots.iter_mut().flat_map(|s| &mut s.procs)
+    }
+
+    pub fn all_gone(&self) -> bool {
+        self.slots.iter().all(|s| s.procs.is_empty())
+    }
+
+    pub fn any_serving(&self) -> bool {
+        self.slots.iter().any(|s| s.serving().is_some())
     }
 }

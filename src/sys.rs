@@ -138,6 +138,77 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A shared, writable mapping of a whole memory file (the statistics
+/// table), seen as 64-bit atomic words.
+///
+/// Every process that maps the same file sees the same words; atomics on
+/// shared memory are coherent across processes. The mapping lives until
+/// the value is dropped.
+pub struct SharedWords {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    words: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through
+// `AtomicU64`, which is `Sync`; nothing in it is tied to a thread.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above: all access goes through atomics.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Map the first `words` 64-bit words of `fd` (which must be at least
+    /// that long) read-write and shared.
+    pub fn map(fd: BorrowedFd<'_>, words: usize) -> std::io::Result<SharedWords> {
+        use rustix::mm::{MapFlags, ProtFlags, mmap};
+        let len = words
+            .checked_mul(8)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| std::io::Error::other("invalid mapping size"))?;
+        let size = rustix::fs::fstat(fd)?.st_size;
+        if u64::try_from(size).map_or(true, |s| s < len as u64) {
+            return Err(std::io::Error::other(format!(
+                "memory file holds {size} bytes, {len} needed"
+            )));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
+        // file we checked is at least `len` bytes long, so every byte of
+        // the range is backed; it aliases no Rust object. Only the returned
+        // pointer refers to it, owned by the `SharedWords` built below.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let ptr = std::ptr::NonNull::new(ptr.cast::<std::sync::atomic::AtomicU64>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(SharedWords { ptr, words })
+    }
+
+    /// The mapped words.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` is page-aligned (so aligned for `AtomicU64`) and
+        // points to `words * 8` mapped, readable and writable bytes that
+        // stay mapped until `self` is dropped, which the returned borrow
+        // cannot outlive. `AtomicU64` has the layout of `u64` and any bit
+        // pattern is valid; other processes change the words only through
+        // atomic operations too.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: the range is exactly the mapping made in `map`, and no
+        // borrow of it can outlive `self` (see `words`).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.words * 8) };
+    }
+}
+
 /// How a worker spends its descriptors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdPlan {

@@ -2,31 +2,34 @@
 //! channel, connects each to a backend and moves bytes both ways.
 //!
 //! A worker holds no policy state. It runs one single-threaded tokio
-//! runtime, reports every connection's life back to the front (batched, see
-//! `report`) and exits on its own when the front tells it to drain or when
-//! the channel closes (the front is gone): it never outlives the front by
-//! more than its drain timeout.
+//! runtime, counts what it does in its own cell of the statistics table
+//! (see [`crate::stats`]), tells the front over the channel only what the
+//! front must act on (connect failures, closes when per-client limits are
+//! on, draining, wake-ups; see `report`), and exits on its own when the
+//! front tells it to drain, when it gets SIGTERM, or when the channel
+//! closes (the front is gone): it never outlives the front by more than
+//! its drain timeout. Every other signal is ignored.
 
 mod connect;
 pub mod pump;
 mod report;
 mod splice;
 
-pub use report::ByteCounter;
+pub use pump::Meter;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use hashbrown::HashMap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::channel::fdpass::{Channel, Received};
-use crate::channel::{Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
+use crate::channel::{BackendEntry, Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
+use crate::stats::{self, ProcCell, ProcWord};
 use report::Reporter;
 
 /// Why a worker stopped before serving.
@@ -38,8 +41,18 @@ pub enum WorkerError {
         fd: i32,
         source: std::io::Error,
     },
-    #[error("worker slot {slot}: front closed the channel before sending a config")]
+    #[error("worker slot {slot}: front closed the channel before the handshake")]
     NoConfig { slot: usize },
+    #[error("worker slot {slot}: bad handshake from the front: {0}", .why)]
+    Handshake { slot: usize, why: String },
+    #[error(
+        "worker slot {slot}: this worker is build {mine} but the front is build {front}: refusing to run"
+    )]
+    Build {
+        slot: usize,
+        mine: String,
+        front: String,
+    },
     #[error("worker slot {slot}: bad frame from the front: {source}")]
     Frame {
         slot: usize,
@@ -50,16 +63,93 @@ pub enum WorkerError {
     Io { slot: usize, source: std::io::Error },
 }
 
+/// The backend table in force, indexed by backend id.
+pub(crate) struct Routes {
+    pub config: WorkerConfig,
+    by_id: HashMap<u32, usize>,
+}
+
+impl Routes {
+    fn new(config: WorkerConfig) -> Routes {
+        let by_id = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i))
+            .collect();
+        Routes { config, by_id }
+    }
+
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    pub fn entry(&self, id: u32) -> Option<&BackendEntry> {
+        self.index_of(id).map(|i| &self.config.backends[i])
+    }
+}
+
 /// State shared by the tasks of one worker (single-threaded).
 pub(crate) struct Worker {
     pub slot: usize,
-    /// The latest config from the front, swapped whole on every update.
-    pub config: ArcSwap<WorkerConfig>,
+    /// The latest backend table and settings from the front.
+    routes: RefCell<Rc<Routes>>,
     /// Connections received and not yet finished.
     pub active: Cell<usize>,
     /// Signalled whenever `active` drops to zero.
     pub idle: Notify,
     pub reporter: Reporter,
+    /// The statistics table and this process's cell in it.
+    pub stats: stats::Table,
+    pub cell_index: usize,
+}
+
+impl Worker {
+    pub fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
+    }
+
+    pub fn cell(&self) -> ProcCell<'_> {
+        self.stats.cell(self.cell_index)
+    }
+
+    /// Apply a new config: zero the statistics columns whose backend
+    /// changed (this process is their only writer), then record which
+    /// config is in force.
+    fn apply(&self, config: WorkerConfig) {
+        let cell = self.cell();
+        let old = self.routes();
+        let (before, after) = (by_col_of(&old.config), by_col_of(&config));
+        for (&col, &id) in &before {
+            if after.get(&col) != Some(&id) {
+                if let Some(c) = cell.col(usize::from(col)) {
+                    c.clear();
+                }
+            }
+        }
+        let seq = config.seq;
+        debug!(
+            slot = self.slot,
+            backends = config.backends.len(),
+            seq,
+            "config updated"
+        );
+        *self.routes.borrow_mut() = Rc::new(Routes::new(config));
+        cell.set(ProcWord::ConfigSeq, seq);
+    }
+
+    /// Count `n` finished connections and say so if the front asked.
+    pub fn finished(&self, n: u64) {
+        let cell = self.cell();
+        cell.bump(ProcWord::Finished, n);
+        if cell.take_wake() {
+            self.reporter.push(Event::Wake);
+        }
+    }
+}
+
+fn by_col_of(config: &WorkerConfig) -> HashMap<u16, u32> {
+    config.backends.iter().map(|b| (b.column, b.id)).collect()
 }
 
 /// Run a worker on an inherited channel descriptor. Blocks until it exits.
@@ -74,6 +164,8 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
         source,
     })?;
     let fd = crate::sys::adopt_inherited_fd(channel_fd);
+    // Started through /proc/self/exe, the process would be called "exe".
+    let _ = rustix::thread::set_name(c"rrproxy");
     let local = tokio::task::LocalSet::new();
     // Every line this process logs says which worker it came from.
     let span = tracing::info_span!("worker", slot);
@@ -88,38 +180,83 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
     })
 }
 
+/// The handshake: the front's `Hello` (with the statistics table) and the
+/// first config.
+async fn handshake(
+    slot: usize,
+    channel: &Channel,
+    buf: &mut [u8; MAX_FRAME],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(stats::Table, usize, WorkerConfig), WorkerError> {
+    let bad = |why: String| WorkerError::Handshake { slot, why };
+    let (cell, build) = match next_frame(slot, channel, buf, fds).await? {
+        Some(Down::Hello { cell, build }) => (cell as usize, build),
+        Some(other) => return Err(bad(format!("expected hello first, got {other:?}"))),
+        None => return Err(WorkerError::NoConfig { slot }),
+    };
+    let mine = crate::version::build_id();
+    if build != mine {
+        return Err(WorkerError::Build {
+            slot,
+            mine: mine.to_string(),
+            front: build,
+        });
+    }
+    if fds.len() != 1 {
+        return Err(bad(format!(
+            "hello carried {} descriptors, expected the statistics table",
+            fds.len()
+        )));
+    }
+    let table = stats::Table::open(fds.remove(0)).map_err(|e| bad(e.to_string()))?;
+    if cell >= table.procs() {
+        return Err(bad(format!("statistics cell {cell} is out of range")));
+    }
+    fds.clear();
+    let config = match next_frame(slot, channel, buf, fds).await? {
+        Some(Down::Config(cfg)) => cfg,
+        Some(other) => return Err(bad(format!("expected a config, got {other:?}"))),
+        None => return Err(WorkerError::NoConfig { slot }),
+    };
+    Ok((table, cell, config))
+}
+
 /// The worker's main loop over an already-open channel. Public to the crate
 /// so tests and benches can run a worker in-process over a socketpair.
 pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), WorkerError> {
     let mut buf = Box::new([0u8; MAX_FRAME]);
     let mut fds = Vec::new();
-    let config = match next_frame(slot, &channel, &mut buf, &mut fds).await? {
-        Some(Down::Config(cfg)) => cfg,
-        Some(other) => {
-            warn!(slot, frame = ?other, "expected a config first; ignoring frame");
-            return Err(WorkerError::NoConfig { slot });
-        }
-        None => return Err(WorkerError::NoConfig { slot }),
-    };
+    let (table, cell_index, config) = handshake(slot, &channel, &mut buf, &mut fds).await?;
+    let pid = std::process::id();
     let worker = Rc::new(Worker {
         slot,
-        config: ArcSwap::from_pointee(config),
+        routes: RefCell::new(Rc::new(Routes::new(WorkerConfig {
+            backends: Vec::new(),
+            ..config.clone()
+        }))),
         active: Cell::new(0),
         idle: Notify::new(),
         reporter: Reporter::new(channel.clone()),
+        stats: table,
+        cell_index,
     });
+    worker.cell().set(ProcWord::Pid, u64::from(pid));
+    worker.apply(config);
     tokio::task::spawn_local(report::flush_loop(worker.clone()));
-    tokio::task::spawn_local(report::bytes_loop(worker.clone()));
-    // Ctrl-C reaches the whole process group: the front decides how to
-    // stop, so a worker ignores SIGINT. SIGTERM sent to a worker (or to
-    // the group) drains it like a request from the front.
-    let mut interrupts =
-        signal(SignalKind::interrupt()).map_err(|source| WorkerError::Io { slot, source })?;
-    tokio::task::spawn_local(async move { while interrupts.recv().await.is_some() {} });
+    // SIGTERM drains; every other signal is ignored (Ctrl-C reaches the
+    // whole process group, but the front decides how to stop).
     let mut terms =
         signal(SignalKind::terminate()).map_err(|source| WorkerError::Io { slot, source })?;
-    let pid = std::process::id();
-    send_up(slot, &channel, &Up::Ready { pid }).await?;
+    crate::signals::ignore_unused(&[rustix::process::Signal::TERM.as_raw()], "worker");
+    send_up(
+        slot,
+        &channel,
+        &Up::Ready {
+            pid,
+            build: crate::version::build_id().to_string(),
+        },
+    )
+    .await?;
     info!(slot, pid, "worker ready");
 
     let drain_timeout = loop {
@@ -127,23 +264,24 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         let frame = tokio::select! {
             frame = next_frame(slot, &channel, &mut buf, &mut fds) => frame,
             _ = terms.recv() => {
-                let timeout = worker.config.load().drain_timeout;
+                let timeout = worker.routes().config.drain_timeout;
                 info!(slot, timeout = ?timeout, "SIGTERM: draining");
+                worker.reporter.push(Event::Draining);
                 break timeout;
             }
         };
         match frame {
             Ok(Some(Down::Conns(conns))) => start_conns(&worker, conns, &mut fds),
-            Ok(Some(Down::Config(cfg))) => {
-                debug!(slot, backends = cfg.backends.len(), "config updated");
-                worker.config.store(Arc::new(cfg));
-            }
+            Ok(Some(Down::Config(cfg))) => worker.apply(cfg),
             Ok(Some(Down::Drain { timeout })) => {
                 info!(slot, timeout = ?timeout, "draining on request");
                 break timeout;
             }
+            Ok(Some(Down::Hello { .. })) => {
+                warn!(slot, "ignoring a second hello from the front");
+            }
             Ok(None) => {
-                let timeout = worker.config.load().drain_timeout;
+                let timeout = worker.routes().config.drain_timeout;
                 info!(slot, timeout = ?timeout, "front is gone; draining");
                 break timeout;
             }
@@ -176,7 +314,6 @@ async fn drain(worker: &Rc<Worker>, timeout: Duration) {
             break;
         }
     }
-    worker.reporter.report_bytes();
     worker.reporter.flush_now().await;
     info!(slot = worker.slot, "worker exiting");
 }
@@ -190,10 +327,18 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
             "handoff frame and descriptors disagree; serving what matches"
         );
     }
-    worker.reporter.push(Event::Received {
-        count: conns.len() as u32,
-    });
+    let cell = worker.cell();
+    let routes = worker.routes();
+    let taken = conns.len() as u64;
+    let served = conns.len().min(fds.len()) as u64;
     for (handoff, fd) in conns.into_iter().zip(fds.drain(..)) {
+        // Counted on its planned backend from now until it ends or moves.
+        if let Some(col) = routes
+            .entry(handoff.backend)
+            .and_then(|b| cell.col(usize::from(b.column)))
+        {
+            col.active_up();
+        }
         let stream = std::net::TcpStream::from(fd);
         worker.active.set(worker.active.get() + 1);
         let span = tracing::debug_span!(
@@ -216,6 +361,9 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
             .instrument(span),
         );
     }
+    // Handoffs without a descriptor are done with at once.
+    cell.bump(ProcWord::Received, taken);
+    worker.finished(taken - served);
 }
 
 async fn next_frame(

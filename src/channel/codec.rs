@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::Splice;
 use super::{
-    BackendEntry, Down, Event, FailReason, Handoff, MAX_FDS, MAX_FRAME, Up, VERSION, WorkerConfig,
+    BackendEntry, Down, Event, FailReason, Handoff, MAX_BUILD_LEN, MAX_FDS, MAX_FRAME, Up, VERSION,
+    WorkerConfig,
 };
 
 /// Why a frame could not be encoded or decoded.
@@ -31,21 +32,31 @@ pub enum FrameError {
 const DOWN_CONFIG: u8 = 0x01;
 const DOWN_CONNS: u8 = 0x02;
 const DOWN_DRAIN: u8 = 0x03;
+const DOWN_HELLO: u8 = 0x04;
 const UP_READY: u8 = 0x81;
 const UP_EVENTS: u8 = 0x82;
 
-const EV_OPENED: u8 = 1;
 const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
-const EV_BYTES: u8 = 4;
-const EV_RECEIVED: u8 = 5;
+const EV_DRAINING: u8 = 6;
+const EV_WAKE: u8 = 7;
+
+pub(super) fn is_config(frame: &[u8]) -> bool {
+    frame.len() >= 2 && frame[0] == VERSION && frame[1] == DOWN_CONFIG
+}
 
 pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.clear();
     out.push(VERSION);
     match msg {
+        Down::Hello { cell, build } => {
+            out.push(DOWN_HELLO);
+            out.extend_from_slice(&cell.to_le_bytes());
+            put_str(out, build, "build id")?;
+        }
         Down::Config(cfg) => {
             out.push(DOWN_CONFIG);
+            out.extend_from_slice(&cfg.seq.to_le_bytes());
             put_duration(out, cfg.connect_timeout);
             put_duration(out, cfg.idle_timeout);
             put_duration(out, cfg.drain_timeout);
@@ -54,9 +65,11 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                 Splice::On => 1,
                 Splice::Auto => 2,
             });
+            out.push(u8::from(cfg.report_closes));
             put_count(out, cfg.backends.len(), "backend count")?;
             for b in &cfg.backends {
                 out.extend_from_slice(&b.id.to_le_bytes());
+                out.extend_from_slice(&b.column.to_le_bytes());
                 put_addr(out, b.addr);
                 out.push(u8::from(b.routable));
             }
@@ -93,7 +106,12 @@ pub(super) fn encode_conns(conns: &[Handoff], out: &mut Vec<u8>) -> Result<(), F
 pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
     let (kind, mut r) = open(frame)?;
     let msg = match kind {
+        DOWN_HELLO => Down::Hello {
+            cell: r.u32("statistics cell")?,
+            build: r.string("build id")?,
+        },
         DOWN_CONFIG => {
+            let seq = r.u64("config sequence")?;
             let connect_timeout = r.duration("connect timeout")?;
             let idle_timeout = r.duration("idle timeout")?;
             let drain_timeout = r.duration("drain timeout")?;
@@ -108,19 +126,28 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     });
                 }
             };
+            let report_closes = r.flag("report-closes flag")?;
             let n = r.u16("backend count")? as usize;
             let mut backends = Vec::with_capacity(n.min(r.remaining() / 8));
             for _ in 0..n {
                 let id = r.u32("backend id")?;
+                let column = r.u16("backend column")?;
                 let addr = r.addr()?;
                 let routable = r.flag("routable flag")?;
-                backends.push(BackendEntry { id, addr, routable });
+                backends.push(BackendEntry {
+                    id,
+                    column,
+                    addr,
+                    routable,
+                });
             }
             Down::Config(WorkerConfig {
+                seq,
                 connect_timeout,
                 idle_timeout,
                 drain_timeout,
                 splice,
+                report_closes,
                 backends,
             })
         }
@@ -158,9 +185,10 @@ pub(super) fn encode_up(msg: &Up, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.clear();
     out.push(VERSION);
     match msg {
-        Up::Ready { pid } => {
+        Up::Ready { pid, build } => {
             out.push(UP_READY);
             out.extend_from_slice(&pid.to_le_bytes());
+            put_str(out, build, "build id")?;
         }
         Up::Events(events) => {
             out.push(UP_EVENTS);
@@ -176,10 +204,13 @@ pub(super) fn encode_up(msg: &Up, out: &mut Vec<u8>) -> Result<(), FrameError> {
 pub(super) fn decode_up(frame: &[u8]) -> Result<Up, FrameError> {
     let (kind, mut r) = open(frame)?;
     let msg = match kind {
-        UP_READY => Up::Ready { pid: r.u32("pid")? },
+        UP_READY => Up::Ready {
+            pid: r.u32("pid")?,
+            build: r.string("build id")?,
+        },
         UP_EVENTS => {
             let n = r.u16("event count")? as usize;
-            let mut events = Vec::with_capacity(n.min(r.remaining() / 6));
+            let mut events = Vec::with_capacity(n.min(r.remaining()));
             for _ in 0..n {
                 events.push(r.event()?);
             }
@@ -193,17 +224,6 @@ pub(super) fn decode_up(frame: &[u8]) -> Result<Up, FrameError> {
 
 fn put_event(out: &mut Vec<u8>, ev: &Event) {
     match *ev {
-        Event::Opened {
-            planned,
-            backend,
-            connect_time,
-        } => {
-            out.push(EV_OPENED);
-            out.extend_from_slice(&planned.to_le_bytes());
-            out.extend_from_slice(&backend.to_le_bytes());
-            let micros = u32::try_from(connect_time.as_micros()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&micros.to_le_bytes());
-        }
         Event::ConnectFailed { backend, reason } => {
             out.push(EV_FAILED);
             out.extend_from_slice(&backend.to_le_bytes());
@@ -213,29 +233,27 @@ fn put_event(out: &mut Vec<u8>, ev: &Event) {
                 FailReason::Other => 2,
             });
         }
-        Event::Closed {
-            backend,
-            opened,
-            client,
-            duration,
-        } => {
+        Event::Closed { client } => {
             out.push(EV_CLOSED);
-            out.extend_from_slice(&backend.to_le_bytes());
-            out.push(u8::from(opened));
             put_ip(out, client);
-            put_duration(out, duration);
         }
-        Event::Bytes { backend, up, down } => {
-            out.push(EV_BYTES);
-            out.extend_from_slice(&backend.to_le_bytes());
-            out.extend_from_slice(&up.to_le_bytes());
-            out.extend_from_slice(&down.to_le_bytes());
-        }
-        Event::Received { count } => {
-            out.push(EV_RECEIVED);
-            out.extend_from_slice(&count.to_le_bytes());
-        }
+        Event::Draining => out.push(EV_DRAINING),
+        Event::Wake => out.push(EV_WAKE),
     }
+}
+
+/// A short string: one length byte, then UTF-8.
+fn put_str(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), FrameError> {
+    let len = u8::try_from(s.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= MAX_BUILD_LEN)
+        .ok_or(FrameError::Invalid {
+            what,
+            value: s.len() as u64,
+        })?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
 fn put_count(out: &mut Vec<u8>, n: usize, what: &'static str) -> Result<(), FrameError> {
@@ -366,13 +384,25 @@ impl Reader<'_> {
         })
     }
 
+    fn string(&mut self, what: &'static str) -> Result<String, FrameError> {
+        let n = usize::from(self.u8(what)?);
+        if n > MAX_BUILD_LEN {
+            return Err(FrameError::Invalid {
+                what,
+                value: n as u64,
+            });
+        }
+        let bytes = self
+            .buf
+            .get(..n)
+            .ok_or(FrameError::Truncated(what))?
+            .to_vec();
+        self.buf = &self.buf[n..];
+        String::from_utf8(bytes).map_err(|_| FrameError::Invalid { what, value: 0 })
+    }
+
     fn event(&mut self) -> Result<Event, FrameError> {
         match self.u8("event kind")? {
-            EV_OPENED => Ok(Event::Opened {
-                planned: self.u32("planned backend")?,
-                backend: self.u32("backend id")?,
-                connect_time: Duration::from_micros(self.u32("connect time")?.into()),
-            }),
             EV_FAILED => {
                 let backend = self.u32("backend id")?;
                 let reason = match self.u8("failure reason")? {
@@ -388,20 +418,9 @@ impl Reader<'_> {
                 };
                 Ok(Event::ConnectFailed { backend, reason })
             }
-            EV_CLOSED => Ok(Event::Closed {
-                backend: self.u32("backend id")?,
-                opened: self.flag("opened flag")?,
-                client: self.ip()?,
-                duration: self.duration("duration")?,
-            }),
-            EV_BYTES => Ok(Event::Bytes {
-                backend: self.u32("backend id")?,
-                up: self.u64("bytes up")?,
-                down: self.u64("bytes down")?,
-            }),
-            EV_RECEIVED => Ok(Event::Received {
-                count: self.u32("received count")?,
-            }),
+            EV_CLOSED => Ok(Event::Closed { client: self.ip()? }),
+            EV_DRAINING => Ok(Event::Draining),
+            EV_WAKE => Ok(Event::Wake),
             v => Err(FrameError::Invalid {
                 what: "event kind",
                 value: v.into(),

@@ -61,6 +61,16 @@ pub fn send_raw(sock: BorrowedFd<'_>, frame: &[u8], fds: &[BorrowedFd<'_>]) -> i
     Ok(())
 }
 
+/// A send error that says "not now" rather than "gone": the kernel is
+/// short of memory (ENOBUFS, ENOMEM) or of in-flight descriptors
+/// (ETOOMANYREFS). Retry after a pause.
+pub fn is_transient(err: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(err.raw_os_error(), Some(c) if [Errno::NOBUFS, Errno::NOMEM, Errno::TOOMANYREFS]
+        .iter()
+        .any(|e| e.raw_os_error() == c))
+}
+
 /// What one receive produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
@@ -131,6 +141,20 @@ impl Channel {
             .try_io(Interest::WRITABLE, |fd| send_raw(fd.as_fd(), frame, fds))
     }
 
+    /// [`Channel::try_send`] for descriptors the caller owns, without
+    /// building a list of borrows on the heap.
+    pub fn try_send_owned(&self, frame: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+        let Some(first) = fds.first() else {
+            return self.try_send(frame, &[]);
+        };
+        let fds = &fds[..fds.len().min(MAX_FDS)];
+        let mut borrowed = [first.as_fd(); MAX_FDS];
+        for (b, fd) in borrowed.iter_mut().zip(fds) {
+            *b = fd.as_fd();
+        }
+        self.try_send(frame, &borrowed[..fds.len()])
+    }
+
     /// Send, waiting for room in the socket buffer.
     pub async fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         loop {
@@ -157,6 +181,31 @@ impl Channel {
     ) -> io::Result<Received> {
         loop {
             let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recv_raw(fd.get_ref().as_fd(), buf, fds)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receive one frame, waiting for it; but once one may be there, first
+    /// await whatever `gate` returns until it returns `None` (the front
+    /// frozen for an upgrade must not take frames its successor is to
+    /// read).
+    pub async fn recv_gated<F>(
+        &self,
+        buf: &mut [u8; MAX_FRAME],
+        fds: &mut Vec<OwnedFd>,
+        mut gate: impl FnMut() -> Option<F>,
+    ) -> io::Result<Received>
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            while let Some(wait) = gate() {
+                wait.await;
+            }
             match guard.try_io(|fd| recv_raw(fd.get_ref().as_fd(), buf, fds)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,

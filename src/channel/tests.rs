@@ -8,18 +8,22 @@ use super::*;
 
 fn sample_config() -> WorkerConfig {
     WorkerConfig {
+        seq: 42,
         connect_timeout: Duration::from_millis(1500),
         idle_timeout: Duration::from_secs(300),
         drain_timeout: Duration::from_secs(30),
         splice: Splice::Auto,
+        report_closes: true,
         backends: vec![
             BackendEntry {
                 id: 0,
+                column: 0,
                 addr: "10.0.0.5:80".parse().unwrap(),
                 routable: true,
             },
             BackendEntry {
                 id: 7,
+                column: 1023,
                 addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 8443),
                 routable: false,
             },
@@ -29,39 +33,28 @@ fn sample_config() -> WorkerConfig {
 
 fn sample_events() -> Vec<Event> {
     vec![
-        Event::Opened {
-            planned: 1,
-            backend: 2,
-            connect_time: Duration::from_micros(250),
-        },
         Event::ConnectFailed {
             backend: 1,
             reason: FailReason::Refused,
         },
         Event::Closed {
-            backend: 2,
-            opened: true,
             client: "127.0.0.9".parse().unwrap(),
-            duration: Duration::from_millis(12),
         },
         Event::Closed {
-            backend: 1,
-            opened: false,
             client: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            duration: Duration::ZERO,
         },
-        Event::Bytes {
-            backend: 2,
-            up: 10,
-            down: u64::MAX,
-        },
-        Event::Received { count: 64 },
+        Event::Draining,
+        Event::Wake,
     ]
 }
 
 #[test]
 fn down_messages_round_trip() {
     let msgs = [
+        Down::Hello {
+            cell: 3,
+            build: "86d678c0b35b73c74558a6fb920c5c0becbe11b9".into(),
+        },
         Down::Config(sample_config()),
         Down::Conns(vec![
             Handoff {
@@ -90,7 +83,11 @@ fn down_messages_round_trip() {
 #[test]
 fn up_messages_round_trip() {
     let mut buf = Vec::new();
-    for msg in [Up::Ready { pid: 4242 }, Up::Events(sample_events())] {
+    let ready = Up::Ready {
+        pid: 4242,
+        build: "abc".into(),
+    };
+    for msg in [ready, Up::Events(sample_events())] {
         msg.encode(&mut buf).unwrap();
         assert_eq!(Up::decode(&buf).unwrap(), msg);
     }
@@ -126,9 +123,21 @@ fn malformed_frames_are_errors_naming_the_problem() {
         Err(FrameError::Truncated("pid"))
     );
     assert_eq!(
-        Up::decode(&[VERSION, 0x81, 1, 2, 3, 4, 5]),
+        Up::decode(&[VERSION, 0x81, 1, 2, 3, 4, 0, 5]),
         Err(FrameError::Trailing(1))
     );
+    assert_eq!(
+        Up::decode(&[VERSION, 0x81, 1, 2, 3, 4, 200]),
+        Err(FrameError::Invalid {
+            what: "build id",
+            value: 200
+        })
+    );
+    let too_long = Up::Ready {
+        pid: 1,
+        build: "x".repeat(MAX_BUILD_LEN + 1),
+    };
+    assert!(too_long.encode(&mut Vec::new()).is_err());
     // A count larger than the kernel's descriptor limit per frame.
     assert!(matches!(
         Down::decode(&[VERSION, 0x02, 0xff, 0xff]),
@@ -173,7 +182,7 @@ fn random_bytes_never_panic() {
         if round % 2 == 0 && len >= 2 {
             // Keep a plausible header so decoding goes deeper.
             frame[0] = VERSION;
-            frame[1] = [0x01, 0x02, 0x03, 0x81, 0x82][(next() % 5) as usize];
+            frame[1] = [0x01, 0x02, 0x03, 0x04, 0x81, 0x82][(next() % 6) as usize];
         }
         if round % 5 == 0 {
             // Flip bytes of a valid frame.

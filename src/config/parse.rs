@@ -12,7 +12,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 
 /// A backend as configured: the name it was given (used as the metric label)
 /// and the address it resolved to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackendSpec {
     /// `host:port` exactly as written (without the weight); for a backend
     /// found by DNS discovery, its address.
@@ -35,7 +35,7 @@ pub struct BackendArg {
 
 /// A host name whose addresses are all backends, kept up to date by
 /// re-resolving it (`HOST:PORT,resolve`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResolveGroup {
     /// `host:port` as written.
     pub name: String,

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::config::parse_backend;
 use crate::front::{Admin, Front, Shared};
 use crate::policy::PolicyName;
+use crate::stats::{Col, ColCell, SlotWord};
 use crate::supervisor::Role;
 
 const HELP: &str = "\
@@ -19,7 +20,10 @@ commands (add --json to any of the first four for JSON):
   backend enable|disable ADDR    take a backend in or out of rotation
   drain ADDR                     same as backend disable: no new connections,
                                  existing ones finish; undo with backend enable
-  reload                         restart the workers one at a time
+  upgrade [PATH]                 zero-downtime restart of the whole proxy (front,
+                                 then workers one at a time) onto PATH or the
+                                 binary at the path it was started from (SIGUSR2)
+  reload                         old name of upgrade
   config reload                  re-read the config file (like SIGHUP)
   help                           this text
   quit                           close the connection";
@@ -28,6 +32,7 @@ commands (add --json to any of the first four for JSON):
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub version: &'static str,
+    pub build: &'static str,
     pub pid: u32,
     pub uptime_seconds: u64,
     pub policy: PolicyName,
@@ -42,6 +47,11 @@ pub struct Status {
     pub pending_connections: usize,
     pub accepting: bool,
     pub rolling_restart: bool,
+    pub upgrading: bool,
+    /// How the last restart of the workers ended.
+    pub last_restart: Option<String>,
+    /// Worker processes by build id (more than one while an upgrade rolls).
+    pub builds: Vec<String>,
 }
 
 /// One row of `workers`.
@@ -53,6 +63,8 @@ pub struct WorkerRow {
     pub active: u64,
     pub total: u64,
     pub restarts: u64,
+    /// The build the serving (or starting) process runs.
+    pub build: Option<String>,
     /// Older processes of this slot still finishing their connections.
     pub draining_pids: Vec<u32>,
 }
@@ -72,62 +84,95 @@ pub struct BackendRow {
     pub failures: u64,
 }
 
-impl serde::Serialize for PolicyName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+fn short(build: &str) -> String {
+    build.chars().take(12).collect()
 }
 
 pub fn status(f: &Front) -> Status {
     let cfg = f.config.load();
+    let mut builds: Vec<String> = f
+        .workers
+        .procs()
+        .filter_map(|p| p.build.as_deref().map(short))
+        .collect();
+    builds.sort();
+    builds.dedup();
     Status {
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::version::VERSION,
+        build: crate::version::build_id(),
         pid: std::process::id(),
-        uptime_seconds: f.started.elapsed().as_secs(),
+        uptime_seconds: f.state.started.elapsed().as_secs(),
         policy: f.policy.name(),
-        listen: f.listen_addrs.iter().map(|a| a.to_string()).collect(),
-        metrics: f.metrics_addr.map(|a| a.to_string()),
+        listen: f.listeners.addrs.iter().map(|a| a.to_string()).collect(),
+        metrics: f.listeners.metrics.as_ref().map(|(a, _)| a.to_string()),
         workers: cfg.workers,
-        workers_up: f.slots.iter().filter(|s| s.serving().is_some()).count(),
+        workers_up: f
+            .workers
+            .slots
+            .iter()
+            .filter(|s| s.serving().is_some())
+            .count(),
         backends: f.backends.list.len(),
         backends_up: f.backends.views.iter().filter(|v| v.routable).count(),
-        active_connections: f.worker_views.iter().map(|w| w.active).sum(),
-        total_connections: f.slots.iter().map(|s| s.handed).sum(),
-        pending_connections: f.pending.len(),
-        accepting: !f.paused,
-        rolling_restart: f.rolling,
+        active_connections: f.total_active() - f.ledger.pending.len() as u64,
+        total_connections: (0..f.workers.slots.len())
+            .map(|i| f.counters.slot_get(i, SlotWord::Handed))
+            .sum(),
+        pending_connections: f.ledger.pending.len(),
+        accepting: !f.listeners.paused,
+        rolling_restart: f.state.rolling,
+        upgrading: f.state.upgrading,
+        last_restart: f.state.last_roll.as_ref().map(|r| match r {
+            Ok(m) => m.clone(),
+            Err(m) => format!("failed: {m}"),
+        }),
+        builds,
     }
 }
 
 pub fn workers(f: &Front) -> Vec<WorkerRow> {
-    f.slots
+    f.workers
+        .slots
         .iter()
-        .map(|s| WorkerRow {
-            slot: s.index,
-            pid: s
+        .map(|s| {
+            let current = s
                 .serving()
-                .or_else(|| s.procs.iter().find(|p| p.role == Role::Starting))
-                .map(|p| p.pid),
-            state: s.state(),
-            active: f.worker_views[s.index].active,
-            total: s.handed,
-            restarts: s.restarts,
-            draining_pids: s
-                .procs
-                .iter()
-                .filter(|p| p.role == Role::Retiring)
-                .map(|p| p.pid)
-                .collect(),
+                .or_else(|| s.procs.iter().find(|p| p.role == Role::Starting));
+            WorkerRow {
+                slot: s.index,
+                pid: current.map(|p| p.pid),
+                state: s.state(),
+                active: f.views[s.index].active,
+                total: f.counters.slot_get(s.index, SlotWord::Handed),
+                restarts: f.counters.slot_get(s.index, SlotWord::Restarts),
+                build: current.and_then(|p| p.build.as_deref().map(short)),
+                draining_pids: s
+                    .procs
+                    .iter()
+                    .filter(|p| p.role == Role::Retiring)
+                    .map(|p| p.pid)
+                    .collect(),
+            }
         })
         .collect()
 }
 
 pub fn backends(f: &Front) -> Vec<BackendRow> {
+    let cells = f.live_cells();
+    let table = &f.counters.table;
+    let total = |col: usize, w: Col| -> u64 {
+        ColCell::of(table.base(col)).get(w)
+            + cells
+                .iter()
+                .filter_map(|&c| table.cell(c).col(col))
+                .map(|c| c.get(w))
+                .sum::<u64>()
+    };
     f.backends
         .list
         .iter()
-        .zip(&f.backends.views)
-        .map(|(b, v)| BackendRow {
+        .enumerate()
+        .map(|(i, b)| BackendRow {
             address: b.spec.name.clone(),
             resolved: b.spec.addr.to_string(),
             from: b.spec.group.clone(),
@@ -138,27 +183,39 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
                 (Admin::Enabled, false) => "down",
             },
             weight: b.spec.weight,
-            active: v.active,
-            total: b.total,
-            failures: b.failures,
+            active: f.backends.active(i, table, &cells),
+            total: total(b.column, Col::Conns),
+            failures: total(b.column, Col::FailRefused)
+                + total(b.column, Col::FailTimeout)
+                + total(b.column, Col::FailOther),
         })
         .collect()
 }
 
+/// A reply, and whether this front handed over to a new one with it (the
+/// session then lets the process go once the reply is written).
+pub struct Reply {
+    pub text: String,
+    pub handed_over: bool,
+}
+
 /// Run one command line and return the reply text (without the final
 /// empty line).
-pub async fn execute(front: &Shared, line: &str) -> String {
+pub async fn execute(front: &Shared, line: &str) -> Reply {
     let mut words: Vec<&str> = line.split_whitespace().collect();
     let json = words.last() == Some(&"--json");
     if json {
         words.pop();
     }
+    let upgrade = matches!(words.first(), Some(&"upgrade") | Some(&"reload"));
     let result = run(front, &words, json).await;
-    match (result, json) {
+    let handed_over = upgrade && result.is_ok();
+    let text = match (result, json) {
         (Ok(text), _) => text,
         (Err(msg), true) => serde_json::json!({ "error": msg }).to_string(),
         (Err(msg), false) => format!("error: {msg}"),
-    }
+    };
+    Reply { text, handed_over }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, String> {
@@ -254,19 +311,25 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 format!("backend {name} disabled: no new connections, existing ones finish"),
             )
         }
+        ["upgrade"] => ok_json(json, crate::front::upgrade::upgrade(front, None).await?),
+        ["upgrade", path] => ok_json(
+            json,
+            crate::front::upgrade::upgrade(front, Some(std::path::PathBuf::from(path))).await?,
+        ),
         ["reload"] => {
-            let done = crate::supervisor::rolling::start(front.clone())?;
-            let outcome = done
-                .await
-                .map_err(|_| "rolling restart interrupted".to_string())?;
-            ok_json(json, outcome?)
+            let msg = crate::front::upgrade::upgrade(front, None).await?;
+            ok_json(
+                json,
+                format!(
+                    "(`reload` is now called `upgrade`; to re-read the config file use `config reload`) {msg}"
+                ),
+            )
         }
         ["config", "reload"] => {
-            let args = front.borrow().reload_args.clone();
-            let notes = crate::front::reload(front, args.as_ref()).await?;
+            let report = crate::front::reload(front).await?;
             let mut msg = "configuration reloaded".to_string();
-            for n in notes {
-                msg.push_str("; ");
+            for n in report.notes {
+                msg.push_str("\n  ");
                 msg.push_str(&n);
             }
             ok_json(json, msg)

@@ -1,22 +1,30 @@
 //! Run-time changes: switching the policy, adding, removing, enabling and
-//! disabling backends, and applying a reloaded config file.
+//! disabling backends, following DNS, and applying a reloaded config file.
 //!
 //! Every change produces a new [`Config`] value swapped in whole (arc-swap),
 //! then the front reconciles: a fresh policy object, the backend table
-//! diffed, and the new worker table broadcast. The next accepted connection
-//! sees the new state; connections in flight are untouched.
+//! diffed, and the new worker table sent at the end of the loop turn. The
+//! next accepted connection sees the new state; connections in flight are
+//! untouched.
+//!
+//! Where state lives, and what a reload does with it: the config file (with
+//! the flags) says which backends exist, their weights, the policy, the
+//! timeouts and limits. `ctl` changes the running state; a reload makes the
+//! running state what the file says again, and reports each `ctl` change it
+//! overrides (a policy set by `ctl`, a backend added by `ctl`). State the
+//! file cannot express (a backend disabled with `ctl`) is kept.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metrics::gauge;
 use tracing::{info, warn};
 
 use super::Front;
 use super::backends::Admin;
-use crate::config::{BackendSpec, Config, ResolveGroup, group_member};
-use crate::metrics as m;
+use crate::config::{BackendSpec, Config, MAX_BACKENDS, ResolveGroup, group_member};
 use crate::policy::{self, PolicyName};
+use crate::stats::{FrontWord, ProcWord};
 
 /// Why an admin request was refused. The message is shown to the operator.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,20 +37,25 @@ pub enum AdminError {
     LastBackend(String),
     #[error("backend '{0}' is being removed")]
     Draining(String),
-    #[error("too many backends (at most {0})")]
+    #[error("too many backends (at most {0}, counting those still draining)")]
     TooMany(usize),
 }
 
-/// Mark `policy`'s info series 1 and the others 0.
-pub fn set_policy_metric(old: Option<PolicyName>, new: PolicyName) {
-    for p in PolicyName::ALL {
-        gauge!(m::POLICY_INFO, "policy" => p.as_str()).set(if p == new { 1.0 } else { 0.0 });
-    }
-    if old.is_some() {
-        metrics::counter!(m::POLICY_CHANGES).increment(1);
-    } else {
-        metrics::counter!(m::POLICY_CHANGES).absolute(0);
-    }
+/// What `ctl` changed since the file was last applied.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// The policy set with `ctl policy`.
+    pub policy: Option<PolicyName>,
+    /// Backends added with `ctl backend add`.
+    pub added: BTreeSet<String>,
+    /// Backends removed with `ctl backend remove`.
+    pub removed: BTreeSet<String>,
+}
+
+/// What a reload did, line by line, for the log and the `ctl` reply.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadReport {
+    pub notes: Vec<String>,
 }
 
 impl Front {
@@ -53,8 +66,23 @@ impl Front {
         self.config.store(Arc::new(next));
     }
 
-    /// Switch the balancing policy. Returns the previous one.
+    /// The oldest backend table every live worker has applied.
+    pub fn table_applied_everywhere(&self) -> u64 {
+        self.workers
+            .procs()
+            .map(|p| self.counters.cell(p.cell).get(ProcWord::ConfigSeq))
+            .min()
+            .unwrap_or(self.backends.table_seq)
+    }
+
+    /// Switch the balancing policy (by `ctl`). Returns the previous one.
     pub fn set_policy(&mut self, name: PolicyName) -> PolicyName {
+        let old = self.switch_policy(name);
+        self.state.overrides.policy = Some(name);
+        old
+    }
+
+    fn switch_policy(&mut self, name: PolicyName) -> PolicyName {
         let old = self.policy.name();
         if old != name {
             self.policy = policy::build(
@@ -63,8 +91,10 @@ impl Front {
                 &self.config.load().policy_options,
             );
             self.update_config(|c| c.policy = name);
-            set_policy_metric(Some(old), name);
+            self.counters.bump(FrontWord::PolicyChanges, 1);
             info!(from = %old, to = %name, "policy changed");
+            self.refresh_all_views();
+            self.publish();
         }
         old
     }
@@ -81,9 +111,22 @@ impl Front {
             .map(|b| b.spec.clone())
             .collect();
         self.update_config(|c| c.backends = specs);
-        self.broadcast_config();
+        self.config_changed();
+        self.publish();
     }
 
+    fn add_spec(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
+        if self.backends.list.len() >= MAX_BACKENDS {
+            return Err(AdminError::TooMany(MAX_BACKENDS));
+        }
+        let applied = self.table_applied_everywhere();
+        self.backends
+            .add(spec, &self.counters.table, applied)
+            .map(|_| ())
+            .ok_or(AdminError::TooMany(MAX_BACKENDS))
+    }
+
+    /// Add a backend (by `ctl`).
     pub fn add_backend(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
         if let Some(i) = self.backends.find(&spec.name) {
             let b = &self.backends.list[i];
@@ -93,11 +136,11 @@ impl Front {
                 AdminError::Exists(spec.name)
             });
         }
-        if self.backends.list.len() >= crate::config::MAX_BACKENDS {
-            return Err(AdminError::TooMany(crate::config::MAX_BACKENDS));
-        }
         info!(backend = %spec, "backend added");
-        self.backends.add(spec);
+        let name = spec.name.clone();
+        self.add_spec(spec)?;
+        self.state.overrides.removed.remove(&name);
+        self.state.overrides.added.insert(name);
         self.backends_changed();
         Ok(())
     }
@@ -111,9 +154,13 @@ impl Front {
         }
         self.backends.list[i].admin = Admin::Draining;
         self.backends.refresh_routable();
-        info!(backend = %name, active = self.backends.views[i].active, "backend draining for removal");
-        self.backends.reap_drained();
+        let spec_name = self.backends.list[i].spec.name.clone();
+        info!(backend = %name, "backend draining for removal");
+        if !self.state.overrides.added.remove(&spec_name) {
+            self.state.overrides.removed.insert(spec_name);
+        }
         self.backends_changed();
+        self.reap_drained();
         Ok(())
     }
 
@@ -126,12 +173,10 @@ impl Front {
         } else {
             Admin::Disabled
         };
-        b.metrics
-            .up
-            .set(if enabled && b.healthy { 1.0 } else { 0.0 });
         info!(backend = %name, enabled, "backend admin state changed");
         self.backends.refresh_routable();
-        self.broadcast_config();
+        self.config_changed();
+        self.publish();
         Ok(())
     }
 
@@ -168,12 +213,12 @@ impl Front {
             if self.backends.list.iter().any(|b| b.spec.addr == addr) {
                 continue; // listed under another name, or still draining
             }
-            if self.backends.list.len() >= crate::config::MAX_BACKENDS {
-                warn!(name = %group.name, backend = %spec.name, "too many backends; not adding this address");
+            let name = spec.name.clone();
+            if let Err(err) = self.add_spec(spec) {
+                warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");
                 continue;
             }
-            info!(name = %group.name, backend = %spec.name, "backend discovered");
-            self.backends.add(spec);
+            info!(name = %group.name, backend = %name, "backend discovered");
             changed = true;
         }
         for addr in gone {
@@ -189,22 +234,52 @@ impl Front {
                 continue;
             }
             self.backends.list[i].admin = Admin::Draining;
-            info!(name = %group.name, backend = %addr, active = self.backends.views[i].active, "backend gone from the name; draining");
+            info!(name = %group.name, backend = %addr, "backend gone from the name; draining");
             changed = true;
         }
         if changed {
             self.backends.refresh_routable();
-            self.backends.reap_drained();
             self.backends_changed();
+            self.reap_drained();
         }
     }
 
     /// Apply a reloaded config: policy, backends (added, removed, weights),
     /// timeouts and limits. Listeners, worker count, metrics and control
     /// addresses need a restart; a change there is reported and ignored.
-    pub fn apply_config(&mut self, new: Config) -> Vec<String> {
+    /// A config that would take the backend table over its limit (counting
+    /// backends still draining) is refused whole.
+    pub fn apply_config(&mut self, new: Config) -> Result<ReloadReport, String> {
         let mut notes = Vec::new();
         let cur = self.config.load_full();
+        let staying = self
+            .backends
+            .list
+            .iter()
+            .filter(|b| {
+                b.admin == Admin::Draining || new.backends.iter().any(|s| s.name == b.spec.name)
+            })
+            .count();
+        let leaving = self
+            .backends
+            .list
+            .iter()
+            .filter(|b| {
+                b.admin != Admin::Draining && !new.backends.iter().any(|s| s.name == b.spec.name)
+            })
+            .count();
+        let fresh = new
+            .backends
+            .iter()
+            .filter(|s| self.backends.find(&s.name).is_none())
+            .count();
+        if staying + leaving + fresh > MAX_BACKENDS {
+            return Err(format!(
+                "reload rejected: {} backends plus {} still draining or being removed would exceed the limit of {MAX_BACKENDS}; the running configuration stays",
+                new.backends.len(),
+                staying + leaving + fresh - new.backends.len()
+            ));
+        }
         for (what, changed) in [
             ("listen", cur.listen != new.listen),
             ("workers", cur.workers != new.workers),
@@ -221,12 +296,28 @@ impl Front {
                 notes.push(format!("{what} changed: needs a restart, kept"));
             }
         }
+        // Run-time changes the file overrides.
+        let overrides = std::mem::take(&mut self.state.overrides);
+        if let Some(p) = overrides.policy.filter(|&p| p != new.policy) {
+            notes.push(format!(
+                "policy {p} (set by ctl) -> {} (from the configuration)",
+                new.policy
+            ));
+        }
+        for name in &overrides.added {
+            if !new.backends.iter().any(|s| &s.name == name) {
+                notes.push(format!("backend {name} added by ctl: removed (draining)"));
+            }
+        }
+        for name in &overrides.removed {
+            if new.backends.iter().any(|s| &s.name == name) {
+                notes.push(format!("backend {name} removed by ctl: added back"));
+            }
+        }
         // Backends: drain the removed, add the new, update weights.
-        let mut list_changed = false;
         for b in &mut self.backends.list {
             if b.admin != Admin::Draining && !new.backends.iter().any(|s| s.name == b.spec.name) {
                 b.admin = Admin::Draining;
-                list_changed = true;
                 info!(backend = %b.spec.name, "backend removed by reload; draining");
             }
         }
@@ -234,17 +325,24 @@ impl Front {
             match self.backends.find(&spec.name) {
                 Some(i) if self.backends.list[i].admin != Admin::Draining => {
                     let b = &mut self.backends.list[i];
+                    if b.admin == Admin::Disabled {
+                        notes.push(format!(
+                            "backend {} disabled by ctl: stays disabled",
+                            spec.name
+                        ));
+                    }
                     if b.spec != *spec {
                         b.spec = spec.clone();
                         self.backends.views[i].weight = spec.weight;
-                        gauge!(m::BACKEND_WEIGHT, "backend" => spec.name.clone())
-                            .set(f64::from(spec.weight));
-                        list_changed = true;
                     }
                 }
                 _ => {
-                    self.backends.add(spec.clone());
-                    list_changed = true;
+                    let s = spec.clone();
+                    if let Err(err) = self.add_spec(s) {
+                        warn!(backend = %spec, cause = %err, "backend not added by reload");
+                        notes.push(format!("backend {spec} not added: {err}"));
+                        continue;
+                    }
                     info!(backend = %spec, "backend added by reload");
                 }
             }
@@ -256,17 +354,14 @@ impl Front {
             metrics: cur.metrics,
             control: cur.control.clone(),
             backlog: cur.backlog,
+            cpu_affinity: cur.cpu_affinity,
             ..new
         };
         self.config.store(Arc::new(keep));
+        self.limits = self.config.load().limits;
         self.backends.refresh_routable();
-        self.backends.reap_drained();
-        if list_changed {
-            self.backends_changed();
-        } else {
-            self.broadcast_config();
-        }
-        if self.set_policy(policy) == policy
+        self.backends_changed();
+        if self.switch_policy(policy) == policy
             && cur.policy_options != self.config.load().policy_options
         {
             // Same policy, new tuning (sticky IPv6 prefix): rebuild it.
@@ -277,9 +372,15 @@ impl Front {
             );
             info!("policy options changed");
         }
-        self.per_proc_cap = super::proc_cap(&self.config.load(), self.nofile);
+        self.workers.per_proc_cap = super::proc_cap(&self.config.load(), self.workers.nofile);
+        self.counters
+            .set(FrontWord::WorkerLimit, self.workers.per_proc_cap);
+        self.reap_drained();
         self.refresh_all_views();
+        for n in &notes {
+            info!(note = %n, "reload");
+        }
         info!("configuration reloaded");
-        notes
+        Ok(ReloadReport { notes })
     }
 }

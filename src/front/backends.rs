@@ -1,22 +1,29 @@
 //! The front's backend table: configured backends with stable ids, their
-//! admin and health state, live counts, and metric handles.
+//! admin and health state, their statistics columns, and the counts
+//! policies read.
 //!
 //! The counts policies read live in [`BackendView`]s kept beside the list,
-//! in the same order, so a pick reads a flat slice.
-
-use std::net::SocketAddr;
+//! in the same order, so a pick reads a flat slice. A view's `active` is
+//! the connections the front has handed and no worker has taken yet
+//! (`inflight`) plus what the workers hold on it (their statistics cells),
+//! refreshed by [`Backends::refresh_active`].
+//!
+//! Columns: each backend has a column of the statistics table. A column
+//! is freed when its backend leaves, and reused only once every worker
+//! has applied a backend table without it (the worker zeroes its cells of
+//! a column when it does), so a new backend never inherits old counts.
 
 use hashbrown::HashMap;
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use serde::Serialize;
 
-use crate::channel::{BackendEntry, FailReason};
+use super::health::CheckState;
+use crate::channel::BackendEntry;
 use crate::config::BackendSpec;
-use crate::metrics as m;
 use crate::policy::{BackendView, backend_key};
+use crate::stats::{Col, ColCell, Table};
 
 /// What an operator asked of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Admin {
     Enabled,
@@ -32,56 +39,13 @@ pub struct Backend {
     pub admin: Admin,
     /// Result of health checking (always true when checks are off).
     pub healthy: bool,
-    pub total: u64,
-    pub failures: u64,
-    pub check: super::health::CheckState,
-    pub metrics: BackendMetrics,
-}
-
-pub struct BackendMetrics {
-    pub connections: Counter,
-    pub active: Gauge,
-    pub up: Gauge,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
-    pub fail_refused: Counter,
-    pub fail_timeout: Counter,
-    pub fail_other: Counter,
-    pub connect_time: Histogram,
-    pub check_failures: Counter,
-    pub redispatches: Counter,
-}
-
-impl BackendMetrics {
-    fn new(spec: &BackendSpec) -> BackendMetrics {
-        let label = spec.name.clone();
-        let fail = |reason: &'static str| {
-            let c = counter!(m::BACKEND_CONNECT_FAILURES, "backend" => label.clone(), "reason" => reason);
-            c.absolute(0);
-            c
-        };
-        let zero = |c: Counter| {
-            c.absolute(0);
-            c
-        };
-        let bm = BackendMetrics {
-            connections: zero(counter!(m::BACKEND_CONNECTIONS, "backend" => label.clone())),
-            active: gauge!(m::BACKEND_ACTIVE, "backend" => label.clone()),
-            up: gauge!(m::BACKEND_UP, "backend" => label.clone()),
-            bytes_in: zero(counter!(m::BACKEND_BYTES_IN, "backend" => label.clone())),
-            bytes_out: zero(counter!(m::BACKEND_BYTES_OUT, "backend" => label.clone())),
-            fail_refused: fail("refused"),
-            fail_timeout: fail("timeout"),
-            fail_other: fail("other"),
-            connect_time: histogram!(m::BACKEND_CONNECT_SECONDS, "backend" => label.clone()),
-            check_failures: zero(counter!(m::BACKEND_CHECK_FAILURES, "backend" => label.clone())),
-            redispatches: zero(counter!(m::BACKEND_REDISPATCHES, "backend" => label.clone())),
-        };
-        bm.active.set(0.0);
-        bm.up.set(1.0);
-        gauge!(m::BACKEND_WEIGHT, "backend" => label).set(f64::from(spec.weight));
-        bm
-    }
+    pub check: CheckState,
+    /// Its statistics column.
+    pub column: usize,
+    /// The backend table sequence from which `column` is this backend's.
+    pub column_seq: u64,
+    /// Handed to a worker, not yet taken out of its channel.
+    pub inflight: u64,
 }
 
 impl Backend {
@@ -93,15 +57,6 @@ impl Backend {
     pub fn enabled(&self) -> bool {
         self.admin == Admin::Enabled
     }
-
-    pub fn record_failure(&mut self, reason: FailReason) {
-        self.failures += 1;
-        match reason {
-            FailReason::Refused => self.metrics.fail_refused.increment(1),
-            FailReason::Timeout => self.metrics.fail_timeout.increment(1),
-            FailReason::Other => self.metrics.fail_other.increment(1),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -110,23 +65,61 @@ pub struct Backends {
     /// Parallel to `list`: what policies see.
     pub views: Vec<BackendView>,
     by_id: HashMap<u32, usize>,
-    next_id: u32,
+    pub next_id: u32,
+    /// Columns given back, with the table sequence from which they are
+    /// unused.
+    pub free_columns: Vec<(usize, u64)>,
+    /// Columns never used yet start here.
+    pub next_column: usize,
+    /// How many columns the statistics table has.
+    pub columns: usize,
+    /// The sequence number of the last backend table sent to workers.
+    pub table_seq: u64,
 }
 
 impl Backends {
-    pub fn new(specs: &[BackendSpec]) -> Backends {
-        let mut b = Backends::default();
-        for spec in specs {
-            b.add(spec.clone());
+    pub fn new(columns: usize) -> Backends {
+        Backends {
+            columns,
+            ..Backends::default()
         }
-        b
     }
 
-    /// Add a backend (enabled, healthy until checked). Returns its id.
-    pub fn add(&mut self, spec: BackendSpec) -> u32 {
+    /// The sequence number for a new backend table.
+    pub fn next_table_seq(&mut self) -> u64 {
+        self.table_seq += 1;
+        self.table_seq
+    }
+
+    /// A column for a new backend: a never-used one, or one freed before
+    /// `applied_everywhere` (the oldest table every live worker has
+    /// applied). Its base is zeroed.
+    fn take_column(&mut self, table: &Table, applied_everywhere: u64) -> Option<usize> {
+        let col = if self.next_column < self.columns {
+            self.next_column += 1;
+            self.next_column - 1
+        } else {
+            let i = self
+                .free_columns
+                .iter()
+                .position(|&(_, freed)| freed <= applied_everywhere)?;
+            self.free_columns.swap_remove(i).0
+        };
+        ColCell::of(table.base(col)).clear();
+        Some(col)
+    }
+
+    /// Add a backend (enabled, healthy until checked). Returns its id, or
+    /// `None` if no statistics column is free.
+    pub fn add(
+        &mut self,
+        spec: BackendSpec,
+        table: &Table,
+        applied_everywhere: u64,
+    ) -> Option<u32> {
+        let column = self.take_column(table, applied_everywhere)?;
         let id = self.next_id;
         self.next_id += 1;
-        let metrics = BackendMetrics::new(&spec);
         self.views.push(BackendView {
             key: backend_key(&spec.name),
             weight: spec.weight,
@@ -138,13 +131,25 @@ impl Backends {
             spec,
             admin: Admin::Enabled,
             healthy: true,
-            total: 0,
-            failures: 0,
-            check: Default::default(),
-            metrics,
+            check: CheckState::default(),
+            column,
+            column_seq: self.table_seq + 1,
+            inflight: 0,
         });
         self.reindex();
-        id
+        Some(id)
+    }
+
+    /// Put back a backend carried over from a previous front (upgrade).
+    pub fn restore(&mut self, b: Backend) {
+        self.views.push(BackendView {
+            key: backend_key(&b.spec.name),
+            weight: b.spec.weight,
+            routable: b.routable(),
+            active: 0,
+        });
+        self.list.push(b);
+        self.reindex();
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {
@@ -157,27 +162,39 @@ impl Backends {
             .position(|b| b.spec.name == name_or_addr || b.spec.addr.to_string() == name_or_addr)
     }
 
-    /// Drop backends that are draining and have nothing left in flight.
-    /// Returns true if the list changed.
-    pub fn reap_drained(&mut self) -> bool {
-        let before = self.list.len();
+    /// Connections on backend `i` now: in flight plus what live workers
+    /// (the processes using `cells`) hold.
+    pub fn active(&self, i: usize, table: &Table, cells: &[usize]) -> u64 {
+        let b = &self.list[i];
+        b.inflight + held(table, cells, b.column)
+    }
+
+    /// Recompute every view's `active` (for least-conn).
+    pub fn refresh_active(&mut self, table: &Table, cells: &[usize]) {
+        for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
+            v.active = b.inflight + held(table, cells, b.column);
+        }
+    }
+
+    /// Drop backends that are draining and have nothing left, freeing
+    /// their columns from the next table on. Returns the names dropped.
+    pub fn reap_drained(&mut self, table: &Table, cells: &[usize]) -> Vec<String> {
+        let mut gone = Vec::new();
         let mut i = 0;
         while i < self.list.len() {
-            if self.list[i].admin == Admin::Draining && self.views[i].active == 0 {
-                let gone = self.list.remove(i);
+            if self.list[i].admin == Admin::Draining && self.active(i, table, cells) == 0 {
+                let b = self.list.remove(i);
                 self.views.remove(i);
-                gone.metrics.up.set(0.0);
-                gone.metrics.active.set(0.0);
+                self.free_columns.push((b.column, self.table_seq + 1));
+                gone.push(b.spec.name);
             } else {
                 i += 1;
             }
         }
-        if self.list.len() != before {
+        if !gone.is_empty() {
             self.reindex();
-            true
-        } else {
-            false
         }
+        gone
     }
 
     fn reindex(&mut self) {
@@ -220,19 +237,19 @@ impl Backends {
         self.views.iter().any(|v| v.routable)
     }
 
-    /// Count a connection on backend `idx` (assigned or moved to it).
-    pub fn add_active(&mut self, idx: usize) {
-        let v = &mut self.views[idx];
-        v.active += 1;
-        self.list[idx].metrics.active.set(v.active as f64);
+    /// One more connection handed for backend `idx`.
+    pub fn add_inflight(&mut self, idx: usize) {
+        self.list[idx].inflight += 1;
+        self.views[idx].active += 1;
     }
 
-    /// Uncount a connection from backend `id`, if it is still listed.
-    pub fn sub_active_id(&mut self, id: u32, n: u64) {
+    /// A handoff for backend `id` was taken by its worker, or failed.
+    pub fn sub_inflight(&mut self, id: u32) {
         if let Some(idx) = self.index_of(id) {
+            let b = &mut self.list[idx];
+            b.inflight = b.inflight.saturating_sub(1);
             let v = &mut self.views[idx];
-            v.active = v.active.saturating_sub(n);
-            self.list[idx].metrics.active.set(v.active as f64);
+            v.active = v.active.saturating_sub(1);
         }
     }
 
@@ -243,13 +260,19 @@ impl Backends {
             .iter()
             .map(|b| BackendEntry {
                 id: b.id,
+                column: b.column as u16,
                 addr: b.spec.addr,
                 routable: b.routable(),
             })
             .collect()
     }
+}
 
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.list.iter().map(|b| b.spec.addr).collect()
-    }
+/// What the processes using `cells` hold on column `col`.
+fn held(table: &Table, cells: &[usize], col: usize) -> u64 {
+    cells
+        .iter()
+        .filter_map(|&c| table.cell(c).col(col))
+        .map(|c| c.get(Col::Active))
+        .sum()
 }

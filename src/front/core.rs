@@ -1,38 +1,34 @@
-//! The front's state and its hot path: dispatching accepted connections.
-//!
-//! One `Front` value, owned by the front's single-threaded event loop
-//! (`Rc<RefCell<Front>>`, never borrowed across an await), is the single
-//! source of truth: worker slots, backends, the policy, every counter.
+//! The [`Front`] value and its hot path: dispatching accepted connections.
 //!
 //! Dispatch: for each accepted connection the policy picks a worker slot
 //! and a backend; the descriptor joins that worker's batch. When the accept
 //! loop reaches EAGAIN, each batch goes out as one `sendmsg`. A worker whose
 //! channel is full is skipped (its batch is re-dispatched to others) until
 //! its channel drains; when no worker can take a connection, it waits in
-//! `pending` and the listeners pause, so clients queue in the kernel backlog
-//! instead of being accepted and dropped.
+//! the ledger's `pending` queue and the listeners pause, so clients queue
+//! in the kernel backlog instead of being accepted and dropped.
+//!
+//! Per connection the front does one pick, one push onto a batch and an
+//! O(1) update of the chosen slot's view; workers account for the rest in
+//! the statistics table, so nothing comes back per connection.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, counter, gauge};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::backends::Backends;
+use super::{Backends, Counters, Ledger, Listeners};
 use crate::channel::{Down, Handoff, MAX_FDS};
-use crate::cli::LogArgs;
-use crate::config::Config;
-use crate::metrics::{self as m, Readiness};
+use crate::config::{Config, Limits};
 use crate::policy::{self, Policy, WorkerView};
-use crate::supervisor::Slot;
+use crate::stats::{FrontWord, ProcWord, SlotWord};
+use crate::supervisor::Workers;
 
 pub type Shared = Rc<std::cell::RefCell<Front>>;
 
@@ -48,53 +44,74 @@ impl Conn {
     }
 }
 
-/// Front-wide metric handles, resolved once.
-pub struct FrontMetrics {
-    pub accepted: Counter,
-    pub accept_emfile: Counter,
-    pub accept_other: Counter,
-    pub handoff_failures: Counter,
-    pub redispatched: Counter,
-    pub failed: Counter,
-    pub refused_ip: Counter,
-    pub duration: metrics::Histogram,
-    pub pending: Gauge,
-    pub paused: Gauge,
-    pub active: Gauge,
-    pub imbalance: Gauge,
-    pub open_fds: Gauge,
-    pub max_fds: Gauge,
-    pub worker_limit: Gauge,
+/// Where the front is in its life.
+pub struct State {
+    /// Signalled when a worker becomes ready or exits, or the front's state
+    /// otherwise changes in a way waiters care about (rollouts, shutdown,
+    /// upgrades wait on it).
+    pub changed: Rc<Notify>,
+    /// Set when the proxy cannot go on (no worker can run); it exits 1.
+    pub fatal: Option<String>,
+    pub shutting_down: bool,
+    /// A rolling restart of the workers is in progress.
+    pub rolling: bool,
+    /// An upgrade of the front is in progress.
+    pub upgrading: bool,
+    /// Frozen for a handover: no accepting, no reading of channels, no
+    /// reacting to exits; `thaw` wakes everything that waits.
+    pub frozen: bool,
+    pub thaw: Rc<Notify>,
+    /// READY=1 was sent to the service manager.
+    pub announced_ready: bool,
+    /// The flags the proxy started with, re-read (with the config file) on
+    /// reload; `None` for an embedded proxy (the demo).
+    pub reload_args: Option<crate::cli::ProxyArgs>,
+    /// The original command line (re-used by an upgrade).
+    pub argv: Vec<std::ffi::OsString>,
+    /// The path this front was started from, as it was then: an upgrade
+    /// without a path starts the binary now at this path.
+    pub exe_path: std::path::PathBuf,
+    /// This front has handed everything to a successor and must exit
+    /// without touching a worker.
+    pub handed_over: bool,
+    pub started: Instant,
+    /// The outcome of the last rolling restart, for `ctl status`.
+    pub last_roll: Option<Result<String, String>>,
+    /// When a pause was last logged.
+    pub last_pause_log: Option<Instant>,
+    /// What `ctl` changed since the config file was last applied.
+    pub overrides: super::admin::Overrides,
 }
 
-impl FrontMetrics {
-    fn new() -> FrontMetrics {
-        let zero = |c: Counter| {
-            c.absolute(0);
-            c
-        };
-        let fm = FrontMetrics {
-            accepted: zero(counter!(m::ACCEPTED)),
-            accept_emfile: zero(counter!(m::ACCEPT_ERRORS, "reason" => "emfile")),
-            accept_other: zero(counter!(m::ACCEPT_ERRORS, "reason" => "other")),
-            handoff_failures: zero(counter!(m::HANDOFF_FAILURES)),
-            redispatched: zero(counter!(m::REDISPATCHED)),
-            failed: zero(counter!(m::FAILED_CONNECTIONS)),
-            refused_ip: zero(counter!(m::REFUSED_PER_IP)),
-            duration: metrics::histogram!(m::CONNECTION_SECONDS),
-            pending: gauge!(m::PENDING),
-            paused: gauge!(m::ACCEPT_PAUSED),
-            active: gauge!(m::ACTIVE),
-            imbalance: gauge!(m::IMBALANCE),
-            open_fds: gauge!(m::OPEN_FDS),
-            max_fds: gauge!(m::MAX_FDS),
-            worker_limit: gauge!(m::WORKER_LIMIT),
-        };
-        fm.active.set(0.0);
-        fm.imbalance.set(1.0);
-        fm.pending.set(0.0);
-        fm.paused.set(1.0);
-        fm
+impl State {
+    pub fn new() -> State {
+        State {
+            changed: Rc::new(Notify::new()),
+            fatal: None,
+            shutting_down: false,
+            rolling: false,
+            upgrading: false,
+            frozen: false,
+            thaw: Rc::new(Notify::new()),
+            announced_ready: false,
+            reload_args: None,
+            argv: std::env::args_os().collect(),
+            exe_path: std::env::current_exe()
+                .ok()
+                .or_else(|| std::env::args_os().next().map(Into::into))
+                .unwrap_or_default(),
+            handed_over: false,
+            started: Instant::now(),
+            last_roll: None,
+            last_pause_log: None,
+            overrides: Default::default(),
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
     }
 }
 
@@ -103,100 +120,57 @@ pub struct Front {
     pub me: Weak<std::cell::RefCell<Front>>,
     /// The configuration in force; replaced whole on every change.
     pub config: Arc<ArcSwap<Config>>,
-    /// The binary workers are started from.
-    pub exe: PathBuf,
-    /// Logging flags passed on to workers.
-    pub log: LogArgs,
-    pub slots: Vec<Slot>,
-    /// Parallel to `slots`: what policies see.
-    pub worker_views: Vec<WorkerView>,
+    /// The limits of `config`, copied out for the hot path.
+    pub limits: Limits,
+    pub listeners: Listeners,
+    pub workers: Workers,
     pub backends: Backends,
     pub policy: Box<dyn Policy>,
-    /// Accepted connections waiting for a worker with room.
-    pub pending: VecDeque<Conn>,
-    /// Most connections one worker process may hold (its descriptor budget).
-    pub per_proc_cap: u64,
-    /// Listeners are paused; see [`Front::should_pause`].
-    pub paused: bool,
-    /// Wakes paused listeners.
-    pub resume: Rc<Notify>,
-    /// Signalled when a worker becomes ready or exits (rollouts and
-    /// shutdown wait on it).
-    pub changed: Rc<Notify>,
-    /// Set when the proxy cannot go on (no worker can run); `run` exits 1.
-    pub fatal: Option<String>,
-    pub shutting_down: bool,
-    /// The flags the proxy started with, re-read (with the config file) on
-    /// reload; `None` for an embedded proxy (the demo).
-    pub reload_args: Option<crate::cli::ProxyArgs>,
-    /// When a pause was last logged.
-    pub last_pause_log: Option<Instant>,
-    /// READY=1 was sent to the service manager.
-    pub announced_ready: bool,
-    /// A rolling restart is in progress.
-    pub rolling: bool,
-    /// With `--cpu-affinity`: the CPU of each worker slot.
-    pub worker_cpus: Option<Vec<usize>>,
-    /// The open-file limit workers run with.
-    pub nofile: u64,
-    pub next_conn: u64,
-    pub next_proc: u64,
-    pub started: Instant,
-    pub listen_addrs: Vec<SocketAddr>,
-    pub metrics_addr: Option<SocketAddr>,
-    pub readiness: Readiness,
-    pub fm: FrontMetrics,
-    /// Open connections per client IP (only with `--max-conns-per-ip`).
-    pub per_ip: hashbrown::HashMap<IpAddr, u32>,
+    pub ledger: Ledger,
+    pub counters: Counters,
+    pub state: State,
+    /// Parallel to `workers.slots`: what policies see.
+    pub views: Vec<WorkerView>,
+    /// Slots whose view is routable (kept with `views`).
+    pub routable_slots: usize,
+    /// Sum of `views[..].active` (kept with `views`).
+    pub total_active: u64,
+    /// A config broadcast is scheduled for the end of this loop turn.
+    pub config_dirty: bool,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
 }
 
 impl Front {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// Assemble a front from its parts (at start, or from a handover).
+    pub fn assemble(
         config: Arc<ArcSwap<Config>>,
-        exe: PathBuf,
-        log: LogArgs,
-        per_proc_cap: u64,
-        readiness: Readiness,
+        listeners: Listeners,
+        workers: Workers,
+        backends: Backends,
+        ledger: Ledger,
+        counters: Counters,
+        state: State,
     ) -> Shared {
         let cfg = config.load_full();
-        let backends = Backends::new(&cfg.backends);
         let policy = policy::build(cfg.policy, &backends.views, &cfg.policy_options);
-        crate::front::set_policy_metric(None, cfg.policy);
-        let slots = (0..cfg.workers).map(Slot::new).collect();
+        let slots = workers.slots.len();
         Rc::new_cyclic(|me| {
             std::cell::RefCell::new(Front {
                 me: me.clone(),
+                limits: cfg.limits,
                 config,
-                exe,
-                log,
-                slots,
-                worker_views: vec![WorkerView::default(); cfg.workers],
+                listeners,
+                workers,
                 backends,
                 policy,
-                pending: VecDeque::new(),
-                per_proc_cap,
-                paused: true,
-                resume: Rc::new(Notify::new()),
-                changed: Rc::new(Notify::new()),
-                fatal: None,
-                shutting_down: false,
-                rolling: false,
-                announced_ready: false,
-                last_pause_log: None,
-                reload_args: None,
-                nofile: 0,
-                worker_cpus: None,
-                next_conn: 0,
-                next_proc: 0,
-                started: Instant::now(),
-                listen_addrs: Vec::new(),
-                metrics_addr: None,
-                readiness,
-                fm: FrontMetrics::new(),
-                per_ip: hashbrown::HashMap::new(),
+                ledger,
+                counters,
+                state,
+                views: vec![WorkerView::default(); slots],
+                routable_slots: 0,
+                total_active: 0,
+                config_dirty: false,
                 scratch: Vec::with_capacity(2 + MAX_FDS * crate::channel::HANDOFF_LEN + 2),
             })
         })
@@ -204,10 +178,10 @@ impl Front {
 
     /// A connection came out of `accept`.
     pub fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
-        self.fm.accepted.increment(1);
+        self.counters.bump(FrontWord::Accepted, 1);
         let ip = peer.ip();
         if !self.admit_ip(ip) {
-            self.fm.refused_ip.increment(1);
+            self.counters.bump(FrontWord::RefusedPerIp, 1);
             refuse(&stream);
             return;
         }
@@ -219,36 +193,30 @@ impl Front {
     /// batch. Returns false if no worker can take it now (it is queued).
     pub fn dispatch(&mut self, conn: Conn) -> bool {
         let ip = conn.ip();
-        let Some(slot) = self.policy.pick_worker(ip, &self.worker_views) else {
-            self.pending.push_front(conn);
-            self.fm.pending.set(self.pending.len() as f64);
-            self.update_paused();
+        let Some(slot) = self.policy.pick_worker(ip, &self.views) else {
+            self.ledger.pending.push_front(conn);
+            self.publish_pending();
             return false;
         };
         let Some(bidx) = self.pick_backend(ip) else {
             // Every backend is disabled or draining: nothing to try.
             debug!(client.addr = %conn.peer, "no enabled backend; closing client");
-            self.fm.failed.increment(1);
+            self.counters.bump(FrontWord::FailedFront, 1);
             self.release_ip(ip);
             refuse(&conn.stream);
             return true;
         };
         let backend = self.backends.list[bidx].id;
-        self.backends.add_active(bidx);
-        let conn_id = self.next_conn;
-        self.next_conn += 1;
-        let cap = self.per_proc_cap;
-        let track_ip = self.tracks_ips();
-        let Some(proc) = self.slots[slot].serving_mut() else {
+        let track_ip = self.limits.max_conns_per_ip.is_some();
+        let conn_id = self.ledger.next_conn;
+        self.ledger.next_conn += 1;
+        let Some(proc) = self.workers.slots[slot].serving_mut() else {
             // Views and slots disagree: a bug, but not worth a connection.
             warn!(slot, "routable slot without a serving worker");
-            self.backends.sub_active_id(backend, 1);
-            self.pending.push_front(conn);
-            self.refresh_view(slot, cap);
+            self.ledger.pending.push_front(conn);
+            self.refresh_view(slot);
             return false;
         };
-        proc.assign(backend);
-        proc.unread += 1;
         if track_ip {
             proc.ip_add(ip);
         }
@@ -259,9 +227,13 @@ impl Front {
         });
         proc.batch_fds.push(OwnedFd::from(conn.stream));
         let full_batch = proc.batch.len() >= MAX_FDS;
-        self.refresh_view(slot, cap);
+        self.backends.add_inflight(bidx);
+        self.refresh_view(slot);
         if full_batch {
-            self.flush_slot(slot);
+            let retry = self.flush_slot(slot);
+            for conn in retry {
+                self.dispatch(conn);
+            }
         }
         true
     }
@@ -273,7 +245,7 @@ impl Front {
         // All down: fail open, try them anyway rather than refuse.
         let views = self.backends.fail_open_views();
         if views.iter().any(|v| v.routable) {
-            crate::front::log_fail_open();
+            super::log_fail_open();
             return self.policy.pick_backend(ip, &views);
         }
         None
@@ -284,9 +256,9 @@ impl Front {
     pub fn flush(&mut self) {
         // Each failed slot becomes unroutable, so this ends within
         // `slots.len()` rounds.
-        for _round in 0..=self.slots.len() {
+        for _round in 0..=self.workers.slots.len() {
             let mut retry = Vec::new();
-            for slot in 0..self.slots.len() {
+            for slot in 0..self.workers.slots.len() {
                 retry.extend(self.flush_slot(slot));
             }
             if retry.is_empty() {
@@ -296,57 +268,54 @@ impl Front {
                 self.dispatch(conn);
             }
         }
-        self.fm.pending.set(self.pending.len() as f64);
+        self.publish_pending();
         self.update_paused();
     }
 
     /// Send one slot's batch. Returns the connections to re-dispatch if the
     /// channel would not take them.
     fn flush_slot(&mut self, slot: usize) -> Vec<Conn> {
-        let cap = self.per_proc_cap;
-        let Some(proc) = self.slots[slot]
+        let Some(pi) = self.workers.slots[slot]
             .procs
-            .iter_mut()
-            .find(|p| !p.batch.is_empty())
+            .iter()
+            .position(|p| !p.batch.is_empty())
         else {
             return Vec::new();
         };
-        let handoffs = std::mem::take(&mut proc.batch);
-        if let Err(err) = Down::encode_conns(&handoffs, &mut self.scratch) {
+        let proc = &mut self.workers.slots[slot].procs[pi];
+        if let Err(err) = Down::encode_conns(&proc.batch, &mut self.scratch) {
             warn!(cause = %err, "cannot encode a handoff batch");
         }
-        let result = {
-            let fds: Vec<BorrowedFd<'_>> = proc.batch_fds.iter().map(|f| f.as_fd()).collect();
-            proc.channel.try_send(&self.scratch, &fds)
-        };
+        let result = proc.channel.try_send_owned(&self.scratch, &proc.batch_fds);
+        let n = proc.batch.len() as u64;
         match result {
             Ok(()) => {
-                let n = handoffs.len() as u64;
                 proc.handed += n;
+                proc.inflight
+                    .extend(proc.batch.drain(..).map(|h| h.backend));
                 proc.batch_fds.clear(); // closes our copies
-                self.slots[slot].metrics.connections.increment(n);
-                self.slots[slot].handed += n;
+                let (handed, cell) = (proc.handed, proc.cell);
+                self.counters.cell(cell).set(ProcWord::Handed, handed);
+                crate::stats::bump(self.counters.table.slot(slot, SlotWord::Handed), n);
                 Vec::new()
             }
             Err(err) => {
+                let handoffs = std::mem::take(&mut proc.batch);
+                let fds = std::mem::take(&mut proc.batch_fds);
+                proc.full = true;
+                for h in &handoffs {
+                    proc.ip_sub(h.client.ip(), 1);
+                }
+                let (id, channel) = (proc.id, proc.channel.clone());
                 let wait = retry_wait(&err);
                 if wait.is_none() {
                     debug!(slot, cause = %err, "handoff failed; worker going away");
                 }
-                proc.full = true;
-                let id = proc.id;
-                let channel = proc.channel.clone();
-                let fds = std::mem::take(&mut proc.batch_fds);
+                self.counters.bump(FrontWord::HandoffFailures, n);
                 for h in &handoffs {
-                    proc.unassign(h.backend, 1);
-                    proc.ip_sub(h.client.ip(), 1);
+                    self.backends.sub_inflight(h.backend);
                 }
-                proc.unread = proc.unread.saturating_sub(handoffs.len() as u64);
-                self.fm.handoff_failures.increment(handoffs.len() as u64);
-                for h in &handoffs {
-                    self.backends.sub_active_id(h.backend, 1);
-                }
-                self.refresh_view(slot, cap);
+                self.refresh_view(slot);
                 if let Some(wait) = wait {
                     self.watch_writable(slot, id, channel, wait);
                 }
@@ -361,9 +330,9 @@ impl Front {
         }
     }
 
-    /// When a full channel drains, make its worker routable again.
-    /// Wait until a full channel drains, send what its outbox holds, and
-    /// make the worker routable again. One watcher per process at a time.
+    /// Wait until a full channel drains (or a transient send error has had
+    /// time to pass), send what its outbox holds, and make the worker
+    /// routable again. One watcher per process at a time.
     fn watch_writable(
         &mut self,
         slot: usize,
@@ -371,7 +340,7 @@ impl Front {
         channel: Rc<crate::channel::fdpass::Channel>,
         wait: Retry,
     ) {
-        let Some(p) = self.slots[slot].proc_mut(id) else {
+        let Some(p) = self.workers.slots[slot].proc_mut(id) else {
             return;
         };
         if p.watched {
@@ -391,8 +360,7 @@ impl Front {
                 };
                 let Some(front) = me.upgrade() else { return };
                 let mut f = front.borrow_mut();
-                let cap = f.per_proc_cap;
-                let Some(p) = f.slots[slot].proc_mut(id) else {
+                let Some(p) = f.workers.slots[slot].proc_mut(id) else {
                     return;
                 };
                 if !ok {
@@ -404,12 +372,16 @@ impl Front {
                 p.full = false;
                 p.flush_outbox();
                 if p.full {
-                    // Control frames filled it again: keep waiting.
-                    wait = Retry::Writable;
+                    // Control frames filled it again (or the kernel is
+                    // still short of memory): keep waiting, backing off.
+                    wait = match wait {
+                        Retry::After(d) => Retry::After((d * 2).min(RETRY_MAX)),
+                        Retry::Writable => Retry::Writable,
+                    };
                     continue;
                 }
                 p.watched = false;
-                f.refresh_view(slot, cap);
+                f.refresh_view(slot);
                 f.retry_pending();
                 return;
             }
@@ -419,6 +391,7 @@ impl Front {
     /// Watch every process a control frame left with a full channel.
     pub fn arm_watchers(&mut self) {
         let full: Vec<(usize, u64, Rc<crate::channel::fdpass::Channel>)> = self
+            .workers
             .slots
             .iter()
             .flat_map(|s| s.procs.iter().map(move |p| (s.index, p)))
@@ -426,13 +399,16 @@ impl Front {
             .map(|(slot, p)| (slot, p.id, p.channel.clone()))
             .collect();
         for (slot, id, channel) in full {
-            self.watch_writable(slot, id, channel, Retry::Writable);
+            self.watch_writable(slot, id, channel, Retry::After(RETRY_MIN));
         }
     }
 
     /// Hand queued connections to workers that have room again.
     pub fn retry_pending(&mut self) {
-        while let Some(conn) = self.pending.pop_front() {
+        if self.state.frozen {
+            return;
+        }
+        while let Some(conn) = self.ledger.pending.pop_front() {
             if !self.dispatch(conn) {
                 break;
             }
@@ -440,63 +416,86 @@ impl Front {
         self.flush();
     }
 
-    /// Send the current worker config (timeouts and backend table) to every
-    /// live worker process.
-    pub fn broadcast_config(&mut self) {
-        let frame = self.config_frame();
-        for slot in &mut self.slots {
-            for p in &mut slot.procs {
-                p.queue_control(frame.clone());
+    /// The backend table or settings changed: send workers the new config
+    /// at the end of this loop turn, once however many changes it holds.
+    pub fn config_changed(&mut self) {
+        self.refresh_all_views();
+        if self.config_dirty {
+            return;
+        }
+        self.config_dirty = true;
+        let me = self.me.clone();
+        tokio::task::spawn_local(async move {
+            tokio::task::yield_now().await;
+            if let Some(front) = me.upgrade() {
+                let mut f = front.borrow_mut();
+                f.config_dirty = false;
+                f.broadcast_config();
             }
+        });
+    }
+
+    /// Send the current worker config to every live worker process now. A
+    /// worker that has not taken the last one gets this one instead.
+    pub fn broadcast_config(&mut self) {
+        let Some(frame) = self.config_frame() else {
+            return;
+        };
+        for p in self.workers.procs_mut() {
+            p.queue_config(frame.clone());
         }
         self.arm_watchers();
         self.refresh_all_views();
+        self.publish();
     }
 
-    pub fn config_frame(&self) -> Vec<u8> {
+    /// The current worker config, encoded, with a new sequence number;
+    /// `None` (logged) if it cannot be encoded, which the backend limit
+    /// is there to prevent.
+    pub fn config_frame(&mut self) -> Option<Vec<u8>> {
         let cfg = self.config.load();
         let msg = Down::Config(crate::channel::WorkerConfig {
+            seq: self.backends.next_table_seq(),
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             drain_timeout: cfg.drain_timeout,
             splice: cfg.splice,
+            report_closes: cfg.limits.max_conns_per_ip.is_some(),
             backends: self.backends.worker_table(),
         });
         let mut frame = Vec::new();
-        if let Err(err) = msg.encode(&mut frame) {
-            warn!(cause = %err, "cannot encode worker config");
+        match msg.encode(&mut frame) {
+            Ok(()) => Some(frame),
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot encode the worker config; workers keep the previous one");
+                None
+            }
         }
-        frame
     }
 }
 
 /// Close a client connection with a reset: it was refused, not served.
-fn refuse(stream: &TcpStream) {
+pub fn refuse(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
+
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When to retry a worker whose channel refused a handoff.
 enum Retry {
     /// The socket buffer is full: when it drains.
     Writable,
-    /// Kernel memory or in-flight descriptor limit: after a pause
-    /// (writability would report ready at once and spin).
+    /// Kernel memory or in-flight descriptor limit: after a pause that
+    /// doubles while it lasts (writability would report ready at once and
+    /// spin).
     After(std::time::Duration),
 }
 
 /// `None` means the channel is broken (the worker is going away).
 fn retry_wait(err: &io::Error) -> Option<Retry> {
-    use rustix::io::Errno;
     if err.kind() == io::ErrorKind::WouldBlock {
         return Some(Retry::Writable);
     }
-    match err.raw_os_error() {
-        Some(code)
-            if code == Errno::NOBUFS.raw_os_error()
-                || code == Errno::TOOMANYREFS.raw_os_error() =>
-        {
-            Some(Retry::After(std::time::Duration::from_millis(20)))
-        }
-        _ => None,
-    }
+    crate::channel::fdpass::is_transient(err).then_some(Retry::After(RETRY_MIN))
 }

@@ -10,12 +10,78 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::Shared;
+use crate::stats::FrontWord;
+
+/// The front's `Listeners` part: the listening sockets, their addresses,
+/// and whether they accept now.
+pub struct Listeners {
+    sockets: Vec<Rc<AsyncFd<std::net::TcpListener>>>,
+    pub addrs: Vec<SocketAddr>,
+    /// Listeners are paused; see `Front::should_pause`.
+    pub paused: bool,
+    /// Wakes paused listeners.
+    pub resume: Rc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The metrics endpoint's address and a copy of its socket (served by
+    /// its own thread; kept here for a handover).
+    pub metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
+    /// The control socket's path and a copy of its socket (for a handover).
+    pub control: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl Listeners {
+    /// Register listening sockets with the event loop (not accepting yet:
+    /// see [`Listeners::start`]).
+    pub fn new(sockets: Vec<std::net::TcpListener>) -> io::Result<Listeners> {
+        let addrs = sockets.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let sockets = sockets
+            .into_iter()
+            .map(|l| crate::sys::register(l, tokio::io::Interest::READABLE).map(Rc::new))
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners {
+            sockets,
+            addrs,
+            paused: true,
+            resume: Rc::new(Notify::new()),
+            tasks: Vec::new(),
+            metrics: None,
+            control: None,
+        })
+    }
+
+    /// Start an accept loop per socket.
+    pub fn start(&mut self, front: &Shared) {
+        for l in &self.sockets {
+            self.tasks.push(tokio::task::spawn_local(accept_loop(
+                front.clone(),
+                l.clone(),
+            )));
+        }
+    }
+
+    /// Stop accepting and close the sockets (shutdown).
+    pub fn close(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.sockets.clear();
+    }
+
+    /// The sockets' descriptors (for a handover).
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.sockets.iter().map(|s| s.get_ref().as_fd()).collect()
+    }
+}
 
 /// Most connections accepted in one round before yielding.
 const ACCEPT_BATCH: usize = 256;
@@ -61,29 +127,22 @@ fn is_resource_error(err: &io::Error) -> bool {
 }
 
 /// Accept on `listener` until the front shuts down.
-pub async fn accept_loop(front: Shared, listener: std::net::TcpListener) {
-    let local = listener.local_addr().ok();
-    let listener = match crate::sys::register(listener, tokio::io::Interest::READABLE) {
-        Ok(l) => l,
-        Err(err) => {
-            warn!(cause = %err, "cannot watch listener");
-            return;
-        }
-    };
+pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListener>>) {
+    let local = listener.get_ref().local_addr().ok();
     let mut backoff = BACKOFF_MIN;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     loop {
         // Wait while paused.
         loop {
-            let resume = front.borrow().resume.clone();
+            let resume = front.borrow().listeners.resume.clone();
             let lifted = resume.notified();
             {
                 let f = front.borrow();
-                if f.shutting_down {
+                if f.state.shutting_down {
                     return;
                 }
-                if !f.paused {
+                if !f.listeners.paused {
                     break;
                 }
             }
@@ -96,7 +155,7 @@ pub async fn accept_loop(front: Shared, listener: std::net::TcpListener) {
         {
             let mut f = front.borrow_mut();
             for _ in 0..ACCEPT_BATCH {
-                if f.paused {
+                if f.listeners.paused {
                     break;
                 }
                 match guard.try_io(|l| accept(l.get_ref())) {
@@ -105,13 +164,13 @@ pub async fn accept_loop(front: Shared, listener: std::net::TcpListener) {
                         f.accepted(stream, peer);
                     }
                     Ok(Err(err)) if is_resource_error(&err) => {
-                        f.fm.accept_emfile.increment(1);
+                        f.counters.bump(FrontWord::AcceptEmfile, 1);
                         resource_error = Some(err);
                         break;
                     }
                     Ok(Err(err)) => {
                         // The client gave up (ECONNABORTED) or similar.
-                        f.fm.accept_other.increment(1);
+                        f.counters.bump(FrontWord::AcceptOther, 1);
                         debug!(listener = ?local, cause = %err, "accept failed");
                     }
                     Err(_would_block) => break,

@@ -15,12 +15,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::counter;
 use tracing::{info, warn};
 
 use super::Shared;
 use crate::config::resolve_all;
-use crate::metrics as m;
 
 /// The longest one look-up may take before it counts as failed.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,10 +29,11 @@ pub async fn run(front: Shared) {
     let mut failing: HashSet<String> = HashSet::new();
     loop {
         let interval = {
-            let cfg = front.borrow().config.load_full();
+            let f = front.borrow();
+            let cfg = f.config.load_full();
             for g in &cfg.resolve {
                 // Every name's failure series exists from the start (at 0).
-                counter!(m::RESOLVE_FAILURES, "name" => g.name.clone()).increment(0);
+                f.counters.resolve_known(&g.name);
             }
             cfg.resolve_interval
         };
@@ -42,7 +41,7 @@ pub async fn run(front: Shared) {
         tokio::time::sleep(interval.unwrap_or(Duration::from_secs(5))).await;
         let (interval, groups) = {
             let f = front.borrow();
-            if f.shutting_down {
+            if f.state.shutting_down {
                 return;
             }
             let cfg = f.config.load();
@@ -59,7 +58,7 @@ pub async fn run(front: Shared) {
                 Ok(Err(e)) => Err(format!("look-up task failed: {e}")),
                 Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
             };
-            if front.borrow().shutting_down {
+            if front.borrow().state.shutting_down {
                 return;
             }
             // A reload during the look-up may have dropped or changed the
@@ -75,7 +74,7 @@ pub async fn run(front: Shared) {
                     front.borrow_mut().apply_resolved(&group, &addrs);
                 }
                 Err(why) => {
-                    counter!(m::RESOLVE_FAILURES, "name" => group.name.clone()).increment(1);
+                    front.borrow().counters.resolve_failed(&group.name);
                     if failing.insert(group.name.clone()) {
                         warn!(name = %group.name, cause = %why, "backend name does not resolve; keeping its last known addresses");
                     }

@@ -1,6 +1,13 @@
-//! What the rest of the front derives from its state: the per-slot views
-//! policies pick from, whether the listeners pause (and why, in the log),
-//! and the summary gauges published once a second.
+//! What the front derives from its state: the per-slot views policies pick
+//! from, and whether the listeners pause (and why, in the log).
+//!
+//! A slot's view comes from the front's own counts (handed, batched) and
+//! its workers' statistics cells (finished, received): a few word reads
+//! for one slot, done when that slot is picked, so nothing on the accept
+//! path scans every worker. When no worker can take a connection for a
+//! reason only a worker can lift (its connection limit, or handoffs it has
+//! not read), the front raises the `Wake` flag in their cells and the
+//! first worker that makes room says so.
 
 use std::time::Instant;
 
@@ -8,112 +15,158 @@ use tracing::warn;
 
 use super::Front;
 use crate::policy::WorkerView;
-use crate::supervisor::Role;
+use crate::stats::{FrontWord, ProcWord};
+use crate::supervisor::{MAX_UNREAD, Role, WorkerProc};
+
+/// A process's connections and unread handoffs, from its cell.
+fn load(front: &Front, p: &WorkerProc) -> (u64, u64) {
+    let cell = front.counters.cell(p.cell);
+    let handed = p.handed + p.batch.len() as u64;
+    (
+        handed.saturating_sub(cell.get(ProcWord::Finished)),
+        handed.saturating_sub(cell.get(ProcWord::Received)),
+    )
+}
 
 impl Front {
     /// Recompute what policies see of `slot`.
-    pub fn refresh_view(&mut self, slot: usize, cap: u64) {
-        let s = &self.slots[slot];
-        let active = s.procs.iter().map(|p| p.active).sum();
-        let routable = !self.shutting_down
-            && !s.parked
-            && s.procs.iter().any(|p| {
-                p.role == Role::Serving
-                    && !p.full
-                    && p.outbox.is_empty()
-                    && p.active < cap
-                    && p.unread < crate::supervisor::MAX_UNREAD
-            });
-        self.worker_views[slot] = WorkerView { routable, active };
-        s.metrics.active.set(active as f64);
+    pub fn refresh_view(&mut self, slot: usize) {
+        let cap = self.workers.per_proc_cap;
+        let s = &self.workers.slots[slot];
+        let mut active = 0;
+        let mut routable = false;
+        for p in &s.procs {
+            let (held, unread) = load(self, p);
+            active += held;
+            if p.role == Role::Serving
+                && !p.full
+                && p.outbox.is_empty()
+                && held < cap
+                && unread < MAX_UNREAD
+            {
+                routable = true;
+            }
+        }
+        let routable = routable && !self.state.shutting_down && !self.state.frozen && !s.parked;
+        let old = self.views[slot];
+        self.views[slot] = WorkerView { routable, active };
+        self.total_active = self.total_active - old.active + active;
+        if routable != old.routable {
+            if routable {
+                self.routable_slots += 1;
+            } else {
+                self.routable_slots -= 1;
+            }
+        }
     }
 
+    /// Recompute every view (after events, exits, config changes).
     pub fn refresh_all_views(&mut self) {
-        let cap = self.per_proc_cap;
-        for slot in 0..self.slots.len() {
-            self.refresh_view(slot, cap);
+        self.sync_received();
+        for slot in 0..self.workers.slots.len() {
+            self.refresh_view(slot);
+        }
+        if self.policy.name() == crate::policy::PolicyName::LeastConn {
+            let cells = self.live_cells();
+            self.backends.refresh_active(&self.counters.table, &cells);
         }
         self.update_paused();
     }
 
+    /// Connections the front has accepted and not yet seen finished.
+    pub fn total_active(&self) -> u64 {
+        self.total_active + self.ledger.pending.len() as u64
+    }
+
+    /// At `--max-conns`: stop accepting until a connection ends.
+    pub fn at_global_limit(&self) -> bool {
+        self.limits
+            .max_conns
+            .is_some_and(|max| self.total_active() >= max)
+    }
+
     /// Whether listeners should stop accepting for now.
     pub fn should_pause(&self) -> bool {
-        self.shutting_down
-            || !self.pending.is_empty()
-            || !self.worker_views.iter().any(|w| w.routable)
+        self.state.shutting_down
+            || self.state.frozen
+            || !self.ledger.pending.is_empty()
+            || self.routable_slots == 0
             || self.at_global_limit()
     }
 
     /// Re-evaluate the pause and wake listeners when it lifts.
     pub fn update_paused(&mut self) {
         let paused = self.should_pause();
-        if paused != self.paused {
-            self.paused = paused;
-            self.fm.paused.set(if paused { 1.0 } else { 0.0 });
+        if paused != self.listeners.paused {
+            self.listeners.paused = paused;
+            self.counters.set(FrontWord::Paused, u64::from(paused));
             if paused {
+                self.request_wakes();
                 self.log_pause();
             } else {
-                self.resume.notify_waiters();
+                self.listeners.resume.notify_waiters();
             }
         }
-        self.readiness
-            .set(!self.shutting_down && self.slots.iter().any(|s| s.serving().is_some()));
+    }
+
+    /// Ask every serving worker to say when it makes room, then look again
+    /// (a worker that made room in between would not have seen the flag).
+    fn request_wakes(&mut self) {
+        for p in self.workers.procs() {
+            if p.role == Role::Serving {
+                self.counters.cell(p.cell).request_wake();
+            }
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        for slot in 0..self.workers.slots.len() {
+            self.refresh_view(slot);
+        }
+        let paused = self.should_pause();
+        if !paused {
+            self.listeners.paused = false;
+            self.counters.set(FrontWord::Paused, 0);
+            self.listeners.resume.notify_waiters();
+        }
     }
 
     /// Say why accepting stopped (at most once every ten seconds), so a
-    /// saturated proxy is never silent. Startup and shutdown are expected.
+    /// saturated proxy is never silent. Startup, shutdown and upgrades are
+    /// expected.
     fn log_pause(&mut self) {
-        let cap = self.per_proc_cap;
-        let serving: Vec<&crate::supervisor::WorkerProc> =
-            self.slots.iter().filter_map(|s| s.serving()).collect();
-        let reason = if self.shutting_down || !self.announced_ready {
+        if self.state.shutting_down || self.state.frozen || !self.state.announced_ready {
             return;
+        }
+        let cap = self.workers.per_proc_cap;
+        let serving: Vec<&WorkerProc> = self
+            .workers
+            .slots
+            .iter()
+            .filter_map(|s| s.serving())
+            .collect();
+        let reason = if !self.ledger.pending.is_empty() && self.routable_slots > 0 {
+            "connections are waiting to be handed out"
         } else if self.at_global_limit() {
             "--max-conns reached"
         } else if serving.is_empty() {
             "no worker is ready"
-        } else if serving.iter().all(|p| p.active >= cap) {
+        } else if serving.iter().all(|p| load(self, p).0 >= cap) {
             "every worker is at its connection limit (--max-conns-per-worker or its descriptor budget)"
         } else {
             "every worker has a full channel or 512 handoffs it has not read yet (busy, or stalled)"
         };
         if self
+            .state
             .last_pause_log
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10))
         {
             return;
         }
-        self.last_pause_log = Some(Instant::now());
+        self.state.last_pause_log = Some(Instant::now());
         warn!(
             reason,
             active = self.total_active(),
             per_worker_limit = cap,
             "not accepting for now: new clients wait in the listen backlog"
         );
-    }
-
-    /// Publish the gauges that summarise the whole front (called once a
-    /// second): total active connections and how evenly they are spread
-    /// over the ready worker slots (max / mean; 1 = even).
-    pub fn publish_stats(&self) {
-        self.fm.active.set(self.total_active() as f64);
-        if let Some(n) = crate::sys::open_fd_count() {
-            self.fm.open_fds.set(n as f64);
-        }
-        self.fm.max_fds.set(self.nofile as f64);
-        self.fm.worker_limit.set(self.per_proc_cap as f64);
-        let ready: Vec<u64> = self
-            .slots
-            .iter()
-            .zip(&self.worker_views)
-            .filter(|(s, _)| s.serving().is_some())
-            .map(|(_, v)| v.active)
-            .collect();
-        let total: u64 = ready.iter().sum();
-        let ratio = match ready.iter().max() {
-            Some(&max) if total > 0 => max as f64 * ready.len() as f64 / total as f64,
-            _ => 1.0,
-        };
-        self.fm.imbalance.set(ratio);
     }
 }

@@ -4,42 +4,24 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::Exporter;
 use tracing::{debug, warn};
-
-/// Whether the proxy can take connections, shared with the front.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// A running endpoint.
 pub struct Endpoint {
     pub addr: SocketAddr,
 }
 
-pub fn start(
-    addr: SocketAddr,
-    handle: PrometheusHandle,
-    readiness: Readiness,
-) -> std::io::Result<Endpoint> {
-    let listener = std::net::TcpListener::bind(addr)?;
+/// Serve the exposition on `listener` (already bound, so "address in use"
+/// is a startup error) from a thread of its own.
+pub fn start(listener: std::net::TcpListener, exporter: Exporter) -> std::io::Result<Endpoint> {
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
@@ -55,12 +37,12 @@ pub fn start(
                     return;
                 }
             };
-            runtime.block_on(serve(listener, handle, readiness));
+            runtime.block_on(serve(listener, exporter));
         })?;
     Ok(Endpoint { addr: bound })
 }
 
-async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle, readiness: Readiness) {
+async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(err) => {
@@ -68,14 +50,6 @@ async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle, readin
             return;
         }
     };
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -85,11 +59,10 @@ async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle, readin
                 continue;
             }
         };
-        let handle = handle.clone();
-        let readiness = readiness.clone();
+        let exporter = exporter.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &handle, &readiness);
+                let response = respond(&req, &exporter);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -103,11 +76,7 @@ async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle, readin
     }
 }
 
-fn respond(
-    req: &Request<Incoming>,
-    handle: &PrometheusHandle,
-    readiness: &Readiness,
-) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, exporter: &Exporter) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &'static str, body: String| {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
@@ -128,10 +97,10 @@ fn respond(
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            handle.render(),
+            exporter.render(),
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if readiness.get() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/readyz" if exporter.ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

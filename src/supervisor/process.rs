@@ -1,37 +1,75 @@
-//! Starting a worker process and noticing its end.
+//! Starting a worker process and seeing its end.
 //!
-//! A worker is the rrproxy binary re-executed with the hidden `worker` role
-//! and its end of a fresh channel as the only inherited descriptor. Its
-//! exit is observed through `waitpid` (tokio's child handling); its events
-//! through the channel.
+//! A worker is the front's own binary re-executed with the hidden `worker`
+//! role and its end of a fresh channel as the only inherited descriptor.
+//! "Own binary" means the file the front itself runs (`/proc/self/exe`,
+//! which names the running image even after a package upgrade renamed a
+//! new file over the path), so a worker respawned after the file on disk
+//! changed still runs the front's build.
+//!
+//! Each process is watched through a pidfd: it becomes readable when the
+//! process ends, whether it is our child (then `waitid` reaps it and gives
+//! its status) or a worker inherited from the previous front in an
+//! upgrade (then only its end is known). Signals go through the pidfd too,
+//! so a reused pid can never be hit.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsFd;
-use std::process::{ExitStatus, Stdio};
-use std::rc::{Rc, Weak};
-use std::time::Instant;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
 
-use hashbrown::HashMap;
-use tracing::{info, warn};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
+use tokio::io::Interest;
 
-use super::{Role, WorkerProc};
-use crate::channel::fdpass::{self, Channel, Received};
-use crate::channel::{Down, MAX_FRAME, Up};
-use crate::cli::LogFormat;
-use crate::front::{Conn, Front};
+use crate::cli::{LogArgs, LogFormat};
 use crate::sys;
 
+/// The executable workers are started from.
+#[derive(Debug, Clone)]
+pub struct Exe {
+    /// What is executed.
+    pub path: PathBuf,
+    /// `argv[0]`, what `ps` shows: the path the front was started as.
+    pub arg0: OsString,
+}
+
+impl Exe {
+    /// The running image (through `/proc/self/exe`), shown as the path it
+    /// was started from; the path itself if `/proc` is not mounted.
+    pub fn own() -> io::Result<Exe> {
+        let shown = std::env::current_exe()?;
+        let magic = PathBuf::from("/proc/self/exe");
+        let path = if magic.exists() {
+            magic
+        } else {
+            tracing::warn!(
+                "/proc is not mounted: workers start from {} (a changed file there would run a different build)",
+                shown.display()
+            );
+            shown.clone()
+        };
+        Ok(Exe {
+            path,
+            arg0: shown.into_os_string(),
+        })
+    }
+}
+
 /// Spawn `exe worker --slot N --channel-fd FD` with `worker_end` inherited.
+/// Returns the pid and a pidfd for it.
 pub fn spawn_worker(
-    exe: &std::path::Path,
+    exe: &Exe,
     slot: usize,
     worker_end: &impl AsFd,
-    log: &crate::cli::LogArgs,
+    log: &LogArgs,
     cpu: Option<usize>,
-) -> io::Result<tokio::process::Child> {
+) -> io::Result<(u32, OwnedFd)> {
     let fd = sys::raw(&worker_end.as_fd());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker")
+    let mut cmd = std::process::Command::new(&exe.path);
+    cmd.arg0(&exe.arg0)
+        .arg("worker")
         .arg("--slot")
         .arg(slot.to_string())
         .arg("--channel-fd")
@@ -42,12 +80,14 @@ pub fn spawn_worker(
             LogFormat::Json => "json",
         })
         .stdin(Stdio::null())
-        // Meant for the front only: a worker must not talk to systemd or
-        // mistake the front's activated sockets for its own.
+        // Meant for the front only: a worker must not talk to the service
+        // manager, mistake the front's activated sockets for its own, or
+        // take an upgrade handover.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES");
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove(crate::handover::ENV);
     if let Some(cpu) = cpu {
         cmd.arg("--cpu").arg(cpu.to_string());
     }
@@ -58,213 +98,54 @@ pub fn spawn_worker(
         cmd.arg("-q");
     }
     sys::inherit_fd(&mut cmd, fd);
-    tokio::process::Command::from(cmd).spawn()
-}
-
-impl Front {
-    /// Start a new worker process in `slot`. It takes connections once it
-    /// reports ready.
-    pub fn start_worker(&mut self, slot: usize) -> io::Result<u64> {
-        let (front_end, worker_end) = fdpass::pair()?;
-        let cpu = self.worker_cpus.as_ref().and_then(|c| c.get(slot).copied());
-        let child = spawn_worker(&self.exe, slot, &worker_end, &self.log, cpu)?;
-        let pid = child.id().unwrap_or(0);
-        let channel = Rc::new(Channel::new(front_end)?);
-        let id = self.next_proc;
-        self.next_proc += 1;
-        let mut proc = WorkerProc {
-            id,
-            pid,
-            role: Role::Starting,
-            channel: channel.clone(),
-            worker_end,
-            full: false,
-            watched: false,
-            outbox: Default::default(),
-            batch: Vec::new(),
-            batch_fds: Vec::new(),
-            active: 0,
-            unread: 0,
-            per_backend: HashMap::new(),
-            ips: HashMap::new(),
-            handed: 0,
-            spawned: Instant::now(),
-        };
-        proc.queue_control(self.config_frame());
-        self.slots[slot].procs.push(proc);
-        // The reactor may not know the new channel is writable yet.
-        self.arm_watchers();
-        tokio::task::spawn_local(read_events(self.me.clone(), slot, id, channel));
-        tokio::task::spawn_local(wait_exit(self.me.clone(), slot, id, child));
-        tracing::debug!(slot, pid, "worker spawned");
-        Ok(id)
-    }
-
-    /// A worker process ended: account for it, recover what it had not
-    /// started, and decide what the slot does next.
-    pub fn worker_exited(&mut self, slot: usize, id: u64, status: io::Result<ExitStatus>) {
-        // Apply whatever it reported before dying.
-        self.drain_events(slot, id);
-        let Some(pos) = self.slots[slot].procs.iter().position(|p| p.id == id) else {
-            return;
-        };
-        let mut proc = self.slots[slot].procs.remove(pos);
-        let recovered = self.recover_queued(&mut proc);
-        let lost = proc.active;
-        for (&backend, &n) in &proc.per_backend {
-            self.backends.sub_active_id(backend, n);
-        }
-        for (&ip, &n) in &proc.ips {
-            self.release_ip_n(ip, n);
-        }
-        let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
-        let expected = proc.role == Role::Retiring || self.shutting_down;
-        if expected {
-            info!(slot, pid = proc.pid, %status, "worker exited");
-        } else {
-            warn!(
-                slot,
-                pid = proc.pid,
-                %status,
-                lost_connections = lost,
-                recovered_connections = recovered.len(),
-                "worker died"
-            );
-        }
-        if !recovered.is_empty() {
-            self.fm.redispatched.increment(recovered.len() as u64);
-            for conn in recovered.into_iter().rev() {
-                self.pending.push_front(conn);
-            }
-        }
-        if self.slots[slot].serving().is_none() {
-            self.slots[slot].metrics.up.set(0.0);
-        }
-        if !expected {
-            self.worker_crashed(slot, proc.role);
-        }
-        if self.backends.reap_drained() {
-            self.backends_changed();
-        }
-        let cap = self.per_proc_cap;
-        self.refresh_view(slot, cap);
-        self.retry_pending();
-        self.update_paused();
-        self.changed.notify_waiters();
-    }
-
-    /// Apply events still queued on a worker's channel (synchronously).
-    fn drain_events(&mut self, slot: usize, id: u64) {
-        let Some(channel) = self.slots[slot].proc_mut(id).map(|p| p.channel.clone()) else {
-            return;
-        };
-        let mut buf = Box::new([0u8; MAX_FRAME]);
-        let mut fds = Vec::new();
-        // Bounded: a dead worker cannot add frames.
-        for _ in 0..100_000 {
-            match channel.try_recv(&mut buf, &mut fds) {
-                Ok(Received::Frame(n)) => {
-                    fds.clear();
-                    if let Ok(up) = Up::decode(&buf[..n]) {
-                        self.on_up(slot, id, up);
-                    }
-                }
-                _ => break,
-            }
-        }
-    }
-
-    /// Take back handoffs a dead worker never read, with their descriptors.
-    fn recover_queued(&mut self, proc: &mut WorkerProc) -> Vec<Conn> {
-        let mut conns = Vec::new();
-        // Anything batched but never sent.
-        let batch = std::mem::take(&mut proc.batch);
-        let fds = std::mem::take(&mut proc.batch_fds);
-        for (h, fd) in batch.iter().zip(fds) {
-            proc.unassign(h.backend, 1);
-            proc.ip_sub(h.client.ip(), 1);
-            self.backends.sub_active_id(h.backend, 1);
-            conns.push(Conn {
-                stream: fd.into(),
-                peer: h.client,
-            });
-        }
-        let mut buf = Box::new([0u8; MAX_FRAME]);
-        let mut fds = Vec::new();
-        for _ in 0..100_000 {
-            fds.clear();
-            match fdpass::recv_raw(proc.worker_end.as_fd(), &mut buf, &mut fds) {
-                Ok(Received::Frame(n)) => {
-                    let Ok(Down::Conns(handoffs)) = Down::decode(&buf[..n]) else {
-                        continue;
-                    };
-                    for (h, fd) in handoffs.iter().zip(fds.drain(..)) {
-                        proc.unassign(h.backend, 1);
-                        proc.ip_sub(h.client.ip(), 1);
-                        self.backends.sub_active_id(h.backend, 1);
-                        conns.push(Conn {
-                            stream: std::net::TcpStream::from(fd),
-                            peer: h.client,
-                        });
-                    }
-                }
-                Ok(Received::Closed) => break,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) => {
-                    warn!(cause = %err, "could not recover every queued connection");
-                    break;
-                }
-            }
-        }
-        conns
-    }
-}
-
-/// Read a worker's reports until its channel closes.
-async fn read_events(
-    front: Weak<std::cell::RefCell<Front>>,
-    slot: usize,
-    id: u64,
-    channel: Rc<Channel>,
-) {
-    let mut buf = Box::new([0u8; MAX_FRAME]);
-    let mut fds = Vec::new();
-    let mut bad_frames = 0u64;
-    loop {
-        let received = channel.recv(&mut buf, &mut fds).await;
-        fds.clear(); // workers send no descriptors; drop any
-        let n = match received {
-            Ok(Received::Frame(n)) => n,
-            Ok(Received::Closed) | Err(_) => return,
-        };
-        let Some(front) = front.upgrade() else { return };
-        match Up::decode(&buf[..n]) {
-            Ok(up) => {
-                let mut f = front.borrow_mut();
-                f.on_up(slot, id, up);
-                // Capacity may have freed up: hand out what waits.
-                if !f.pending.is_empty() {
-                    f.retry_pending();
-                }
-            }
-            Err(err) => {
-                bad_frames += 1;
-                if bad_frames.is_power_of_two() {
-                    warn!(slot, cause = %err, count = bad_frames, "ignoring malformed frame from worker");
-                }
-            }
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    // Our child, not yet reaped (nobody waits for it but us), so the pid
+    // is still its own.
+    let pidfd = Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::other("spawned a process without a pid"))
+        .and_then(|p| pidfd_open(p, PidfdFlags::empty()).map_err(io::Error::from));
+    match pidfd {
+        Ok(fd) => Ok((pid, fd)),
+        Err(err) => {
+            // Cannot watch it: do not leave it running unwatched.
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
         }
     }
 }
 
-async fn wait_exit(
-    front: Weak<std::cell::RefCell<Front>>,
-    slot: usize,
-    id: u64,
-    mut child: tokio::process::Child,
-) {
-    let status = child.wait().await;
-    if let Some(front) = front.upgrade() {
-        front.borrow_mut().worker_exited(slot, id, status);
+/// Wait until the process behind `pidfd` has ended; describe how. Our own
+/// child is reaped here; an adopted one's status is not ours to read.
+pub async fn wait_exit(pidfd: &OwnedFd) -> String {
+    let watch = match pidfd
+        .try_clone()
+        .and_then(|fd| sys::register(fd, Interest::READABLE))
+    {
+        Ok(w) => w,
+        Err(err) => return format!("unknown (cannot watch the process: {err})"),
+    };
+    match watch.readable().await {
+        Ok(mut guard) => guard.retain_ready(),
+        Err(err) => return format!("unknown ({err})"),
+    }
+    match waitid(
+        WaitId::PidFd(pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {
+        Ok(Some(st)) => {
+            if let Some(code) = st.exit_status() {
+                format!("exit status: {code}")
+            } else if let Some(sig) = st.terminating_signal() {
+                format!("killed by signal {sig}")
+            } else {
+                "ended".into()
+            }
+        }
+        Ok(None) => "ended".into(),
+        // Not our child (inherited in an upgrade): someone else reaps it.
+        Err(_) => "ended (status not known: inherited from the previous front)".into(),
     }
 }

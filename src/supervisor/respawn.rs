@@ -1,14 +1,12 @@
 //! What happens after a worker dies unexpectedly: respawn in the same slot
 //! at once the first time, then with jittered exponential backoff; park the
-//! slot after [`CRASH_LIMIT`] crashes within [`CRASH_WINDOW`], and give up
-//! (exit non-zero, for the service manager) when no slot can run at all.
+//! slot after [`CRASH_LIMIT`] crashes within [`CRASH_WINDOW`]. (When no slot
+//! can run at all the front gives up and exits non-zero, for the service
+//! manager.)
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
-
-use super::Role;
-use crate::front::Front;
+use super::Slot;
 
 /// Crashes within [`CRASH_WINDOW`] that park a slot.
 pub const CRASH_LIMIT: usize = 5;
@@ -30,87 +28,46 @@ pub fn backoff(n: usize, jitter_seed: u64) -> Duration {
     exp.mul_f64(0.75 + frac * 0.5)
 }
 
-impl Front {
-    /// A worker that should have kept running is gone.
-    pub(crate) fn worker_crashed(&mut self, slot: usize, role: Role) {
-        if self.shutting_down {
-            return;
-        }
-        if role == Role::Starting && self.slots[slot].serving().is_some() {
-            // A replacement in a rolling restart failed; the rollout
-            // notices and keeps the old worker. Not a slot crash.
-            return;
-        }
-        let now = Instant::now();
-        let s = &mut self.slots[slot];
-        s.crashes.push_back(now);
-        while s
+/// What a slot does after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCrash {
+    /// Start a new process after this delay.
+    Respawn(Duration),
+    /// Too many crashes: the slot is parked.
+    Parked,
+    /// A respawn is already on its way.
+    Pending,
+}
+
+impl Slot {
+    /// Record an unexpected exit at `now` and decide what comes next.
+    pub fn record_crash(&mut self, now: Instant, jitter_seed: u64) -> AfterCrash {
+        self.crashes.push_back(now);
+        while self
             .crashes
             .front()
             .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
         {
-            s.crashes.pop_front();
+            self.crashes.pop_front();
         }
-        if s.crashes.len() >= CRASH_LIMIT {
-            s.parked = true;
-            s.metrics.up.set(0.0);
-            error!(
-                slot,
-                crashes = s.crashes.len(),
-                window = ?CRASH_WINDOW,
-                "worker slot is crash-looping; parked (restart with `rrproxy ctl reload` or SIGUSR2)"
-            );
-            if self.slots.iter().all(|s| s.parked) {
-                error!("every worker slot is parked: no worker can run; exiting");
-                self.fatal = Some("every worker slot crash-looped".into());
-                self.changed.notify_waiters();
-            }
-            return;
+        if self.crashes.len() >= CRASH_LIMIT {
+            self.parked = true;
+            return AfterCrash::Parked;
         }
-        if s.respawn_scheduled {
-            return;
+        if self.respawn_scheduled {
+            return AfterCrash::Pending;
         }
-        s.respawn_scheduled = true;
-        let delay = backoff(
-            s.crashes.len(),
-            self.next_proc ^ now.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
-        );
-        let me = self.me.clone();
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(front) = me.upgrade() {
-                front.borrow_mut().respawn(slot);
-            }
-        });
+        self.respawn_scheduled = true;
+        AfterCrash::Respawn(backoff(self.crashes.len(), jitter_seed))
     }
 
-    fn respawn(&mut self, slot: usize) {
-        self.slots[slot].respawn_scheduled = false;
-        if self.shutting_down || self.slots[slot].parked || self.slots[slot].serving().is_some() {
-            return;
-        }
-        match self.start_worker(slot) {
-            Ok(_) => {
-                let s = &mut self.slots[slot];
-                s.restarts += 1;
-                s.metrics.restarts.increment(1);
-                info!(slot, restarts = s.restarts, "worker respawned");
-            }
-            Err(err) => {
-                warn!(slot, cause = %err, "cannot respawn worker");
-                self.worker_crashed(slot, Role::Serving);
-            }
-        }
-    }
-
-    /// Take a parked slot back into service (rolling restart, operator).
-    pub fn unpark(&mut self, slot: usize) {
-        let s = &mut self.slots[slot];
-        if s.parked {
-            s.parked = false;
-            s.crashes.clear();
-            info!(slot, "worker slot unparked");
-        }
+    /// Take a parked slot back into service (restart by an operator).
+    /// Returns whether it was parked.
+    pub fn unpark(&mut self) -> bool {
+        let was = self.parked;
+        self.parked = false;
+        self.crashes.clear();
+        was
     }
 }
 
@@ -126,6 +83,23 @@ mod tests {
         let b4 = backoff(4, 7);
         assert!(b4 >= Duration::from_millis(300) && b4 < Duration::from_millis(500));
         assert!(backoff(40, 7) <= BACKOFF_MAX.mul_f64(1.25));
+    }
+
+    #[test]
+    fn five_quick_crashes_park_a_slot() {
+        let mut s = Slot::new(0);
+        let t = Instant::now();
+        assert_eq!(s.record_crash(t, 1), AfterCrash::Respawn(Duration::ZERO));
+        assert_eq!(s.record_crash(t, 1), AfterCrash::Pending);
+        s.respawn_scheduled = false;
+        for _ in 0..2 {
+            assert!(matches!(s.record_crash(t, 1), AfterCrash::Respawn(_)));
+            s.respawn_scheduled = false;
+        }
+        assert_eq!(s.record_crash(t, 1), AfterCrash::Parked);
+        assert!(s.parked);
+        assert!(s.unpark());
+        assert!(!s.parked && s.crashes.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -10,48 +11,70 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Worker;
-use super::pump::{self, Outcome};
-use crate::channel::{BackendEntry, Event, FailReason, Handoff, WorkerConfig};
+use super::pump::{self, Meter, Outcome};
+use super::{Routes, Worker};
+use crate::channel::{BackendEntry, Event, FailReason, Handoff};
+use crate::stats::{Col, ProcWord};
 
-/// Serve one handed-off client connection to the end.
+/// Serve one handed-off client connection to the end. It arrives counted
+/// as active on its planned backend (see `start_conns`).
 pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: Handoff) {
     let started = Instant::now();
-    let client_ip = handoff.client.ip();
     tracing::Span::current().record("client.addr", tracing::field::display(handoff.client));
+    let routes = worker.routes();
+    let cell = worker.cell();
+    let planned = routes
+        .entry(handoff.backend)
+        .and_then(|b| cell.col(usize::from(b.column)));
     // The front accepted it nonblocking (the flag travels with the
     // descriptor), as tokio requires.
-    let mut client = match TcpStream::from_std(stream) {
-        Ok(c) => c,
+    let connected = match TcpStream::from_std(stream) {
+        Ok(client) => connect_any(worker, &routes, handoff.backend)
+            .await
+            .map(|c| (client, c)),
         Err(err) => {
             debug!(cause = %err, "cannot register client connection");
-            closed(worker, handoff.backend, false, client_ip, started);
-            return;
+            None
         }
     };
-    let config = worker.config.load_full();
-    let Some((backend, mut upstream, connect_time)) =
-        connect_any(worker, &config, handoff.backend).await
-    else {
+    let Some((mut client, (backend, mut upstream, connect_time))) = connected else {
         debug!("no backend reachable; closing client");
-        reset(&client);
-        closed(worker, handoff.backend, false, client_ip, started);
+        if let Some(col) = planned {
+            col.active_down();
+        }
+        cell.bump(ProcWord::Failed, 1);
+        closed(worker, handoff.client.ip());
         return;
     };
-    worker.reporter.push(Event::Opened {
-        planned: handoff.backend,
-        backend: backend.id,
-        connect_time,
-    });
+    let col = cell.col(usize::from(backend.column));
+    if backend.id != handoff.backend {
+        if let Some(p) = planned {
+            p.active_down();
+            p.bump(Col::Redispatch, 1);
+        }
+        cell.bump(ProcWord::Redispatched, 1);
+        if let Some(c) = col {
+            c.active_up();
+        }
+    }
+    if let Some(c) = col {
+        c.opened(connect_time);
+    }
     tracing::Span::current().record("server.addr", tracing::field::display(backend.addr));
     debug!(connect_time = ?connect_time, "connected");
-    let counter = worker.reporter.counter(backend.id);
+    let spare = AtomicU64::new(0);
+    let meter = Meter {
+        from_clients: cell.word(ProcWord::BytesIn),
+        to_clients: cell.word(ProcWord::BytesOut),
+        to_backend: col.map_or(&spare, |c| c.word(Col::BytesUp)),
+        from_backend: col.map_or(&spare, |c| c.word(Col::BytesDown)),
+    };
     let outcome = pump::pump(
         &mut client,
         &mut upstream,
-        config.idle_timeout,
-        config.splice,
-        &counter,
+        routes.config.idle_timeout,
+        routes.config.splice,
+        meter,
     )
     .await;
     match outcome {
@@ -63,16 +86,19 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
             reset(&upstream);
         }
     }
-    closed(worker, backend.id, true, client_ip, started);
+    if let Some(c) = col {
+        c.active_down();
+    }
+    cell.record_duration(started.elapsed());
+    closed(worker, handoff.client.ip());
 }
 
-fn closed(worker: &Worker, backend: u32, opened: bool, client: IpAddr, started: Instant) {
-    worker.reporter.push(Event::Closed {
-        backend,
-        opened,
-        client,
-        duration: started.elapsed(),
-    });
+/// The connection is over: count it, and tell the front if it asked.
+fn closed(worker: &Worker, client: IpAddr) {
+    if worker.routes().config.report_closes {
+        worker.reporter.push(Event::Closed { client });
+    }
+    worker.finished(1);
 }
 
 /// Make the next close send RST instead of FIN.
@@ -84,12 +110,13 @@ fn reset(stream: &TcpStream) {
 /// table order after it. Reports each failure.
 async fn connect_any(
     worker: &Worker,
-    config: &WorkerConfig,
+    routes: &Routes,
     planned: u32,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
+    let config = &routes.config;
     let table = &config.backends;
     let n = table.len();
-    let start = table.iter().position(|b| b.id == planned);
+    let start = routes.index_of(planned);
     let base = start.map_or(0, |i| i + 1);
     let fallbacks = (0..n)
         .map(move |k| (base + k) % n)
@@ -102,6 +129,9 @@ async fn connect_any(
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
+                if let Some(c) = worker.cell().col(usize::from(backend.column)) {
+                    c.failed(reason);
+                }
                 worker.reporter.push(Event::ConnectFailed {
                     backend: backend.id,
                     reason,

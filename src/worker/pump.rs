@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -24,9 +25,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
-use super::report::ByteCounter;
 use super::splice;
 use crate::channel::Splice;
+use crate::stats::bump;
 
 /// Size of one copy buffer.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -54,6 +55,29 @@ fn give_buf(buf: Box<[u8]>) {
     });
 }
 
+/// Where the bytes a connection moves are counted: the worker's totals and
+/// the backend's column in its statistics cell (this worker is the only
+/// writer of both, so a count is a plain load and store).
+#[derive(Clone, Copy)]
+pub struct Meter<'a> {
+    pub from_clients: &'a AtomicU64,
+    pub to_clients: &'a AtomicU64,
+    pub to_backend: &'a AtomicU64,
+    pub from_backend: &'a AtomicU64,
+}
+
+impl Meter<'_> {
+    fn up(&self, n: usize) {
+        bump(self.from_clients, n as u64);
+        bump(self.to_backend, n as u64);
+    }
+
+    fn down(&self, n: usize) {
+        bump(self.from_backend, n as u64);
+        bump(self.to_clients, n as u64);
+    }
+}
+
 /// How a pumped connection ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -78,7 +102,7 @@ pub async fn pump(
     backend: &mut TcpStream,
     idle: Duration,
     splice: Splice,
-    counter: &ByteCounter,
+    meter: Meter<'_>,
 ) -> Outcome {
     let last = Cell::new(Instant::now());
     let finished = Cell::new(false);
@@ -86,7 +110,7 @@ pub async fn pump(
     let (backend_r, backend_w) = backend.split();
     let flow = Flow {
         splice,
-        counter,
+        meter,
         last: &last,
         finished: &finished,
     };
@@ -105,7 +129,7 @@ pub async fn pump(
 /// What both directions of one connection share.
 struct Flow<'a> {
     splice: Splice,
-    counter: &'a ByteCounter,
+    meter: Meter<'a>,
     /// When a byte last moved either way (idle timeout).
     last: &'a Cell<Instant>,
     /// One direction already reached EOF.
@@ -210,8 +234,8 @@ async fn copy(
         }
         flow.last.set(Instant::now());
         match dir {
-            Dir::Up => flow.counter.add_up(moved),
-            Dir::Down => flow.counter.add_down(moved),
+            Dir::Up => flow.meter.up(moved),
+            Dir::Down => flow.meter.down(moved),
         }
     }
 }
@@ -258,9 +282,15 @@ mod tests {
                 .await
                 .unwrap();
             let (mut b, _) = l.accept().await.unwrap();
-            let c = super::super::report::ByteCounter::default();
+            let w = std::sync::atomic::AtomicU64::new(0);
+            let meter = super::Meter {
+                from_clients: &w,
+                to_clients: &w,
+                to_backend: &w,
+                from_backend: &w,
+            };
             let idle = std::time::Duration::from_secs(1);
-            let f = super::pump(&mut a, &mut b, idle, crate::channel::Splice::Auto, &c);
+            let f = super::pump(&mut a, &mut b, idle, crate::channel::Splice::Auto, meter);
             let size = std::mem::size_of_val(&f);
             assert!(size <= 1600, "pump future grew to {size} bytes");
         });

@@ -73,9 +73,10 @@ const DOCUMENTED: &[&str] = &[
 fn a_known_workload_shows_in_every_metric() {
     let echo = echo_backend();
     let dead = refused_addr();
+    // (--fall 10: five failures must not mark the dead one down.)
     let proxy = ProxyCmd::new(&[echo.addr, dead])
         .workers(2)
-        .args(["--health-interval", "off"])
+        .args(["--health-interval", "off", "--fall", "10"])
         .start();
     for i in 0..10u64 {
         let mut s = proxy.connect();
@@ -139,11 +140,8 @@ fn a_known_workload_shows_in_every_metric() {
         Some(1.0)
     );
     assert_eq!(
-        m.get(
-            "rrproxy_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
-        ),
-        Some(1.0)
+        m.sum_where("rrproxy_build_info", "version", env!("CARGO_PKG_VERSION")),
+        1.0
     );
     assert_eq!(w("rrproxy_worker_up", "1"), Some(1.0));
     assert_eq!(w("rrproxy_worker_restarts_total", "1"), Some(0.0));

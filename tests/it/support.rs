@@ -679,3 +679,53 @@ impl Load {
         self.counts()
     }
 }
+
+/// Send `sig` (a name like "KILL") to `pid`; it must exist.
+pub fn kill(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A copy of the rrproxy binary in `dir`, under `name`.
+pub fn binary_copy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(BIN, &path).unwrap();
+    path
+}
+
+/// A copy of the rrproxy binary that is another build: the same code with
+/// a different build id (the last byte of its GNU build-id note changed),
+/// as a rebuilt package would be.
+pub fn other_build_copy(dir: &Path, name: &str) -> PathBuf {
+    let id = rrproxy::version::read_build_id(Path::new(BIN)).unwrap();
+    let id: Vec<u8> = (0..id.len() / 2)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut bytes = std::fs::read(BIN).unwrap();
+    let at = bytes
+        .windows(id.len())
+        .position(|w| w == id.as_slice())
+        .expect("the build id is in the binary");
+    bytes[at + id.len() - 1] ^= 0x5a;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Replace the file at `path` the way a package upgrade does: write the
+/// new one beside it, then rename it over (the running image stays).
+pub fn replace_file(path: &Path, with: &Path) {
+    std::fs::rename(with, path).unwrap();
+}
+
+/// Where `/proc/PID/exe` points (" (deleted)" if the file was replaced).
+pub fn exe_of(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,5 +1,5 @@
-//! Rolling restart (`rrproxy ctl reload`, SIGUSR2): replace the workers one
-//! slot at a time so that no connection is lost.
+//! Rolling restart of the workers (the second half of an upgrade): replace
+//! them one slot at a time so that no connection is lost.
 //!
 //! For each slot: start a replacement; wait until it reports ready (it then
 //! takes the slot's new connections and the old process is told to drain);
@@ -14,29 +14,35 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Role;
-use crate::front::Shared;
+use super::Shared;
+use super::lifecycle::KILL_GRACE;
+use crate::stats::SlotWord;
+use crate::supervisor::Role;
 
 /// How long a replacement may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
-const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Start a rollout in the background. The receiver gets its outcome.
 pub fn start(front: Shared) -> Result<oneshot::Receiver<Result<String, String>>, String> {
     {
         let mut f = front.borrow_mut();
-        if f.shutting_down {
+        if f.state.shutting_down {
             return Err("shutting down".into());
         }
-        if f.rolling {
-            return Err("a rolling restart is already in progress".into());
+        if f.state.rolling {
+            return Err("a restart of the workers is already in progress".into());
         }
-        f.rolling = true;
+        f.state.rolling = true;
     }
     let (tx, rx) = oneshot::channel();
     tokio::task::spawn_local(async move {
         let outcome = roll(&front).await;
-        front.borrow_mut().rolling = false;
+        {
+            let mut f = front.borrow_mut();
+            f.state.rolling = false;
+            f.state.last_roll = Some(outcome.clone());
+            f.state.changed.notify_waiters();
+        }
         match &outcome {
             Ok(msg) => info!("{msg}"),
             Err(msg) => warn!("{msg}"),
@@ -47,55 +53,52 @@ pub fn start(front: Shared) -> Result<oneshot::Receiver<Result<String, String>>,
 }
 
 async fn roll(front: &Shared) -> Result<String, String> {
-    let slots = front.borrow().slots.len();
+    let slots = front.borrow().workers.slots.len();
     for slot in 0..slots {
-        if front.borrow().shutting_down {
-            return Err("rolling restart interrupted by shutdown".into());
+        if front.borrow().state.shutting_down {
+            return Err("restart of the workers interrupted by shutdown".into());
         }
         let new_id = {
             let mut f = front.borrow_mut();
-            f.unpark(slot);
-            f.start_worker(slot)
-                .map_err(|e| format!("rolling restart aborted: cannot start worker {slot}: {e}"))?
+            if f.workers.slots[slot].unpark() {
+                info!(slot, "worker slot unparked");
+            }
+            f.start_worker(slot).map_err(|e| {
+                format!("restart of the workers aborted: cannot start worker {slot}: {e}")
+            })?
         };
         wait_ready(front, slot, new_id).await?;
-        {
-            let mut f = front.borrow_mut();
-            let s = &mut f.slots[slot];
-            s.restarts += 1;
-            s.metrics.restarts.increment(1);
-        }
+        front
+            .borrow()
+            .counters
+            .slot_bump(slot, SlotWord::Restarts, 1);
         wait_retired(front, slot).await;
     }
-    Ok(format!("rolling restart done: {slots} workers replaced"))
+    Ok(format!("workers restarted: {slots} replaced"))
 }
 
 /// Wait until the process `id` in `slot` serves, or fail the rollout.
 async fn wait_ready(front: &Shared, slot: usize, id: u64) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let changed = front.borrow().changed.clone();
+        let changed = front.borrow().state.changed.clone();
         let notified = changed.notified();
-        let role = front.borrow().slots[slot]
-            .procs
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.role);
+        let role = front.borrow().workers.slots[slot].proc(id).map(|p| p.role);
         match role {
             Some(Role::Serving) => return Ok(()),
             None => {
                 return Err(format!(
-                    "rolling restart aborted: the new worker {slot} exited before becoming ready; the old one keeps serving"
+                    "restart of the workers aborted: the new worker {slot} exited before becoming ready; the old one keeps serving"
                 ));
             }
             Some(_) => {}
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            if let Some(p) = front.borrow().slots[slot].procs.iter().find(|p| p.id == id) {
+            if let Some(p) = front.borrow().workers.slots[slot].proc(id) {
                 p.kill();
             }
             return Err(format!(
-                "rolling restart aborted: the new worker {slot} was not ready within {READY_TIMEOUT:?}; the old one keeps serving"
+                "restart of the workers aborted: the new worker {slot} was not ready within {READY_TIMEOUT:?}; the old one keeps serving"
             ));
         }
     }
@@ -108,9 +111,9 @@ async fn wait_retired(front: &Shared, slot: usize) {
     let deadline = Instant::now() + drain + KILL_GRACE;
     let mut killed = false;
     loop {
-        let changed = front.borrow().changed.clone();
+        let changed = front.borrow().state.changed.clone();
         let notified = changed.notified();
-        if !front.borrow().slots[slot]
+        if !front.borrow().workers.slots[slot]
             .procs
             .iter()
             .any(|p| p.role == Role::Retiring)
@@ -126,7 +129,7 @@ async fn wait_retired(front: &Shared, slot: usize) {
             if killed {
                 return;
             }
-            for p in front.borrow().slots[slot]
+            for p in front.borrow().workers.slots[slot]
                 .procs
                 .iter()
                 .filter(|p| p.role == Role::Retiring)
@@ -134,7 +137,6 @@ async fn wait_retired(front: &Shared, slot: usize) {
                 warn!(
                     slot,
                     pid = p.pid,
-                    active = p.active,
                     "old worker did not drain in time; killing it"
                 );
                 p.kill();

@@ -1,0 +1,345 @@
+//! The Prometheus text exposition, rendered from the statistics table and
+//! the front's published [`Snapshot`].
+//!
+//! A counter of a kind that several processes add to is the front's base
+//! (what departed processes had counted) plus the words of every live
+//! process cell. The snapshot lists the live cells; the front folds a
+//! departed cell into the bases and drops it from the snapshot under the
+//! same lock the renderer holds, so a scrape never counts a cell twice or
+//! misses one.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::policy::PolicyName;
+use crate::stats::{
+    self, CONNECT_BOUNDS, Col, ColCell, DURATION_BOUNDS, FrontWord, ProcWord, SlotWord, Table,
+};
+
+/// What the renderer needs to know beyond the numbers: which slots and
+/// backends exist, their names and states. Published by the front whenever
+/// one of these changes.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub policy: Option<PolicyName>,
+    pub slots: Vec<SlotLabel>,
+    pub backends: Vec<BackendLabel>,
+    /// Every process cell in use (all slots, any role).
+    pub cells: Vec<usize>,
+    /// Failed look-ups per `resolve` name.
+    pub resolve_failures: Vec<(String, u64)>,
+    /// At least one worker is ready and the front is not stopping.
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SlotLabel {
+    /// Has a ready (serving) process.
+    pub up: bool,
+    /// The cells of the slot's processes (serving, starting, retiring).
+    pub cells: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendLabel {
+    pub name: String,
+    pub column: usize,
+    pub up: bool,
+    pub weight: u32,
+}
+
+/// What the metrics endpoint serves from: the table and the snapshot.
+#[derive(Clone)]
+pub struct Exporter {
+    pub table: Arc<Table>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl Exporter {
+    pub fn render(&self) -> String {
+        let snap = match self.snapshot.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        render(&self.table, &snap)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.snapshot.lock().map(|s| s.ready).unwrap_or(false)
+    }
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str) {
+        let (_, kind, help) = FAMILIES
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .copied()
+            .unwrap_or((name, "untyped", ""));
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A histogram from per-bucket counts (not cumulative) and a sum in ns.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum_ns: u64,
+    ) {
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0u64;
+        for (i, &b) in bounds.iter().enumerate() {
+            cumulative += counts[i];
+            let le = b.to_string();
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, cumulative);
+        }
+        cumulative += counts[bounds.len()];
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.sample(&bucket, &l, cumulative);
+        self.sample(&format!("{name}_sum"), labels, sum_ns as f64 / 1e9);
+        self.sample(&format!("{name}_count"), labels, cumulative);
+    }
+}
+
+/// Sum of process word `w` over `cells`.
+fn over(table: &Table, cells: &[usize], w: ProcWord) -> u64 {
+    cells.iter().map(|&c| table.cell(c).get(w)).sum()
+}
+
+/// Base plus every live cell, for column word `w` of backend column `col`.
+fn col_total(table: &Table, cells: &[usize], col: usize, w: Col) -> u64 {
+    let base = ColCell::of(table.base(col)).get(w);
+    base + cells
+        .iter()
+        .filter_map(|&c| table.cell(c).col(col))
+        .map(|c| c.get(w))
+        .sum::<u64>()
+}
+
+/// Connections a process holds: handed to it and not finished.
+pub fn proc_active(table: &Table, cell: usize) -> u64 {
+    let c = table.cell(cell);
+    c.get(ProcWord::Handed)
+        .saturating_sub(c.get(ProcWord::Finished))
+}
+
+/// Render the whole exposition.
+pub fn render(table: &Table, snap: &Snapshot) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    let front = |w: FrontWord| stats::get(table.front(w));
+    let slot_names: Vec<String> = (0..snap.slots.len()).map(|i| i.to_string()).collect();
+
+    // Worker slots.
+    let per_slot = |o: &mut Out, name: &str, value: &dyn Fn(usize, &SlotLabel) -> u64| {
+        o.family(name);
+        for (i, s) in snap.slots.iter().enumerate() {
+            o.sample(name, &[("worker", &slot_names[i])], value(i, s));
+        }
+    };
+    per_slot(&mut o, WORKER_CONNECTIONS, &|i, _| {
+        stats::get(table.slot(i, SlotWord::Handed))
+    });
+    let actives: Vec<u64> = snap
+        .slots
+        .iter()
+        .map(|s| s.cells.iter().map(|&c| proc_active(table, c)).sum())
+        .collect();
+    per_slot(&mut o, WORKER_ACTIVE, &|i, _| actives[i]);
+    per_slot(&mut o, WORKER_RESTARTS, &|i, _| {
+        stats::get(table.slot(i, SlotWord::Restarts))
+    });
+    per_slot(&mut o, WORKER_UP, &|_, s| u64::from(s.up));
+    per_slot(&mut o, WORKER_BYTES_IN, &|i, s| {
+        stats::get(table.slot(i, SlotWord::BytesInBase)) + over(table, &s.cells, ProcWord::BytesIn)
+    });
+    per_slot(&mut o, WORKER_BYTES_OUT, &|i, s| {
+        stats::get(table.slot(i, SlotWord::BytesOutBase))
+            + over(table, &s.cells, ProcWord::BytesOut)
+    });
+
+    // Backends.
+    let cells = &snap.cells;
+    let per_backend = |o: &mut Out, name: &str, value: &dyn Fn(&BackendLabel) -> u64| {
+        o.family(name);
+        for b in &snap.backends {
+            o.sample(name, &[("backend", &b.name)], value(b));
+        }
+    };
+    let total = |w: Col| move |b: &BackendLabel| col_total(table, cells, b.column, w);
+    per_backend(&mut o, BACKEND_CONNECTIONS, &total(Col::Conns));
+    per_backend(&mut o, BACKEND_ACTIVE, &|b| {
+        cells
+            .iter()
+            .filter_map(|&c| table.cell(c).col(b.column))
+            .map(|c| c.get(Col::Active))
+            .sum()
+    });
+    per_backend(&mut o, BACKEND_UP, &|b| u64::from(b.up));
+    per_backend(&mut o, BACKEND_WEIGHT, &|b| u64::from(b.weight));
+    per_backend(&mut o, BACKEND_BYTES_IN, &total(Col::BytesDown));
+    per_backend(&mut o, BACKEND_BYTES_OUT, &total(Col::BytesUp));
+    per_backend(&mut o, BACKEND_REDISPATCHES, &total(Col::Redispatch));
+    per_backend(&mut o, BACKEND_CHECK_FAILURES, &|b| {
+        ColCell::of(table.base(b.column)).get(Col::CheckFailures)
+    });
+    o.family(BACKEND_CONNECT_FAILURES);
+    for b in &snap.backends {
+        for (reason, w) in [
+            ("refused", Col::FailRefused),
+            ("timeout", Col::FailTimeout),
+            ("other", Col::FailOther),
+        ] {
+            let v = col_total(table, cells, b.column, w);
+            o.sample(
+                BACKEND_CONNECT_FAILURES,
+                &[("backend", &b.name), ("reason", reason)],
+                v,
+            );
+        }
+    }
+    o.family(BACKEND_CONNECT_SECONDS);
+    for b in &snap.backends {
+        let counts: Vec<u64> = (0..=CONNECT_BOUNDS.len())
+            .map(|i| {
+                let base = stats::get(ColCell::of(table.base(b.column)).connect_bucket(i));
+                base + cells
+                    .iter()
+                    .filter_map(|&c| table.cell(c).col(b.column))
+                    .map(|c| stats::get(c.connect_bucket(i)))
+                    .sum::<u64>()
+            })
+            .collect();
+        let sum = col_total(table, cells, b.column, Col::ConnectSumNs);
+        o.histogram(
+            BACKEND_CONNECT_SECONDS,
+            &[("backend", &b.name)],
+            &CONNECT_BOUNDS,
+            &counts,
+            sum,
+        );
+    }
+    o.family(RESOLVE_FAILURES);
+    for (name, n) in &snap.resolve_failures {
+        o.sample(RESOLVE_FAILURES, &[("name", name)], n);
+    }
+
+    // The front.
+    let simple = |o: &mut Out, name: &str, v: u64| {
+        o.family(name);
+        o.sample(name, &[], v);
+    };
+    simple(&mut o, ACCEPTED, front(FrontWord::Accepted));
+    o.family(ACCEPT_ERRORS);
+    o.sample(
+        ACCEPT_ERRORS,
+        &[("reason", "emfile")],
+        front(FrontWord::AcceptEmfile),
+    );
+    o.sample(
+        ACCEPT_ERRORS,
+        &[("reason", "other")],
+        front(FrontWord::AcceptOther),
+    );
+    simple(&mut o, HANDOFF_FAILURES, front(FrontWord::HandoffFailures));
+    simple(
+        &mut o,
+        REDISPATCHED,
+        front(FrontWord::Recovered)
+            + front(FrontWord::RedispatchedBase)
+            + over(table, cells, ProcWord::Redispatched),
+    );
+    simple(
+        &mut o,
+        FAILED_CONNECTIONS,
+        front(FrontWord::FailedFront)
+            + front(FrontWord::FailedBase)
+            + over(table, cells, ProcWord::Failed),
+    );
+    simple(&mut o, REFUSED_PER_IP, front(FrontWord::RefusedPerIp));
+    let pending = front(FrontWord::Pending);
+    simple(&mut o, ACTIVE, actives.iter().sum::<u64>() + pending);
+    o.family(IMBALANCE);
+    let ready: Vec<u64> = snap
+        .slots
+        .iter()
+        .zip(&actives)
+        .filter(|(s, _)| s.up)
+        .map(|(_, a)| *a)
+        .collect();
+    let sum: u64 = ready.iter().sum();
+    let ratio = match ready.iter().max() {
+        Some(&max) if sum > 0 => max as f64 * ready.len() as f64 / sum as f64,
+        _ => 1.0,
+    };
+    o.sample(IMBALANCE, &[], ratio);
+    simple(
+        &mut o,
+        OPEN_FDS,
+        crate::sys::open_fd_count().unwrap_or(0) as u64,
+    );
+    simple(&mut o, MAX_FDS, front(FrontWord::MaxFds));
+    simple(&mut o, WORKER_LIMIT, front(FrontWord::WorkerLimit));
+    simple(&mut o, PENDING, pending);
+    simple(&mut o, ACCEPT_PAUSED, front(FrontWord::Paused));
+    o.family(POLICY_INFO);
+    for p in PolicyName::ALL {
+        o.sample(
+            POLICY_INFO,
+            &[("policy", p.as_str())],
+            u64::from(snap.policy == Some(p)),
+        );
+    }
+    simple(&mut o, POLICY_CHANGES, front(FrontWord::PolicyChanges));
+    o.family(BUILD_INFO);
+    o.sample(
+        BUILD_INFO,
+        &[
+            ("version", crate::version::VERSION),
+            ("build", crate::version::build_id()),
+        ],
+        1,
+    );
+
+    // Connection lifetimes, all workers.
+    o.family(CONNECTION_SECONDS);
+    let counts: Vec<u64> = (0..=DURATION_BOUNDS.len())
+        .map(|i| {
+            stats::get(table.duration_bucket_base(i))
+                + cells
+                    .iter()
+                    .map(|&c| stats::get(table.cell(c).duration_bucket(i)))
+                    .sum::<u64>()
+        })
+        .collect();
+    let sum = front(FrontWord::DurationSumNsBase) + over(table, cells, ProcWord::DurationSumNs);
+    o.histogram(CONNECTION_SECONDS, &[], &DURATION_BOUNDS, &counts, sum);
+    o.0
+}

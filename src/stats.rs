@@ -1,0 +1,388 @@
+//! The shared statistics table: every counter and gauge behind `/metrics`
+//! and `ctl`, in one memory file (`memfd`) that the front creates and maps,
+//! and every worker maps too.
+//!
+//! Why shared memory: a worker accounts for what it does (connections
+//! opened and finished, bytes, connect failures, timings) by writing words
+//! of its own cell, with no message and no wake-up of the front; the front
+//! reads the words when it needs them (a least-conn pick, a scrape, a
+//! draining backend's last connection). The channel then carries only what
+//! needs the front to act. And because the table is a file, it survives
+//! the front itself: an upgrade hands the same descriptor to the new front,
+//! so every counter continues from its value.
+//!
+//! One writer per word. The front writes its own region, the per-slot
+//! words, the per-backend *base* (what departed processes had counted) and
+//! each process cell's `Handed`; a worker writes the rest of its own cell.
+//! A single writer adds with a plain load and store (`bump`), so a counter
+//! costs no locked instruction. The one exception is a process cell's
+//! `Wake` flag, which the front sets and the worker clears with a swap.
+//!
+//! Layout, in 64-bit words: a header (magic, layout version, capacities),
+//! the front's words ([`FrontWord`]), one group per worker slot
+//! ([`SlotWord`]), one group per backend column with the front's base
+//! ([`Col`]), then one page-aligned cell per worker process: its own words
+//! ([`ProcWord`]) followed by a [`Col`] group per backend column. A backend
+//! gets a column from the front (sent to workers with the backend table);
+//! a process gets a cell when it is spawned and gives it back, folded into
+//! the bases, when it is gone.
+
+mod cells;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use cells::{ColCell, ProcCell};
+
+use crate::sys::SharedWords;
+
+/// "RRSTATS\0": the first word of every table.
+const MAGIC: u64 = u64::from_le_bytes(*b"RRSTATS\0");
+/// Bumped whenever the layout changes: an upgrade between builds with
+/// different layouts is refused (the new front could not read the old
+/// workers' cells).
+pub const LAYOUT: u64 = 1;
+
+/// Upper bounds (seconds) of the connection-duration histogram buckets.
+pub const DURATION_BOUNDS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+/// Upper bounds (seconds) of the backend connect-time histogram buckets.
+pub const CONNECT_BOUNDS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+const HEADER_WORDS: usize = 16;
+const FRONT_WORDS: usize = 64;
+const SLOT_WORDS: usize = 8;
+/// Words per backend column (in a process cell and in the base).
+pub const COL_WORDS: usize = 32;
+const PROC_HEAD_WORDS: usize = 32;
+const PAGE_WORDS: usize = 4096 / 8;
+
+/// The front's own words: counters it alone increments, gauges it sets,
+/// and the bases of the process-wide counters of departed workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum FrontWord {
+    Accepted,
+    AcceptEmfile,
+    AcceptOther,
+    HandoffFailures,
+    /// Connections recovered from a dead worker's channel.
+    Recovered,
+    /// Clients closed by the front: no enabled backend to try.
+    FailedFront,
+    RefusedPerIp,
+    PolicyChanges,
+    Pending,
+    Paused,
+    OpenFds,
+    MaxFds,
+    WorkerLimit,
+    /// Base of [`ProcWord::Failed`].
+    FailedBase,
+    /// Base of [`ProcWord::Redispatched`].
+    RedispatchedBase,
+    /// Base of [`ProcWord::DurationSumNs`] and the duration buckets.
+    DurationSumNsBase,
+    DurationBucketBase0,
+}
+
+/// Per worker slot, written by the front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SlotWord {
+    /// Connections handed to the slot over its life.
+    Handed,
+    Restarts,
+    /// Bases of the slot's departed processes' byte counters.
+    BytesInBase,
+    BytesOutBase,
+}
+
+/// One backend column: in a process cell, what that process did on the
+/// backend; in the base, what departed processes had done, plus the
+/// front's own [`Col::CheckFailures`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Col {
+    /// Connections on this backend now (a gauge; never folded).
+    Active,
+    /// Connections established.
+    Conns,
+    /// Connections planned for this backend that another one served.
+    Redispatch,
+    FailRefused,
+    FailTimeout,
+    FailOther,
+    /// Bytes sent to the backend.
+    BytesUp,
+    /// Bytes received from the backend.
+    BytesDown,
+    ConnectSumNs,
+    ConnectBucket0,
+    /// Failed active health checks (base only; the front's).
+    CheckFailures = 9 + CONNECT_BOUNDS.len() + 1,
+}
+
+/// The head of a process cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ProcWord {
+    /// The worker's pid (written by the worker at start).
+    Pid,
+    /// Connections handed to this process (written by the front).
+    Handed,
+    /// Set by the front when it waits for this worker to make room;
+    /// swapped back to 0 by the worker, which then says so.
+    Wake,
+    /// Handoffs taken out of the channel.
+    Received,
+    /// Connections the worker is done with (served or failed).
+    Finished,
+    /// Connections closed without reaching any backend.
+    Failed,
+    /// Connections served by another backend than the planned one.
+    Redispatched,
+    /// Bytes received from clients.
+    BytesIn,
+    /// Bytes sent to clients.
+    BytesOut,
+    /// The sequence number of the last backend table applied.
+    ConfigSeq,
+    /// Advanced every time the worker's loop reads its channel.
+    Heartbeat,
+    DurationSumNs,
+    DurationBucket0,
+}
+
+/// Why a table could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("statistics table: {0}")]
+    Io(#[from] io::Error),
+    #[error("statistics table: not an rrproxy table (bad magic)")]
+    Magic,
+    #[error("statistics table layout {found} is not this build's layout {LAYOUT}")]
+    Layout { found: u64 },
+    #[error("statistics table header is inconsistent: {0}")]
+    Header(&'static str),
+}
+
+/// A mapped statistics table.
+pub struct Table {
+    fd: OwnedFd,
+    map: SharedWords,
+    slots: usize,
+    columns: usize,
+    procs: usize,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("slots", &self.slots)
+            .field("columns", &self.columns)
+            .field("procs", &self.procs)
+            .finish()
+    }
+}
+
+fn offsets(slots: usize, columns: usize) -> (usize, usize, usize, usize) {
+    let front = HEADER_WORDS;
+    let slot = front + FRONT_WORDS;
+    let base = slot + slots * SLOT_WORDS;
+    let procs = (base + columns * COL_WORDS).div_ceil(PAGE_WORDS) * PAGE_WORDS;
+    (front, slot, base, procs)
+}
+
+fn proc_words(columns: usize) -> usize {
+    (PROC_HEAD_WORDS + columns * COL_WORDS).div_ceil(PAGE_WORDS) * PAGE_WORDS
+}
+
+fn total_words(slots: usize, columns: usize, procs: usize) -> Option<usize> {
+    let (_, _, _, p) = offsets(slots, columns);
+    proc_words(columns).checked_mul(procs)?.checked_add(p)
+}
+
+/// Add `n` to a word this process alone writes (no locked instruction).
+#[inline]
+pub fn bump(word: &AtomicU64, n: u64) {
+    word.store(
+        word.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Read a word.
+#[inline]
+pub fn get(word: &AtomicU64) -> u64 {
+    word.load(Ordering::Relaxed)
+}
+
+/// Set a word this process alone writes.
+#[inline]
+pub fn set(word: &AtomicU64, v: u64) {
+    word.store(v, Ordering::Relaxed);
+}
+
+/// The bucket index of `secs` among `bounds` (the last is +Inf).
+pub fn bucket(bounds: &[f64], secs: f64) -> usize {
+    bounds
+        .iter()
+        .position(|&b| secs <= b)
+        .unwrap_or(bounds.len())
+}
+
+/// A duration in whole nanoseconds (saturating).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Table {
+    /// Create a zeroed table for `slots` worker slots, `columns` backend
+    /// columns and `procs` process cells (the front, at start).
+    pub fn create(slots: usize, columns: usize, procs: usize) -> Result<Table, StatsError> {
+        let words =
+            total_words(slots, columns, procs).ok_or(StatsError::Header("capacities overflow"))?;
+        let fd = rustix::fs::memfd_create(
+            "rrproxy-stats",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(io::Error::from)?;
+        rustix::fs::ftruncate(&fd, (words * 8) as u64).map_err(io::Error::from)?;
+        let map = SharedWords::map(fd.as_fd(), words)?;
+        let w = map.words();
+        set(&w[1], LAYOUT);
+        set(&w[2], slots as u64);
+        set(&w[3], columns as u64);
+        set(&w[4], procs as u64);
+        // The magic last: a reader that sees it sees the rest.
+        w[0].store(MAGIC, Ordering::Release);
+        Ok(Table {
+            fd,
+            map,
+            slots,
+            columns,
+            procs,
+        })
+    }
+
+    /// Map an existing table (a worker, or the front after an upgrade),
+    /// checking its header.
+    pub fn open(fd: OwnedFd) -> Result<Table, StatsError> {
+        let head = SharedWords::map(fd.as_fd(), HEADER_WORDS)?;
+        let h = head.words();
+        if h[0].load(Ordering::Acquire) != MAGIC {
+            return Err(StatsError::Magic);
+        }
+        let layout = get(&h[1]);
+        if layout != LAYOUT {
+            return Err(StatsError::Layout { found: layout });
+        }
+        let cap = |i: usize, max: usize, what| {
+            usize::try_from(get(&h[i]))
+                .ok()
+                .filter(|&v| v > 0 && v <= max)
+                .ok_or(StatsError::Header(what))
+        };
+        let slots = cap(2, 1 << 16, "slot count")?;
+        let columns = cap(3, 1 << 16, "column count")?;
+        let procs = cap(4, 1 << 17, "process count")?;
+        let words =
+            total_words(slots, columns, procs).ok_or(StatsError::Header("capacities overflow"))?;
+        drop(head);
+        let map = SharedWords::map(fd.as_fd(), words)?;
+        Ok(Table {
+            fd,
+            map,
+            slots,
+            columns,
+            procs,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A new descriptor for the same table (to hand to a worker).
+    pub fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    pub fn procs(&self) -> usize {
+        self.procs
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        self.map.words()
+    }
+
+    pub fn front(&self, w: FrontWord) -> &AtomicU64 {
+        &self.words()[HEADER_WORDS + w as usize]
+    }
+
+    /// The `i`th duration bucket base (front region).
+    pub fn duration_bucket_base(&self, i: usize) -> &AtomicU64 {
+        &self.words()[HEADER_WORDS + FrontWord::DurationBucketBase0 as usize + i]
+    }
+
+    pub fn slot(&self, slot: usize, w: SlotWord) -> &AtomicU64 {
+        let (_, s, _, _) = offsets(self.slots, self.columns);
+        &self.words()[s + slot.min(self.slots - 1) * SLOT_WORDS + w as usize]
+    }
+
+    /// The base (front-owned) group of backend column `col`.
+    pub fn base(&self, col: usize) -> &[AtomicU64] {
+        let (_, _, b, _) = offsets(self.slots, self.columns);
+        let start = b + col.min(self.columns - 1) * COL_WORDS;
+        &self.words()[start..start + COL_WORDS]
+    }
+
+    fn cell_words(&self, cell: usize) -> &[AtomicU64] {
+        let (_, _, _, p) = offsets(self.slots, self.columns);
+        let size = proc_words(self.columns);
+        let start = p + cell.min(self.procs - 1) * size;
+        &self.words()[start..start + size]
+    }
+
+    /// Process cell `cell`.
+    pub fn cell(&self, cell: usize) -> ProcCell<'_> {
+        ProcCell::new(self.cell_words(cell), self.columns)
+    }
+
+    /// Zero process cell `cell` so a new process can have it. Only when no
+    /// process writes it any more.
+    pub fn clear_cell(&self, cell: usize) {
+        let (_, _, _, p) = offsets(self.slots, self.columns);
+        let size = proc_words(self.columns);
+        let start = p + cell.min(self.procs - 1) * size;
+        // Give the pages back (they read as zeros); fall back to stores.
+        let punched = rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            (start * 8) as u64,
+            (size * 8) as u64,
+        );
+        if punched.is_err() {
+            for w in self.cell_words(cell) {
+                set(w, 0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Typed access to one process cell and to one backend column group.
+//!
+//! The methods that write are meant for the cell's single writer (the
+//! worker, except `Handed` and `Wake`, see the module above); readers use
+//! [`ProcCell::get`] and [`ColCell::get`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{
+    COL_WORDS, CONNECT_BOUNDS, Col, DURATION_BOUNDS, PROC_HEAD_WORDS, ProcWord, bucket, bump, get,
+    nanos, set,
+};
+use crate::channel::FailReason;
+
+/// One process cell.
+#[derive(Clone, Copy)]
+pub struct ProcCell<'a> {
+    words: &'a [AtomicU64],
+    columns: usize,
+}
+
+impl<'a> ProcCell<'a> {
+    pub(super) fn new(words: &'a [AtomicU64], columns: usize) -> ProcCell<'a> {
+        ProcCell { words, columns }
+    }
+
+    pub fn word(&self, w: ProcWord) -> &'a AtomicU64 {
+        &self.words[w as usize]
+    }
+
+    pub fn get(&self, w: ProcWord) -> u64 {
+        get(self.word(w))
+    }
+
+    pub fn bump(&self, w: ProcWord, n: u64) {
+        bump(self.word(w), n);
+    }
+
+    pub fn set(&self, w: ProcWord, v: u64) {
+        set(self.word(w), v);
+    }
+
+    pub fn duration_bucket(&self, i: usize) -> &'a AtomicU64 {
+        &self.words[ProcWord::DurationBucket0 as usize + i]
+    }
+
+    /// A connection lasted `d`.
+    pub fn record_duration(&self, d: Duration) {
+        bump(self.word(ProcWord::DurationSumNs), nanos(d));
+        bump(
+            self.duration_bucket(bucket(&DURATION_BOUNDS, d.as_secs_f64())),
+            1,
+        );
+    }
+
+    /// Backend column `col` of this cell, if the table has it.
+    pub fn col(&self, col: usize) -> Option<ColCell<'a>> {
+        if col >= self.columns {
+            return None;
+        }
+        let start = PROC_HEAD_WORDS + col * COL_WORDS;
+        Some(ColCell {
+            words: &self.words[start..start + COL_WORDS],
+        })
+    }
+
+    /// The front asks to be told when this worker makes room.
+    pub fn request_wake(&self) {
+        self.word(ProcWord::Wake).store(1, Ordering::SeqCst);
+    }
+
+    /// The worker: was a wake-up asked for (and now taken)?
+    pub fn take_wake(&self) -> bool {
+        let w = self.word(ProcWord::Wake);
+        w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::SeqCst) != 0
+    }
+}
+
+/// One backend column group (of a process cell, or the base).
+#[derive(Clone, Copy)]
+pub struct ColCell<'a> {
+    words: &'a [AtomicU64],
+}
+
+impl<'a> ColCell<'a> {
+    /// View a base group (from [`super::Table::base`]).
+    pub fn of(words: &'a [AtomicU64]) -> ColCell<'a> {
+        ColCell { words }
+    }
+
+    pub fn word(&self, w: Col) -> &'a AtomicU64 {
+        &self.words[w as usize]
+    }
+
+    pub fn get(&self, w: Col) -> u64 {
+        get(self.word(w))
+    }
+
+    pub fn bump(&self, w: Col, n: u64) {
+        bump(self.word(w), n);
+    }
+
+    pub fn connect_bucket(&self, i: usize) -> &'a AtomicU64 {
+        &self.words[Col::ConnectBucket0 as usize + i]
+    }
+
+    /// One more connection on this backend now.
+    pub fn active_up(&self) {
+        bump(self.word(Col::Active), 1);
+    }
+
+    /// One fewer connection on this backend now.
+    pub fn active_down(&self) {
+        let w = self.word(Col::Active);
+        set(w, get(w).saturating_sub(1));
+    }
+
+    /// Connected, after `connect_time`.
+    pub fn opened(&self, connect_time: Duration) {
+        bump(self.word(Col::Conns), 1);
+        bump(self.word(Col::ConnectSumNs), nanos(connect_time));
+        bump(
+            self.connect_bucket(bucket(&CONNECT_BOUNDS, connect_time.as_secs_f64())),
+            1,
+        );
+    }
+
+    pub fn failed(&self, reason: FailReason) {
+        let w = match reason {
+            FailReason::Refused => Col::FailRefused,
+            FailReason::Timeout => Col::FailTimeout,
+            FailReason::Other => Col::FailOther,
+        };
+        bump(self.word(w), 1);
+    }
+
+    /// Zero the group (its writer only, when the column changes owner).
+    pub fn clear(&self) {
+        for w in self.words {
+            set(w, 0);
+        }
+    }
+
+    /// Add every counter of `other` (not the `Active` gauge) into this
+    /// group (the front folding a departed process into the base).
+    pub fn absorb(&self, other: ColCell<'_>) {
+        for (i, (mine, theirs)) in self.words.iter().zip(other.words).enumerate() {
+            if i != Col::Active as usize && i != Col::CheckFailures as usize {
+                bump(mine, get(theirs));
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn a_second_mapping_sees_every_write() {
+    let t = Table::create(4, 8, 6).unwrap();
+    let other = Table::open(t.dup_fd().unwrap()).unwrap();
+    assert_eq!((other.slots(), other.columns(), other.procs()), (4, 8, 6));
+    bump(t.front(FrontWord::Accepted), 3);
+    bump(t.slot(2, SlotWord::Handed), 5);
+    let cell = t.cell(5);
+    cell.bump(ProcWord::Finished, 7);
+    cell.record_duration(Duration::from_millis(20));
+    let col = cell.col(7).unwrap();
+    col.opened(Duration::from_micros(300));
+    col.active_up();
+    assert_eq!(get(other.front(FrontWord::Accepted)), 3);
+    assert_eq!(get(other.slot(2, SlotWord::Handed)), 5);
+    let seen = other.cell(5);
+    assert_eq!(seen.get(ProcWord::Finished), 7);
+    assert_eq!(
+        get(seen.duration_bucket(3)),
+        1,
+        "20 ms falls in (10 ms, 50 ms]"
+    );
+    assert_eq!(seen.get(ProcWord::DurationSumNs), 20_000_000);
+    let c = seen.col(7).unwrap();
+    assert_eq!((c.get(Col::Conns), c.get(Col::Active)), (1, 1));
+    assert_eq!(
+        get(c.connect_bucket(2)),
+        1,
+        "300 us falls in (250 us, 500 us]"
+    );
+    assert!(seen.col(8).is_none());
+}
+
+#[test]
+fn cells_do_not_overlap() {
+    let t = Table::create(2, 3, 4).unwrap();
+    for cell in 0..4 {
+        let c = t.cell(cell);
+        c.set(ProcWord::Pid, 100 + cell as u64);
+        for col in 0..3 {
+            c.col(col)
+                .unwrap()
+                .bump(Col::BytesUp, (cell * 10 + col) as u64);
+        }
+    }
+    for col in 0..3 {
+        ColCell::of(t.base(col)).bump(Col::CheckFailures, col as u64 + 1);
+    }
+    for cell in 0..4 {
+        let c = t.cell(cell);
+        assert_eq!(c.get(ProcWord::Pid), 100 + cell as u64);
+        for col in 0..3 {
+            assert_eq!(
+                c.col(col).unwrap().get(Col::BytesUp),
+                (cell * 10 + col) as u64
+            );
+        }
+    }
+    for col in 0..3 {
+        assert_eq!(
+            ColCell::of(t.base(col)).get(Col::CheckFailures),
+            col as u64 + 1
+        );
+    }
+}
+
+#[test]
+fn folding_keeps_counters_and_drops_the_gauge() {
+    let t = Table::create(1, 2, 2).unwrap();
+    let col = t.cell(1).col(1).unwrap();
+    col.opened(Duration::from_millis(1));
+    col.active_up();
+    col.bump(Col::BytesDown, 99);
+    let base = ColCell::of(t.base(1));
+    base.absorb(col);
+    base.absorb(col);
+    assert_eq!(base.get(Col::Conns), 2);
+    assert_eq!(base.get(Col::BytesDown), 198);
+    assert_eq!(base.get(Col::Active), 0);
+    t.clear_cell(1);
+    assert_eq!(t.cell(1).col(1).unwrap().get(Col::BytesDown), 0);
+    assert_eq!(base.get(Col::BytesDown), 198, "the base is not in the cell");
+}
+
+#[test]
+fn the_wake_flag_is_taken_once() {
+    let t = Table::create(1, 1, 1).unwrap();
+    let c = t.cell(0);
+    assert!(!c.take_wake());
+    c.request_wake();
+    assert!(c.take_wake());
+    assert!(!c.take_wake());
+}
+
+#[test]
+fn a_foreign_file_is_refused() {
+    let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
+    assert!(matches!(Table::open(fd), Err(StatsError::Magic)));
+    let t = Table::create(1, 1, 1).unwrap();
+    set(&t.words()[1], LAYOUT + 1);
+    assert!(matches!(
+        Table::open(t.dup_fd().unwrap()),
+        Err(StatsError::Layout { .. })
+    ));
+    let short = rustix::fs::memfd_create("y", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    assert!(
+        Table::open(short).is_err(),
+        "an empty file cannot be mapped"
+    );
+}
+
+#[test]
+fn buckets_are_upper_inclusive() {
+    assert_eq!(bucket(&DURATION_BOUNDS, 0.001), 0);
+    assert_eq!(bucket(&DURATION_BOUNDS, 0.0011), 1);
+    assert_eq!(bucket(&DURATION_BOUNDS, 1e9), DURATION_BOUNDS.len());
+}
