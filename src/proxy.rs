@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::{LogArgs, ProxyArgs};
 use crate::config::{Config, MAX_BACKENDS};
@@ -322,9 +322,9 @@ async fn wait_for_stop(front: &Shared) -> Result<(), FrontError> {
                 info!("SIGUSR2 received: upgrading (front, then workers) onto the binary at the start path");
                 let front = front.clone();
                 tokio::task::spawn_local(async move {
-                    match front::upgrade::upgrade(&front, None).await {
-                        Ok(_) => front::upgrade::hand_over(&front),
-                        Err(why) => error!("upgrade failed: {why}"),
+                    // (A failure is logged by the upgrade itself.)
+                    if front::upgrade::upgrade(&front, None).await.is_ok() {
+                        front::upgrade::hand_over(&front);
                     }
                 });
             }

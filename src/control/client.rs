@@ -26,8 +26,77 @@ pub enum CtlError {
 }
 
 /// Send `words` (plus `--json` if asked) and return the reply text. An
-/// `error:` reply becomes `CtlError::Refused`.
+/// `error:` reply becomes `CtlError::Refused`. An upgrade answers once the
+/// new front serves; this then waits (asking the new front) until the
+/// workers are replaced too, and says how that ended.
 pub fn run(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+    let upgrade = words
+        .first()
+        .is_some_and(|w| w == "upgrade" || w == "reload");
+    let reply = run_once(path, words, json)?;
+    if !upgrade {
+        return Ok(reply);
+    }
+    let rolled = wait_for_workers(path)?;
+    if json {
+        let msg = serde_json::json!({ "ok": format!("{}; {rolled}", reply) });
+        return Ok(msg.to_string());
+    }
+    Ok(format!("{reply}\n{rolled}"))
+}
+
+/// After an upgrade: poll the (new) front until no upgrade or restart of
+/// the workers is in progress; its last outcome, or an error if it failed.
+fn wait_for_workers(path: &Path) -> Result<String, CtlError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let status = match run_once(path, &["status".to_string()], true) {
+            Ok(s) => s,
+            // Between fronts: try again.
+            Err(CtlError::Connect { .. }) | Err(CtlError::Io { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let v: serde_json::Value = serde_json::from_str(&status)
+            .map_err(|e| CtlError::Refused(format!("bad status reply: {e}")))?;
+        if v["upgrading"] == true || v["rolling_restart"] == true {
+            if std::time::Instant::now() > deadline {
+                return Err(CtlError::Refused(
+                    "the workers are still being replaced after an hour; see `rrproxy ctl status`"
+                        .into(),
+                ));
+            }
+            continue;
+        }
+        let last = v["last_restart"].as_str().unwrap_or("workers replaced");
+        return match last.strip_prefix("failed: ") {
+            Some(why) => Err(CtlError::Refused(format!(
+                "the front was upgraded, but replacing the workers failed: {why}"
+            ))),
+            None => Ok(last.to_string()),
+        };
+    }
+}
+
+/// One command, one reply (retried once if the front handed over to a
+/// new one while this connection was open).
+fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+    for _ in 0..3 {
+        match exchange(path, words, json) {
+            Err(CtlError::Refused(msg)) if msg.contains("handed over to a new one") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+    exchange(path, words, json)
+}
+
+fn exchange(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
     let p = path.display().to_string();
     let io = |source| CtlError::Io {
         path: p.clone(),
@@ -37,14 +106,11 @@ pub fn run(path: &Path, words: &[String], json: bool) -> Result<String, CtlError
         path: p.clone(),
         source,
     })?;
-    // A rolling restart replies when it is done; everything else at once.
-    let slow = words.first().is_some_and(|w| w == "reload");
-    let timeout = if slow {
-        None
-    } else {
-        Some(Duration::from_secs(30))
-    };
-    stream.set_read_timeout(timeout).map_err(io)?;
+    // An upgrade replies when the new front serves (its start is bounded
+    // by the front's own timeouts); everything else at once.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io)?;
     let mut line = words.join(" ");
     if json {
         line.push_str(" --json");

@@ -121,7 +121,8 @@ pub async fn upgrade(front: &Shared, path: Option<PathBuf>) -> Result<String, St
     }
     let result = run(front, path).await;
     let mut f = front.borrow_mut();
-    if result.is_err() {
+    if let Err(why) = &result {
+        warn!("upgrade failed, nothing changed: {why}");
         f.state.upgrading = false;
         thaw(&mut f);
         notify(&[sd_notify::NotifyState::Ready]);

@@ -112,6 +112,12 @@ impl ProxyCmd {
         }
     }
 
+    /// Listen on `addr` instead of an ephemeral port.
+    pub fn listen_on(mut self, addr: &str) -> ProxyCmd {
+        self.args[1] = addr.to_string();
+        self
+    }
+
     pub fn arg(mut self, a: impl Into<String>) -> ProxyCmd {
         self.args.push(a.into());
         self
