@@ -8,3 +8,4 @@ mod observability;
 mod policies;
 mod supervision;
 mod support;
+mod usage;

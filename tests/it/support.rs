@@ -122,6 +122,15 @@ impl ProxyCmd {
         self
     }
 
+    /// Leave out the `--listen 127.0.0.1:0` that `new` puts first (the
+    /// config file says where to listen).
+    pub fn no_listen(mut self) -> ProxyCmd {
+        if self.args.first().is_some_and(|a| a == "--listen") {
+            self.args.drain(..2);
+        }
+        self
+    }
+
     pub fn workers(self, n: usize) -> ProxyCmd {
         self.args(["--workers".to_string(), n.to_string()])
     }
