@@ -78,6 +78,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Talk to a running rrproxy through its control socket.
+    #[command(after_help = crate::control::table::help())]
     Ctl(CtlArgs),
     /// Start three built-in HTTP backends and a proxy in front of them.
     Demo(DemoArgs),

@@ -11,6 +11,7 @@
 
 mod client;
 mod commands;
+pub mod table;
 mod top;
 
 use std::os::unix::fs::PermissionsExt;
@@ -152,7 +153,8 @@ async fn session(front: Shared, stream: UnixStream) {
                 if text.is_empty() {
                     continue;
                 }
-                if text == "quit" || text == "exit" {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if table::lookup(&words).is_ok_and(|(_, a, _)| a == table::Action::Quit) {
                     return;
                 }
                 commands::execute(&front, text).await

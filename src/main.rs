@@ -32,6 +32,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Ctl(args)) => {
+            // The command list needs no proxy.
+            if args.command == ["help"] {
+                if args.json {
+                    let rows = rrproxy::control::table::help_rows();
+                    println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+                } else {
+                    println!("{}", rrproxy::control::table::help());
+                }
+                return ExitCode::SUCCESS;
+            }
             let path = args
                 .control
                 .clone()

@@ -1,7 +1,8 @@
 //! The operator's first hour: a bad flag or config value gets one error in
 //! one style, naming the flag as typed or the file's `path:line:column`
 //! and key; exit status 2 for usage and config errors and 1 at run time,
-//! as `--help` says; the same text from `check`, at start and on reload.
+//! as `--help` says; the same text from `check`, at start and on reload;
+//! `ctl --help` and `ctl help` list the commands the server accepts.
 
 use std::process::Command;
 
@@ -157,4 +158,108 @@ fn one_listen_address_and_one_backend_need_no_list() {
     assert_ne!(proxy.listen.port(), 0);
     assert_eq!(fetch_name(&proxy), "a");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The command column of a help table: `backend add` from
+/// `  backend add ADDR[,weight=N]  add a backend`.
+fn commands_in(help: &str) -> Vec<String> {
+    let start = help.find("commands (").expect("a command list");
+    help[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let usage = l.trim().split("  ").next().unwrap();
+            usage
+                .split(' ')
+                .take_while(|w| w.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn ctl_help_lists_every_command_the_server_accepts() {
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    let server = proxy.ctl("help");
+    let (code, ctl_help, _) = run(&["ctl", "--help"]);
+    assert_eq!(code, Some(0));
+    let listed = commands_in(&ctl_help);
+    assert_eq!(
+        listed,
+        commands_in(&server),
+        "ctl --help and the server's help"
+    );
+    for want in [
+        "status",
+        "backend add",
+        "drain",
+        "config reload",
+        "reload",
+        "top",
+        "quit",
+    ] {
+        assert!(
+            listed.iter().any(|c| c == want),
+            "{want} missing: {listed:?}"
+        );
+    }
+    // Every listed command is one the server knows: asked wrongly (or
+    // harmlessly), it answers about that command, never "unknown".
+    for (line, name) in server.lines().skip(1).zip(&listed) {
+        let usage = line.trim().split("  ").next().unwrap();
+        let args = usage[name.len()..].trim();
+        let probe = if args.is_empty() {
+            format!("{name} extra")
+        } else {
+            name.clone()
+        };
+        let reply = proxy.ctl(&probe);
+        assert!(!reply.contains("unknown command"), "{probe}: {reply}");
+        if args.is_empty() {
+            assert!(
+                reply.contains(&format!("'{name}' takes no arguments")),
+                "{probe}: {reply}"
+            );
+        } else if !args.starts_with('[') {
+            assert!(
+                reply.starts_with(&format!("error: usage: {name} {args}")),
+                "{probe}: {reply}"
+            );
+        }
+    }
+    assert_eq!(fetch_name(&proxy), "a", "nothing was disturbed");
+}
+
+#[test]
+fn ctl_help_needs_no_running_proxy() {
+    let (code, out, err) = run(&["ctl", "--control", "/nonexistent/rrproxy.sock", "help"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("commands (add --json"), "{out}");
+    assert!(
+        out.contains("  backend disable ADDR") && out.contains("  drain ADDR"),
+        "{out}"
+    );
+    let (code, json, _) = run(&[
+        "ctl",
+        "--control",
+        "/nonexistent/rrproxy.sock",
+        "--json",
+        "help",
+    ]);
+    assert_eq!(code, Some(0));
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let drain = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["command"] == "drain")
+        .expect("drain listed");
+    assert_eq!(drain["alias_of"], "backend disable");
+    // A command that does need the proxy still says so.
+    let (code, _, err) = run(&["ctl", "--control", "/nonexistent/rrproxy.sock", "status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach rrproxy"), "{err}");
 }
