@@ -2,9 +2,11 @@
 //! turning them into a validated [`crate::config::Config`] is `config`'s
 //! job. Typed flags are parsed with the validators of `config::values`, so
 //! a bad flag and a bad config key are refused in the same words. `argv`
-//! parses the command line and prints clap's errors in our style.
+//! parses the command line and prints clap's errors in our style; `man`
+//! writes the man page.
 
 mod argv;
+pub mod man;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Man) => {
-            let man = clap_mangen::Man::new(Cli::command());
+            let man = clap_mangen::Man::new(rrproxy::cli::man::command());
             match man.render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 // `rrproxy man | head`: the reader left; not an error.

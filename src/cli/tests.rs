@@ -99,3 +99,25 @@ fn clap_errors_read_like_ours() {
     ));
     assert!(clap_err(&["--splice", "of"]).ends_with("tip: a similar value exists: 'off'"));
 }
+
+#[test]
+fn the_man_synopsis_shows_value_placeholders() {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(man::command())
+        .render(&mut out)
+        .unwrap();
+    let man = String::from_utf8(out).unwrap().replace("\\-", "-");
+    let synopsis = &man[man.find(".SH SYNOPSIS").unwrap()..man.find(".SH DESCRIPTION").unwrap()];
+    for want in [
+        "[-l|--listen <ADDR>]...",
+        "[-b|--backend <ADDR>]...",
+        "[-w|--workers <N|auto>]",
+        "[--metrics <ADDR|off>]",
+        "[--drain-timeout <DURATION>]",
+        "[--cpu-affinity]",
+        "rrproxy\\fR ctl [--control <PATH>] [--json] <COMMAND>...",
+        "rrproxy\\fR check [OPTIONS]",
+    ] {
+        assert!(synopsis.contains(want), "{want} not in {synopsis}");
+    }
+}

@@ -263,3 +263,20 @@ fn ctl_help_needs_no_running_proxy() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach rrproxy"), "{err}");
 }
+
+#[test]
+fn the_man_page_synopsis_shows_value_placeholders() {
+    let (code, man, _) = run(&["man"]);
+    assert_eq!(code, Some(0));
+    let man = man.replace("\\-", "-");
+    let start = man.find(".SH SYNOPSIS").expect("a SYNOPSIS");
+    let synopsis = &man[start..start + man[start..].find(".SH DESCRIPTION").unwrap()];
+    for want in [
+        "[-l|--listen <ADDR>]...",
+        "[-w|--workers <N|auto>]",
+        "[-c|--config <FILE>]",
+        "ctl [--control <PATH>] [--json] <COMMAND>...",
+    ] {
+        assert!(synopsis.contains(want), "{want} not in:\n{synopsis}");
+    }
+}
