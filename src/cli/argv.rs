@@ -202,7 +202,8 @@ fn as_typed(arg: &str, value: &str, argv: &[OsString]) -> String {
     let typed = spelling
         .seen
         .iter()
-        .find(|s| s.long.as_deref() == Some(long) && s.value.as_deref() == Some(value))
+        // (A missing value is an empty one to clap.)
+        .find(|s| s.long.as_deref() == Some(long) && s.value.as_deref().unwrap_or("") == value)
         .map(|s| s.typed.as_str());
     match typed {
         Some(t) if rest.is_empty() => t.to_string(),

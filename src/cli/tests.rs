@@ -98,6 +98,10 @@ fn clap_errors_read_like_ours() {
         "rrproxy: error: invalid value 'soon' for '--connect-timeout <DURATION>': expected a duration"
     ));
     assert!(clap_err(&["--splice", "of"]).ends_with("tip: a similar value exists: 'off'"));
+    assert_eq!(
+        clap_err(&["-b", "127.0.0.1:80", "-w"]),
+        "rrproxy: error: a value is required for '-w <N|auto>' but none was supplied"
+    );
 }
 
 #[test]

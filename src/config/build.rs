@@ -185,11 +185,6 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         .map(|g| src.check(g, values::listen))
         .collect::<Result<Vec<_>, _>>()?;
     let backend_given = backend_items(&src, args, keys)?;
-    if backend_given.is_empty() {
-        return Err(ConfigError::NoBackend {
-            file: file.map(|f| f.path.clone()),
-        });
-    }
     if backend_given.len() > MAX_BACKENDS {
         return Err(ConfigError::Rule {
             origin: src.origin(&backend_given[MAX_BACKENDS]),
@@ -338,7 +333,13 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             .typed("cpu-affinity", None, &keys.cpu_affinity, values::switch)?
             .unwrap_or(false);
 
-    // Look-ups last: every value above is well-formed.
+    // Every value given is well-formed; one was needed.
+    if backend_given.is_empty() {
+        return Err(ConfigError::NoBackend {
+            file: file.map(|f| f.path.clone()),
+        });
+    }
+    // Look-ups last.
     let listen = if listen_given.is_empty() {
         vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
     } else {

@@ -98,6 +98,10 @@ fn bad_backends_name_the_problem() {
 #[test]
 fn bad_flags_are_refused_naming_the_flag() {
     assert!(err(&args(&[])).contains("no backend given"));
+    // A bad value is named before the missing backend.
+    let mut a = args(&[]);
+    a.workers = Some("atuo".into());
+    assert!(err(&a).starts_with("invalid value 'atuo'"), "{}", err(&a));
     let mut a = args(&["127.0.0.1:80"]);
     a.workers = Some("0".into());
     assert_eq!(
