@@ -139,6 +139,12 @@ fn bad_flags_are_refused_naming_the_flag() {
         "{}",
         err(&a)
     );
+    let many: Vec<String> = (1..=1025).map(|p| format!("127.0.0.1:{p}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        err(&args(&many)),
+        "invalid '--backend <ADDR>': too many backends: 1025 (at most 1024)"
+    );
     let e = Config::load(&args(&["no-such-host.invalid:80"])).unwrap_err();
     assert_eq!(e.exit_code(), 1, "a look-up failure is a run-time failure");
     assert_eq!(Config::load(&args(&[])).unwrap_err().exit_code(), 2);
