@@ -1,11 +1,22 @@
 //! Command-line definitions (clap). Only the shape of the flags lives here;
-//! turning them into a validated [`crate::config::Config`] is `config`'s job.
+//! turning them into a validated [`crate::config::Config`] is `config`'s
+//! job. Typed flags are parsed with the validators of `config::values`, so
+//! a bad flag and a bad config key are refused in the same words. `argv`
+//! parses the command line and prints clap's errors in our style; `man`
+//! writes the man page.
+
+mod argv;
+pub mod man;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+pub use argv::{Spelling, parse, render_error};
+
+use crate::config::Invalid;
+use crate::config::values::{self, Choice};
 use crate::policy::PolicyName;
 
 const ABOUT: &str = "A userspace L4 TCP load-balancing proxy with per-core worker processes";
@@ -34,9 +45,13 @@ SIGNALS:
     SIGUSR2           restart the workers one at a time (no connection lost)
 
 EXIT STATUS:
-    0 after a clean shutdown; 1 on a startup error (bad flag or config file,
-    address in use, unresolvable backend) or when no worker can run; 2 on a
-    command-line usage error.";
+    0   a clean shutdown, or the command did what it was asked
+    1   a failure at run time: an address in use, a backend or listen name
+        that does not resolve, no worker can run, a control command refused
+        or the proxy unreachable (ctl)
+    2   a usage or configuration error: an unknown flag, a bad flag value,
+        a config file that cannot be read or has a bad key or value, no
+        backend given";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +80,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Talk to a running rrproxy through its control socket.
+    #[command(after_help = crate::control::table::help())]
     Ctl(CtlArgs),
     /// Start three built-in HTTP backends and a proxy in front of them.
     Demo(DemoArgs),
@@ -104,12 +120,12 @@ pub struct ProxyArgs {
     pub workers: Option<String>,
 
     /// How to choose a worker and a backend for each connection. [default: round-robin]
-    #[arg(short, long, value_enum, value_name = "NAME")]
+    #[arg(short, long, value_name = "NAME", value_parser = Choice::<PolicyName>::new())]
     pub policy: Option<PolicyName>,
 
     /// With --policy sticky: how many leading bits of an IPv6 client
     /// address choose its backend (64 keeps a /64 together). [default: 128]
-    #[arg(long, value_name = "BITS")]
+    #[arg(long, value_name = "BITS", value_parser = values::ipv6_prefix)]
     pub sticky_ipv6_prefix: Option<u8>,
 
     /// Serve Prometheus metrics on ADDR (/metrics), or "off". [default: 127.0.0.1:9898]
@@ -127,6 +143,11 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub tuning: TuningArgs,
+
+    /// How each flag was typed (`-w` or `--workers`), for errors found
+    /// after parsing. Empty when built in code: errors use the long name.
+    #[arg(skip)]
+    pub spelling: Spelling,
 }
 
 /// Timeouts, limits and health checks.
@@ -134,36 +155,36 @@ pub struct ProxyArgs {
 #[command(next_help_heading = "Timeouts and limits")]
 pub struct TuningArgs {
     /// Give up connecting to a backend after this long (e.g. 5s, 500ms). [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
     pub connect_timeout: Option<Duration>,
 
     /// Close a connection on which no byte moved in either direction for
     /// this long. [default: 5m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
     pub idle_timeout: Option<Duration>,
 
     /// On shutdown or worker restart, how long connections in flight may
     /// take to finish before they are cut. [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = values::duration)]
     pub drain_timeout: Option<Duration>,
 
     /// Listen backlog: connections the kernel queues while workers are busy. [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::backlog)]
     pub backlog: Option<u32>,
 
     /// Most connections proxied at once; beyond it new clients wait in the
     /// kernel backlog instead of being accepted. [default: unlimited]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::limit_u64)]
     pub max_conns: Option<u64>,
 
     /// Most connections one worker proxies at once. [default: what its file
     /// descriptor limit allows]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::limit_u64)]
     pub max_conns_per_worker: Option<u64>,
 
     /// Most connections at once from one client IP; more are refused
     /// (closed) so one noisy client cannot crowd out the others. [default: unlimited]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::limit_u32)]
     pub max_conns_per_ip: Option<u32>,
 
     /// Actively check every backend with a TCP connect this often, or "off".
@@ -178,21 +199,21 @@ pub struct TuningArgs {
     pub resolve_interval: Option<String>,
 
     /// A health check connect that takes longer than this fails. [default: 1s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
     pub health_timeout: Option<Duration>,
 
     /// Consecutive good checks that bring a down backend back up. [default: 2]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::checks)]
     pub rise: Option<u32>,
 
     /// Consecutive failed checks that mark a backend down. [default: 3]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::checks)]
     pub fall: Option<u32>,
 
     /// Move bytes with splice(2) through pipes, without copying them
     /// through user space: "on", "off" (buffered copies), or "auto" (copy
     /// small chunks, splice bulk transfers). [default: auto]
-    #[arg(long, value_name = "auto|on|off")]
+    #[arg(long, value_name = "auto|on|off", value_parser = values::splice)]
     pub splice: Option<crate::channel::Splice>,
 
     /// Pin the front to the first allowed CPU and each worker to one of the
@@ -212,7 +233,7 @@ pub enum LogFormat {
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log line format.
-    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = Choice::<LogFormat>::new())]
     pub log_format: LogFormat,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
@@ -269,7 +290,7 @@ pub struct DemoArgs {
     pub workers: String,
 
     /// Balancing policy for the demo proxy.
-    #[arg(long, value_enum, default_value_t = PolicyName::RoundRobin)]
+    #[arg(long, value_name = "NAME", default_value = "round-robin", value_parser = Choice::<PolicyName>::new())]
     pub policy: PolicyName,
 
     /// Control socket for the demo proxy. [default: as for rrproxy --control]
@@ -297,12 +318,10 @@ pub struct WorkerArgs {
 }
 
 /// Parse a human duration such as `5s`, `500ms`, `2m`, or a bare number of
-/// seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("'{text}' is not a duration like 5s, 500ms or 2m ({e})"))
+/// seconds (zero included); a value parser for duration flags.
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
+    values::duration(text)
 }
+
+#[cfg(test)]
+mod tests;

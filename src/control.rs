@@ -11,6 +11,7 @@
 
 mod client;
 mod commands;
+pub mod table;
 mod top;
 
 use std::os::unix::fs::PermissionsExt;
@@ -89,11 +90,22 @@ impl Control {
 /// Wait while the front is frozen for an upgrade; false if it has handed
 /// over (this process is leaving).
 async fn wait_unfrozen(front: &Shared) -> bool {
-    let weak = std::rc::Rc::downgrade(front);
-    while let Some(wait) = crate::front::lifecycle::frozen_gate(&weak) {
-        wait.await;
+    loop {
+        let thaw = {
+            let f = front.borrow();
+            if f.state.handed_over {
+                return false;
+            }
+            if !f.state.frozen {
+                return true;
+            }
+            f.state.thaw.clone()
+        };
+        let waiting = thaw.notified();
+        if front.borrow().state.frozen && !front.borrow().state.handed_over {
+            waiting.await;
+        }
     }
-    !front.borrow().state.handed_over
 }
 
 /// Remove the socket file on exit.
@@ -179,7 +191,8 @@ async fn session(front: Shared, stream: UnixStream) {
                 if text.is_empty() {
                     continue;
                 }
-                if text == "quit" || text == "exit" {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if table::lookup(&words).is_ok_and(|(_, a, _)| a == table::Action::Quit) {
                     return;
                 }
                 if !wait_unfrozen(&front).await {

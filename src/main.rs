@@ -3,14 +3,45 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
+use clap::error::ErrorKind;
 use rrproxy::cli::{Cli, Command, LogArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Exit status of a usage or config error (`--help` says so).
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match rrproxy::cli::parse(&argv) {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            err.exit()
+        }
+        Err(err) => {
+            eprintln!("{}", rrproxy::cli::render_error(&err, &argv));
+            return ExitCode::from(USAGE);
+        }
+    };
     match cli.command {
         Some(Command::Ctl(args)) => {
+            // The command list needs no proxy.
+            if args.command == ["help"] {
+                if args.json {
+                    let rows = rrproxy::control::table::help_rows();
+                    println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+                } else {
+                    println!("{}", rrproxy::control::table::help());
+                }
+                return ExitCode::SUCCESS;
+            }
             let path = args
                 .control
                 .clone()
@@ -31,12 +62,16 @@ fn main() -> ExitCode {
                 Err(err) => fail("rrproxy ctl", &err),
             }
         }
+        // Errors read exactly as when the proxy starts with the same flags.
         Some(Command::Check(args)) => match rrproxy::config::Config::load(&args.proxy) {
             Ok(config) => {
                 println!("configuration OK: {}", config.summary());
                 ExitCode::SUCCESS
             }
-            Err(err) => fail("rrproxy check", &err),
+            Err(err) => {
+                fail("rrproxy", &err);
+                ExitCode::from(err.exit_code())
+            }
         },
         Some(Command::Completions { shell }) => {
             let mut cmd = Cli::command();
@@ -44,7 +79,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Man) => {
-            let man = clap_mangen::Man::new(Cli::command());
+            let man = clap_mangen::Man::new(rrproxy::cli::man::command());
             match man.render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 // `rrproxy man | head`: the reader left; not an error.
@@ -68,20 +103,35 @@ fn main() -> ExitCode {
             init_logging(&cli.log, None);
             match rrproxy::demo::run(args, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => fail("rrproxy demo", &err),
+                Err(err) => {
+                    fail("rrproxy demo", &err);
+                    ExitCode::from(front_exit_code(&err))
+                }
             }
         }
         None => {
             init_logging(&cli.log, None);
             match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => fail("rrproxy", &err),
+                Err(err) => {
+                    fail("rrproxy", &err);
+                    ExitCode::from(front_exit_code(&err))
+                }
             }
         }
     }
 }
 
-/// Print one clear line (with causes) and return failure.
+/// 2 for a bad flag or config, 1 for everything that failed at run time.
+fn front_exit_code(err: &rrproxy::front::FrontError) -> u8 {
+    match err {
+        rrproxy::front::FrontError::Config(err) => err.exit_code(),
+        _ => 1,
+    }
+}
+
+/// Print one clear line (with causes, and any `tip:` lines) and return
+/// failure at run time (1).
 fn fail(who: &str, err: &dyn std::error::Error) -> ExitCode {
     let mut msg = err.to_string();
     let mut source = err.source();

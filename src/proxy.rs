@@ -234,8 +234,10 @@ pub(crate) async fn run_front(
     let outcome = wait_for_stop(front).await;
     if front.borrow().state.handed_over {
         // Everything belongs to the new front now: leave without a word
-        // to the workers, and leave the control socket where it is.
+        // to the workers, and leave the control socket where it is. Control
+        // clients caught mid-way get a moment to hear "reconnect".
         info!("handed over to the new front; exiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
         return Ok(());
     }
     front::notify(&[sd_notify::NotifyState::Stopping]);

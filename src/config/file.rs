@@ -1,175 +1,242 @@
 //! The TOML config file: one key per command-line flag (same names), with
-//! unknown keys rejected and errors reported as `file:line:column`.
+//! unknown keys rejected. Every value keeps its position, so an error in
+//! it is reported as `file:line:column`, like a syntax error; what a value
+//! means is checked by the same validators as the flag's (`values`).
 
-use std::path::Path;
-use std::time::Duration;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::{Spanned, Value};
 
-use super::ConfigError;
+use super::error::{ConfigError, Invalid, Origin};
 
-/// The file as written. Every field is optional: flags fill or override.
+/// A value as written, with its position in the file.
+pub type Raw = Spanned<Value>;
+
+/// The keys as written. Every one is optional: flags fill or override.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
-    #[serde(default)]
-    pub listen: Vec<String>,
-    #[serde(default)]
-    pub backends: Vec<BackendValue>,
-    pub workers: Option<WorkersValue>,
-    pub policy: Option<String>,
-    pub sticky_ipv6_prefix: Option<u8>,
-    pub metrics: Option<String>,
-    pub control: Option<String>,
-    pub connect_timeout: Option<DurationValue>,
-    pub idle_timeout: Option<DurationValue>,
-    pub drain_timeout: Option<DurationValue>,
-    pub backlog: Option<u32>,
-    pub max_conns: Option<u64>,
-    pub max_conns_per_worker: Option<u64>,
-    pub max_conns_per_ip: Option<u32>,
-    pub health_interval: Option<DurationValue>,
-    pub resolve_interval: Option<DurationValue>,
-    pub health_timeout: Option<DurationValue>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    pub splice: Option<SpliceValue>,
-    pub cpu_affinity: Option<bool>,
+    /// `"ADDR"` or `["ADDR", ...]`.
+    pub listen: Option<Spanned<List>>,
+    /// `["HOST:PORT[,weight=N][,resolve]" | { address, weight, resolve }, ...]`
+    /// (a single entry need not be in a list).
+    pub backends: Option<Spanned<List>>,
+    pub workers: Option<Raw>,
+    pub policy: Option<Raw>,
+    pub sticky_ipv6_prefix: Option<Raw>,
+    pub metrics: Option<Raw>,
+    pub control: Option<Raw>,
+    pub connect_timeout: Option<Raw>,
+    pub idle_timeout: Option<Raw>,
+    pub drain_timeout: Option<Raw>,
+    pub backlog: Option<Raw>,
+    pub max_conns: Option<Raw>,
+    pub max_conns_per_worker: Option<Raw>,
+    pub max_conns_per_ip: Option<Raw>,
+    pub health_interval: Option<Raw>,
+    pub resolve_interval: Option<Raw>,
+    pub health_timeout: Option<Raw>,
+    pub rise: Option<Raw>,
+    pub fall: Option<Raw>,
+    pub splice: Option<Raw>,
+    pub cpu_affinity: Option<Raw>,
 }
 
-/// A backend: `"10.0.0.5:80"`, `"10.0.0.5:80,weight=3"`,
-/// `"app.example:80,resolve"`, or
-/// `{ address = "10.0.0.5:80", weight = 3, resolve = false }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum BackendValue {
-    Spec(String),
-    Table(BackendTable),
+/// A key that takes one value or a list of them. The items of a list keep
+/// their own positions; a single value has the key's.
+#[derive(Debug)]
+pub enum List {
+    One(Value),
+    Many(Vec<Raw>),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendTable {
-    pub address: String,
-    pub weight: Option<u32>,
-    pub resolve: Option<bool>,
+/// One item of a `List` key: the value and where it is.
+pub struct Item<'a> {
+    pub value: &'a Value,
+    pub span: Range<usize>,
 }
 
-impl BackendValue {
-    /// The same text a `--backend` flag would carry.
-    pub fn into_spec(self) -> String {
-        match self {
-            BackendValue::Spec(s) => s,
-            BackendValue::Table(t) => {
-                let mut spec = t.address;
-                if let Some(w) = t.weight {
-                    spec.push_str(&format!(",weight={w}"));
-                }
-                if t.resolve == Some(true) {
-                    spec.push_str(",resolve");
-                }
-                spec
-            }
-        }
+/// The items of a list key, each with its position.
+pub fn items(list: &Spanned<List>) -> Vec<Item<'_>> {
+    match list.get_ref() {
+        List::One(value) => vec![Item {
+            value,
+            span: list.span(),
+        }],
+        List::Many(values) => values
+            .iter()
+            .map(|v| Item {
+                value: v.get_ref(),
+                span: v.span(),
+            })
+            .collect(),
     }
 }
 
-/// `splice = "auto"`, `"on"`, `"off"`, or a boolean.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum SpliceValue {
-    Switch(bool),
-    Text(String),
-}
-
-/// `workers = 4` or `workers = "auto"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum WorkersValue {
-    Count(i64),
-    Text(String),
-}
-
-impl std::fmt::Display for WorkersValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WorkersValue::Count(n) => write!(f, "{n}"),
-            WorkersValue::Text(s) => f.write_str(s),
-        }
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<List, D::Error> {
+        d.deserialize_any(ListVisitor)
     }
 }
 
-/// `"5s"`, `"500ms"`, or a number of seconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum DurationValue {
-    Seconds(u64),
-    Text(String),
-}
+struct ListVisitor;
 
-impl DurationValue {
-    pub fn to_duration(&self) -> Result<Duration, String> {
-        match self {
-            DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
-            DurationValue::Text(t) => crate::cli::parse_duration(t),
+impl<'de> Visitor<'de> for ListVisitor {
+    type Value = List;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value or a list of values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Raw>()? {
+            items.push(item);
         }
+        Ok(List::Many(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<List, A::Error> {
+        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(List::One)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<List, E> {
+        Ok(List::One(Value::String(v.to_string())))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<List, E> {
+        Ok(List::One(Value::Integer(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<List, E> {
+        i64::try_from(v)
+            .map(|v| List::One(Value::Integer(v)))
+            .map_err(|_| E::custom("number out of range"))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<List, E> {
+        Ok(List::One(Value::Float(v)))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<List, E> {
+        Ok(List::One(Value::Boolean(v)))
     }
 }
 
-impl FileConfig {
-    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+/// A scalar value as the text a flag would carry (`4`, `"auto"` -> `auto`),
+/// and as it is shown in an error. `None` for an array or a table.
+pub fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Integer(n) => Some(n.to_string()),
+        Value::Float(n) => Some(n.to_string()),
+        Value::Boolean(b) => Some(b.to_string()),
+        Value::Datetime(d) => Some(d.to_string()),
+        Value::Array(_) | Value::Table(_) => None,
+    }
+}
+
+/// A value as it is shown in an error: strings bare, the rest as TOML.
+pub fn shown(value: &Value) -> String {
+    text(value).unwrap_or_else(|| value.to_string())
+}
+
+/// A backend entry as the text `--backend` would carry: a string as is, a
+/// table `{ address, weight, resolve }` spelled out.
+pub fn backend_spec(value: &Value) -> Result<String, Invalid> {
+    const SHAPE: &str = "expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }";
+    let table = match value {
+        Value::String(s) => return Ok(s.clone()),
+        Value::Table(t) => t,
+        _ => return Err(Invalid::new(SHAPE)),
+    };
+    if let Some(key) = table
+        .keys()
+        .find(|k| !["address", "weight", "resolve"].contains(&k.as_str()))
+    {
+        return Err(Invalid::new(format!(
+            "unknown key '{key}' in a backend table (expected address, weight, resolve)"
+        ))
+        .similar_a("key", key, ["address", "weight", "resolve"]));
+    }
+    let Some(Value::String(address)) = table.get("address") else {
+        return Err(Invalid::new(SHAPE));
+    };
+    let mut spec = address.clone();
+    match table.get("weight") {
+        None => {}
+        Some(Value::Integer(w)) => spec.push_str(&format!(",weight={w}")),
+        Some(_) => return Err(Invalid::new(SHAPE)),
+    }
+    match table.get("resolve") {
+        None | Some(Value::Boolean(false)) => {}
+        Some(Value::Boolean(true)) => spec.push_str(",resolve"),
+        Some(_) => return Err(Invalid::new(SHAPE)),
+    }
+    Ok(spec)
+}
+
+/// A config file, read and parsed, with what it takes to point at a value.
+#[derive(Debug)]
+pub struct LoadedFile {
+    pub path: PathBuf,
+    text: String,
+    pub keys: FileConfig,
+}
+
+impl LoadedFile {
+    pub fn read(path: &Path) -> Result<LoadedFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        FileConfig::parse(&text, path)
+        LoadedFile::parse(text, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|err| {
-            let (line, column) = err
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Parse {
+    pub fn parse(text: String, path: &Path) -> Result<LoadedFile, ConfigError> {
+        match toml::from_str(&text) {
+            Ok(keys) => Ok(LoadedFile {
                 path: path.to_path_buf(),
-                line,
-                column,
-                message: explain(err.message().trim()).replace('\n', " "),
+                text,
+                keys,
+            }),
+            Err(err) => {
+                let (line, column) = err
+                    .span()
+                    .map(|span| line_column(&text, span.start))
+                    .unwrap_or((1, 1));
+                Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: err.message().trim().replace('\n', " "),
+                })
             }
-        })
-    }
-}
-
-/// serde's message for a value that fits none of an untagged enum's forms
-/// names the Rust type; say instead what the key accepts.
-fn explain(message: &str) -> String {
-    let expected = [
-        (
-            "BackendValue",
-            "a backend is \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
-        ),
-        (
-            "DurationValue",
-            "expected a duration like \"5s\" or \"500ms\", or a number of seconds",
-        ),
-        ("WorkersValue", "expected a number of workers or \"auto\""),
-        (
-            "SpliceValue",
-            "expected \"auto\", \"on\", \"off\", true or false",
-        ),
-    ];
-    for (ty, text) in expected {
-        if message.contains("did not match any variant") && message.contains(ty) {
-            return text.to_string();
         }
     }
-    message.to_string()
+
+    /// Where the value of `key` at `span` is.
+    pub fn origin(&self, key: &str, span: Range<usize>) -> Origin {
+        let (line, column) = line_column(&self.text, span.start);
+        Origin::File {
+            path: self.path.clone(),
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
 }
 
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)

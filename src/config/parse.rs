@@ -1,11 +1,11 @@
-//! Parsing of the textual values shared by flags and the config file:
-//! listen addresses, backend specs with weights and DNS discovery, worker
-//! counts.
+//! Backends as written (`HOST:PORT[,weight=N][,resolve]`) and the
+//! resolution of host names, shared by flags, the config file and `ctl
+//! backend add`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use super::{ConfigError, MAX_WORKERS};
+use super::error::Invalid;
 
 /// Largest accepted backend weight.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -53,7 +53,7 @@ impl fmt::Display for BackendSpec {
 }
 
 /// Check the shape of `host:port` (IPv4, `[IPv6]:port` or a host name).
-fn check_host_port(text: &str) -> Result<(), String> {
+pub(super) fn check_host_port(text: &str) -> Result<(), String> {
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err("expected HOST:PORT".into());
     };
@@ -100,25 +100,12 @@ pub fn resolve_all(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// A listen address; `:8080` means all IPv4 interfaces.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
-    let text = text.trim();
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_string()
-    };
-    resolve(&full)
-        .map_err(|e| ConfigError::invalid(format!("invalid listen address '{text}': {e}")))
-}
-
 /// `host:port[,weight=N][,resolve]`, syntax only (nothing is resolved).
-pub fn parse_backend_arg(text: &str) -> Result<BackendArg, ConfigError> {
-    let bad = |why: String| ConfigError::invalid(format!("invalid backend '{text}': {why}"));
+pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
     let mut parts = text.trim().split(',');
     let name = parts.next().unwrap_or_default().trim().to_string();
     if name.is_empty() {
-        return Err(bad("empty address".into()));
+        return Err(Invalid::new("expected HOST:PORT[,weight=N][,resolve]"));
     }
     let mut weight = 1;
     let mut resolve = false;
@@ -132,26 +119,36 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, ConfigError> {
                     .ok()
                     .filter(|w| (1..=MAX_WEIGHT).contains(w))
                     .ok_or_else(|| {
-                        bad(format!("weight must be 1..={MAX_WEIGHT}, got '{value}'"))
+                        Invalid::new(format!("weight must be 1..={MAX_WEIGHT}, got '{value}'"))
                     })?;
             }
             "resolve" if value.is_empty() => resolve = true,
             other => {
-                return Err(bad(format!(
+                return Err(Invalid::new(format!(
                     "unknown option '{other}' (expected weight=N or resolve)"
-                )));
+                ))
+                .similar_a("option", other, ["weight", "resolve"]));
             }
         }
     }
     if name.parse::<SocketAddr>().is_ok() {
         if resolve {
-            return Err(bad("resolve needs a host name, not an address".into()));
+            return Err(Invalid::new("resolve needs a host name, not an address"));
         }
     } else {
-        check_host_port(&name).map_err(bad)?;
+        check_host_port(&name).map_err(|why| {
+            let bad = Invalid::new(why);
+            if name.parse::<u16>().is_ok() {
+                bad.hint(format!(
+                    "a backend needs a host too, like '127.0.0.1:{name}'"
+                ))
+            } else {
+                bad
+            }
+        })?;
     }
     if name.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
-        return Err(bad("port 0 is not a backend port".into()));
+        return Err(Invalid::new("port 0 is not a backend port"));
     }
     Ok(BackendArg {
         name,
@@ -162,11 +159,10 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, ConfigError> {
 
 /// The backends one argument stands for: one (a host name's first
 /// address), or with `resolve` one per address of the name, each named by
-/// its address. Resolves now (blocking).
-pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, ConfigError> {
-    let bad = |why: String| ConfigError::invalid(format!("invalid backend '{}': {why}", arg.name));
+/// its address. Resolves now (blocking); the error says why a look-up failed.
+pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, String> {
     if !arg.resolve {
-        let addr = resolve(&arg.name).map_err(bad)?;
+        let addr = resolve(&arg.name)?;
         return Ok(vec![BackendSpec {
             name: arg.name.clone(),
             addr,
@@ -174,8 +170,7 @@ pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, ConfigError>
             group: None,
         }]);
     }
-    Ok(resolve_all(&arg.name)
-        .map_err(bad)?
+    Ok(resolve_all(&arg.name)?
         .into_iter()
         .map(|addr| group_member(&arg.name, addr, arg.weight))
         .collect())
@@ -193,31 +188,11 @@ pub fn group_member(group: &str, addr: SocketAddr, weight: u32) -> BackendSpec {
 
 /// `host:port[,weight=N]`, one backend, resolved now (for `ctl backend
 /// add`, where `resolve` has no place: discovery belongs in the config).
-pub fn parse_backend(text: &str) -> Result<BackendSpec, ConfigError> {
-    let arg = parse_backend_arg(text)?;
+pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
+    let bad = |why: String| format!("invalid backend '{text}': {why}");
+    let arg = parse_backend_arg(text).map_err(|e| bad(e.to_string()))?;
     if arg.resolve {
-        return Err(ConfigError::invalid(format!(
-            "invalid backend '{text}': resolve is for --backend and the config file"
-        )));
+        return Err(bad("resolve is for --backend and the config file".into()));
     }
-    Ok(expand_backend(&arg)?.remove(0))
-}
-
-/// `auto` (one per available core) or a count in 1..=MAX_WORKERS.
-pub fn parse_workers(text: &str) -> Result<usize, ConfigError> {
-    let text = text.trim();
-    if text == "auto" {
-        return Ok(std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_WORKERS));
-    }
-    match text.parse::<usize>() {
-        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
-        Ok(n) => Err(ConfigError::invalid(format!(
-            "invalid worker count {n}: must be 1..={MAX_WORKERS} or auto"
-        ))),
-        Err(_) => Err(ConfigError::invalid(format!(
-            "invalid worker count '{text}': expected a number or auto"
-        ))),
-    }
+    Ok(expand_backend(&arg).map_err(bad)?.remove(0))
 }

@@ -11,6 +11,7 @@ fn args(backends: &[&str]) -> ProxyArgs {
 }
 
 fn err(a: &ProxyArgs) -> String {
+    // (The message, as `rrproxy` prints it after `rrproxy: error: `.)
     Config::load(a).unwrap_err().to_string()
 }
 
@@ -95,25 +96,76 @@ fn bad_backends_name_the_problem() {
 }
 
 #[test]
-fn bad_flags_are_refused() {
-    assert!(err(&args(&[])).contains("no backend"));
+fn bad_flags_are_refused_naming_the_flag() {
+    assert!(err(&args(&[])).contains("no backend given"));
+    // A bad value is named before the missing backend.
+    let mut a = args(&[]);
+    a.workers = Some("atuo".into());
+    assert!(err(&a).starts_with("invalid value 'atuo'"), "{}", err(&a));
     let mut a = args(&["127.0.0.1:80"]);
     a.workers = Some("0".into());
-    assert!(err(&a).contains("invalid worker count 0"));
-    a.workers = Some("many".into());
-    assert!(err(&a).contains("'many'"));
-    let mut a = args(&["127.0.0.1:80", "127.0.0.1:80"]);
-    assert!(err(&a).contains("listed twice"));
-    a.backend.pop();
+    assert_eq!(
+        err(&a),
+        "invalid value '0' for '--workers <N|auto>': expected a number 1..=256 or auto"
+    );
+    a.workers = Some("atuo".into());
+    assert!(
+        err(&a).ends_with("\n  tip: a similar value exists: 'auto'"),
+        "{}",
+        err(&a)
+    );
+    a.workers = None;
     a.listen = vec!["nonsense".into()];
-    assert!(err(&a).contains("invalid listen address 'nonsense'"));
+    assert!(err(&a).starts_with("invalid value 'nonsense' for '--listen <ADDR>'"));
+    a.listen = vec!["8080".into()];
+    assert!(err(&a).contains("tip: ':8080' means port 8080 on every IPv4 interface"));
     a.listen = vec![":9000".into()];
     assert_eq!(
         Config::load(&a).unwrap().listen[0],
         "0.0.0.0:9000".parse().unwrap()
     );
-    a.tuning.max_conns = Some(0);
-    assert!(err(&a).contains("max-conns must be at least 1"));
+    a.metrics = Some("9899".into());
+    assert!(err(&a).starts_with("invalid value '9899' for '--metrics <ADDR|off>'"));
+    assert!(err(&a).contains("tip: ':9899'"));
+    a.metrics = None;
+    a.control = Some(String::new());
+    assert!(err(&a).contains("for '--control <PATH|off>': expected a socket path or off"));
+    a.control = None;
+    a.tuning.health_interval = Some("often".into());
+    assert!(err(&a).starts_with("invalid value 'often' for '--health-interval <DURATION|off>'"));
+    let a = args(&["127.0.0.1:80", "127.0.0.1:80"]);
+    assert!(
+        err(&a).contains("'127.0.0.1:80' is listed twice"),
+        "{}",
+        err(&a)
+    );
+    let many: Vec<String> = (1..=1025).map(|p| format!("127.0.0.1:{p}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        err(&args(&many)),
+        "invalid '--backend <ADDR>': too many backends: 1025 (at most 1024)"
+    );
+    let e = Config::load(&args(&["no-such-host.invalid:80"])).unwrap_err();
+    assert_eq!(e.exit_code(), 1, "a look-up failure is a run-time failure");
+    assert_eq!(Config::load(&args(&[])).unwrap_err().exit_code(), 2);
+}
+
+/// A file with `body`, loaded with no flags but `--config`: the error.
+fn file_err(body: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("rrproxy-cfg-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("x.toml");
+    std::fs::write(&path, body).unwrap();
+    let a = ProxyArgs {
+        config: Some(path.clone()),
+        ..ProxyArgs::default()
+    };
+    let e = Config::load(&a).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = e.to_string();
+    text.replace(&path.display().to_string(), "x.toml")
 }
 
 #[test]
@@ -157,53 +209,131 @@ splice = false
     assert_eq!(c.policy, PolicyName::LeastConn);
     assert_eq!(c.connect_timeout, Duration::from_secs(9));
     assert_eq!(c.backends.len(), 1);
+    // One listen address (or backend) need not be in a list.
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:7001\"\nbackends = \"127.0.0.1:81\"\n",
+    )
+    .unwrap();
+    a.backend.clear();
+    let c = Config::load(&a).unwrap();
+    assert_eq!(c.listen, vec!["127.0.0.1:7001".parse().unwrap()]);
+    assert_eq!(c.backends[0].name, "127.0.0.1:81");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn file_errors_point_at_line_and_column() {
-    let e = FileConfig::parse("workers = 2\nbogus = 1\n", Path::new("x.toml")).unwrap_err();
+fn syntax_and_key_errors_point_at_line_and_column() {
+    let e = LoadedFile::parse("workers = 2\nbogus = 1\n".into(), Path::new("x.toml")).unwrap_err();
     let msg = e.to_string();
     assert!(msg.starts_with("x.toml:2:1:"), "{msg}");
     assert!(msg.contains("bogus"), "{msg}");
-    let e = FileConfig::parse("backlog = \"many\"\n", Path::new("y.toml")).unwrap_err();
-    assert!(e.to_string().starts_with("y.toml:1:11:"), "{e}");
-    // Values that fit none of a key's forms say what the key accepts.
-    for (text, needle) in [
-        ("health-interval = true", "expected a duration"),
-        ("workers = 1.5", "a number of workers or \"auto\""),
-        ("splice = 3", "\"auto\", \"on\", \"off\""),
-        (
-            "backends = [3]",
-            "a backend is \"HOST:PORT[,weight=N][,resolve]\"",
-        ),
-    ] {
-        let e = FileConfig::parse(text, Path::new("z.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(needle) && !e.contains("untagged"), "{text}: {e}");
-    }
-    let e = FileConfig::read(Path::new("/nonexistent/rrproxy.toml")).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let e = LoadedFile::read(Path::new("/nonexistent/rrproxy.toml")).unwrap_err();
     assert!(
         e.to_string()
             .contains("cannot read config file /nonexistent/rrproxy.toml")
     );
+    assert_eq!(e.exit_code(), 2);
 }
 
 #[test]
-fn bad_values_in_a_file_name_the_key() {
-    let dir = std::env::temp_dir().join(format!("rrproxy-cfg2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
-    std::fs::write(
-        &path,
-        "backends = [\"127.0.0.1:80\"]\nidle-timeout = \"soon\"\n",
-    )
-    .unwrap();
-    let a = ProxyArgs {
-        config: Some(path),
-        ..ProxyArgs::default()
-    };
-    assert!(err(&a).contains("idle-timeout"), "{}", err(&a));
-    std::fs::remove_dir_all(&dir).unwrap();
+fn bad_values_in_a_file_name_the_key_and_its_position() {
+    const B: &str = "backends = [\"127.0.0.1:80\"]\n";
+    for (body, want) in [
+        (
+            "workers = 0\n",
+            "x.toml:2:11: invalid value '0' for 'workers': expected a number 1..=256 or auto",
+        ),
+        (
+            "policy = \"rr\"\n",
+            "x.toml:2:10: invalid value 'rr' for 'policy': expected round-robin, least-conn or sticky",
+        ),
+        (
+            "policy = \"stiky\"\n",
+            "x.toml:2:10: invalid value 'stiky' for 'policy': expected round-robin, least-conn or sticky\n  tip: a similar value exists: 'sticky'",
+        ),
+        (
+            "idle-timeout = \"soon\"\n",
+            "x.toml:2:16: invalid value 'soon' for 'idle-timeout': expected a duration like 5s, 500ms or 2m (a bare number is seconds)",
+        ),
+        (
+            "connect-timeout = 0\n",
+            "x.toml:2:19: invalid value '0' for 'connect-timeout': expected a duration greater than 0, like 5s, 500ms or 2m (a bare number is seconds)",
+        ),
+        (
+            "health-interval = true\n",
+            "x.toml:2:19: invalid value 'true' for 'health-interval': expected a duration like 5s, 500ms or 2m (a bare number is seconds), or off",
+        ),
+        (
+            "backlog = \"many\"\n",
+            "x.toml:2:11: invalid value 'many' for 'backlog': expected a whole number 1..=4294967295",
+        ),
+        (
+            "max-conns = 0\n",
+            "x.toml:2:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more\n  tip: leave it out for no limit",
+        ),
+        (
+            "rise = -1\n",
+            "x.toml:2:8: invalid value '-1' for 'rise': expected a whole number 1..=4294967295",
+        ),
+        (
+            "sticky-ipv6-prefix = 129\n",
+            "x.toml:2:22: invalid value '129' for 'sticky-ipv6-prefix': expected a whole number 1..=128",
+        ),
+        (
+            "splice = 3\n",
+            "x.toml:2:10: invalid value '3' for 'splice': expected auto, on or off",
+        ),
+        (
+            "cpu-affinity = \"yes\"\n",
+            "x.toml:2:16: invalid value 'yes' for 'cpu-affinity': expected true or false",
+        ),
+        (
+            "metrics = 9899\n",
+            "x.toml:2:11: invalid value '9899' for 'metrics': expected HOST:PORT, [IPV6]:PORT, :PORT or off\n  tip: ':9899' means port 9899 on every IPv4 interface, '127.0.0.1:9899' on this host only",
+        ),
+        (
+            "control = 5\n",
+            "x.toml:2:11: invalid value '5' for 'control': expected a socket path or off",
+        ),
+        (
+            "listen = [\"127.0.0.1:7000\", \"8080\"]\n",
+            "x.toml:2:29: invalid value '8080' for 'listen': expected HOST:PORT, [IPV6]:PORT or :PORT\n  tip: ':8080' means port 8080 on every IPv4 interface, '127.0.0.1:8080' on this host only",
+        ),
+        (
+            "workers = [2]\n",
+            "x.toml:2:11: invalid value '[2]' for 'workers': expected a number 1..=256 or auto",
+        ),
+    ] {
+        assert_eq!(file_err(&format!("{B}{body}")), want, "{body}");
+    }
+    for (body, want) in [
+        (
+            "backends = [\"127.0.0.1:80\", { address = \"127.0.0.1:81\", wieght = 2 }]\n",
+            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve)\n  tip: a similar key exists: 'weight'",
+        ),
+        (
+            "backends = [\"127.0.0.1:80\",\n  \"127.0.0.1:80,weight=0\"]\n",
+            "x.toml:2:3: invalid value '127.0.0.1:80,weight=0' for 'backends': weight must be 1..=1000, got '0'",
+        ),
+        (
+            "backends = [3]\n",
+            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
+        ),
+        (
+            "backends = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
+            "x.toml:1:29: invalid value '127.0.0.1:80' for 'backends': backend '127.0.0.1:80' is listed twice",
+        ),
+        (
+            "backends = [true]\n",
+            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
+        ),
+        (
+            "workers = 2\n",
+            "no backend given: use --backend HOST:PORT (repeatable) or `backends` in x.toml",
+        ),
+    ] {
+        assert_eq!(file_err(body), want, "{body}");
+    }
 }

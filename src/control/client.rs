@@ -87,9 +87,12 @@ fn wait_for_workers(path: &Path) -> Result<String, CtlError> {
 fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
     for _ in 0..3 {
         match exchange(path, words, json) {
+            // A front that handed over to a new one in an upgrade, and did
+            // not run the command: ask the new one.
             Err(CtlError::Refused(msg)) if msg.contains("handed over to a new one") => {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            Ok(reply) if reply.is_empty() => std::thread::sleep(Duration::from_millis(50)),
             other => return other,
         }
     }

@@ -1,5 +1,6 @@
-//! Control commands: parsing a line, doing it against the front, and
-//! rendering the reply as a table or as JSON.
+//! Control commands: doing what a line asks (looked up in the command
+//! table, `table`) against the front, and rendering the reply as a table or
+//! as JSON.
 
 use serde::Serialize;
 
@@ -9,24 +10,7 @@ use crate::policy::PolicyName;
 use crate::stats::{Col, ColCell, SlotWord};
 use crate::supervisor::Role;
 
-const HELP: &str = "\
-commands (add --json to any of the first four for JSON):
-  status                         proxy summary
-  workers                        worker slots: pid, state, connections
-  backends                       backends: state, weight, connections, failures
-  policy [NAME]                  show, or switch to round-robin|least-conn|sticky
-  backend add ADDR[,weight=N]    add a backend
-  backend remove ADDR            drain a backend, then remove it
-  backend enable|disable ADDR    take a backend in or out of rotation
-  drain ADDR                     same as backend disable: no new connections,
-                                 existing ones finish; undo with backend enable
-  upgrade [PATH]                 zero-downtime restart of the whole proxy (front,
-                                 then workers one at a time) onto PATH or the
-                                 binary at the path it was started from (SIGUSR2)
-  reload                         old name of upgrade
-  config reload                  re-read the config file (like SIGHUP)
-  help                           this text
-  quit                           close the connection";
+use super::table::{self, Action};
 
 /// `status`.
 #[derive(Debug, Serialize)]
@@ -231,9 +215,11 @@ fn ok_json(json: bool, msg: String) -> Result<String, String> {
 }
 
 async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, String> {
-    match words {
-        ["help"] => Ok(HELP.to_string()),
-        ["status"] => {
+    let (spec, action, args) = table::lookup(words)?;
+    match (action, args) {
+        (Action::Help, _) if json => to_json(&table::help_rows()),
+        (Action::Help, _) => Ok(table::help()),
+        (Action::Status, _) => {
             let s = status(&front.borrow());
             if json {
                 to_json(&s)
@@ -241,7 +227,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Ok(super::client::render_status(&s))
             }
         }
-        ["workers"] => {
+        (Action::Workers, _) => {
             let rows = workers(&front.borrow());
             if json {
                 to_json(&rows)
@@ -249,7 +235,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Ok(super::client::render_workers(&rows))
             }
         }
-        ["backends"] => {
+        (Action::Backends, _) => {
             let rows = backends(&front.borrow());
             if json {
                 to_json(&rows)
@@ -257,7 +243,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Ok(super::client::render_backends(&rows))
             }
         }
-        ["policy"] => {
+        (Action::Policy, []) => {
             let name = front.borrow().policy.name();
             if json {
                 to_json(&serde_json::json!({ "policy": name }))
@@ -265,18 +251,17 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Ok(name.to_string())
             }
         }
-        ["policy", name] => {
+        (Action::Policy, [name, ..]) => {
             let name: PolicyName = name.parse()?;
             let old = front.borrow_mut().set_policy(name);
             ok_json(json, format!("policy {old} -> {name}"))
         }
-        ["backend", "add", spec] => {
+        (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
             // Resolve off the event loop: a slow DNS server must not stall it.
             let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())??;
             let name = parsed.to_string();
             front
                 .borrow_mut()
@@ -284,7 +269,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("backend {name} added"))
         }
-        ["backend", "remove", name] => {
+        (Action::BackendRemove, [name, ..]) => {
             front
                 .borrow_mut()
                 .remove_backend(name)
@@ -294,14 +279,14 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 format!("backend {name} draining; removed when its connections end"),
             )
         }
-        ["backend", "enable", name] => {
+        (Action::BackendEnable, [name, ..]) => {
             front
                 .borrow_mut()
                 .set_backend_enabled(name, true)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("backend {name} enabled"))
         }
-        ["backend", "disable", name] | ["drain", name] => {
+        (Action::BackendDisable, [name, ..]) => {
             front
                 .borrow_mut()
                 .set_backend_enabled(name, false)
@@ -311,21 +296,21 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 format!("backend {name} disabled: no new connections, existing ones finish"),
             )
         }
-        ["upgrade"] => ok_json(json, crate::front::upgrade::upgrade(front, None).await?),
-        ["upgrade", path] => ok_json(
-            json,
-            crate::front::upgrade::upgrade(front, Some(std::path::PathBuf::from(path))).await?,
-        ),
-        ["reload"] => {
-            let msg = crate::front::upgrade::upgrade(front, None).await?;
-            ok_json(
-                json,
-                format!(
-                    "(`reload` is now called `upgrade`; to re-read the config file use `config reload`) {msg}"
-                ),
-            )
+        (Action::Upgrade, args) => {
+            let path = args.first().map(std::path::PathBuf::from);
+            let msg = crate::front::upgrade::upgrade(front, path).await?;
+            if spec.name == "reload" {
+                ok_json(
+                    json,
+                    format!(
+                        "(`reload` is now called `upgrade`; to re-read the config file use `config reload`) {msg}"
+                    ),
+                )
+            } else {
+                ok_json(json, msg)
+            }
         }
-        ["config", "reload"] => {
+        (Action::ConfigReload, _) => {
             let report = crate::front::reload(front).await?;
             let mut msg = "configuration reloaded".to_string();
             for n in report.notes {
@@ -334,21 +319,13 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
             ok_json(json, msg)
         }
-        [] => Err("empty command (try help)".into()),
-        [cmd, ..] if ["status", "workers", "backends", "help", "reload"].contains(cmd) => {
-            Err(format!("'{cmd}' takes no arguments (try help)"))
-        }
-        ["backend", ..] => Err("usage: backend add|remove|enable|disable ADDR".into()),
-        ["policy", ..] => Err("usage: policy [round-robin|least-conn|sticky]".into()),
-        [cmd, ..] => Err(format!("unknown command '{}' (try help)", truncate(cmd))),
+        (Action::Top, _) => Err(format!(
+            "'{}' runs in rrproxy ctl, not on the control socket",
+            spec.name
+        )),
+        // The session closes on these before asking here.
+        (Action::Quit, _) => Ok(String::new()),
+        // `lookup` checked the number of arguments against the table.
+        (_, _) => Err(format!("usage: {} {} (try help)", spec.name, spec.args)),
     }
-}
-
-/// Keep echoed input short in error replies.
-fn truncate(s: &str) -> String {
-    let mut out: String = s.chars().take(40).collect();
-    if s.chars().count() > 40 {
-        out.push('…');
-    }
-    out
 }

@@ -275,6 +275,12 @@ impl Front {
     /// Send one slot's batch. Returns the connections to re-dispatch if the
     /// channel would not take them.
     fn flush_slot(&mut self, slot: usize) -> Vec<Conn> {
+        if self.config_dirty {
+            // A handoff planned on a new backend must not reach a worker
+            // before the table that lists it.
+            self.config_dirty = false;
+            self.broadcast_config();
+        }
         let Some(pi) = self.workers.slots[slot]
             .procs
             .iter()
@@ -429,8 +435,10 @@ impl Front {
             tokio::task::yield_now().await;
             if let Some(front) = me.upgrade() {
                 let mut f = front.borrow_mut();
-                f.config_dirty = false;
-                f.broadcast_config();
+                if f.config_dirty {
+                    f.config_dirty = false;
+                    f.broadcast_config();
+                }
             }
         });
     }

@@ -245,6 +245,9 @@ pub fn hand_over(front: &Shared) {
     let mut f = front.borrow_mut();
     f.state.handed_over = true;
     f.state.changed.notify_waiters();
+    // Control sessions waiting on the freeze answer "reconnect"; worker
+    // channel readers stay frozen for good.
+    f.state.thaw.notify_waiters();
 }
 
 /// The next message from the new front, within [`START_TIMEOUT`].

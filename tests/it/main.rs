@@ -9,3 +9,4 @@ mod policies;
 mod supervision;
 mod support;
 mod upgrade;
+mod usage;

@@ -13,23 +13,17 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// An external tool the test needs. CI (`RRPROXY_REQUIRE_TOOLS=1`, set by
-/// `.ci/run`, which installs them) fails without it; elsewhere the test is
-/// skipped with a note.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("RRPROXY_REQUIRE_TOOLS").is_none(),
-            "{name} is required (RRPROXY_REQUIRE_TOOLS is set) but not installed"
-        );
-        eprintln!("SKIPPED: {name} not installed (apt-get install prometheus)");
-    }
-    found
+/// An external tool the test needs. The build script (`build.rs`) found
+/// it, or the test would be ignored; CI (`RRPROXY_REQUIRE_TOOLS=1`, set by
+/// `.ci/run`, which installs them) runs every test, so a missing tool fails.
+fn tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} is not installed (apt-get install prometheus)"))
 }
 
 /// Every metric the README documents.
@@ -192,10 +186,12 @@ fn byte_counters_advance_while_a_connection_is_open() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_promtool),
+    ignore = "needs promtool: apt-get install prometheus"
+)]
 fn promtool_accepts_a_live_scrape() {
-    let Some(promtool) = tool("promtool") else {
-        return;
-    };
+    let promtool = tool("promtool");
     let b = name_backend("p");
     let proxy = ProxyCmd::new(&[b.addr, refused_addr()]).workers(2).start();
     for _ in 0..5 {
@@ -445,10 +441,12 @@ impl PromServer {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_prometheus),
+    ignore = "needs prometheus: apt-get install prometheus"
+)]
 fn a_real_prometheus_scrapes_the_distribution() {
-    let Some(bin) = tool("prometheus") else {
-        return;
-    };
+    let bin = tool("prometheus");
     let b = name_backend("prom");
     let proxy = ProxyCmd::new(&[b.addr]).workers(3).start();
     let prom = PromServer::start(&bin, proxy.metrics.unwrap());
@@ -498,10 +496,13 @@ fn a_real_prometheus_scrapes_the_distribution() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_promtool, has_python3)),
+    ignore = "needs promtool and python3: apt-get install prometheus python3"
+)]
 fn deploy_artifacts_validate() {
-    if tool("promtool").is_none() || tool("python3").is_none() {
-        return;
-    }
+    tool("promtool");
+    tool("python3");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("deploy/validate.sh"))
         .env("RRPROXY_BIN", BIN)

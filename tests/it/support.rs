@@ -128,6 +128,15 @@ impl ProxyCmd {
         self
     }
 
+    /// Leave out the `--listen 127.0.0.1:0` that `new` puts first (the
+    /// config file says where to listen).
+    pub fn no_listen(mut self) -> ProxyCmd {
+        if self.args.first().is_some_and(|a| a == "--listen") {
+            self.args.drain(..2);
+        }
+        self
+    }
+
     pub fn workers(self, n: usize) -> ProxyCmd {
         self.args(["--workers".to_string(), n.to_string()])
     }
@@ -322,7 +331,22 @@ impl Drop for Proxy {
     }
 }
 
+/// One control command; like `rrproxy ctl`, asks again (a few times) if
+/// the front it reached had just handed over to a new one in an upgrade.
 pub fn ctl_at(path: &Path, line: &str) -> std::io::Result<String> {
+    for _ in 0..5 {
+        let reply = ctl_once(path, line)?;
+        // Closed without a reply: a front leaving after an upgrade, which
+        // had not run the command.
+        if !reply.contains("handed over to a new one") && !reply.is_empty() {
+            return Ok(reply);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    ctl_once(path, line)
+}
+
+fn ctl_once(path: &Path, line: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(format!("{line}\n").as_bytes())?;

@@ -351,8 +351,9 @@ fn a_worker_respawned_after_the_file_changed_runs_the_fronts_build() {
     let victim = proxy.worker_pids()[1].unwrap();
     kill(victim, "KILL");
     let fresh = wait_for(Duration::from_secs(20), "slot 1 to be respawned", || {
-        let pid = proxy.worker_pids()[1]?;
-        (pid != victim).then_some(pid)
+        let row = &proxy.ctl_json("workers")[1];
+        let pid = row["pid"].as_u64()? as u32;
+        (pid != victim && row["state"] == "up").then_some(pid)
     });
     assert_eq!(
         exe_of(fresh),

@@ -1,0 +1,71 @@
+//! Build script: probes for what a few integration tests need beyond the
+//! Rust toolchain, so that `cargo test` reports a test whose tool is
+//! missing as ignored, with the reason, instead of letting it pass while
+//! doing nothing. Each probe sets a `cfg` the tests check with
+//! `#[cfg_attr(not(CFG), ignore = "needs ...")]`:
+//!
+//! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
+//! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
+//!   a private mount namespace (the DNS discovery tests).
+//!
+//! With `RRPROXY_REQUIRE_TOOLS` set (CI, `.ci/run`), every cfg is set:
+//! nothing is ignored, and a test whose tool is missing fails. The probes
+//! run again when `PATH` or that variable changes, or the set of Debian
+//! packages does (`/var/lib/dpkg/status`); elsewhere, after installing a
+//! tool, `touch build.rs`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const CFGS: [&str; 4] = [
+    "has_promtool",
+    "has_prometheus",
+    "has_python3",
+    "has_private_mounts",
+];
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=PATH");
+    println!("cargo::rerun-if-env-changed=RRPROXY_REQUIRE_TOOLS");
+    if Path::new("/var/lib/dpkg/status").exists() {
+        println!("cargo::rerun-if-changed=/var/lib/dpkg/status");
+    }
+    for cfg in CFGS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    let require = std::env::var_os("RRPROXY_REQUIRE_TOOLS").is_some();
+    let found = [
+        on_path("promtool"),
+        on_path("prometheus"),
+        on_path("python3"),
+        private_mounts(),
+    ];
+    for (cfg, ok) in CFGS.into_iter().zip(found) {
+        if require || ok {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Root, and a bind mount inside a private mount namespace works (the
+/// mount dies with the namespace: nothing outside changes).
+fn private_mounts() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"0\n");
+    root && Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind /etc/hosts /etc/hosts")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

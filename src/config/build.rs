@@ -1,0 +1,441 @@
+//! `Config::build`: each setting from its flag, else its config key, else
+//! its default; each value checked by its validator (`values`), and every
+//! error naming where the value came from (the flag as typed, or the
+//! file's `path:line:column` and key). Every value's syntax is checked
+//! first; host names are looked up last.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{BadValue, ConfigError, Invalid};
+use super::file::{self, FileConfig, List, LoadedFile, Raw};
+use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_backend_arg};
+use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
+use crate::channel::Splice;
+use crate::cli::ProxyArgs;
+use crate::policy::{PolicyName, PolicyOptions};
+
+/// One value as given: its text, how an error shows it, where it is.
+struct Given<'a> {
+    /// What a validator reads; `None` for a TOML array or table.
+    text: Option<String>,
+    shown: String,
+    at: At<'a>,
+}
+
+enum At<'a> {
+    /// A flag, by its clap id.
+    Flag(&'static str),
+    /// A file key, and where its value is.
+    File(&'a LoadedFile, &'static str, Range<usize>),
+}
+
+/// Where values come from: the flags, then the file.
+struct Sources<'a> {
+    args: &'a ProxyArgs,
+    file: Option<&'a LoadedFile>,
+}
+
+impl<'a> Sources<'a> {
+    fn origin(&self, given: &Given) -> Origin {
+        match &given.at {
+            At::Flag(id) => self.args.spelling.origin(id, given.text.as_deref()),
+            At::File(file, key, span) => file.origin(key, span.clone()),
+        }
+    }
+
+    fn bad(&self, given: &Given, why: Invalid) -> ConfigError {
+        ConfigError::value(self.origin(given), given.shown.clone(), why)
+    }
+
+    fn in_file(&self, key: &'static str, raw: &'a Raw) -> Option<Given<'a>> {
+        let file = self.file?;
+        Some(Given {
+            text: file::text(raw.get_ref()),
+            shown: file::shown(raw.get_ref()),
+            at: At::File(file, key, raw.span()),
+        })
+    }
+
+    /// The flag (by clap id) if given, else the file key.
+    fn one(
+        &self,
+        id: &'static str,
+        key: &'static str,
+        flag: Option<&str>,
+        raw: &'a Option<Raw>,
+    ) -> Option<Given<'a>> {
+        match flag {
+            Some(text) => Some(Given {
+                text: Some(text.to_string()),
+                shown: text.to_string(),
+                at: At::Flag(id),
+            }),
+            None => self.in_file(key, raw.as_ref()?),
+        }
+    }
+
+    fn check<T>(
+        &self,
+        given: &Given,
+        check: impl Fn(&str) -> Result<T, Invalid>,
+    ) -> Result<T, ConfigError> {
+        match &given.text {
+            Some(text) => check(text).map_err(|why| self.bad(given, why)),
+            // An array or a table where one value belongs: say what the
+            // key takes (its validator's words for the TOML text).
+            None => Err(self.bad(
+                given,
+                check(&given.shown)
+                    .err()
+                    .unwrap_or_else(|| Invalid::new("expected a single value")),
+            )),
+        }
+    }
+
+    /// A setting whose flag is text: flag, else file key, validated.
+    fn text<T>(
+        &self,
+        id: &'static str,
+        key: &'static str,
+        flag: Option<&str>,
+        raw: &'a Option<Raw>,
+        check: impl Fn(&str) -> Result<T, Invalid>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.one(id, key, flag, raw)
+            .map(|given| self.check(&given, check))
+            .transpose()
+    }
+
+    /// A setting whose flag clap has already parsed and checked with the
+    /// same validator: the flag's value, else the file key's, validated.
+    fn typed<T>(
+        &self,
+        key: &'static str,
+        flag: Option<T>,
+        raw: &'a Option<Raw>,
+        check: impl Fn(&str) -> Result<T, Invalid>,
+    ) -> Result<Option<T>, ConfigError> {
+        if flag.is_some() {
+            return Ok(flag);
+        }
+        raw.as_ref()
+            .and_then(|raw| self.in_file(key, raw))
+            .map(|given| self.check(&given, check))
+            .transpose()
+    }
+
+    /// A repeatable flag, else a list key: every item.
+    fn list(
+        &self,
+        id: &'static str,
+        key: &'static str,
+        flags: &[String],
+        raw: &'a Option<Spanned<List>>,
+    ) -> Vec<Given<'a>> {
+        if !flags.is_empty() {
+            return flags
+                .iter()
+                .map(|text| Given {
+                    text: Some(text.clone()),
+                    shown: text.clone(),
+                    at: At::Flag(id),
+                })
+                .collect();
+        }
+        let (Some(file), Some(list)) = (self.file, raw) else {
+            return Vec::new();
+        };
+        file::items(list)
+            .into_iter()
+            .map(|item| Given {
+                text: file::text(item.value),
+                shown: file::shown(item.value),
+                at: At::File(file, key, item.span),
+            })
+            .collect()
+    }
+}
+
+/// Resolve `text` (a checked `host:port`), naming `given` if it fails.
+fn look_up(src: &Sources, given: &Given, text: &str) -> Result<SocketAddr, ConfigError> {
+    super::resolve(text).map_err(|why| resolve_error(src, given, why))
+}
+
+fn resolve_error(src: &Sources, given: &Given, why: String) -> ConfigError {
+    ConfigError::Resolve(Box::new(BadValue {
+        origin: src.origin(given),
+        value: given.shown.clone(),
+        why: Invalid::new(why),
+    }))
+}
+
+pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
+    let src = Sources { args, file };
+    let empty = FileConfig::default();
+    let keys = file.map_or(&empty, |f| &f.keys);
+    let t = &args.tuning;
+
+    let listen_given = src.list("listen", "listen", &args.listen, &keys.listen);
+    let listen_specs = listen_given
+        .iter()
+        .map(|g| src.check(g, values::listen))
+        .collect::<Result<Vec<_>, _>>()?;
+    let backend_given = backend_items(&src, args, keys)?;
+    if backend_given.len() > MAX_BACKENDS {
+        return Err(ConfigError::Rule {
+            origin: src.origin(&backend_given[MAX_BACKENDS]),
+            message: format!(
+                "too many backends: {} (at most {MAX_BACKENDS})",
+                backend_given.len()
+            ),
+        });
+    }
+    let mut parsed: Vec<BackendArg> = Vec::with_capacity(backend_given.len());
+    for g in &backend_given {
+        let arg = src.check(g, parse_backend_arg)?;
+        if parsed.iter().any(|o| o.name == arg.name) {
+            return Err(src.bad(
+                g,
+                Invalid::new(format!("backend '{}' is listed twice", arg.name)),
+            ));
+        }
+        parsed.push(arg);
+    }
+
+    let workers = src
+        .text(
+            "workers",
+            "workers",
+            args.workers.as_deref(),
+            &keys.workers,
+            values::workers,
+        )?
+        .unwrap_or_else(|| values::workers("auto").unwrap_or(1));
+    let policy = src
+        .typed(
+            "policy",
+            args.policy,
+            &keys.policy,
+            values::choice::<PolicyName>,
+        )?
+        .unwrap_or(PolicyName::RoundRobin);
+    let prefix = src
+        .typed(
+            "sticky-ipv6-prefix",
+            args.sticky_ipv6_prefix,
+            &keys.sticky_ipv6_prefix,
+            values::ipv6_prefix,
+        )?
+        .unwrap_or(128);
+    let metrics_given = src.one("metrics", "metrics", args.metrics.as_deref(), &keys.metrics);
+    let metrics_spec = match &metrics_given {
+        Some(g) => src.check(g, values::metrics)?,
+        None => Some("127.0.0.1:9898".to_string()),
+    };
+    let control = match src.one("control", "control", args.control.as_deref(), &keys.control) {
+        // A path must be a string: `control = 5` is a mistake.
+        Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.control) => {
+            let why = values::control("")
+                .err()
+                .unwrap_or_else(|| Invalid::new("expected a string"));
+            return Err(src.bad(&g, why));
+        }
+        Some(g) => src.check(&g, values::control)?,
+        None => Some(default_control_path()),
+    };
+
+    let timeout = |key, flag, raw, default| -> Result<Duration, ConfigError> {
+        Ok(src
+            .typed(key, flag, raw, values::timeout)?
+            .unwrap_or(default))
+    };
+    let connect_timeout = timeout(
+        "connect-timeout",
+        t.connect_timeout,
+        &keys.connect_timeout,
+        Duration::from_secs(5),
+    )?;
+    let idle_timeout = timeout(
+        "idle-timeout",
+        t.idle_timeout,
+        &keys.idle_timeout,
+        Duration::from_secs(300),
+    )?;
+    let health_timeout = timeout(
+        "health-timeout",
+        t.health_timeout,
+        &keys.health_timeout,
+        Duration::from_secs(1),
+    )?;
+    let drain_timeout = src
+        .typed(
+            "drain-timeout",
+            t.drain_timeout,
+            &keys.drain_timeout,
+            values::duration,
+        )?
+        .unwrap_or(Duration::from_secs(30));
+    let health_interval = src
+        .text(
+            "health_interval",
+            "health-interval",
+            t.health_interval.as_deref(),
+            &keys.health_interval,
+            values::interval,
+        )?
+        .unwrap_or(Some(Duration::from_secs(2)));
+    let resolve_interval = src
+        .text(
+            "resolve_interval",
+            "resolve-interval",
+            t.resolve_interval.as_deref(),
+            &keys.resolve_interval,
+            values::interval,
+        )?
+        .unwrap_or(Some(Duration::from_secs(5)));
+    let backlog = src
+        .typed("backlog", t.backlog, &keys.backlog, values::backlog)?
+        .unwrap_or(1024);
+    let limits = Limits {
+        max_conns: src.typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?,
+        max_conns_per_worker: src.typed(
+            "max-conns-per-worker",
+            t.max_conns_per_worker,
+            &keys.max_conns_per_worker,
+            values::limit_u64,
+        )?,
+        max_conns_per_ip: src.typed(
+            "max-conns-per-ip",
+            t.max_conns_per_ip,
+            &keys.max_conns_per_ip,
+            values::limit_u32,
+        )?,
+    };
+    let health = Health {
+        interval: health_interval,
+        timeout: health_timeout,
+        rise: src
+            .typed("rise", t.rise, &keys.rise, values::checks)?
+            .unwrap_or(2),
+        fall: src
+            .typed("fall", t.fall, &keys.fall, values::checks)?
+            .unwrap_or(3),
+    };
+    let splice = src
+        .typed("splice", t.splice, &keys.splice, values::splice)?
+        .unwrap_or(Splice::Auto);
+    let cpu_affinity = t.cpu_affinity
+        || src
+            .typed("cpu-affinity", None, &keys.cpu_affinity, values::switch)?
+            .unwrap_or(false);
+
+    // Every value given is well-formed; one was needed.
+    if backend_given.is_empty() {
+        return Err(ConfigError::NoBackend {
+            file: file.map(|f| f.path.clone()),
+        });
+    }
+    // Look-ups last.
+    let listen = if listen_given.is_empty() {
+        vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+    } else {
+        listen_given
+            .iter()
+            .zip(&listen_specs)
+            .map(|(g, spec)| look_up(&src, g, spec))
+            .collect::<Result<_, _>>()?
+    };
+    let metrics = match (&metrics_given, metrics_spec) {
+        (_, None) => None,
+        (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
+        (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
+    };
+    let (backends, resolve) = expand(&src, &backend_given, &parsed)?;
+
+    Ok(Config {
+        listen,
+        backends,
+        resolve,
+        resolve_interval,
+        workers,
+        policy,
+        policy_options: PolicyOptions {
+            sticky_ipv6_prefix: prefix,
+        },
+        metrics,
+        control,
+        connect_timeout,
+        idle_timeout,
+        drain_timeout,
+        backlog,
+        limits,
+        health,
+        splice,
+        cpu_affinity,
+        file: file.map(|f| f.path.clone()),
+    })
+}
+
+fn is_string(raw: &Option<Raw>) -> bool {
+    raw.as_ref()
+        .is_some_and(|r| matches!(r.get_ref(), toml::Value::String(_)))
+}
+
+/// The backends as given: `--backend` flags, else the `backends` key, its
+/// tables spelled out as `--backend` text.
+fn backend_items<'a>(
+    src: &Sources<'a>,
+    args: &ProxyArgs,
+    keys: &'a FileConfig,
+) -> Result<Vec<Given<'a>>, ConfigError> {
+    let mut items = src.list("backend", "backends", &args.backend, &keys.backends);
+    if args.backend.is_empty() {
+        // The items of the key, in the same order as `list` gave them.
+        let values = keys.backends.iter().flat_map(file::items);
+        for (g, item) in items.iter_mut().zip(values) {
+            let spec = file::backend_spec(item.value).map_err(|why| src.bad(g, why))?;
+            g.text = Some(spec);
+        }
+    }
+    Ok(items)
+}
+
+/// Resolve the backends: named ones first, so an address a `resolve` name
+/// also returns stays the named one.
+fn expand(
+    src: &Sources,
+    given: &[Given],
+    parsed: &[BackendArg],
+) -> Result<(Vec<BackendSpec>, Vec<ResolveGroup>), ConfigError> {
+    let mut backends: Vec<BackendSpec> = Vec::with_capacity(parsed.len());
+    for (g, a) in given.iter().zip(parsed).filter(|(_, a)| !a.resolve) {
+        backends.extend(expand_backend(a).map_err(|why| resolve_error(src, g, why))?);
+    }
+    let mut resolve = Vec::new();
+    for (g, a) in given.iter().zip(parsed).filter(|(_, a)| a.resolve) {
+        for b in expand_backend(a).map_err(|why| resolve_error(src, g, why))? {
+            // (A member is named by its address: the address decides.)
+            if !backends.iter().any(|o| o.addr == b.addr) {
+                backends.push(b);
+            }
+        }
+        resolve.push(ResolveGroup {
+            name: a.name.clone(),
+            weight: a.weight,
+        });
+    }
+    if backends.len() > MAX_BACKENDS {
+        return Err(ConfigError::Rule {
+            origin: src.origin(&given[0]),
+            message: format!(
+                "too many backends after resolving: {} (at most {MAX_BACKENDS})",
+                backends.len()
+            ),
+        });
+    }
+    Ok((backends, resolve))
+}

@@ -1,0 +1,316 @@
+//! Every control command in one table: the server dispatches through it
+//! (`lookup`), its `help` reply is rendered from it, and so are `rrproxy
+//! ctl --help` and `rrproxy ctl help` (locally, no proxy needed), so the
+//! list and the commands cannot drift apart.
+//!
+//! A row is a name (one or two words), an argument synopsis (`[X]` is
+//! optional; the number of words is checked from it), a one-line
+//! description, and what it does: an [`Action`], or `AliasOf` another
+//! row. Turning a command into an alias is changing that one column.
+
+use serde::Serialize;
+
+/// What a command does; the server's dispatch matches on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Status,
+    Workers,
+    Backends,
+    Policy,
+    BackendAdd,
+    BackendRemove,
+    BackendEnable,
+    BackendDisable,
+    Upgrade,
+    ConfigReload,
+    Help,
+    Quit,
+    /// Runs in `rrproxy ctl`, not on the socket.
+    Top,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Does {
+    Run(Action),
+    /// Another name for the named row.
+    AliasOf(&'static str),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub name: &'static str,
+    pub args: &'static str,
+    pub about: &'static str,
+    pub does: Does,
+}
+
+use Action::*;
+use Does::{AliasOf, Run};
+
+const fn row(name: &'static str, args: &'static str, about: &'static str, does: Does) -> Spec {
+    Spec {
+        name,
+        args,
+        about,
+        does,
+    }
+}
+
+/// The control commands.
+pub const COMMANDS: &[Spec] = &[
+    row("status", "", "proxy summary", Run(Status)),
+    row(
+        "workers",
+        "",
+        "worker slots: pid, state, connections",
+        Run(Workers),
+    ),
+    row(
+        "backends",
+        "",
+        "backends: state, weight, connections, failures",
+        Run(Backends),
+    ),
+    row(
+        "policy",
+        "[NAME]",
+        "show, or switch to round-robin|least-conn|sticky",
+        Run(Policy),
+    ),
+    row(
+        "backend add",
+        "ADDR[,weight=N]",
+        "add a backend",
+        Run(BackendAdd),
+    ),
+    row(
+        "backend remove",
+        "ADDR",
+        "drain a backend, then remove it",
+        Run(BackendRemove),
+    ),
+    row(
+        "backend enable",
+        "ADDR",
+        "put a backend back in rotation",
+        Run(BackendEnable),
+    ),
+    row(
+        "backend disable",
+        "ADDR",
+        "no new connections to a backend; existing ones finish",
+        Run(BackendDisable),
+    ),
+    row(
+        "drain",
+        "ADDR",
+        "undo with backend enable",
+        AliasOf("backend disable"),
+    ),
+    row(
+        "upgrade",
+        "[PATH]",
+        "zero-downtime restart of everything (like SIGUSR2)",
+        Run(Upgrade),
+    ),
+    row("reload", "", "its old name", AliasOf("upgrade")),
+    row(
+        "config reload",
+        "",
+        "re-read the config file (like SIGHUP)",
+        Run(ConfigReload),
+    ),
+    row(
+        "top",
+        "[FRAMES]",
+        "live view of workers and backends (rrproxy ctl only)",
+        Run(Top),
+    ),
+    row("help", "", "this list", Run(Help)),
+    row("quit", "", "close the connection", Run(Quit)),
+    row("exit", "", "", AliasOf("quit")),
+];
+
+/// What `words` asks for: the row as typed, what it does (aliases
+/// followed), and its arguments; or a one-line usage error.
+pub fn lookup<'w, 'a>(
+    words: &'w [&'a str],
+) -> Result<(&'static Spec, Action, &'w [&'a str]), String> {
+    let Some(first) = words.first() else {
+        return Err("empty command (try help)".into());
+    };
+    let found = COMMANDS
+        .iter()
+        .filter(|s| {
+            let name: Vec<&str> = s.name.split(' ').collect();
+            words.len() >= name.len() && words[..name.len()] == name[..]
+        })
+        .max_by_key(|s| s.name.len());
+    let Some(spec) = found else {
+        // The first word of two-word commands (`backend`): list them.
+        let group: Vec<String> = COMMANDS
+            .iter()
+            .filter(|s| s.name.split(' ').next() == Some(first) && s.name.contains(' '))
+            .map(usage)
+            .collect();
+        if group.is_empty() {
+            return Err(format!("unknown command '{}' (try help)", truncate(first)));
+        }
+        return Err(format!("usage: {}", group.join(" | ")));
+    };
+    let args = &words[spec.name.split(' ').count()..];
+    let (min, max) = arity(spec.args);
+    if args.len() < min || args.len() > max {
+        return Err(if max == 0 {
+            format!("'{}' takes no arguments (try help)", spec.name)
+        } else {
+            format!("usage: {}", usage(spec))
+        });
+    }
+    Ok((spec, action(spec), args))
+}
+
+/// What a row does, following aliases (a bounded chain).
+pub fn action(spec: &Spec) -> Action {
+    let mut does = spec.does;
+    for _ in 0..COMMANDS.len() {
+        match does {
+            Run(action) => return action,
+            AliasOf(target) => match COMMANDS.iter().find(|s| s.name == target) {
+                Some(t) => does = t.does,
+                None => break,
+            },
+        }
+    }
+    // Only a broken table gets here; the unit tests check it cannot.
+    Help
+}
+
+/// Least and most argument words a synopsis allows (`[X]` is optional).
+fn arity(synopsis: &str) -> (usize, usize) {
+    let words: Vec<&str> = synopsis.split_whitespace().collect();
+    let optional = words.iter().filter(|w| w.starts_with('[')).count();
+    (words.len() - optional, words.len())
+}
+
+/// Keep echoed input short in error replies.
+fn truncate(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// `name args`.
+fn usage(s: &Spec) -> String {
+    format!("{} {}", s.name, s.args).trim_end().to_string()
+}
+
+/// The description shown for a row (an alias says of what).
+fn about(spec: &Spec) -> String {
+    match (spec.does, spec.about) {
+        (AliasOf(target), "") => format!("same as {target}"),
+        (AliasOf(target), about) => format!("same as {target}; {about}"),
+        (Run(_), about) => about.to_string(),
+    }
+}
+
+/// The table as text: one line per command, for `help`, `ctl help` and
+/// `ctl --help`.
+pub fn help() -> String {
+    let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0) + 2;
+    let mut out = String::from("commands (add --json to any of them for a JSON reply):\n");
+    for s in COMMANDS {
+        out.push_str(&format!("  {:<width$}{}\n", usage(s), about(s)));
+    }
+    out.trim_end().to_string()
+}
+
+/// One row of `help --json`.
+#[derive(Debug, Serialize)]
+pub struct HelpRow {
+    pub command: &'static str,
+    pub args: &'static str,
+    pub about: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias_of: Option<&'static str>,
+}
+
+/// The table as JSON rows.
+pub fn help_rows() -> Vec<HelpRow> {
+    COMMANDS
+        .iter()
+        .map(|s| HelpRow {
+            command: s.name,
+            args: s.args,
+            about: about(s),
+            alias_of: match s.does {
+                AliasOf(t) => Some(t),
+                Run(_) => None,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alias_names_a_command_and_names_are_unique() {
+        for (i, s) in COMMANDS.iter().enumerate() {
+            assert!(
+                COMMANDS[..i].iter().all(|o| o.name != s.name),
+                "{} twice",
+                s.name
+            );
+            if let AliasOf(target) = s.does {
+                let t = COMMANDS.iter().find(|o| o.name == target);
+                assert!(t.is_some_and(|t| matches!(t.does, Run(_))), "{}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_follows_aliases_and_checks_arguments() {
+        let (spec, action, args) = lookup(&["drain", "10.0.0.1:80"]).unwrap();
+        assert_eq!(
+            (spec.name, action, args),
+            ("drain", BackendDisable, &["10.0.0.1:80"][..])
+        );
+        assert_eq!(lookup(&["config", "reload"]).unwrap().1, ConfigReload);
+        assert_eq!(lookup(&["reload"]).unwrap().1, Upgrade);
+        assert_eq!(lookup(&["upgrade", "/x"]).unwrap().2, &["/x"][..]);
+        assert_eq!(lookup(&["policy"]).unwrap().1, Policy);
+        assert_eq!(lookup(&["policy", "sticky"]).unwrap().2, &["sticky"][..]);
+        assert_eq!(
+            lookup(&["policy", "a", "b"]).unwrap_err(),
+            "usage: policy [NAME]"
+        );
+        assert!(
+            lookup(&["workers", "now"])
+                .unwrap_err()
+                .contains("takes no arguments")
+        );
+        assert!(
+            lookup(&["backend", "explode"])
+                .unwrap_err()
+                .starts_with("usage: backend add ADDR[,weight=N] | backend remove ADDR")
+        );
+        assert!(
+            lookup(&["frob"])
+                .unwrap_err()
+                .contains("unknown command 'frob'")
+        );
+        assert!(lookup(&[]).is_err());
+    }
+
+    #[test]
+    fn help_has_one_line_per_command() {
+        let text = help();
+        assert_eq!(text.lines().count(), COMMANDS.len() + 1);
+        assert!(text.contains("  drain ADDR") && text.contains("same as backend disable"));
+    }
+}
