@@ -116,8 +116,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR|off")]
     pub metrics: Option<String>,
 
-    /// Control socket path, or "off". [default: $XDG_RUNTIME_DIR/rrproxy.sock,
-    /// /run/rrproxy.sock as root, else /tmp/rrproxy-$UID.sock]
+    /// Control socket path, or "off". Only root and the proxy's user may
+    /// use it. [default: ctl.sock in $XDG_RUNTIME_DIR/rrproxy,
+    /// /run/rrproxy as root, else /tmp/rrproxy-$UID (made mode 0700)]
     #[arg(long, value_name = "PATH|off")]
     pub control: Option<String>,
 

@@ -24,6 +24,9 @@ use crate::policy::{PolicyName, PolicyOptions};
 pub const MAX_BACKENDS: usize = 1024;
 /// Most worker processes.
 pub const MAX_WORKERS: usize = 256;
+/// Longest accepted duration setting (timeouts and intervals), so no
+/// deadline computed from one can overflow `Instant` arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A configuration error, naming the bad input.
 #[derive(Debug, thiserror::Error)]
@@ -362,7 +365,9 @@ fn optional_duration(
         (None, Some(v)) => Some(v.to_duration().map_err(bad)?),
         (None, None) => Some(default),
     };
-    Ok(d.filter(|d| !d.is_zero()))
+    d.filter(|d| !d.is_zero())
+        .map(|d| at_most_a_day(d, key))
+        .transpose()
 }
 
 fn duration(
@@ -371,27 +376,46 @@ fn duration(
     default: &str,
     key: &str,
 ) -> Result<Duration, ConfigError> {
-    if let Some(d) = flag {
-        return Ok(d);
-    }
-    match file {
-        Some(v) => v
+    let d = match (flag, file) {
+        (Some(d), _) => d,
+        (None, Some(v)) => v
             .to_duration()
-            .map_err(|e| ConfigError::invalid(format!("{key}: {e}"))),
-        None => crate::cli::parse_duration(default).map_err(ConfigError::Invalid),
-    }
+            .map_err(|e| ConfigError::invalid(format!("{key}: {e}")))?,
+        (None, None) => crate::cli::parse_duration(default).map_err(ConfigError::Invalid)?,
+    };
+    at_most_a_day(d, key)
 }
 
-/// Where the control socket lives when `--control` is not given.
-pub fn default_control_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("rrproxy.sock");
+/// Refuse a duration longer than [`MAX_DURATION`], naming the key and the cap.
+fn at_most_a_day(d: Duration, key: &str) -> Result<Duration, ConfigError> {
+    if d > MAX_DURATION {
+        return Err(ConfigError::invalid(format!(
+            "{key} of {} is too long: at most 24h",
+            humantime::format_duration(d),
+        )));
     }
-    let uid = rustix::process::getuid().as_raw();
+    Ok(d)
+}
+
+/// Where the control socket lives when `--control` is not given: `ctl.sock`
+/// in [`default_control_dir`].
+pub fn default_control_path() -> PathBuf {
+    default_control_dir().join("ctl.sock")
+}
+
+/// The directory of the default control socket, private to this user
+/// (made mode 0700 by the proxy, see `control::private_dir`):
+/// `$XDG_RUNTIME_DIR/rrproxy`, else `/run/rrproxy` as root, else
+/// `/tmp/rrproxy-$UID`.
+pub fn default_control_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("rrproxy");
+    }
+    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
-        PathBuf::from("/run/rrproxy.sock")
+        PathBuf::from("/run/rrproxy")
     } else {
-        PathBuf::from(format!("/tmp/rrproxy-{uid}.sock"))
+        PathBuf::from(format!("/tmp/rrproxy-{uid}"))
     }
 }
 

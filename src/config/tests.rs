@@ -207,3 +207,40 @@ fn bad_values_in_a_file_name_the_key() {
     assert!(err(&a).contains("idle-timeout"), "{}", err(&a));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn durations_are_capped_at_a_day_so_no_deadline_overflows() {
+    let huge = Duration::from_secs(300_000_000_000 * 365 * 86_400 / 1000);
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.drain_timeout = Some(huge);
+    let e = err(&a);
+    assert!(
+        e.contains("drain-timeout") && e.contains("at most 24h"),
+        "{e}"
+    );
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.idle_timeout = Some(MAX_DURATION + Duration::from_secs(1));
+    assert!(err(&a).contains("idle-timeout"), "{}", err(&a));
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.health_interval = Some("1000000000y".into());
+    assert!(err(&a).contains("health-interval"), "{}", err(&a));
+    // The cap itself is allowed.
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.connect_timeout = Some(MAX_DURATION);
+    assert_eq!(Config::load(&a).unwrap().connect_timeout, MAX_DURATION);
+    // A file's bare number of seconds is capped the same way.
+    let dir = std::env::temp_dir().join(format!("rrproxy-cfg3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("long.toml");
+    std::fs::write(
+        &path,
+        "backends = [\"127.0.0.1:80\"]\nhealth-timeout = 18446744073709551615\n",
+    )
+    .unwrap();
+    let a = ProxyArgs {
+        config: Some(path),
+        ..ProxyArgs::default()
+    };
+    assert!(err(&a).contains("health-timeout"), "{}", err(&a));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
