@@ -5,11 +5,13 @@
 //! runtime, reports every connection's life back to the front (batched, see
 //! `report`) and exits on its own when the front tells it to drain or when
 //! the channel closes (the front is gone): it never outlives the front by
-//! more than its drain timeout.
+//! more than its drain timeout. A frame it cannot use is skipped (see
+//! `skip`): only a channel that is really gone ends a worker.
 
 mod connect;
 pub mod pump;
 mod report;
+mod skip;
 mod splice;
 
 pub use report::ByteCounter;
@@ -25,7 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::channel::fdpass::{Channel, Received};
+use crate::channel::fdpass::{self, Channel, Damaged, Received};
 use crate::channel::{Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
 use report::Reporter;
 
@@ -60,6 +62,8 @@ pub(crate) struct Worker {
     /// Signalled whenever `active` drops to zero.
     pub idle: Notify,
     pub reporter: Reporter,
+    /// Frames from the front that could not be used.
+    pub skipped: skip::Skipped,
 }
 
 /// Run a worker on an inherited channel descriptor. Blocks until it exits.
@@ -93,13 +97,25 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
 pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), WorkerError> {
     let mut buf = Box::new([0u8; MAX_FRAME]);
     let mut fds = Vec::new();
-    let config = match next_frame(slot, &channel, &mut buf, &mut fds).await? {
-        Some(Down::Config(cfg)) => cfg,
-        Some(other) => {
-            warn!(slot, frame = ?other, "expected a config first; ignoring frame");
-            return Err(WorkerError::NoConfig { slot });
+    let skipped = skip::Skipped::default();
+    let config = loop {
+        fds.clear();
+        match next_frame(slot, &channel, &mut buf, &mut fds).await? {
+            Next::Frame(Down::Config(cfg)) => break cfg,
+            Next::Frame(Down::Drain { .. }) => return Ok(()),
+            Next::Frame(Down::Conns(conns)) => {
+                skipped.frame(
+                    slot,
+                    "connections before any config",
+                    &mut fds,
+                    &conns,
+                    None,
+                );
+            }
+            Next::Bad { why, conns } => skipped.frame(slot, &why, &mut fds, &conns, None),
+            Next::Retry(err) => retry_later(&skipped, slot, &err).await,
+            Next::Gone => return Err(WorkerError::NoConfig { slot }),
         }
-        None => return Err(WorkerError::NoConfig { slot }),
     };
     let worker = Rc::new(Worker {
         slot,
@@ -107,6 +123,7 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         active: Cell::new(0),
         idle: Notify::new(),
         reporter: Reporter::new(channel.clone()),
+        skipped,
     });
     tokio::task::spawn_local(report::flush_loop(worker.clone()));
     tokio::task::spawn_local(report::bytes_loop(worker.clone()));
@@ -132,27 +149,28 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
                 break timeout;
             }
         };
-        match frame {
-            Ok(Some(Down::Conns(conns))) => start_conns(&worker, conns, &mut fds),
-            Ok(Some(Down::Config(cfg))) => {
+        match frame? {
+            Next::Frame(Down::Conns(conns)) => start_conns(&worker, conns, &mut fds),
+            Next::Frame(Down::Config(cfg)) => {
                 debug!(slot, backends = cfg.backends.len(), "config updated");
                 worker.config.store(Arc::new(cfg));
             }
-            Ok(Some(Down::Drain { timeout })) => {
+            Next::Frame(Down::Drain { timeout }) => {
                 info!(slot, timeout = ?timeout, "draining on request");
                 break timeout;
             }
-            Ok(None) => {
+            Next::Bad { why, conns } => {
+                // Only this frame's connections are lost; every other
+                // connection and the channel go on.
+                let reporter = Some(&worker.reporter);
+                worker.skipped.frame(slot, &why, &mut fds, &conns, reporter);
+            }
+            Next::Retry(err) => retry_later(&worker.skipped, slot, &err).await,
+            Next::Gone => {
                 let timeout = worker.config.load().drain_timeout;
                 info!(slot, timeout = ?timeout, "front is gone; draining");
                 break timeout;
             }
-            Err(WorkerError::Frame { source, .. }) => {
-                // A frame we cannot read: drop it (and any descriptors it
-                // carried) and keep serving; nothing else is affected.
-                warn!(slot, cause = %source, "ignoring malformed frame from the front");
-            }
-            Err(err) => return Err(err),
         }
     };
     drain(&worker, drain_timeout).await;
@@ -181,7 +199,7 @@ async fn drain(worker: &Rc<Worker>, timeout: Duration) {
     info!(slot = worker.slot, "worker exiting");
 }
 
-fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>) {
+fn start_conns(worker: &Rc<Worker>, mut conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>) {
     if conns.len() != fds.len() {
         warn!(
             slot = worker.slot,
@@ -193,6 +211,16 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
     worker.reporter.push(Event::Received {
         count: conns.len() as u32,
     });
+    // Connections described without a descriptor never start: the front
+    // hears they closed, so its counts stay right.
+    for lost in conns.drain(fds.len().min(conns.len())..) {
+        worker.reporter.push(Event::Closed {
+            backend: lost.backend,
+            opened: false,
+            client: lost.client.ip(),
+            duration: Duration::ZERO,
+        });
+    }
     for (handoff, fd) in conns.into_iter().zip(fds.drain(..)) {
         let stream = std::net::TcpStream::from(fd);
         worker.active.set(worker.active.get() + 1);
@@ -218,20 +246,60 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
     }
 }
 
+/// What one receive on the channel gave.
+enum Next {
+    Frame(Down),
+    /// A frame that cannot be used, and the connections it described (when
+    /// they could be read). Its descriptors are in the caller's `fds`.
+    Bad {
+        why: String,
+        conns: Vec<Handoff>,
+    },
+    /// A passing failure (out of memory): try again shortly.
+    Retry(std::io::Error),
+    /// The front closed its end.
+    Gone,
+}
+
 async fn next_frame(
     slot: usize,
     channel: &Channel,
     buf: &mut [u8; MAX_FRAME],
     fds: &mut Vec<OwnedFd>,
-) -> Result<Option<Down>, WorkerError> {
+) -> Result<Next, WorkerError> {
+    use std::io::ErrorKind;
+    let bad = |why: String, conns| Ok(Next::Bad { why, conns });
     match channel.recv(buf, fds).await {
-        Ok(Received::Frame(n)) => Down::decode(&buf[..n])
-            .map(Some)
-            .map_err(|source| WorkerError::Frame { slot, source }),
-        Ok(Received::Closed) => Ok(None),
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
-        Err(source) => Err(WorkerError::Io { slot, source }),
+        Ok(Received::Frame(n)) => match Down::decode(&buf[..n]) {
+            Ok(msg) => Ok(Next::Frame(msg)),
+            Err(err) => bad(err.to_string(), Vec::new()),
+        },
+        Ok(Received::Closed) => Ok(Next::Gone),
+        Err(err) => match fdpass::damage(&err) {
+            // The frame is whole, its descriptor list is not.
+            Some(Damaged::Descriptors { bytes }) => match Down::decode(&buf[..bytes]) {
+                Ok(Down::Conns(conns)) => bad(err.to_string(), conns),
+                Ok(_) | Err(_) => bad(err.to_string(), Vec::new()),
+            },
+            Some(Damaged::Truncated) => bad(err.to_string(), Vec::new()),
+            None => match err.kind() {
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::NotConnected => {
+                    Ok(Next::Gone)
+                }
+                ErrorKind::OutOfMemory | ErrorKind::Interrupted => Ok(Next::Retry(err)),
+                _ if err.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) => {
+                    Ok(Next::Retry(err))
+                }
+                _ => Err(WorkerError::Io { slot, source: err }),
+            },
+        },
     }
+}
+
+/// Wait a little after a passing receive failure.
+async fn retry_later(skipped: &skip::Skipped, slot: usize, err: &std::io::Error) {
+    skipped.transient(slot, err);
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 async fn send_up(slot: usize, channel: &Channel, msg: &Up) -> Result<(), WorkerError> {

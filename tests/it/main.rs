@@ -3,6 +3,7 @@
 
 mod control;
 mod discovery;
+mod faults;
 mod foundation;
 mod observability;
 mod policies;
