@@ -141,7 +141,13 @@ fn client_pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
 /// The client sees its connection closed (EOF or reset), not a hang.
 fn closed(client: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
-    !matches!(client.read(&mut b), Ok(n) if n > 0) && client.read(&mut b).map_or(true, |n| n == 0)
+    match client.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 fn handoff(conn: u64, client: &TcpStream) -> Handoff {
