@@ -13,6 +13,7 @@
 //! - [`worker`]: the worker process: connect to backends, move bytes.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
+//! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`demo`]: built-in backends for the one-command tour.
 //! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance).
@@ -23,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod front;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod supervisor;

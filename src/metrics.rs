@@ -50,6 +50,7 @@ pub const ACCEPT_PAUSED: &str = "rrproxy_accept_paused";
 pub const POLICY_INFO: &str = "rrproxy_policy_info";
 pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
+pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
 
 /// Histogram buckets for connect times (seconds).
 const CONNECT_BUCKETS: &[f64] = &[
@@ -188,6 +189,10 @@ pub fn describe() {
         POLICY_CHANGES,
         "Times the balancing policy was changed at run time."
     );
+    describe_counter!(
+        LOG_DROPPED,
+        "Log lines the front dropped because stderr did not keep up (logging never blocks proxying)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "rrproxy build information (label version), always 1."
@@ -211,6 +216,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::set_global_recorder(recorder).map_err(|e| format!("metrics setup: {e}"))?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::counter!(LOG_DROPPED).absolute(crate::logging::dropped_lines());
     Ok(handle)
 }
 

@@ -125,11 +125,15 @@ fn respond(
         );
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            handle.render(),
-        ),
+        "/metrics" => {
+            // Read at scrape time: the log writer counts, not the front.
+            metrics::counter!(super::LOG_DROPPED).absolute(crate::logging::dropped_lines());
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                handle.render(),
+            )
+        }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if readiness.get() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(

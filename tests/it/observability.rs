@@ -67,6 +67,7 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_policy_info",
     "rrproxy_policy_changes_total",
     "rrproxy_build_info",
+    "rrproxy_log_lines_dropped_total",
 ];
 
 #[test]

@@ -95,6 +95,8 @@ pub struct ProxyCmd {
     wait_workers: bool,
     /// Run with `XDG_RUNTIME_DIR` here and no `--control`: the default socket.
     runtime_dir: Option<PathBuf>,
+    /// stderr is a pipe the test holds open and never reads.
+    stderr_unread: bool,
 }
 
 impl ProxyCmd {
@@ -112,6 +114,7 @@ impl ProxyCmd {
             metrics: true,
             wait_workers: true,
             runtime_dir: None,
+            stderr_unread: false,
         }
     }
 
@@ -148,6 +151,12 @@ impl ProxyCmd {
 
     pub fn env(mut self, k: &str, v: &str) -> ProxyCmd {
         self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Send stderr into a pipe that nobody reads (it fills and stalls).
+    pub fn stderr_unread(mut self) -> ProxyCmd {
+        self.stderr_unread = true;
         self
     }
 
@@ -190,7 +199,11 @@ impl ProxyCmd {
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(if self.stderr_unread {
+                Stdio::piped()
+            } else {
+                std::fs::File::create(&log).unwrap().into()
+            })
             .env(
                 "RUST_LOG",
                 std::env::var("IT_RUST_LOG").unwrap_or("info".into()),
