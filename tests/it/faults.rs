@@ -5,7 +5,7 @@
 
 mod worker_frames;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,4 +95,54 @@ fn a_stalled_log_pipe_never_stalls_proxying() {
     assert!(dropped > 0.0, "{dropped}");
     let (ok, failed, _) = requests(proxy.listen, 2, 100, Duration::from_secs(30));
     assert_eq!((ok, failed), (100, 0), "still serving after the drops");
+}
+
+/// Promise: the metrics endpoint (in the front) holds at most 32
+/// connections at once; one more is closed at once instead of waiting,
+/// proxying is unaffected, and scrapes work again as soon as the hogs
+/// leave. (Silent hogs are also cut after the 10 s header timeout.)
+#[test]
+fn the_metrics_endpoint_caps_its_connections() {
+    let b = name_backend("n");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(1).start();
+    let m = proxy.metrics.unwrap();
+    let hogs: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect_timeout(&m, Duration::from_secs(5)).unwrap())
+        .collect();
+    // Accepted after the hogs (the accept queue is in order): over the cap.
+    let mut extra = TcpStream::connect_timeout(&m, Duration::from_secs(5)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let began = Instant::now();
+    let mut buf = [0u8; 16];
+    let got = extra.read(&mut buf);
+    assert!(
+        matches!(got, Ok(0))
+            || got
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection over the cap was not closed: {got:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(fetch_name(&proxy), "n", "proxying is unaffected");
+    drop(hogs);
+    wait_until(Duration::from_secs(5), "scrapes to work again", || {
+        healthz(m).is_some_and(|r| r.ends_with("\r\n\r\nok\n"))
+    });
+}
+
+/// `GET /healthz`, or `None` if the connection was refused or cut.
+fn healthz(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    Some(resp)
 }
