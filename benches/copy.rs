@@ -68,6 +68,7 @@ fn connect(mode: Option<Splice>) -> Path {
                 &mut client,
                 &mut backend,
                 Duration::from_secs(60),
+                None,
                 mode,
                 &counter,
             )

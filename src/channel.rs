@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// How long to keep serving after the front is gone.
     pub drain_timeout: Duration,
+    /// Close a client that sent no byte within this; `None`: never.
+    pub first_byte_timeout: Option<Duration>,
     /// When to move bytes with splice(2).
     pub splice: Splice,
     pub backends: Vec<BackendEntry>,
@@ -144,6 +146,9 @@ pub enum Event {
     /// The worker took `count` handed-off connections out of its channel
     /// (lets the front bound how many wait unread for one worker).
     Received { count: u32 },
+    /// A client sent no byte within the first-byte timeout and was closed
+    /// (its `Closed` event follows).
+    FirstByteTimeout { backend: u32 },
 }
 
 impl Down {

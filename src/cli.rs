@@ -148,6 +148,12 @@ pub struct TuningArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 
+    /// Close a client that has sent no byte this long after it was
+    /// accepted, and its backend connection with it, or "off". Leave off
+    /// for protocols whose clients may only listen. [default: off]
+    #[arg(long, value_name = "DURATION|off")]
+    pub client_first_byte_timeout: Option<String>,
+
     /// Listen backlog: connections the kernel queues while workers are busy. [default: 1024]
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,

@@ -91,6 +91,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Close a client that sent no byte within this; `None`: never.
+    pub client_first_byte_timeout: Option<Duration>,
     pub backlog: u32,
     pub limits: Limits,
     pub health: Health,
@@ -238,6 +240,12 @@ impl Config {
         )?;
         let idle_timeout = duration(t.idle_timeout, file.idle_timeout, "5m", "idle-timeout")?;
         let drain_timeout = duration(t.drain_timeout, file.drain_timeout, "30s", "drain-timeout")?;
+        let client_first_byte_timeout = optional_duration(
+            t.client_first_byte_timeout.as_deref(),
+            file.client_first_byte_timeout,
+            Duration::ZERO,
+            "client-first-byte-timeout",
+        )?;
         if connect_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "connect-timeout must be greater than 0",
@@ -309,6 +317,7 @@ impl Config {
             connect_timeout,
             idle_timeout,
             drain_timeout,
+            client_first_byte_timeout,
             backlog,
             file: path,
         })

@@ -51,6 +51,7 @@ pub const POLICY_INFO: &str = "rrproxy_policy_info";
 pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
 pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
+pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total";
 
 /// Histogram buckets for connect times (seconds).
 const CONNECT_BUCKETS: &[f64] = &[
@@ -190,6 +191,10 @@ pub fn describe() {
         "Times the balancing policy was changed at run time."
     );
     describe_counter!(
+        FIRST_BYTE_TIMEOUTS,
+        "Clients closed (with their backend connection) for sending no byte within --client-first-byte-timeout."
+    );
+    describe_counter!(
         LOG_DROPPED,
         "Log lines the front dropped because stderr did not keep up (logging never blocks proxying)."
     );
@@ -217,6 +222,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::counter!(LOG_DROPPED).absolute(crate::logging::dropped_lines());
+    metrics::counter!(FIRST_BYTE_TIMEOUTS).absolute(0);
     Ok(handle)
 }
 

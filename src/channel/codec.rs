@@ -39,6 +39,7 @@ const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
 const EV_BYTES: u8 = 4;
 const EV_RECEIVED: u8 = 5;
+const EV_FIRST_BYTE: u8 = 6;
 
 pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameError> {
     out.clear();
@@ -49,6 +50,8 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
             put_duration(out, cfg.connect_timeout);
             put_duration(out, cfg.idle_timeout);
             put_duration(out, cfg.drain_timeout);
+            // Zero: off.
+            put_duration(out, cfg.first_byte_timeout.unwrap_or(Duration::ZERO));
             out.push(match cfg.splice {
                 Splice::Off => 0,
                 Splice::On => 1,
@@ -97,6 +100,8 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             let connect_timeout = r.duration("connect timeout")?;
             let idle_timeout = r.duration("idle timeout")?;
             let drain_timeout = r.duration("drain timeout")?;
+            let first_byte_timeout =
+                Some(r.duration("first byte timeout")?).filter(|d| !d.is_zero());
             let splice = match r.u8("splice mode")? {
                 0 => Splice::Off,
                 1 => Splice::On,
@@ -120,6 +125,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 connect_timeout,
                 idle_timeout,
                 drain_timeout,
+                first_byte_timeout,
                 splice,
                 backends,
             })
@@ -234,6 +240,10 @@ fn put_event(out: &mut Vec<u8>, ev: &Event) {
         Event::Received { count } => {
             out.push(EV_RECEIVED);
             out.extend_from_slice(&count.to_le_bytes());
+        }
+        Event::FirstByteTimeout { backend } => {
+            out.push(EV_FIRST_BYTE);
+            out.extend_from_slice(&backend.to_le_bytes());
         }
     }
 }
@@ -401,6 +411,9 @@ impl Reader<'_> {
             }),
             EV_RECEIVED => Ok(Event::Received {
                 count: self.u32("received count")?,
+            }),
+            EV_FIRST_BYTE => Ok(Event::FirstByteTimeout {
+                backend: self.u32("backend id")?,
             }),
             v => Err(FrameError::Invalid {
                 what: "event kind",

@@ -11,6 +11,7 @@ fn sample_config() -> WorkerConfig {
         connect_timeout: Duration::from_millis(1500),
         idle_timeout: Duration::from_secs(300),
         drain_timeout: Duration::from_secs(30),
+        first_byte_timeout: Some(Duration::from_secs(3)),
         splice: Splice::Auto,
         backends: vec![
             BackendEntry {
@@ -56,6 +57,7 @@ fn sample_events() -> Vec<Event> {
             down: u64::MAX,
         },
         Event::Received { count: 64 },
+        Event::FirstByteTimeout { backend: 9 },
     ]
 }
 

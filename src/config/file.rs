@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub connect_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
     pub drain_timeout: Option<DurationValue>,
+    pub client_first_byte_timeout: Option<DurationValue>,
     pub backlog: Option<u32>,
     pub max_conns: Option<u64>,
     pub max_conns_per_worker: Option<u64>,

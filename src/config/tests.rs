@@ -244,3 +244,28 @@ fn durations_are_capped_at_a_day_so_no_deadline_overflows() {
     assert!(err(&a).contains("health-timeout"), "{}", err(&a));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_client_first_byte_timeout_is_off_unless_given() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().client_first_byte_timeout, None);
+    a.tuning.client_first_byte_timeout = Some("2s".into());
+    assert_eq!(
+        Config::load(&a).unwrap().client_first_byte_timeout,
+        Some(Duration::from_secs(2))
+    );
+    a.tuning.client_first_byte_timeout = Some("off".into());
+    assert_eq!(Config::load(&a).unwrap().client_first_byte_timeout, None);
+    a.tuning.client_first_byte_timeout = Some("2d".into());
+    assert!(err(&a).contains("client-first-byte-timeout"), "{}", err(&a));
+    let file = FileConfig::parse(
+        "backends = [\"127.0.0.1:80\"]\nclient-first-byte-timeout = \"750ms\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let c = Config::build(&args(&[]), file, None).unwrap();
+    assert_eq!(
+        c.client_first_byte_timeout,
+        Some(Duration::from_millis(750))
+    );
+}

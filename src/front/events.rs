@@ -117,6 +117,9 @@ impl Front {
                     self.fm.failed.increment(1);
                 }
             }
+            Event::FirstByteTimeout { .. } => {
+                metrics::counter!(crate::metrics::FIRST_BYTE_TIMEOUTS).increment(1);
+            }
             Event::Received { count } => {
                 if let Some(p) = self.slots[slot].proc_mut(id) {
                     p.unread = p.unread.saturating_sub(u64::from(count));

@@ -50,13 +50,27 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         &mut client,
         &mut upstream,
         config.idle_timeout,
+        // Counted from when this worker got the client, connect included.
+        config
+            .first_byte_timeout
+            .map(|limit| limit.saturating_sub(started.elapsed())),
         config.splice,
         &counter,
     )
     .await;
     match outcome {
         Outcome::Done => {}
-        Outcome::IdleTimeout => debug!("idle timeout"),
+        Outcome::IdleTimeout(stuck) => {
+            debug!(?stuck, "idle timeout");
+            reset_stuck(&client, &upstream, stuck);
+        }
+        Outcome::FirstByteTimeout(stuck) => {
+            debug!("client sent nothing within the first-byte timeout; closing");
+            reset_stuck(&client, &upstream, stuck);
+            worker.reporter.push(Event::FirstByteTimeout {
+                backend: backend.id,
+            });
+        }
         Outcome::Reset(side, err) => {
             debug!(side, cause = %err, "connection reset; propagating");
             reset(&client);
@@ -73,6 +87,17 @@ fn closed(worker: &Worker, backend: u32, opened: bool, client: IpAddr, started: 
         client,
         duration: started.elapsed(),
     });
+}
+
+/// A side that stopped reading gets a reset; a quiet one a FIN (as both
+/// drop).
+fn reset_stuck(client: &TcpStream, upstream: &TcpStream, stuck: pump::Stuck) {
+    if stuck.client {
+        reset(client);
+    }
+    if stuck.backend {
+        reset(upstream);
+    }
 }
 
 /// Make the next close send RST instead of FIN.
