@@ -7,5 +7,6 @@ mod faults;
 mod foundation;
 mod observability;
 mod policies;
+mod shims;
 mod supervision;
 mod support;

@@ -171,6 +171,7 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(5),
+        first_byte_timeout: None,
         splice: Splice::Auto,
         backends: vec![BackendEntry {
             id: 0,
