@@ -74,8 +74,9 @@ fn connect(mode: Option<Splice>) -> Path {
                 &mut client,
                 &mut backend,
                 Duration::from_secs(60),
+                None,
                 mode,
-                meter,
+                &meter,
             )
             .await;
         });

@@ -462,7 +462,7 @@ def check_systemd(config_keys: set[str]) -> None:
               "Restart": "on-failure", "LimitNOFILE": "1048576",
               "NoNewPrivileges": "yes", "ProtectSystem": "strict",
               "ProtectHome": "yes", "PrivateTmp": "yes", "DynamicUser": "yes",
-              "RuntimeDirectory": "rrproxy",
+              "RuntimeDirectory": "rrproxy", "RuntimeDirectoryMode": "0700",
               "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
               "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
               "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
@@ -521,9 +521,12 @@ def check_docker() -> str:
     flags = dict(zip(entry[1::2], entry[2::2]))
     if flags.get("--metrics", "").split(":")[0] != "0.0.0.0":
         err("Dockerfile: ENTRYPOINT must set --metrics 0.0.0.0:PORT")
+    # Both use the default control socket, or both name the same one.
     control = flags.get("--control")
-    if not control or f'"--control", "{control}"' not in health:
+    if control and f'"--control", "{control}"' not in health:
         err("Dockerfile: HEALTHCHECK does not use the ENTRYPOINT's --control socket")
+    if not control and '"--control"' in health:
+        err("Dockerfile: HEALTHCHECK names a --control socket the ENTRYPOINT does not set")
     if "USER root" in df or not instr("USER"):
         err("Dockerfile: runtime must run as a non-root USER")
     exposed = {int(p.split("/")[0]) for e in instr("EXPOSE") for p in e.split()}

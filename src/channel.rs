@@ -65,6 +65,8 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// How long to keep serving after the front is gone.
     pub drain_timeout: Duration,
+    /// Close a client that sent no byte within this; `None`: never.
+    pub first_byte_timeout: Option<Duration>,
     /// When to move bytes with splice(2).
     pub splice: Splice,
     /// Report each finished connection's client address (the front keeps

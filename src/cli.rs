@@ -132,8 +132,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR|off")]
     pub metrics: Option<String>,
 
-    /// Control socket path, or "off". [default: $XDG_RUNTIME_DIR/rrproxy.sock,
-    /// /run/rrproxy.sock as root, else /tmp/rrproxy-$UID.sock]
+    /// Control socket path, or "off". Only root and the proxy's user may
+    /// use it. [default: ctl.sock in $XDG_RUNTIME_DIR/rrproxy,
+    /// /run/rrproxy as root, else /tmp/rrproxy-$UID (made mode 0700)]
     #[arg(long, value_name = "PATH|off")]
     pub control: Option<String>,
 
@@ -167,6 +168,12 @@ pub struct TuningArgs {
     /// take to finish before they are cut. [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = values::duration)]
     pub drain_timeout: Option<Duration>,
+
+    /// Close a client that has sent no byte this long after it was
+    /// accepted, and its backend connection with it, or "off". Leave off
+    /// for protocols whose clients may only listen. [default: off]
+    #[arg(long, value_name = "DURATION|off")]
+    pub client_first_byte_timeout: Option<String>,
 
     /// Listen backlog: connections the kernel queues while workers are busy. [default: 1024]
     #[arg(long, value_name = "N", value_parser = values::backlog)]

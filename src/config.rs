@@ -28,6 +28,10 @@ use crate::policy::{PolicyName, PolicyOptions};
 pub const MAX_BACKENDS: usize = 1024;
 /// Most worker processes.
 pub const MAX_WORKERS: usize = 256;
+/// Longest accepted duration setting (timeouts and intervals), so no
+/// deadline computed from one can overflow `Instant` arithmetic.
+/// (The error says "at most 24h": keep them together.)
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Connection limits. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -69,6 +73,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Close a client that sent no byte within this; `None`: never.
+    pub client_first_byte_timeout: Option<Duration>,
     pub backlog: u32,
     pub limits: Limits,
     pub health: Health,
@@ -110,16 +116,25 @@ impl Config {
     }
 }
 
-/// Where the control socket lives when `--control` is not given.
+/// Where the control socket lives when `--control` is not given: `ctl.sock`
+/// in [`default_control_dir`].
 pub fn default_control_path() -> PathBuf {
+    default_control_dir().join("ctl.sock")
+}
+
+/// The directory of the default control socket, private to this user
+/// (made mode 0700 by the proxy, see `control::private_dir`):
+/// `$XDG_RUNTIME_DIR/rrproxy`, else `/run/rrproxy` as root, else
+/// `/tmp/rrproxy-$UID`.
+pub fn default_control_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("rrproxy.sock");
+        return Path::new(&dir).join("rrproxy");
     }
-    let uid = rustix::process::getuid().as_raw();
+    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
-        PathBuf::from("/run/rrproxy.sock")
+        PathBuf::from("/run/rrproxy")
     } else {
-        PathBuf::from(format!("/tmp/rrproxy-{uid}.sock"))
+        PathBuf::from(format!("/tmp/rrproxy-{uid}"))
     }
 }
 

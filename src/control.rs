@@ -7,15 +7,16 @@
 //! one-line JSON reply. Each client gets its own task with a line-length
 //! limit and an idle timeout, so a client that sends garbage, or nothing,
 //! cannot block the front or other clients. The socket is created mode 0600
-//! and removed on exit.
+//! and removed on exit; only root and the proxy's own user are served
+//! (`SO_PEERCRED`; see `socket` for where the socket lives and what it may
+//! replace).
 
 mod client;
 mod commands;
+mod socket;
 pub mod table;
 mod top;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 
 pub use client::run as ctl;
 pub use commands::{BackendRow, Status, WorkerRow};
+pub use socket::{Control, bind, private_dir, unlink};
 pub use top::run as top;
 
 use crate::front::Shared;
@@ -36,48 +38,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most control clients at once.
 const MAX_CLIENTS: usize = 64;
 
-/// A bound control socket.
-pub struct Control {
-    pub path: PathBuf,
-    listener: std::os::unix::net::UnixListener,
-}
-
-/// Bind the control socket at `path`, mode 0600. A stale socket file from a
-/// previous run is replaced; one a live process answers on is an error.
-pub fn bind(path: &Path) -> Result<Control, String> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "control socket {} is in use by another process (use --control PATH or --control off)",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale control socket {}: {e}", path.display()))?;
-    }
-    // Bind under a temporary name, restrict it, then move it into place, so
-    // the socket is never reachable with looser permissions.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let fail = |e: std::io::Error| format!("cannot create control socket {}: {e}", path.display());
-    let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(fail)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    listener.set_nonblocking(true).map_err(fail)?;
-    Ok(Control {
-        path: path.to_path_buf(),
-        listener,
-    })
-}
-
 impl Control {
     /// Serve a control socket that is already bound (taken over from the
     /// previous front in an upgrade).
     pub fn adopt(
-        path: PathBuf,
+        path: std::path::PathBuf,
         listener: std::os::unix::net::UnixListener,
     ) -> std::io::Result<Control> {
         listener.set_nonblocking(true)?;
+        socket::adopted(&path);
         Ok(Control { path, listener })
     }
 
@@ -108,13 +77,6 @@ async fn wait_unfrozen(front: &Shared) -> bool {
     }
 }
 
-/// Remove the socket file on exit.
-pub fn unlink(path: &Path) {
-    if let Err(err) = std::fs::remove_file(path) {
-        debug!(cause = %err, path = %path.display(), "could not remove control socket");
-    }
-}
-
 /// Accept control clients until the front stops.
 pub async fn serve(front: Shared, control: Control) {
     let listener = match UnixListener::from_std(control.listener) {
@@ -125,6 +87,7 @@ pub async fn serve(front: Shared, control: Control) {
         }
     };
     let clients = Rc::new(std::cell::Cell::new(0usize));
+    let me = rustix::process::geteuid().as_raw();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -134,13 +97,23 @@ pub async fn serve(front: Shared, control: Control) {
                 continue;
             }
         };
+        match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(cred) if socket::peer_allowed(cred.uid.as_raw(), me) => {}
+            Ok(cred) => {
+                socket::log_refused(cred.uid.as_raw(), cred.pid.as_raw_pid());
+                refuse(
+                    stream,
+                    "error: permission denied: only root and the proxy's user may use this socket\n\n",
+                );
+                continue;
+            }
+            Err(err) => {
+                debug!(cause = %err, "cannot read a control client's credentials; closing it");
+                continue;
+            }
+        }
         if clients.get() >= MAX_CLIENTS {
-            let mut s = stream;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                s.write_all(b"error: too many control clients\n\n"),
-            )
-            .await;
+            refuse(stream, "error: too many control clients\n\n");
             continue;
         }
         clients.set(clients.get() + 1);
@@ -151,6 +124,12 @@ pub async fn serve(front: Shared, control: Control) {
             clients.set(clients.get() - 1);
         });
     }
+}
+
+/// Tell a client why it is turned away, without waiting on it: the reply
+/// fits the socket buffer, and one that does not read it is not our concern.
+fn refuse(stream: UnixStream, why: &str) {
+    let _ = stream.try_write(why.as_bytes());
 }
 
 /// One client: read lines, answer each, until EOF, `quit`, a bad line or

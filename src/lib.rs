@@ -18,6 +18,7 @@
 //! - [`worker`]: the worker process: connect to backends, move bytes.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
+//! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`signals`]: catching the signals a process has no use for.
 //! - [`version`]: the version and build id of this binary.
@@ -36,6 +37,7 @@ pub mod control;
 pub mod demo;
 pub mod front;
 pub mod handover;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use clap::error::ErrorKind;
-use rrproxy::cli::{Cli, Command, LogArgs, LogFormat};
-use tracing_subscriber::EnvFilter;
+use rrproxy::cli::{Cli, Command};
+use rrproxy::logging::init as init_logging;
 
 /// Exit status of a usage or config error (`--help` says so).
 const USAGE: u8 = 2;
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Worker(args)) => {
-            init_logging(&cli.log, Some(args.slot));
+            let _log = init_logging(&cli.log, Some(args.slot));
             if let Some(cpu) = args.cpu {
                 if let Err(err) = rrproxy::sys::pin_to_cpu(cpu) {
                     tracing::warn!(slot = args.slot, cpu, cause = %err, "cannot pin worker to its CPU");
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Demo(args)) => {
-            init_logging(&cli.log, None);
+            let _log = init_logging(&cli.log, None);
             match rrproxy::demo::run(args, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            init_logging(&cli.log, None);
+            let _log = init_logging(&cli.log, None);
             match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -145,30 +145,4 @@ fn fail(who: &str, err: &dyn std::error::Error) -> ExitCode {
     }
     eprintln!("{who}: error: {msg}");
     ExitCode::FAILURE
-}
-
-fn init_logging(log: &LogArgs, worker: Option<usize>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(log.level().as_str().to_ascii_lowercase()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let role = match worker {
-        Some(slot) => format!("worker{slot}"),
-        None => "front".into(),
-    };
-    // Both processes write to the same stderr; the role tells lines apart.
-    let result = match log.log_format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(false)
-            .with_span_list(true)
-            .try_init(),
-        LogFormat::Text => builder.with_thread_names(false).try_init(),
-    };
-    if let Err(err) = result {
-        eprintln!("rrproxy ({role}): logging setup failed: {err}");
-    }
 }

@@ -56,6 +56,8 @@ pub const ACCEPT_PAUSED: &str = "rrproxy_accept_paused";
 pub const POLICY_INFO: &str = "rrproxy_policy_info";
 pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
+pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
+pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total";
 
 /// Every metric: name, Prometheus type, help text. The renderer writes
 /// the `# HELP` and `# TYPE` lines from here.
@@ -225,5 +227,15 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         BUILD_INFO,
         "gauge",
         "rrproxy build information (labels version and build), always 1.",
+    ),
+    (
+        FIRST_BYTE_TIMEOUTS,
+        "counter",
+        "Clients closed (with their backend connection) for sending no byte within --client-first-byte-timeout.",
+    ),
+    (
+        LOG_DROPPED,
+        "counter",
+        "Log lines the front dropped because stderr did not keep up (logging never blocks proxying).",
     ),
 ];

@@ -86,6 +86,8 @@ pub enum FrontWord {
     FailedBase,
     /// Base of [`ProcWord::Redispatched`].
     RedispatchedBase,
+    /// Base of [`ProcWord::FirstByteTimeouts`].
+    FirstByteTimeoutsBase,
     /// Base of [`ProcWord::DurationSumNs`] and the duration buckets.
     DurationSumNsBase,
     DurationBucketBase0,
@@ -153,8 +155,8 @@ pub enum ProcWord {
     BytesOut,
     /// The sequence number of the last backend table applied.
     ConfigSeq,
-    /// Advanced every time the worker's loop reads its channel.
-    Heartbeat,
+    /// Clients closed for sending nothing within the first-byte timeout.
+    FirstByteTimeouts,
     DurationSumNs,
     DurationBucket0,
 }

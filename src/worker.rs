@@ -8,11 +8,14 @@
 //! on, draining, wake-ups; see `report`), and exits on its own when the
 //! front tells it to drain, when it gets SIGTERM, or when the channel
 //! closes (the front is gone): it never outlives the front by more than
-//! its drain timeout. Every other signal is ignored.
+//! its drain timeout. Every other signal is ignored. A frame it cannot use
+//! is skipped (see `skip`): only a channel that is really gone ends a
+//! worker.
 
 mod connect;
 pub mod pump;
 mod report;
+mod skip;
 mod splice;
 
 pub use pump::Meter;
@@ -27,7 +30,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::channel::fdpass::{Channel, Received};
+use crate::channel::fdpass::{self, Channel, Damaged, Received};
 use crate::channel::{BackendEntry, Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
 use crate::stats::{self, ProcCell, ProcWord};
 use report::Reporter;
@@ -102,6 +105,8 @@ pub(crate) struct Worker {
     /// The statistics table and this process's cell in it.
     pub stats: stats::Table,
     pub cell_index: usize,
+    /// Frames from the front that could not be used.
+    pub skipped: skip::Skipped,
 }
 
 impl Worker {
@@ -181,18 +186,22 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
 }
 
 /// The handshake: the front's `Hello` (with the statistics table) and the
-/// first config.
+/// first config. Unusable frames before the config are skipped (their
+/// descriptors closed); a drain before it ends the worker at once (`None`).
 async fn handshake(
     slot: usize,
     channel: &Channel,
     buf: &mut [u8; MAX_FRAME],
     fds: &mut Vec<OwnedFd>,
-) -> Result<(stats::Table, usize, WorkerConfig), WorkerError> {
+    skipped: &skip::Skipped,
+) -> Result<Option<(stats::Table, usize, WorkerConfig)>, WorkerError> {
     let bad = |why: String| WorkerError::Handshake { slot, why };
     let (cell, build) = match next_frame(slot, channel, buf, fds).await? {
-        Some(Down::Hello { cell, build }) => (cell as usize, build),
-        Some(other) => return Err(bad(format!("expected hello first, got {other:?}"))),
-        None => return Err(WorkerError::NoConfig { slot }),
+        Next::Frame(Down::Hello { cell, build }) => (cell as usize, build),
+        Next::Frame(other) => return Err(bad(format!("expected hello first, got {other:?}"))),
+        Next::Bad { why, .. } => return Err(bad(why)),
+        Next::Retry(err) => return Err(WorkerError::Io { slot, source: err }),
+        Next::Gone => return Err(WorkerError::NoConfig { slot }),
     };
     let mine = crate::version::build_id();
     if build != mine {
@@ -212,13 +221,23 @@ async fn handshake(
     if cell >= table.procs() {
         return Err(bad(format!("statistics cell {cell} is out of range")));
     }
-    fds.clear();
-    let config = match next_frame(slot, channel, buf, fds).await? {
-        Some(Down::Config(cfg)) => cfg,
-        Some(other) => return Err(bad(format!("expected a config, got {other:?}"))),
-        None => return Err(WorkerError::NoConfig { slot }),
+    let config = loop {
+        fds.clear();
+        match next_frame(slot, channel, buf, fds).await? {
+            Next::Frame(Down::Config(cfg)) => break cfg,
+            Next::Frame(Down::Drain { .. }) => return Ok(None),
+            Next::Frame(Down::Conns(conns)) => {
+                skipped.frame(slot, "connections before any config", fds, &conns, None);
+            }
+            Next::Frame(Down::Hello { .. }) => {
+                skipped.frame(slot, "a second hello", fds, &[], None);
+            }
+            Next::Bad { why, conns } => skipped.frame(slot, &why, fds, &conns, None),
+            Next::Retry(err) => retry_later(skipped, slot, &err).await,
+            Next::Gone => return Err(WorkerError::NoConfig { slot }),
+        }
     };
-    Ok((table, cell, config))
+    Ok(Some((table, cell, config)))
 }
 
 /// The worker's main loop over an already-open channel. Public to the crate
@@ -226,7 +245,12 @@ async fn handshake(
 pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), WorkerError> {
     let mut buf = Box::new([0u8; MAX_FRAME]);
     let mut fds = Vec::new();
-    let (table, cell_index, config) = handshake(slot, &channel, &mut buf, &mut fds).await?;
+    let skipped = skip::Skipped::default();
+    let Some((table, cell_index, config)) =
+        handshake(slot, &channel, &mut buf, &mut fds, &skipped).await?
+    else {
+        return Ok(());
+    };
     let pid = std::process::id();
     let worker = Rc::new(Worker {
         slot,
@@ -239,6 +263,7 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         reporter: Reporter::new(channel.clone()),
         stats: table,
         cell_index,
+        skipped,
     });
     worker.cell().set(ProcWord::Pid, u64::from(pid));
     worker.apply(config);
@@ -270,27 +295,31 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
                 break timeout;
             }
         };
-        match frame {
-            Ok(Some(Down::Conns(conns))) => start_conns(&worker, conns, &mut fds),
-            Ok(Some(Down::Config(cfg))) => worker.apply(cfg),
-            Ok(Some(Down::Drain { timeout })) => {
+        match frame? {
+            Next::Frame(Down::Conns(conns)) => start_conns(&worker, conns, &mut fds),
+            Next::Frame(Down::Config(cfg)) => worker.apply(cfg),
+            Next::Frame(Down::Drain { timeout }) => {
                 info!(slot, timeout = ?timeout, "draining on request");
                 break timeout;
             }
-            Ok(Some(Down::Hello { .. })) => {
-                warn!(slot, "ignoring a second hello from the front");
+            Next::Frame(Down::Hello { .. }) => {
+                worker
+                    .skipped
+                    .frame(slot, "a second hello", &mut fds, &[], Some(&worker));
             }
-            Ok(None) => {
+            Next::Bad { why, conns } => {
+                // Only this frame's connections are lost; every other
+                // connection and the channel go on.
+                worker
+                    .skipped
+                    .frame(slot, &why, &mut fds, &conns, Some(&worker));
+            }
+            Next::Retry(err) => retry_later(&worker.skipped, slot, &err).await,
+            Next::Gone => {
                 let timeout = worker.routes().config.drain_timeout;
                 info!(slot, timeout = ?timeout, "front is gone; draining");
                 break timeout;
             }
-            Err(WorkerError::Frame { source, .. }) => {
-                // A frame we cannot read: drop it (and any descriptors it
-                // carried) and keep serving; nothing else is affected.
-                warn!(slot, cause = %source, "ignoring malformed frame from the front");
-            }
-            Err(err) => return Err(err),
         }
     };
     drain(&worker, drain_timeout).await;
@@ -366,20 +395,60 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
     worker.finished(taken - served);
 }
 
+/// What one receive on the channel gave.
+enum Next {
+    Frame(Down),
+    /// A frame that cannot be used, and the connections it described (when
+    /// they could be read). Its descriptors are in the caller's `fds`.
+    Bad {
+        why: String,
+        conns: Vec<Handoff>,
+    },
+    /// A passing failure (out of memory): try again shortly.
+    Retry(std::io::Error),
+    /// The front closed its end.
+    Gone,
+}
+
 async fn next_frame(
     slot: usize,
     channel: &Channel,
     buf: &mut [u8; MAX_FRAME],
     fds: &mut Vec<OwnedFd>,
-) -> Result<Option<Down>, WorkerError> {
+) -> Result<Next, WorkerError> {
+    use std::io::ErrorKind;
+    let bad = |why: String, conns| Ok(Next::Bad { why, conns });
     match channel.recv(buf, fds).await {
-        Ok(Received::Frame(n)) => Down::decode(&buf[..n])
-            .map(Some)
-            .map_err(|source| WorkerError::Frame { slot, source }),
-        Ok(Received::Closed) => Ok(None),
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
-        Err(source) => Err(WorkerError::Io { slot, source }),
+        Ok(Received::Frame(n)) => match Down::decode(&buf[..n]) {
+            Ok(msg) => Ok(Next::Frame(msg)),
+            Err(err) => bad(err.to_string(), Vec::new()),
+        },
+        Ok(Received::Closed) => Ok(Next::Gone),
+        Err(err) => match fdpass::damage(&err) {
+            // The frame is whole, its descriptor list is not.
+            Some(Damaged::Descriptors { bytes }) => match Down::decode(&buf[..bytes]) {
+                Ok(Down::Conns(conns)) => bad(err.to_string(), conns),
+                Ok(_) | Err(_) => bad(err.to_string(), Vec::new()),
+            },
+            Some(Damaged::Truncated) => bad(err.to_string(), Vec::new()),
+            None => match err.kind() {
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::NotConnected => {
+                    Ok(Next::Gone)
+                }
+                ErrorKind::OutOfMemory | ErrorKind::Interrupted => Ok(Next::Retry(err)),
+                _ if err.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) => {
+                    Ok(Next::Retry(err))
+                }
+                _ => Err(WorkerError::Io { slot, source: err }),
+            },
+        },
     }
+}
+
+/// Wait a little after a passing receive failure.
+async fn retry_later(skipped: &skip::Skipped, slot: usize, err: &std::io::Error) {
+    skipped.transient(slot, err);
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 async fn send_up(slot: usize, channel: &Channel, msg: &Up) -> Result<(), WorkerError> {

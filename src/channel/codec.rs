@@ -60,6 +60,8 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
             put_duration(out, cfg.connect_timeout);
             put_duration(out, cfg.idle_timeout);
             put_duration(out, cfg.drain_timeout);
+            // Zero: off.
+            put_duration(out, cfg.first_byte_timeout.unwrap_or(Duration::ZERO));
             out.push(match cfg.splice {
                 Splice::Off => 0,
                 Splice::On => 1,
@@ -115,6 +117,8 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             let connect_timeout = r.duration("connect timeout")?;
             let idle_timeout = r.duration("idle timeout")?;
             let drain_timeout = r.duration("drain timeout")?;
+            let first_byte_timeout =
+                Some(r.duration("first byte timeout")?).filter(|d| !d.is_zero());
             let splice = match r.u8("splice mode")? {
                 0 => Splice::Off,
                 1 => Splice::On,
@@ -146,6 +150,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 connect_timeout,
                 idle_timeout,
                 drain_timeout,
+                first_byte_timeout,
                 splice,
                 report_closes,
                 backends,

@@ -80,9 +80,29 @@ pub enum Received {
     Closed,
 }
 
+/// A frame that arrived, but not whole. Carried inside the `io::Error`
+/// (kind `InvalidData`) that [`recv_raw`] returns for it; [`damage`] gets
+/// it back. The channel itself is fine: the next frame can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Damaged {
+    /// The frame (`bytes` long, intact at the front of the buffer) came
+    /// with more descriptors than could be received: some were dropped.
+    #[error("descriptors were dropped in transit (out of file descriptors?)")]
+    Descriptors { bytes: usize },
+    /// The frame was longer than the buffer; its tail is lost.
+    #[error("frame larger than the channel limit")]
+    Truncated,
+}
+
+/// The damage a receive error reports, if it is one of [`Damaged`].
+pub fn damage(err: &io::Error) -> Option<Damaged> {
+    err.get_ref()?.downcast_ref::<Damaged>().copied()
+}
+
 /// Receive one frame without blocking. Descriptors it carried are appended
 /// to `fds`. A frame or descriptor list cut short by the kernel is an error
-/// (the descriptors that did arrive are still returned, to be closed).
+/// carrying [`Damaged`] (the descriptors that did arrive are still
+/// returned, to be closed).
 pub fn recv_raw(
     sock: BorrowedFd<'_>,
     buf: &mut [u8; MAX_FRAME],
@@ -102,13 +122,17 @@ pub fn recv_raw(
             fds.extend(received);
         }
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::other(
-            "descriptors were dropped in transit (out of file descriptors?)",
+    if msg.flags.contains(ReturnFlags::TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            Damaged::Truncated,
         ));
     }
-    if msg.flags.contains(ReturnFlags::TRUNC) {
-        return Err(io::Error::other("frame larger than the channel limit"));
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            Damaged::Descriptors { bytes: msg.bytes },
+        ));
     }
     if msg.bytes == 0 {
         // We never send empty frames, so a zero-length read is end of stream.

@@ -12,6 +12,7 @@ fn sample_config() -> WorkerConfig {
         connect_timeout: Duration::from_millis(1500),
         idle_timeout: Duration::from_secs(300),
         drain_timeout: Duration::from_secs(30),
+        first_byte_timeout: Some(Duration::from_secs(3)),
         splice: Splice::Auto,
         report_closes: true,
         backends: vec![

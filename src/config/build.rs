@@ -288,6 +288,15 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             values::interval,
         )?
         .unwrap_or(Some(Duration::from_secs(2)));
+    let client_first_byte_timeout = src
+        .text(
+            "client_first_byte_timeout",
+            "client-first-byte-timeout",
+            t.client_first_byte_timeout.as_deref(),
+            &keys.client_first_byte_timeout,
+            values::interval,
+        )?
+        .unwrap_or(None);
     let resolve_interval = src
         .text(
             "resolve_interval",
@@ -371,6 +380,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         connect_timeout,
         idle_timeout,
         drain_timeout,
+        client_first_byte_timeout,
         backlog,
         limits,
         health,

@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub connect_timeout: Option<Raw>,
     pub idle_timeout: Option<Raw>,
     pub drain_timeout: Option<Raw>,
+    pub client_first_byte_timeout: Option<Raw>,
     pub backlog: Option<Raw>,
     pub max_conns: Option<Raw>,
     pub max_conns_per_worker: Option<Raw>,

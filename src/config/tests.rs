@@ -337,3 +337,55 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         assert_eq!(file_err(body), want, "{body}");
     }
 }
+
+#[test]
+fn durations_are_capped_at_a_day_so_no_deadline_overflows() {
+    for text in ["1000000000y", "300000000000y", "86401", "25h"] {
+        let e = values::duration(text).unwrap_err().to_string();
+        assert!(
+            e.contains("too long") && e.contains("at most 24h"),
+            "{text}: {e}"
+        );
+    }
+    assert_eq!(values::duration("24h").unwrap(), MAX_DURATION);
+    assert_eq!(values::interval("86400").unwrap(), Some(MAX_DURATION));
+    assert!(
+        values::interval("2d")
+            .unwrap_err()
+            .to_string()
+            .contains("too long")
+    );
+    // A file's bare number of seconds is capped the same way, naming the key.
+    let e = file_err("backends = [\"127.0.0.1:80\"]\nhealth-timeout = 9999999999\n");
+    assert!(
+        e.contains("health-timeout") && e.contains("too long"),
+        "{e}"
+    );
+    let e = file_err("backends = [\"127.0.0.1:80\"]\ndrain-timeout = \"1000000000y\"\n");
+    assert!(e.contains("drain-timeout") && e.contains("too long"), "{e}");
+}
+
+#[test]
+fn the_client_first_byte_timeout_is_off_unless_given() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().client_first_byte_timeout, None);
+    a.tuning.client_first_byte_timeout = Some("2s".into());
+    assert_eq!(
+        Config::load(&a).unwrap().client_first_byte_timeout,
+        Some(Duration::from_secs(2))
+    );
+    a.tuning.client_first_byte_timeout = Some("off".into());
+    assert_eq!(Config::load(&a).unwrap().client_first_byte_timeout, None);
+    a.tuning.client_first_byte_timeout = Some("2d".into());
+    assert!(err(&a).contains("client-first-byte-timeout"), "{}", err(&a));
+    let file = LoadedFile::parse(
+        "backends = [\"127.0.0.1:80\"]\nclient-first-byte-timeout = \"750ms\"\n".into(),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let c = build::build(&args(&[]), Some(&file)).unwrap();
+    assert_eq!(
+        c.client_first_byte_timeout,
+        Some(Duration::from_millis(750))
+    );
+}

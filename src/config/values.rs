@@ -13,20 +13,26 @@ use clap::ValueEnum;
 use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 
 use super::error::Invalid;
-use super::{MAX_WORKERS, parse::check_host_port};
+use super::{MAX_DURATION, MAX_WORKERS, parse::check_host_port};
 use crate::channel::Splice;
 
 /// How a duration is written.
 const DURATION: &str = "like 5s, 500ms or 2m (a bare number is seconds)";
 
-/// Any duration, zero included (`--drain-timeout`).
+/// Any duration up to [`MAX_DURATION`], zero included (`--drain-timeout`).
+/// The cap keeps every deadline computed from a setting far from where
+/// `Instant` arithmetic would overflow.
 pub fn duration(text: &str) -> Result<Duration, Invalid> {
     let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|_| Invalid::new(format!("expected a duration {DURATION}")))?,
+    };
+    if d > MAX_DURATION {
+        return Err(Invalid::new(format!("too long: at most 24h ({DURATION})")));
     }
-    humantime::parse_duration(text)
-        .map_err(|_| Invalid::new(format!("expected a duration {DURATION}")))
+    Ok(d)
 }
 
 /// A duration greater than zero (timeouts).
@@ -44,9 +50,17 @@ pub fn interval(text: &str) -> Result<Option<Duration>, Invalid> {
     if text.trim() == "off" {
         return Ok(None);
     }
+    let written_as_duration =
+        text.trim().parse::<u64>().is_ok() || humantime::parse_duration(text.trim()).is_ok();
     duration(text)
         .map(|d| Some(d).filter(|d| !d.is_zero()))
-        .map_err(|_| Invalid::new(format!("expected a duration {DURATION}, or off")))
+        .map_err(|e| {
+            if written_as_duration {
+                e // too long
+            } else {
+                Invalid::new(format!("expected a duration {DURATION}, or off"))
+            }
+        })
 }
 
 /// A whole number in `min..=max`.

@@ -23,6 +23,10 @@ pub enum CtlError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error(
+        "control socket {path} is served by uid {server}, not by you (uid {me}): refusing to talk to it (is another user impersonating rrproxy?)"
+    )]
+    Impostor { path: String, server: u32, me: u32 },
 }
 
 /// Send `words` (plus `--json` if asked) and return the reply text. An
@@ -109,6 +113,18 @@ fn exchange(path: &Path, words: &[String], json: bool) -> Result<String, CtlErro
         path: p.clone(),
         source,
     })?;
+    // The server serves only root and its own user; a non-root client
+    // likewise talks only to its own user's proxy, not to whoever got to
+    // the path first.
+    let me = rustix::process::geteuid().as_raw();
+    let server = super::socket::peer_uid(&stream).map_err(io)?;
+    if me != 0 && server != me {
+        return Err(CtlError::Impostor {
+            path: p,
+            server,
+            me,
+        });
+    }
     // An upgrade replies when the new front serves (its start is bounded
     // by the front's own timeouts); everything else at once.
     stream

@@ -467,6 +467,7 @@ impl Front {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             drain_timeout: cfg.drain_timeout,
+            first_byte_timeout: cfg.client_first_byte_timeout,
             splice: cfg.splice,
             report_closes: cfg.limits.max_conns_per_ip.is_some(),
             backends: self.backends.worker_table(),

@@ -148,6 +148,10 @@ impl Front {
                 dead.get(ProcWord::Redispatched),
             );
             stats::bump(
+                front(FrontWord::FirstByteTimeoutsBase),
+                dead.get(ProcWord::FirstByteTimeouts),
+            );
+            stats::bump(
                 front(FrontWord::DurationSumNsBase),
                 dead.get(ProcWord::DurationSumNs),
             );

@@ -1,9 +1,16 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the front is
 //! alive) and `/readyz` (at least one worker is ready), served by hyper on a
 //! thread of its own so a scrape never delays the front's accept loop.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once; one more is
+//! closed as soon as it is accepted. A client that sends no complete
+//! request header within [`HEADER_TIMEOUT`] is disconnected, so silent
+//! connections cannot hold the slots for long.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,6 +20,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::Exporter;
 use tracing::{debug, warn};
+
+/// Most metrics connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A connection that has not sent a whole request header within this is
+/// closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running endpoint.
 pub struct Endpoint {
@@ -50,6 +63,8 @@ async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
             return;
         }
     };
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -59,20 +74,44 @@ async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
                 continue;
             }
         };
+        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            drop(stream);
+            refused += 1;
+            if refused.is_power_of_two() {
+                warn!(
+                    refused,
+                    limit = MAX_CONNECTIONS,
+                    "metrics endpoint at its connection limit; closing new connections"
+                );
+            }
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(open.clone());
         let exporter = exporter.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let response = respond(&req, &exporter);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(err) = conn.await {
                 debug!(cause = %err, "metrics connection error");
             }
         });
+    }
+}
+
+/// One open connection, counted while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

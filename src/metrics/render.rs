@@ -284,6 +284,13 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             + over(table, cells, ProcWord::Failed),
     );
     simple(&mut o, REFUSED_PER_IP, front(FrontWord::RefusedPerIp));
+    simple(
+        &mut o,
+        FIRST_BYTE_TIMEOUTS,
+        front(FrontWord::FirstByteTimeoutsBase) + over(table, cells, ProcWord::FirstByteTimeouts),
+    );
+    // Counted by the log writer of this process, read now.
+    simple(&mut o, LOG_DROPPED, crate::logging::dropped_lines());
     let pending = front(FrontWord::Pending);
     simple(&mut o, ACTIVE, actives.iter().sum::<u64>() + pending);
     o.family(IMBALANCE);

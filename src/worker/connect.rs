@@ -26,24 +26,30 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     let planned = routes
         .entry(handoff.backend)
         .and_then(|b| cell.col(usize::from(b.column)));
-    // The front accepted it nonblocking (the flag travels with the
-    // descriptor), as tokio requires.
-    let connected = match TcpStream::from_std(stream) {
-        Ok(client) => connect_any(worker, &routes, handoff.backend)
-            .await
-            .map(|c| (client, c)),
-        Err(err) => {
-            debug!(cause = %err, "cannot register client connection");
-            None
-        }
-    };
-    let Some((mut client, (backend, mut upstream, connect_time))) = connected else {
-        debug!("no backend reachable; closing client");
+    let unserved = || {
         if let Some(col) = planned {
             col.active_down();
         }
         cell.bump(ProcWord::Failed, 1);
         closed(worker, handoff.client.ip());
+    };
+    // The front accepted it nonblocking (the flag travels with the
+    // descriptor), as tokio requires.
+    let mut client = match TcpStream::from_std(stream) {
+        Ok(client) => client,
+        Err(err) => {
+            debug!(cause = %err, "cannot register client connection");
+            unserved();
+            return;
+        }
+    };
+    let Some((backend, mut upstream, connect_time)) =
+        connect_any(worker, &routes, handoff.backend).await
+    else {
+        // A reset, not a FIN: the client must not take it for an answer.
+        debug!("no backend reachable; closing client");
+        reset(&client);
+        unserved();
         return;
     };
     let col = cell.col(usize::from(backend.column));
@@ -73,13 +79,26 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         &mut client,
         &mut upstream,
         routes.config.idle_timeout,
+        // Counted from when this worker got the client, connect included.
+        routes
+            .config
+            .first_byte_timeout
+            .map(|limit| limit.saturating_sub(started.elapsed())),
         routes.config.splice,
-        meter,
+        &meter,
     )
     .await;
     match outcome {
         Outcome::Done => {}
-        Outcome::IdleTimeout => debug!("idle timeout"),
+        Outcome::IdleTimeout(stuck) => {
+            debug!(?stuck, "idle timeout");
+            reset_stuck(&client, &upstream, stuck);
+        }
+        Outcome::FirstByteTimeout(stuck) => {
+            debug!("client sent nothing within the first-byte timeout; closing");
+            reset_stuck(&client, &upstream, stuck);
+            cell.bump(ProcWord::FirstByteTimeouts, 1);
+        }
         Outcome::Reset(side, err) => {
             debug!(side, cause = %err, "connection reset; propagating");
             reset(&client);
@@ -99,6 +118,17 @@ fn closed(worker: &Worker, client: IpAddr) {
         worker.reporter.push(Event::Closed { client });
     }
     worker.finished(1);
+}
+
+/// A side that stopped reading gets a reset; a quiet one a FIN (as both
+/// drop).
+fn reset_stuck(client: &TcpStream, upstream: &TcpStream, stuck: pump::Stuck) {
+    if stuck.client {
+        reset(client);
+    }
+    if stuck.backend {
+        reset(upstream);
+    }
 }
 
 /// Make the next close send RST instead of FIN.

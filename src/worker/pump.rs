@@ -6,7 +6,12 @@
 //!   the other, and the opposite direction keeps flowing;
 //! - a reset is propagated: if either side resets, both are closed with RST;
 //! - a connection on which nothing moved in either direction for the idle
-//!   timeout is closed.
+//!   timeout is closed: with a FIN to a side that was merely quiet, with a
+//!   reset to a side that stopped reading (bytes for it were stuck), so no
+//!   close waits behind data nobody will read;
+//! - with a first-byte timeout, a client that has sent nothing (no byte,
+//!   no EOF) that long after the pump started is closed, whatever the
+//!   backend sent meanwhile.
 //!
 //! Bytes move by splice(2) through a pipe (the `splice` module) or, when
 //! that is off or impossible, through a buffer. Pipes and buffers come from
@@ -84,35 +89,51 @@ pub enum Outcome {
     /// Both directions reached EOF and were shut down.
     Done,
     /// Nothing moved for the idle timeout.
-    IdleTimeout,
+    IdleTimeout(Stuck),
+    /// The client sent nothing within the first-byte timeout.
+    FirstByteTimeout(Stuck),
     /// A side failed (reset, broken pipe...). Names the side.
     Reset(&'static str, io::Error),
 }
 
+/// Which sides had bytes waiting to be written to them when a timeout
+/// ended the pump: they stopped reading, and get a reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stuck {
+    pub client: bool,
+    pub backend: bool,
+}
+
 /// Which way bytes flow, for counting.
 #[derive(Clone, Copy)]
+#[repr(usize)]
 enum Dir {
     Up,
     Down,
 }
 
-/// Pump until both directions are done, a side resets, or idle timeout.
+/// Pump until both directions are done, a side resets, the idle timeout,
+/// or (if given) the client's first-byte timeout.
 pub async fn pump(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle: Duration,
+    first_byte: Option<Duration>,
     splice: Splice,
-    meter: Meter<'_>,
+    meter: &Meter<'_>,
 ) -> Outcome {
-    let last = Cell::new(Instant::now());
-    let finished = Cell::new(false);
+    let now = Instant::now();
     let (client_r, client_w) = client.split();
     let (backend_r, backend_w) = backend.split();
     let flow = Flow {
         splice,
         meter,
-        last: &last,
-        finished: &finished,
+        idle,
+        silent_until: first_byte.map(|d| now + d),
+        last: Cell::new(now),
+        finished: Cell::new(false),
+        spoke: Cell::new(false),
+        stuck: [Cell::new(false), Cell::new(false)],
     };
     let up = copy(client_r, backend_w, Dir::Up, &flow);
     let down = copy(backend_r, client_w, Dir::Down, &flow);
@@ -122,30 +143,56 @@ pub async fn pump(
             Ok(((), ())) => Outcome::Done,
             Err((side, err)) => Outcome::Reset(side, err),
         },
-        () = idle_watch(&last, idle) => Outcome::IdleTimeout,
+        idle = watch(&flow) => if idle {
+            Outcome::IdleTimeout(flow.stuck())
+        } else {
+            Outcome::FirstByteTimeout(flow.stuck())
+        },
     }
 }
 
 /// What both directions of one connection share.
 struct Flow<'a> {
     splice: Splice,
-    meter: Meter<'a>,
+    meter: &'a Meter<'a>,
+    idle: Duration,
+    /// The first-byte deadline, if there is one.
+    silent_until: Option<Instant>,
     /// When a byte last moved either way (idle timeout).
-    last: &'a Cell<Instant>,
+    last: Cell<Instant>,
     /// One direction already reached EOF.
-    finished: &'a Cell<bool>,
+    finished: Cell<bool>,
+    /// The client has sent a byte or its EOF.
+    spoke: Cell<bool>,
+    /// Per direction (`Dir as usize`): a write to its destination is in
+    /// progress.
+    stuck: [Cell<bool>; 2],
 }
 
-/// Resolves once `last` is older than `idle`.
-async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
-    let mut deadline = last.get() + idle;
-    loop {
-        tokio::time::sleep_until(deadline).await;
-        let next = last.get() + idle;
-        if next <= Instant::now() {
-            return;
+impl Flow<'_> {
+    fn stuck(&self) -> Stuck {
+        Stuck {
+            backend: self.stuck[Dir::Up as usize].get(),
+            client: self.stuck[Dir::Down as usize].get(),
         }
-        deadline = next;
+    }
+}
+
+/// Resolves with `true` once nothing moved for the idle timeout, or with
+/// `false` once the first-byte deadline passed without the client
+/// speaking. One timer serves both, so an idle connection carries one.
+async fn watch(flow: &Flow<'_>) -> bool {
+    loop {
+        let idle_at = flow.last.get() + flow.idle;
+        let silent_at = flow.silent_until.filter(|_| !flow.spoke.get());
+        tokio::time::sleep_until(silent_at.map_or(idle_at, |t| t.min(idle_at))).await;
+        let now = Instant::now();
+        if silent_at.is_some_and(|t| t <= now) && !flow.spoke.get() {
+            return false;
+        }
+        if flow.last.get() + flow.idle <= now {
+            return true;
+        }
     }
 }
 
@@ -180,10 +227,12 @@ async fn copy(
                     }
                     // Boxed: only live while bytes are in flight, so an idle
                     // connection's task does not carry its size.
+                    flow.stuck[dir as usize].set(true);
                     let drained = Box::pin(splice::drain(&pipe, dst.as_ref(), n, || {
                         flow.last.set(Instant::now())
                     }))
                     .await;
+                    flow.stuck[dir as usize].set(false);
                     drained.map_err(|e| (dst_name, e))?;
                     splice::give_pipe(pipe); // empty again
                     n
@@ -210,7 +259,9 @@ async fn copy(
                         return Err((src_name, e));
                     }
                 };
-                let written = Box::pin(write_all(dst.as_ref(), &buf[..n], flow.last)).await;
+                flow.stuck[dir as usize].set(true);
+                let written = Box::pin(write_all(dst.as_ref(), &buf[..n], &flow.last)).await;
+                flow.stuck[dir as usize].set(false);
                 give_buf(buf);
                 written.map_err(|e| (dst_name, e))?;
                 if flow.splice == Splice::Auto && n == BUF_SIZE {
@@ -219,6 +270,9 @@ async fn copy(
                 n
             }
         };
+        if let Dir::Up = dir {
+            flow.spoke.set(true);
+        }
         if moved == 0 {
             // Half-close: pass the EOF on, keep the other way open. When
             // the other way is already done, the close that follows sends
@@ -290,7 +344,14 @@ mod tests {
                 from_backend: &w,
             };
             let idle = std::time::Duration::from_secs(1);
-            let f = super::pump(&mut a, &mut b, idle, crate::channel::Splice::Auto, meter);
+            let f = super::pump(
+                &mut a,
+                &mut b,
+                idle,
+                None,
+                crate::channel::Splice::Auto,
+                &meter,
+            );
             let size = std::mem::size_of_val(&f);
             assert!(size <= 1600, "pump future grew to {size} bytes");
         });

@@ -317,3 +317,152 @@ fn sighup_applies_a_good_file_and_keeps_running_on_a_bad_one() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Run the binary with `args` and `XDG_RUNTIME_DIR` set; (status, stderr).
+fn run_with_runtime_dir(runtime: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every starting proxy in these tests: one worker, no metrics.
+fn quick_args(backend: &str) -> Vec<&str> {
+    vec![
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "off",
+        "--workers",
+        "1",
+    ]
+}
+
+/// `--control` aimed at something that is not a socket (a config file
+/// typed in the wrong place, a directory, a link) is refused with one line
+/// naming the path and what is there, and the thing is left as it was.
+#[test]
+fn control_on_a_file_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = temp_dir("ctl-not-socket");
+    let file = dir.join("some.toml");
+    std::fs::write(&file, "precious\n").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    for (path, what) in [(&file, "a regular file"), (&link, "a symbolic link")] {
+        let mut args = quick_args("127.0.0.1:9");
+        let p = path.to_str().unwrap();
+        args.extend(["--control", p]);
+        let (st, err) = run_bin(&args);
+        assert!(!st.success(), "{p}: should not start");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(p) && err.contains(&format!("is {what}, not a socket")),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Without `--control`, the socket is `ctl.sock` in a directory of its own
+/// (here `$XDG_RUNTIME_DIR/rrproxy`), made mode 0700, and `rrproxy ctl`
+/// finds it with no flag. A directory that is open to others, or that
+/// belongs to another user (pre-created to hijack or block the proxy), is
+/// refused with one line saying why.
+#[test]
+fn the_default_socket_lives_in_a_private_directory_that_ctl_finds() {
+    let runtime = temp_dir("xdg");
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr])
+        .workers(1)
+        .default_control(&runtime)
+        .start();
+    let dir = runtime.join("rrproxy");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&proxy.control), 0o600);
+    let out = Command::new(BIN)
+        .args(["ctl", "status"])
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workers      1/1 up"));
+    drop(proxy);
+
+    let b = a.addr.to_string();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, err) = run_with_runtime_dir(&runtime, &quick_args(&b));
+    assert!(!ok);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&dir.display().to_string()) && err.contains("mode 0755"),
+        "{err}"
+    );
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let (ok, err) = run_with_runtime_dir(&runtime, &quick_args(&b));
+        assert!(!ok);
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&runtime);
+}
+
+/// The control socket serves root and the proxy's own user only, even when
+/// its file mode lets others connect: anyone else is refused, the refusal
+/// is logged, and nothing they asked for happens. `rrproxy ctl` run by a
+/// user other than the server's refuses to talk to it (an impostor check).
+#[test]
+fn only_root_and_the_proxys_own_user_may_use_the_control_socket() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("RRPROXY_REQUIRE_TOOLS").is_none(),
+            "the peer credential test needs root (RRPROXY_REQUIRE_TOOLS is set)"
+        );
+        eprintln!("SKIPPED: needs root to connect as another user");
+        return;
+    }
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    // Open the path to everyone: only the credential check is left.
+    std::fs::set_permissions(&proxy.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&proxy.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(BIN)
+        .args(["ctl", "--control", proxy.control.to_str().unwrap()])
+        .args(["policy", "least-conn"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("served by uid 0, not by you (uid 65534)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(5), "the refusal to be logged", || {
+        let log = proxy.stderr();
+        log.contains("control client refused") && log.contains("peer.uid=65534")
+    });
+    assert!(proxy.ctl("policy").contains("round-robin"));
+}

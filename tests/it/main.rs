@@ -3,9 +3,11 @@
 
 mod control;
 mod discovery;
+mod faults;
 mod foundation;
 mod observability;
 mod policies;
+mod shims;
 mod supervision;
 mod support;
 mod upgrade;

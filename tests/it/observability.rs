@@ -61,6 +61,8 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_policy_info",
     "rrproxy_policy_changes_total",
     "rrproxy_build_info",
+    "rrproxy_log_lines_dropped_total",
+    "rrproxy_client_first_byte_timeouts_total",
 ];
 
 #[test]

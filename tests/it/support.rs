@@ -93,6 +93,10 @@ pub struct ProxyCmd {
     envs: Vec<(String, String)>,
     metrics: bool,
     wait_workers: bool,
+    /// Run with `XDG_RUNTIME_DIR` here and no `--control`: the default socket.
+    runtime_dir: Option<PathBuf>,
+    /// stderr is a pipe the test holds open and never reads.
+    stderr_unread: bool,
 }
 
 impl ProxyCmd {
@@ -109,6 +113,8 @@ impl ProxyCmd {
             envs: Vec::new(),
             metrics: true,
             wait_workers: true,
+            runtime_dir: None,
+            stderr_unread: false,
         }
     }
 
@@ -163,6 +169,18 @@ impl ProxyCmd {
         self
     }
 
+    /// Send stderr into a pipe that nobody reads (it fills and stalls).
+    pub fn stderr_unread(mut self) -> ProxyCmd {
+        self.stderr_unread = true;
+        self
+    }
+
+    /// Use the default control socket, with `XDG_RUNTIME_DIR` set to `dir`.
+    pub fn default_control(mut self, dir: &Path) -> ProxyCmd {
+        self.runtime_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Don't wait for every worker to be up (only for the control socket).
     pub fn no_wait_workers(mut self) -> ProxyCmd {
         self.wait_workers = false;
@@ -171,10 +189,16 @@ impl ProxyCmd {
 
     pub fn start(self) -> Proxy {
         let dir = temp_dir("proxy");
-        let control = dir.join("ctl.sock");
         let log = dir.join("stderr.log");
         let mut args = self.args;
-        args.extend(["--control".to_string(), control.display().to_string()]);
+        let control = match &self.runtime_dir {
+            Some(runtime) => runtime.join("rrproxy").join("ctl.sock"),
+            None => {
+                let control = dir.join("ctl.sock");
+                args.extend(["--control".to_string(), control.display().to_string()]);
+                control
+            }
+        };
         if self.metrics {
             args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
         } else {
@@ -190,7 +214,11 @@ impl ProxyCmd {
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(if self.stderr_unread {
+                Stdio::piped()
+            } else {
+                std::fs::File::create(&log).unwrap().into()
+            })
             .env(
                 "RUST_LOG",
                 std::env::var("IT_RUST_LOG").unwrap_or("info".into()),
@@ -198,6 +226,9 @@ impl ProxyCmd {
             .process_group(0);
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some(runtime) = &self.runtime_dir {
+            cmd.env("XDG_RUNTIME_DIR", runtime);
         }
         let child = cmd.spawn().expect("start rrproxy");
         let mut proxy = Proxy {
@@ -617,9 +648,21 @@ pub fn run_bin(args: &[&str]) -> (ExitStatus, String) {
         .process_group(0)
         .spawn()
         .unwrap();
-    let st = wait_for(Duration::from_secs(10), "rrproxy to exit", || {
-        child.try_wait().unwrap()
-    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            // Leave nothing running behind a failed test.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            panic!("rrproxy {args:?} did not exit within 10s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     let mut err = String::new();
     child
         .stderr

@@ -1,0 +1,67 @@
+//! Log setup for every role: tracing's fmt output (text or JSON) to
+//! stderr, through a bounded, lossy, non-blocking queue.
+//!
+//! The event loops never write to stderr themselves: each log line goes
+//! into a queue of [`QUEUE_LINES`] lines that a thread of its own empties
+//! into stderr. When stderr stalls (a full journald, a `docker logs`
+//! reader that stopped, a pipe nobody reads) that thread blocks, the queue
+//! fills, and further lines are dropped and counted instead of stalling
+//! proxying. The front exports its count as `rrproxy_log_lines_dropped_total`;
+//! each worker counts its own (see [`dropped_lines`]) but does not report
+//! it yet.
+
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogArgs, LogFormat};
+
+/// Lines that may wait for stderr before new ones are dropped (a few MiB
+/// at most).
+pub const QUEUE_LINES: usize = 8192;
+
+/// This process's count of dropped lines, once logging is set up.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines this process dropped because stderr did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Set up logging for the front (`worker: None`) or a worker slot. Keep
+/// the guard for the life of the process: dropping it writes out what is
+/// queued (waiting at most about a second for a stalled stderr).
+pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log.level().as_str().to_ascii_lowercase()));
+    let role = match worker {
+        Some(slot) => format!("worker{slot}"),
+        None => "front".into(),
+    };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE_LINES)
+        .thread_name(&format!("rrproxy-log-{role}"))
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    // Both processes write to the same stderr; the role tells lines apart.
+    let result = match log.log_format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Text => builder.with_thread_names(false).try_init(),
+    };
+    if let Err(err) = result {
+        eprintln!("rrproxy ({role}): logging setup failed: {err}");
+        return None;
+    }
+    Some(guard)
+}
