@@ -208,14 +208,13 @@ fn an_absurd_duration_is_one_clear_line_not_a_panic() {
     }
 }
 
-/// Promise (needs a watchdog for a hung worker, the lead's part of issue
-/// 11): a worker that stops (SIGSTOP: alive, not reading its channel)
+/// Promise: a worker that stops (SIGSTOP: alive, not reading its channel)
 /// costs at most the connections it was already proxying. New clients are
-/// all served within 6 s (connections queued to it are recovered and
-/// served by another worker), and its slot gets a new process. Today half
-/// of the new clients wait for ever.
+/// all served within 6 s (the watchdog replaces it after 5 s; connections
+/// queued to it are recovered and served by another worker), and its slot
+/// gets a new process. (Before the watchdog, half of the new clients
+/// waited for ever.)
 #[test]
-#[ignore = "needs a watchdog for a hung worker: lead's part of issue 11"]
 fn a_stopped_worker_is_replaced_and_its_clients_are_served() {
     let b = name_backend("n");
     let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();

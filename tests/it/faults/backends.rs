@@ -254,14 +254,13 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// Promise (needs coalesced config broadcasts, the lead's part of issue
-/// 11): a backend set that flaps 1,000 times within a minute, with 8
+/// Promise: a backend set that flaps 1,000 times within a minute, with 8
 /// workers of which 4 are stopped, costs the front bounded memory (at
 /// most one config frame waits per worker: under 8 MiB of growth with
-/// 400 backends), and no client fails while a backend is up. Today every
-/// change queues a whole backend table per stopped worker (~45 MB here).
+/// 400 backends), and no client fails while a backend is up. (Before the
+/// broadcasts were coalesced, every change queued a whole backend table
+/// per stopped worker: ~45 MB here.)
 #[test]
-#[ignore = "needs coalesced config broadcasts: lead's part of issue 11"]
 fn a_thousand_backend_flaps_cost_the_front_bounded_memory() {
     let good = name_backend("good");
     let mut addrs = vec![good.addr];
