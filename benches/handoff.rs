@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use rrproxy::channel::fdpass::{self, Received};
-use rrproxy::channel::{Down, Handoff, MAX_FRAME};
+use rrproxy::channel::{Down, Fallbacks, Handoff, MAX_FRAME};
 use rrproxy::policy::{self, BackendView, PolicyName, WorkerView};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -171,8 +171,13 @@ fn handoff(c: &mut Criterion) {
                     for k in 0..batch {
                         let slot = pol.pick_worker(client, &workers).unwrap();
                         let backend = pol.pick_backend(client, &views).unwrap();
+                        // As the front does: two fallbacks (--retries 2).
+                        let mut next = [0usize; 2];
+                        let n = pol.fallbacks(client, backend, &views, &mut next);
+                        let ids = next.map(|i| i as u32);
                         owned.push(template.as_fd().try_clone_to_owned().unwrap());
                         handoffs.push(Handoff {
+                            fallbacks: Fallbacks::new(&ids[..n]),
                             conn: i * batch as u64 + k as u64,
                             backend: black_box(backend as u32 + slot as u32),
                             client: SocketAddr::new(client, 40000),

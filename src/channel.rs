@@ -114,6 +114,33 @@ pub struct BackendEntry {
     pub routable: bool,
 }
 
+/// Most backends a handoff names to fall back on (`--retries`).
+pub const MAX_FALLBACKS: usize = 4;
+
+/// Backends to try, in order, when the chosen one cannot be reached: the
+/// policy's next choices, at most `--retries` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fallbacks {
+    len: u8,
+    ids: [u32; MAX_FALLBACKS],
+}
+
+impl Fallbacks {
+    /// The first [`MAX_FALLBACKS`] of `ids`.
+    pub fn new(ids: &[u32]) -> Fallbacks {
+        let mut f = Fallbacks::default();
+        for &id in ids.iter().take(MAX_FALLBACKS) {
+            f.ids[f.len as usize] = id;
+            f.len += 1;
+        }
+        f
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..self.len as usize]
+    }
+}
+
 /// One connection handed to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handoff {
@@ -121,6 +148,8 @@ pub struct Handoff {
     pub conn: u64,
     /// The backend the front chose.
     pub backend: u32,
+    /// Where to try next if it cannot be reached.
+    pub fallbacks: Fallbacks,
     /// The client's address, as `accept` returned it (spares the worker a
     /// `getpeername`).
     pub client: SocketAddr,
@@ -196,8 +225,9 @@ impl Up {
 /// Bytes one encoded [`Event`] takes at most, so a batch can be cut into
 /// frames that fit [`MAX_FRAME`].
 pub const EVENT_MAX_LEN: usize = 1 + 17;
-/// Bytes one encoded [`Handoff`] takes at most (IPv6 client).
-pub const HANDOFF_LEN: usize = 8 + 4 + ADDR_MAX_LEN;
+/// Bytes one encoded [`Handoff`] takes at most (IPv6 client, every
+/// fallback).
+pub const HANDOFF_LEN: usize = 8 + 4 + 1 + 4 * MAX_FALLBACKS + ADDR_MAX_LEN;
 /// Bytes an encoded socket address takes at most.
 pub const ADDR_MAX_LEN: usize = 1 + 16 + 2 + 4;
 

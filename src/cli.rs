@@ -190,9 +190,23 @@ pub struct TuningArgs {
     pub max_conns_per_worker: Option<u64>,
 
     /// Most connections at once from one client IP; more are refused
-    /// (closed) so one noisy client cannot crowd out the others. [default: unlimited]
+    /// (closed) so one noisy client cannot crowd out the others. [default:
+    /// half of --max-conns when that is set, else unlimited]
     #[arg(long, value_name = "N", value_parser = values::limit_u32)]
     pub max_conns_per_ip: Option<u32>,
+
+    /// With --max-conns-per-ip: how many leading bits of an IPv6 client
+    /// address make "one client" (64: a /64, which one host usually owns
+    /// whole). [default: 64]
+    #[arg(long, value_name = "BITS", value_parser = values::ipv6_prefix)]
+    pub per_ip_ipv6_prefix: Option<u8>,
+
+    /// After a failed connect, how many other backends a client is tried
+    /// on (chosen by the policy: a sticky client's next choices, the next
+    /// least loaded, or the rotation), each within --connect-timeout: a
+    /// client waits at most (1 + N) connect timeouts. 0..=4. [default: 2]
+    #[arg(long, value_name = "N", value_parser = values::retries)]
+    pub retries: Option<u8>,
 
     /// Actively check every backend with a TCP connect this often, or "off".
     /// Workers' connect failures also count as failed checks. [default: 2s]

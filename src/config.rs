@@ -26,6 +26,8 @@ use crate::policy::{PolicyName, PolicyOptions};
 /// Most backends one proxy accepts (bounded so the worker table always fits
 /// in one channel frame and metric cardinality stays sane).
 pub const MAX_BACKENDS: usize = 1024;
+/// Most `--retries`.
+pub const MAX_RETRIES: u8 = crate::channel::MAX_FALLBACKS as u8;
 /// Most worker processes.
 pub const MAX_WORKERS: usize = 256;
 /// Longest accepted duration setting (timeouts and intervals), so no
@@ -39,6 +41,20 @@ pub struct Limits {
     pub max_conns: Option<u64>,
     pub max_conns_per_worker: Option<u64>,
     pub max_conns_per_ip: Option<u32>,
+    /// Leading bits of an IPv6 address that make one client for the per-IP
+    /// limit.
+    pub per_ip_ipv6_prefix: u8,
+}
+
+impl Limits {
+    /// The per-IP limit in force: the one given, or half of `max_conns`
+    /// (so one client can never stop the proxy accepting for everyone).
+    pub fn per_ip(&self) -> Option<u32> {
+        self.max_conns_per_ip.or_else(|| {
+            self.max_conns
+                .map(|m| u32::try_from(m.div_ceil(2)).unwrap_or(u32::MAX))
+        })
+    }
 }
 
 /// Active health checking. `interval` of `None` disables it (and passive
@@ -71,6 +87,8 @@ pub struct Config {
     /// Control socket path; `None` when disabled.
     pub control: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// Other backends tried after a failed connect.
+    pub retries: u8,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     /// Close a client that sent no byte within this; `None`: never.

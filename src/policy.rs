@@ -104,12 +104,50 @@ pub trait Policy: Send {
     /// Choose a backend among the routable ones, or `None` if there is none.
     fn pick_backend(&mut self, client: IpAddr, backends: &[BackendView]) -> Option<usize>;
 
+    /// Where a connection planned for backend `first` goes if `first`
+    /// cannot be reached: up to `out.len()` other routable backends, in
+    /// the policy's order of preference, written to `out`; returns how
+    /// many. So a failing backend's clients spread as the policy spreads
+    /// clients, and a sticky client moves to its own next choice (where it
+    /// will also land once the backend is marked down): it moves once.
+    fn fallbacks(
+        &mut self,
+        client: IpAddr,
+        first: usize,
+        backends: &[BackendView],
+        out: &mut [usize],
+    ) -> usize;
+
     /// The backend set or the weights changed (not just health): rebuild
     /// whatever tables depend on them. `backends` is the new list, in the
     /// order later picks will index.
     fn rebuild(&mut self, backends: &[BackendView]) {
         let _ = backends;
     }
+}
+
+/// Routable backends other than `first`, starting at `start` in list
+/// order, into `out`; returns how many (the round-robin rotation and the
+/// tie-breaking order of the others).
+pub fn rotation_fallbacks(
+    first: usize,
+    start: usize,
+    backends: &[BackendView],
+    out: &mut [usize],
+) -> usize {
+    let n = backends.len();
+    let mut k = 0;
+    for step in 0..n {
+        if k == out.len() {
+            break;
+        }
+        let i = (start + step) % n;
+        if i != first && backends[i].routable {
+            out[k] = i;
+            k += 1;
+        }
+    }
+    k
 }
 
 /// Settings that tune a policy without changing which one it is.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::Splice;
 use super::{
-    BackendEntry, Down, Event, FailReason, Handoff, MAX_BUILD_LEN, MAX_FDS, MAX_FRAME, Up, VERSION,
-    WorkerConfig,
+    BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN, MAX_FALLBACKS,
+    MAX_FDS, MAX_FRAME, Up, VERSION, WorkerConfig,
 };
 
 /// Why a frame could not be encoded or decoded.
@@ -100,6 +100,11 @@ pub(super) fn encode_conns(conns: &[Handoff], out: &mut Vec<u8>) -> Result<(), F
     for h in conns {
         out.extend_from_slice(&h.conn.to_le_bytes());
         out.extend_from_slice(&h.backend.to_le_bytes());
+        let fallbacks = h.fallbacks.as_slice();
+        out.push(fallbacks.len() as u8);
+        for id in fallbacks {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
         put_addr(out, h.client);
     }
     Ok(())
@@ -168,10 +173,22 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             for _ in 0..n {
                 let conn = r.u64("connection id")?;
                 let backend = r.u32("backend id")?;
+                let n = usize::from(r.u8("fallback count")?);
+                if n > MAX_FALLBACKS {
+                    return Err(FrameError::Invalid {
+                        what: "fallback count",
+                        value: n as u64,
+                    });
+                }
+                let mut ids = [0u32; MAX_FALLBACKS];
+                for id in ids.iter_mut().take(n) {
+                    *id = r.u32("fallback backend id")?;
+                }
                 let client = r.addr()?;
                 conns.push(Handoff {
                     conn,
                     backend,
+                    fallbacks: Fallbacks::new(&ids[..n]),
                     client,
                 });
             }

@@ -61,11 +61,13 @@ fn down_messages_round_trip() {
             Handoff {
                 conn: 1,
                 backend: 0,
+                fallbacks: Fallbacks::default(),
                 client: "127.0.0.2:5000".parse().unwrap(),
             },
             Handoff {
                 conn: u64::MAX,
                 backend: 7,
+                fallbacks: Fallbacks::new(&[3, 1, u32::MAX - 1, 9]),
                 client: "[2001:db8::1]:65535".parse().unwrap(),
             },
         ]),
@@ -108,6 +110,7 @@ fn encoded_events_fit_the_declared_maximum() {
     let v6 = Handoff {
         conn: 1,
         backend: 2,
+        fallbacks: Fallbacks::new(&[1, 2, 3, 4]),
         client: "[2001:db8::1]:80".parse().unwrap(),
     };
     Down::encode_conns(&[v6], &mut buf).unwrap();
@@ -208,11 +211,13 @@ fn descriptors_travel_with_their_frame() {
         Handoff {
             conn: 1,
             backend: 3,
+            fallbacks: Fallbacks::new(&[7]),
             client,
         },
         Handoff {
             conn: 2,
             backend: 4,
+            fallbacks: Fallbacks::new(&[7]),
             client,
         },
     ];

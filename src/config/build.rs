@@ -323,7 +323,18 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             &keys.max_conns_per_ip,
             values::limit_u32,
         )?,
+        per_ip_ipv6_prefix: src
+            .typed(
+                "per-ip-ipv6-prefix",
+                t.per_ip_ipv6_prefix,
+                &keys.per_ip_ipv6_prefix,
+                values::ipv6_prefix,
+            )?
+            .unwrap_or(64),
     };
+    let retries = src
+        .typed("retries", t.retries, &keys.retries, values::retries)?
+        .unwrap_or(2);
     let health = Health {
         interval: health_interval,
         timeout: health_timeout,
@@ -381,6 +392,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         idle_timeout,
         drain_timeout,
         client_first_byte_timeout,
+        retries,
         backlog,
         limits,
         health,

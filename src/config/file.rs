@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub max_conns: Option<Raw>,
     pub max_conns_per_worker: Option<Raw>,
     pub max_conns_per_ip: Option<Raw>,
+    pub per_ip_ipv6_prefix: Option<Raw>,
+    pub retries: Option<Raw>,
     pub health_interval: Option<Raw>,
     pub resolve_interval: Option<Raw>,
     pub health_timeout: Option<Raw>,

@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 
 use super::error::Invalid;
-use super::{MAX_DURATION, MAX_WORKERS, parse::check_host_port};
+use super::{MAX_DURATION, MAX_RETRIES, MAX_WORKERS, parse::check_host_port};
 use crate::channel::Splice;
 
 /// How a duration is written.
@@ -107,6 +107,11 @@ pub fn limit_u32(text: &str) -> Result<u32, Invalid> {
 /// `--rise`, `--fall`: consecutive checks.
 pub fn checks(text: &str) -> Result<u32, Invalid> {
     number(text, 1, u32::MAX.into()).map(|n| n as u32)
+}
+
+/// `--retries`: other backends tried after a failed connect.
+pub fn retries(text: &str) -> Result<u8, Invalid> {
+    number(text, 0, u64::from(MAX_RETRIES)).map(|n| n as u8)
 }
 
 /// `--sticky-ipv6-prefix`.

@@ -359,6 +359,7 @@ impl Front {
         };
         self.config.store(Arc::new(keep));
         self.limits = self.config.load().limits;
+        self.retries = usize::from(self.config.load().retries);
         self.backends.refresh_routable();
         self.backends_changed();
         if self.switch_policy(policy) == policy

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::{Backends, Counters, Ledger, Listeners};
-use crate::channel::{Down, Handoff, MAX_FDS};
+use crate::channel::{Down, Fallbacks, Handoff, MAX_FALLBACKS, MAX_FDS};
 use crate::config::{Config, Limits};
 use crate::policy::{self, Policy, WorkerView};
 use crate::stats::{FrontWord, ProcWord, SlotWord};
@@ -135,6 +135,8 @@ pub struct Front {
     pub routable_slots: usize,
     /// Sum of `views[..].active` (kept with `views`).
     pub total_active: u64,
+    /// `--retries` of the config in force (for the hot path).
+    pub retries: usize,
     /// A config broadcast is scheduled for the end of this loop turn.
     pub config_dirty: bool,
     /// Reused encoding buffer.
@@ -159,6 +161,7 @@ impl Front {
             std::cell::RefCell::new(Front {
                 me: me.clone(),
                 limits: cfg.limits,
+                retries: usize::from(cfg.retries),
                 config,
                 listeners,
                 workers,
@@ -198,7 +201,7 @@ impl Front {
             self.publish_pending();
             return false;
         };
-        let Some(bidx) = self.pick_backend(ip) else {
+        let Some((bidx, fallbacks)) = self.pick_backend(ip) else {
             // Every backend is disabled or draining: nothing to try.
             debug!(client.addr = %conn.peer, "no enabled backend; closing client");
             self.counters.bump(FrontWord::FailedFront, 1);
@@ -207,7 +210,7 @@ impl Front {
             return true;
         };
         let backend = self.backends.list[bidx].id;
-        let track_ip = self.limits.max_conns_per_ip.is_some();
+        let track_ip = self.limits.per_ip().map(|_| self.client_key(ip));
         let conn_id = self.ledger.next_conn;
         self.ledger.next_conn += 1;
         let Some(proc) = self.workers.slots[slot].serving_mut() else {
@@ -217,12 +220,13 @@ impl Front {
             self.refresh_view(slot);
             return false;
         };
-        if track_ip {
-            proc.ip_add(ip);
+        if let Some(key) = track_ip {
+            proc.ip_add(key);
         }
         proc.batch.push(Handoff {
             conn: conn_id,
             backend,
+            fallbacks,
             client: conn.peer,
         });
         proc.batch_fds.push(OwnedFd::from(conn.stream));
@@ -238,15 +242,28 @@ impl Front {
         true
     }
 
-    fn pick_backend(&mut self, ip: IpAddr) -> Option<usize> {
-        if let Some(i) = self.policy.pick_backend(ip, &self.backends.views) {
-            return Some(i);
+    /// The backend for a connection from `ip`, and the ones to try after
+    /// it (`--retries` of them at most, policy-ordered).
+    fn pick_backend(&mut self, ip: IpAddr) -> Option<(usize, Fallbacks)> {
+        let retries = self.retries;
+        let pick = |policy: &mut Box<dyn Policy>, views: &[crate::policy::BackendView]| {
+            let first = policy.pick_backend(ip, views)?;
+            let mut idx = [0usize; MAX_FALLBACKS];
+            let n = policy.fallbacks(ip, first, views, &mut idx[..retries.min(MAX_FALLBACKS)]);
+            let mut ids = [0u32; MAX_FALLBACKS];
+            for (id, &i) in ids.iter_mut().zip(&idx[..n]) {
+                *id = self.backends.list[i].id;
+            }
+            Some((first, Fallbacks::new(&ids[..n])))
+        };
+        if let Some(p) = pick(&mut self.policy, &self.backends.views) {
+            return Some(p);
         }
         // All down: fail open, try them anyway rather than refuse.
         let views = self.backends.fail_open_views();
         if views.iter().any(|v| v.routable) {
             super::log_fail_open();
-            return self.policy.pick_backend(ip, &views);
+            return pick(&mut self.policy, &views);
         }
         None
     }
@@ -288,6 +305,7 @@ impl Front {
         else {
             return Vec::new();
         };
+        let prefix = self.limits.per_ip_ipv6_prefix;
         let proc = &mut self.workers.slots[slot].procs[pi];
         if let Err(err) = Down::encode_conns(&proc.batch, &mut self.scratch) {
             warn!(cause = %err, "cannot encode a handoff batch");
@@ -310,7 +328,7 @@ impl Front {
                 let fds = std::mem::take(&mut proc.batch_fds);
                 proc.full = true;
                 for h in &handoffs {
-                    proc.ip_sub(h.client.ip(), 1);
+                    proc.ip_sub(super::ledger::client_of(h.client.ip(), prefix), 1);
                 }
                 let (id, channel) = (proc.id, proc.channel.clone());
                 let wait = retry_wait(&err);
@@ -469,7 +487,7 @@ impl Front {
             drain_timeout: cfg.drain_timeout,
             first_byte_timeout: cfg.client_first_byte_timeout,
             splice: cfg.splice,
-            report_closes: cfg.limits.max_conns_per_ip.is_some(),
+            report_closes: cfg.limits.per_ip().is_some(),
             backends: self.backends.worker_table(),
         });
         let mut frame = Vec::new();

@@ -5,8 +5,11 @@
 //! - per worker process, `inflight`: handed (sent on its channel), not yet
 //!   received; each one is counted on its planned backend (`Backends`
 //!   keeps the per-backend sum for least-conn and for reaping);
-//! - per client IP (only with `--max-conns-per-ip`): open connections,
-//!   released by the workers' `Closed` events.
+//! - per client (only with a per-IP limit: `--max-conns-per-ip`, or half
+//!   of `--max-conns`): open connections, released by the workers'
+//!   `Closed` events. A client is an IPv4 address, or an IPv6 address's
+//!   leading `--per-ip-ipv6-prefix` bits (a /64 by default: one host
+//!   usually owns a whole /64 and could walk it).
 //!
 //! Once a worker has received a connection, it counts it in its own
 //! statistics cell; the front reads those words and never keeps a second
@@ -33,13 +36,40 @@ pub struct Ledger {
     pub next_conn: u64,
 }
 
+/// The client an address belongs to for the per-IP limit: an IPv4
+/// address (an IPv4-mapped IPv6 one too), or an IPv6 address with all but
+/// its leading `v6_prefix` bits cleared.
+pub fn client_of(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(v6_prefix.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
 impl Front {
+    /// The per-IP limit's client for `ip`.
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        client_of(ip, self.limits.per_ip_ipv6_prefix)
+    }
+
     /// Count a new connection from `ip`; false if that client is at its
     /// limit (the caller refuses the connection).
     pub fn admit_ip(&mut self, ip: IpAddr) -> bool {
-        let Some(max) = self.limits.max_conns_per_ip else {
+        let Some(max) = self.limits.per_ip() else {
             return true;
         };
+        let ip = self.client_key(ip);
         let n = self.ledger.per_ip.entry(ip).or_default();
         if *n >= max {
             debug!(client.addr = %ip, limit = max, "per-IP limit reached; refusing");
@@ -50,6 +80,7 @@ impl Front {
     }
 
     /// `k` connections from `ip` ended.
+    /// `k` connections of the client `ip` (already a key) ended.
     pub fn release_ip_n(&mut self, ip: IpAddr, k: u32) {
         if self.ledger.per_ip.is_empty() {
             return;
@@ -62,16 +93,19 @@ impl Front {
         }
     }
 
+    /// A connection from `ip` ended.
     pub fn release_ip(&mut self, ip: IpAddr) {
-        self.release_ip_n(ip, 1);
+        let key = self.client_key(ip);
+        self.release_ip_n(key, 1);
     }
 
     /// A connection from `client` that worker process `id` had ended.
     pub fn closed(&mut self, slot: usize, id: u64, client: IpAddr) {
+        let key = self.client_key(client);
         if let Some(p) = self.workers.slots[slot].proc_mut(id) {
-            p.ip_sub(client, 1);
+            p.ip_sub(key, 1);
         }
-        self.release_ip(client);
+        self.release_ip_n(key, 1);
     }
 
     /// Trim every process's `inflight` by what its worker has received
@@ -106,5 +140,28 @@ impl Front {
         }
         let cell = self.counters.cell(proc.cell);
         proc.handed.saturating_sub(cell.get(ProcWord::Finished))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_of;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_client_is_an_ipv4_address_or_an_ipv6_prefix() {
+        assert_eq!(client_of(ip("192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(client_of(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        // Two hosts of one /64 are one client; the next /64 is another.
+        let a = client_of(ip("2001:db8:1:2::1"), 64);
+        assert_eq!(a, client_of(ip("2001:db8:1:2:ffff::9"), 64));
+        assert_eq!(a, ip("2001:db8:1:2::"));
+        assert_ne!(a, client_of(ip("2001:db8:1:3::1"), 64));
+        assert_eq!(client_of(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_of(ip("2001:db8::1"), 0), ip("::"));
     }
 }

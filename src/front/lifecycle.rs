@@ -198,13 +198,14 @@ impl Front {
 
     /// Take back handoffs a dead worker never read, with their descriptors.
     fn recover_queued(&mut self, proc: &mut WorkerProc) -> Vec<Conn> {
+        let prefix = self.limits.per_ip_ipv6_prefix;
         let mut conns = Vec::new();
         // Anything batched but never sent.
         let batch = std::mem::take(&mut proc.batch);
         let fds = std::mem::take(&mut proc.batch_fds);
         // Their clients stay counted per IP: they are dispatched again.
         for (h, fd) in batch.iter().zip(fds) {
-            proc.ip_sub(h.client.ip(), 1);
+            proc.ip_sub(super::ledger::client_of(h.client.ip(), prefix), 1);
             self.backends.sub_inflight(h.backend);
             conns.push(Conn {
                 stream: fd.into(),
@@ -221,7 +222,7 @@ impl Front {
                         continue;
                     };
                     for (h, fd) in handoffs.iter().zip(fds.drain(..)) {
-                        proc.ip_sub(h.client.ip(), 1);
+                        proc.ip_sub(super::ledger::client_of(h.client.ip(), prefix), 1);
                         conns.push(Conn {
                             stream: std::net::TcpStream::from(fd),
                             peer: h.client,

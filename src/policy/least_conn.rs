@@ -81,6 +81,46 @@ impl Policy for LeastConn {
             |(a, wa), (b, wb)| a * wb < b * wa,
         )
     }
+
+    /// The next least loaded (relative to weight), in order; ties in list
+    /// order from where the last backend scan started.
+    fn fallbacks(
+        &mut self,
+        _client: IpAddr,
+        first: usize,
+        backends: &[BackendView],
+        out: &mut [usize],
+    ) -> usize {
+        let n = backends.len();
+        if n == 0 || out.is_empty() {
+            return 0;
+        }
+        let start = self.next_backend % n;
+        let less = |i: usize, j: usize| {
+            let (a, b) = (&backends[i], &backends[j]);
+            u128::from(a.active) * u128::from(b.weight.max(1))
+                < u128::from(b.active) * u128::from(a.weight.max(1))
+        };
+        let mut k = 0;
+        for step in 0..n {
+            let i = (start + step) % n;
+            if i == first || !backends[i].routable {
+                continue;
+            }
+            // Insert `i` into the sorted `out[..k]`, keeping the best.
+            let mut at = k;
+            while at > 0 && less(i, out[at - 1]) {
+                at -= 1;
+            }
+            if at < out.len() {
+                let end = (k + 1).min(out.len());
+                out.copy_within(at..end - 1, at + 1);
+                out[at] = i;
+                k = end;
+            }
+        }
+        k
+    }
 }
 
 #[cfg(test)]
@@ -227,5 +267,20 @@ mod tests {
         }
         // The start offset (7) is past the end of a 2-slot list.
         assert!(lc.pick_worker(CLIENT, &w[..2]).is_some());
+    }
+
+    #[test]
+    fn fallbacks_are_the_next_least_loaded() {
+        let mut lc = LeastConn::default();
+        // Loads relative to weight: 4, 9, 0.5, 2, 3.
+        let mut b = backends(&[(1, 4), (1, 9), (2, 1), (1, 2), (1, 3)]);
+        let mut out = [0usize; 3];
+        assert_eq!(lc.fallbacks(CLIENT, 2, &b, &mut out), 3);
+        assert_eq!(out, [3, 4, 0]);
+        b[3].routable = false;
+        assert_eq!(lc.fallbacks(CLIENT, 2, &b, &mut out), 3);
+        assert_eq!(out, [4, 0, 1]);
+        let mut two = [0usize; 2];
+        assert_eq!(lc.fallbacks(CLIENT, 4, &b[..2], &mut two), 2);
     }
 }

@@ -12,6 +12,9 @@ pub struct RoundRobin {
     next_worker: usize,
     /// Smooth weighted round-robin state, one entry per backend.
     current: Vec<i64>,
+    /// Where the next fallback rotation starts (so a failing backend's
+    /// share spreads over all the others, not onto its list neighbour).
+    next_fallback: usize,
 }
 
 impl Policy for RoundRobin {
@@ -51,6 +54,21 @@ impl Policy for RoundRobin {
         let chosen = best?;
         self.current[chosen] -= total;
         Some(chosen)
+    }
+
+    fn fallbacks(
+        &mut self,
+        _client: IpAddr,
+        first: usize,
+        backends: &[BackendView],
+        out: &mut [usize],
+    ) -> usize {
+        if backends.is_empty() {
+            return 0;
+        }
+        let start = self.next_fallback % backends.len();
+        self.next_fallback = start + 1;
+        super::rotation_fallbacks(first, start, backends, out)
     }
 
     fn rebuild(&mut self, backends: &[BackendView]) {
@@ -128,5 +146,25 @@ mod tests {
             .map(|_| rr.pick_backend(CLIENT, &b).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn fallbacks_rotate_over_the_others() {
+        let mut rr = RoundRobin::default();
+        let mut b = backends(&[1, 1, 1, 1, 1]);
+        b[3].routable = false;
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let mut out = [0usize; 2];
+            let n = rr.fallbacks(CLIENT, 0, &b, &mut out);
+            assert_eq!(n, 2);
+            assert!(!out.contains(&0) && !out.contains(&3), "{out:?}");
+            assert_ne!(out[0], out[1]);
+            firsts.insert(out[0]);
+        }
+        // A failing backend's share spreads over every other routable one.
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        let mut none = [0usize; 2];
+        assert_eq!(rr.fallbacks(CLIENT, 0, &backends(&[1]), &mut none), 0);
     }
 }

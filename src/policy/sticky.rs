@@ -36,8 +36,8 @@ use super::{BackendView, Policy, PolicyName, WorkerView, client_key, mix64, neg_
 /// changing it re-deals every client.
 const BUCKET_BITS: u32 = 16;
 const BUCKETS: usize = 1 << BUCKET_BITS;
-/// Backends cached per bucket.
-const TOP: usize = 3;
+/// Backends cached per bucket: the choice and every fallback.
+const TOP: usize = 1 + crate::channel::MAX_FALLBACKS;
 
 // Fixed seeds (arbitrary constants). Changing one re-deals every client.
 const SEED_BUCKET: u64 = 0xa409_3822_299f_31d0;
@@ -147,6 +147,33 @@ fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
     best.map(|(_, _, i)| i)
 }
 
+/// The best routable backends other than `first` for a bucket, best
+/// first, by a full scan of the views.
+fn scan_top(bh: u64, first: usize, backends: &[BackendView], out: &mut [usize]) -> usize {
+    let mut best: [(f64, u64); TOP] = [(f64::INFINITY, u64::MAX); TOP];
+    let want = out.len().min(TOP);
+    let mut k = 0;
+    for (i, b) in backends.iter().enumerate() {
+        if i == first || !b.routable {
+            continue;
+        }
+        let d = draw(bh, b.key, inv_weight(b.weight));
+        let mut at = k;
+        while at > 0 && beats(d, b.key, best[at - 1].0, best[at - 1].1) {
+            at -= 1;
+        }
+        if at < want {
+            let end = (k + 1).min(want);
+            best.copy_within(at..end - 1, at + 1);
+            out.copy_within(at..end - 1, at + 1);
+            best[at] = (d, b.key);
+            out[at] = i;
+            k = end;
+        }
+    }
+    k
+}
+
 impl Policy for Sticky {
     fn name(&self) -> PolicyName {
         PolicyName::Sticky
@@ -184,6 +211,39 @@ impl Policy for Sticky {
             }
         }
         scan(bh, backends)
+    }
+
+    /// The client's next choices after `first`, from its bucket's cached
+    /// ranking when it is current, else by a scan.
+    fn fallbacks(
+        &mut self,
+        client: IpAddr,
+        first: usize,
+        backends: &[BackendView],
+        out: &mut [usize],
+    ) -> usize {
+        let (bucket, bh) = bucket_of(client_key(client, self.ipv6_prefix));
+        if !self.cache.is_empty() && !backends.is_empty() && backends.len() == self.keys.len() {
+            let mut k = 0;
+            let mut whole = false;
+            for i in self.ranking(bucket, bh) {
+                let Some(b) = backends.get(i as usize) else {
+                    whole = true; // EMPTY: the whole list was ranked.
+                    break;
+                };
+                if (b.key, b.weight) != (self.keys[i as usize], self.weights[i as usize]) {
+                    return scan_top(bh, first, backends, out);
+                }
+                if i as usize != first && b.routable && k < out.len() {
+                    out[k] = i as usize;
+                    k += 1;
+                }
+            }
+            if k == out.len() || whole {
+                return k;
+            }
+        }
+        scan_top(bh, first, backends, out)
     }
 
     fn rebuild(&mut self, backends: &[BackendView]) {
@@ -438,6 +498,32 @@ mod tests {
             let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
             assert_eq!(s.pick_backend(ip, &v).or(s.pick_worker(ip, &w)), None);
             assert_eq!(s.pick_backend(ip, &[]).or(s.pick_worker(ip, &[])), None);
+        }
+    }
+
+    #[test]
+    fn fallbacks_are_where_the_client_goes_once_its_backend_is_down() {
+        let mut v = views(&[1, 2, 1, 3, 1, 1, 2]);
+        let mut s = built(&v);
+        for ip in ips(500) {
+            let first = s.pick_backend(ip, &v).unwrap();
+            let mut next = [0usize; 4];
+            let n = s.fallbacks(ip, first, &v, &mut next);
+            assert_eq!(n, 4);
+            assert!(!next[..n].contains(&first));
+            // With the first down, the client lands on its first fallback;
+            // with that one down too, on the second.
+            v[first].routable = false;
+            assert_eq!(s.pick_backend(ip, &v), Some(next[0]), "{ip}");
+            v[next[0]].routable = false;
+            assert_eq!(s.pick_backend(ip, &v), Some(next[1]), "{ip}");
+            // The scan agrees with the cached ranking.
+            let mut scanned = [0usize; 4];
+            v[first].routable = true;
+            v[next[0]].routable = true;
+            let (_, bh) = bucket_of(client_key(ip, 128));
+            assert_eq!(scan_top(bh, first, &v, &mut scanned), 4);
+            assert_eq!(scanned, next);
         }
     }
 }

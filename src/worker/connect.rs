@@ -1,5 +1,6 @@
-//! One connection's life in a worker: connect to the chosen backend (or the
-//! next ones, each at most once), then pump bytes until both sides are done.
+//! One connection's life in a worker: connect to the chosen backend (or,
+//! if it cannot be reached, the fallbacks the front's policy chose for it,
+//! each at most once), then pump bytes until both sides are done.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -43,8 +44,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
             return;
         }
     };
-    let Some((backend, mut upstream, connect_time)) =
-        connect_any(worker, &routes, handoff.backend).await
+    let Some((backend, mut upstream, connect_time)) = connect_any(worker, &routes, &handoff).await
     else {
         // A reset, not a FIN: the client must not take it for an answer.
         debug!("no backend reachable; closing client");
@@ -141,19 +141,16 @@ fn reset(stream: &TcpStream) {
 async fn connect_any(
     worker: &Worker,
     routes: &Routes,
-    planned: u32,
+    handoff: &Handoff,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
     let config = &routes.config;
-    let table = &config.backends;
-    let n = table.len();
-    let start = routes.index_of(planned);
-    let base = start.map_or(0, |i| i + 1);
-    let fallbacks = (0..n)
-        .map(move |k| (base + k) % n)
-        .filter(move |&i| Some(i) != start && table[i].routable);
-    let order = start.into_iter().chain(fallbacks);
-    for i in order {
-        let backend = table[i];
+    // The planned backend, then the fallbacks the front's policy chose
+    // (`--retries` of them at most): each at most once, each within the
+    // connect timeout, so a client waits at most (1 + retries) of them.
+    let order = std::iter::once(handoff.backend)
+        .chain(handoff.fallbacks.as_slice().iter().copied())
+        .filter_map(|id| routes.entry(id).copied());
+    for backend in order {
         let began = Instant::now();
         match connect_one(backend.addr, config.connect_timeout).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),

@@ -236,7 +236,7 @@ fn a_resolve_name_follows_its_addresses() {
     wait_until(Duration::from_secs(10), "the name resolves again", || {
         listed(&proxy, port) == vec![up(&addr(12)), up(&addr(11))]
     });
-    assert!(proxy.stderr().contains("backend name resolves again"));
+    proxy.wait_log("backend name resolves again");
     assert_eq!(names_seen(&proxy, 6), set(&["a", "b"]));
 }
 

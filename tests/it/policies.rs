@@ -280,3 +280,47 @@ fn switching_policy_under_load_fails_nothing_and_takes_effect_at_once() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A sticky client whose backend refuses connections is served by its own
+/// next choice, the very backend it is sent to once that one is taken out
+/// of rotation: it moves once, not twice; and the failing backend's
+/// clients spread over the others, not onto its list neighbour.
+#[test]
+fn a_sticky_client_of_a_failing_backend_moves_once() {
+    let good = [name_backend("a"), name_backend("b"), name_backend("c")];
+    let dead = refused_addr();
+    let mut addrs: Vec<_> = good.iter().map(|b| b.addr).collect();
+    addrs.insert(1, dead);
+    // No health checks and a high --fall: the dead one stays in rotation.
+    let proxy = ProxyCmd::new(&addrs)
+        .workers(2)
+        .args([
+            "--policy",
+            "sticky",
+            "--health-interval",
+            "off",
+            "--fall",
+            "1000",
+        ])
+        .start();
+    let mut while_failing = HashMap::new();
+    for i in 0..40 {
+        let ip = client_ip(i);
+        while_failing.insert(ip, probe(&proxy, ip).0);
+    }
+    let redispatched = proxy
+        .scrape()
+        .get(
+            "rrproxy_backend_redispatches_total",
+            &[("backend", &dead.to_string())],
+        )
+        .unwrap();
+    assert!(redispatched > 0.0, "some clients had the dead one first");
+    proxy.ctl(&format!("backend disable {dead}"));
+    let mut landed = HashSet::new();
+    for (ip, before) in &while_failing {
+        assert_eq!(&probe(&proxy, *ip).0, before, "{ip} moved a second time");
+        landed.insert(before.clone());
+    }
+    assert_eq!(landed.len(), 3, "clients spread over every good backend");
+}

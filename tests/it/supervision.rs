@@ -135,10 +135,7 @@ fn a_crash_looping_slot_is_parked_and_the_others_keep_serving() {
     let b = name_backend("c");
     let mut proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
     kill_slot_repeatedly(&proxy, 1, 5);
-    assert!(
-        proxy.stderr().contains("crash-looping"),
-        "parking is logged"
-    );
+    proxy.wait_log("crash-looping");
     let m = proxy.scrape();
     assert_eq!(m.get("rrproxy_worker_up", &[("worker", "1")]), Some(0.0));
     assert_eq!(m.get("rrproxy_worker_up", &[("worker", "0")]), Some(1.0));
@@ -279,10 +276,7 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         refused_before, refused_after,
         "a down backend gets no connections"
     );
-    assert!(
-        proxy.stderr().contains("backend down"),
-        "transition is logged"
-    );
+    proxy.wait_log("backend down");
     // It comes back after `rise` good checks.
     let back = std::net::TcpListener::bind(flappy_addr).unwrap();
     let _flappy = spawn_backend_on(back, |mut c| {
@@ -305,12 +299,15 @@ fn at_max_conns_new_clients_wait_and_proceed_when_a_slot_frees() {
         .workers(2)
         .args(["--max-conns", "3"])
         .start();
-    let mut held: Vec<TcpStream> = (0..3).map(|_| proxy.connect()).collect();
+    // (Three clients: one alone may hold only half of --max-conns.)
+    let mut held: Vec<TcpStream> = (2..5)
+        .map(|i| proxy.connect_from(Ipv4Addr::new(127, 0, 0, i)))
+        .collect();
     for s in &mut held {
         assert_eq!(read_name(s), "lim");
     }
     // The fourth connects (kernel backlog) but is not served yet...
-    let mut waiting = proxy.connect();
+    let mut waiting = proxy.connect_from(Ipv4Addr::new(127, 0, 0, 5));
     waiting
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -490,5 +487,38 @@ fn expect_slot0_takes_connections_again(proxy: &Proxy, name: &str) {
             );
             proxy.ctl_json("workers")[0]["total"].as_u64().unwrap() > before
         },
+    );
+}
+
+/// With --max-conns and no explicit per-IP limit, one client IP may take
+/// at most half of it: a client that hogs connections is refused at its
+/// share, and the proxy keeps accepting everyone else.
+#[test]
+fn one_client_cannot_take_all_of_max_conns() {
+    let b = name_backend("fair");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(2)
+        .args(["--max-conns", "4"])
+        .start();
+    let hog = Ipv4Addr::new(127, 0, 0, 4);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| proxy.connect_from(hog)).collect();
+    for s in &mut held {
+        assert_eq!(read_name(s), "fair");
+    }
+    let mut buf = [0u8; 8];
+    for _ in 0..3 {
+        if let Ok(mut more) = proxy.try_connect_from(hog) {
+            let r = more.read(&mut buf);
+            assert!(matches!(r, Ok(0) | Err(_)), "the hog's third: {r:?}");
+        }
+    }
+    for other in [5, 6] {
+        let mut s = proxy.connect_from(Ipv4Addr::new(127, 0, 0, other));
+        assert_eq!(read_name(&mut s), "fair", "127.0.0.{other} is served");
+        held.push(s);
+    }
+    assert_eq!(
+        proxy.scrape().get("rrproxy_refused_connections_total", &[]),
+        Some(3.0)
     );
 }

@@ -266,6 +266,20 @@ impl Proxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until the log holds `what` (logging is asynchronous: a line
+    /// may land a moment after what it reports is visible elsewhere).
+    pub fn wait_log(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {what:?}:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Send one control command; `Err` if the socket is unreachable.
     pub fn try_ctl(&self, line: &str) -> std::io::Result<String> {
         ctl_at(&self.control, line)

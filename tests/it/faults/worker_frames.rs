@@ -165,6 +165,7 @@ fn handoff(conn: u64, client: &TcpStream) -> Handoff {
     Handoff {
         conn,
         backend: 0,
+        fallbacks: Default::default(),
         client: client.local_addr().unwrap(),
     }
 }
