@@ -466,3 +466,92 @@ fn only_root_and_the_proxys_own_user_may_use_the_control_socket() {
     });
     assert!(proxy.ctl("policy").contains("round-robin"));
 }
+
+/// A reload makes the running state what the file says and reports each
+/// run-time change it overrides; state the file cannot express is kept and
+/// said so.
+#[test]
+fn a_reload_reports_the_run_time_changes_it_overrides() {
+    let dir = temp_dir("overrides");
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let added = name_backend("added");
+    let config = write_config(
+        &dir,
+        &format!(
+            "backends = [\"{}\", \"{}\"]\npolicy = \"least-conn\"\n",
+            a.addr, b.addr
+        ),
+    );
+    let proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .start();
+    assert!(proxy.ctl("policy sticky").contains("least-conn -> sticky"));
+    assert!(
+        proxy
+            .ctl(&format!("backend add {}", added.addr))
+            .contains("added")
+    );
+    proxy.ctl(&format!("backend disable {}", b.addr));
+    let reply = proxy.ctl("config reload");
+    assert!(reply.starts_with("configuration reloaded"), "{reply}");
+    assert!(
+        reply.contains("policy sticky (set by ctl) -> least-conn (from the configuration)"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(&format!(
+            "backend {} added by ctl: removed (draining)",
+            added.addr
+        )),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(&format!(
+            "backend {} disabled by ctl: stays disabled",
+            b.addr
+        )),
+        "{reply}"
+    );
+    assert_eq!(proxy.ctl("policy"), "least-conn");
+    proxy.wait_log("policy sticky (set by ctl) -> least-conn");
+    // A second reload has nothing left to override.
+    let again = proxy.ctl("config reload");
+    assert!(
+        !again.contains("set by ctl") && !again.contains("added by ctl"),
+        "{again}"
+    );
+}
+
+/// A proxy started without --config has nothing to re-read: a reload
+/// fails and says why (it used to answer "configuration reloaded").
+#[test]
+fn a_reload_without_a_config_file_is_an_error() {
+    let a = name_backend("a");
+    let proxy = ProxyCmd::new(&[a.addr]).workers(1).start();
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.starts_with("error:") && reply.contains("started without --config"),
+        "{reply}"
+    );
+    let (code, _, err) = run_ctl(&proxy, &["config", "reload"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("started without --config"), "{err}");
+}
+
+/// `rrproxy ctl ARGS` against `proxy`: exit code, stdout, stderr.
+fn run_ctl(proxy: &Proxy, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--control")
+        .arg(&proxy.control)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -648,3 +648,37 @@ fn the_demo_serves_three_backends_and_stops_on_ctrl_c() {
     assert!(!control.exists(), "control socket removed");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Stopping with a connection open says once how many are still open and
+/// until when it waits; a second Ctrl-C stops at once.
+#[test]
+fn a_stop_with_open_connections_says_so_and_a_second_ctrl_c_stops_at_once() {
+    let b = name_backend("idle");
+    let mut proxy = ProxyCmd::new(&[b.addr])
+        .workers(1)
+        .args(["--drain-timeout", "60s"])
+        .start();
+    let mut idle = proxy.connect();
+    assert_eq!(read_name(&mut idle), "idle");
+    proxy.signal("INT");
+    proxy.wait_log("draining: waiting for open connections to finish");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("open_connections=1") && log.contains("deadline=60s"),
+        "{log}"
+    );
+    assert!(log.contains("again to stop now"), "{log}");
+    let began = std::time::Instant::now();
+    proxy.signal("INT");
+    let st = proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "the second Ctrl-C stops at once"
+    );
+    assert!(st.success(), "{st}");
+    let mut buf = [0u8; 1];
+    assert!(
+        !matches!(idle.read(&mut buf), Ok(n) if n > 0),
+        "the open connection was closed"
+    );
+}
