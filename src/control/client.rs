@@ -181,15 +181,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 pub fn render_status(s: &Status) -> String {
     format!(
-        "rrproxy {version} pid {pid}, up {uptime}s\n\
+        "rrproxy {version} (build {build}) pid {pid}, up {uptime}s\n\
          policy       {policy}\n\
          listen       {listen}\n\
          metrics      {metrics}\n\
-         workers      {wu}/{w} up{rolling}\n\
+         workers      {wu}/{w} up{rolling}{builds}\n\
          backends     {bu}/{b} up\n\
          connections  {active} active, {total} total, {pending} pending\n\
          accepting    {accepting}",
         version = s.version,
+        build = &s.build[..s.build.len().min(12)],
         pid = s.pid,
         uptime = s.uptime_seconds,
         policy = s.policy,
@@ -201,9 +202,14 @@ pub fn render_status(s: &Status) -> String {
         wu = s.workers_up,
         w = s.workers,
         rolling = if s.rolling_restart {
-            " (rolling restart in progress)"
+            " (being replaced one at a time)"
         } else {
             ""
+        },
+        builds = if s.builds.len() > 1 || s.rolling_restart {
+            format!(" (builds now: {})", s.builds.join(", "))
+        } else {
+            String::new()
         },
         bu = s.backends_up,
         b = s.backends,
@@ -230,11 +236,14 @@ pub fn render_workers(rows: &[WorkerRow]) -> String {
                 r.active.to_string(),
                 r.total.to_string(),
                 r.restarts.to_string(),
+                r.build.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     table(
-        &["SLOT", "PID", "STATE", "ACTIVE", "TOTAL", "RESTARTS"],
+        &[
+            "SLOT", "PID", "STATE", "ACTIVE", "TOTAL", "RESTARTS", "BUILD",
+        ],
         &body,
     )
 }

@@ -74,13 +74,14 @@ fn short(build: &str) -> String {
 
 pub fn status(f: &Front) -> Status {
     let cfg = f.config.load();
-    let mut builds: Vec<String> = f
+    let mut builds: Vec<&str> = f
         .workers
         .procs()
-        .filter_map(|p| p.build.as_deref().map(short))
+        .filter_map(|p| p.build.as_deref())
         .collect();
     builds.sort();
     builds.dedup();
+    let builds = builds.into_iter().map(short).collect();
     Status {
         version: crate::version::VERSION,
         build: crate::version::build_id(),
@@ -220,6 +221,8 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         (Action::Help, _) if json => to_json(&table::help_rows()),
         (Action::Help, _) => Ok(table::help()),
         (Action::Status, _) => {
+            // What workers counted up to now, not up to the last look.
+            front.borrow_mut().refresh_all_views();
             let s = status(&front.borrow());
             if json {
                 to_json(&s)
@@ -228,6 +231,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
         }
         (Action::Workers, _) => {
+            front.borrow_mut().refresh_all_views();
             let rows = workers(&front.borrow());
             if json {
                 to_json(&rows)
@@ -236,6 +240,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
         }
         (Action::Backends, _) => {
+            front.borrow_mut().refresh_all_views();
             let rows = backends(&front.borrow());
             if json {
                 to_json(&rows)

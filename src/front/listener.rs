@@ -154,6 +154,10 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
         let mut resource_error = None;
         {
             let mut f = front.borrow_mut();
+            // What workers counted since the last round (O(workers), and
+            // O(workers x backends) for least-conn): once per round, not
+            // per connection.
+            f.refresh_all_views();
             for _ in 0..ACCEPT_BATCH {
                 if f.listeners.paused {
                     break;

@@ -518,3 +518,78 @@ fn deploy_artifacts_validate() {
     assert!(out.status.success(), "deploy/validate.sh failed:\n{text}");
     assert!(text.contains("0 failed"), "{text}");
 }
+
+/// A worker killed in the middle of counting: the counts stay right. What
+/// it had counted (connections, bytes) stays in the totals, which never go
+/// back; what it held leaves the active gauges; the survivor's connections
+/// are still counted; and the respawned worker counts on from there.
+#[test]
+fn a_worker_killed_mid_count_leaves_the_counts_right() {
+    let echo = echo_backend();
+    let e = echo.addr.to_string();
+    let proxy = ProxyCmd::new(&[echo.addr]).workers(2).start();
+    // Four held connections, two per worker (round-robin), each echoed once.
+    let mut held: Vec<std::net::TcpStream> = (0..4)
+        .map(|i| {
+            let mut s = proxy.connect();
+            let data = random_bytes(i, 1000);
+            s.write_all(&data).unwrap();
+            let mut got = vec![0u8; 1000];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(got, data);
+            s
+        })
+        .collect();
+    let active = |m: &Metrics| m.get("rrproxy_backend_active_connections", &[("backend", &e)]);
+    let before = wait_for(Duration::from_secs(5), "all four counted", || {
+        let m = proxy.scrape();
+        (active(&m) == Some(4.0)).then_some(m)
+    });
+    let conns = |m: &Metrics| m.get("rrproxy_backend_connections_total", &[("backend", &e)]);
+    let bytes = |m: &Metrics| m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
+    assert_eq!(conns(&before), Some(4.0));
+    assert_eq!(bytes(&before), Some(4000.0));
+    let victim = proxy.worker_pids()[1].unwrap();
+    let rows = proxy.ctl_json("workers");
+    assert_eq!(rows[1]["active"], 2);
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let after = wait_for(Duration::from_secs(10), "the dead worker folded", || {
+        let m = proxy.scrape();
+        (active(&m) == Some(2.0)).then_some(m)
+    });
+    assert_eq!(conns(&after), Some(4.0), "counted connections stay");
+    assert_eq!(bytes(&after), Some(4000.0), "counted bytes stay");
+    assert_eq!(
+        after.get("rrproxy_worker_active_connections", &[("worker", "1")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        after.get("rrproxy_worker_active_connections", &[("worker", "0")]),
+        Some(2.0)
+    );
+    // The survivors still work and are still counted; a new worker counts
+    // on from the folded totals.
+    wait_until(Duration::from_secs(10), "slot 1 back", || {
+        proxy.ctl_json("workers")[1]["state"] == "up"
+    });
+    for _ in 0..2 {
+        let mut s = proxy.connect();
+        s.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+    }
+    held.retain_mut(|s| s.write_all(b"y").is_ok() && s.read_exact(&mut [0u8; 1]).is_ok());
+    assert_eq!(held.len(), 2, "the survivor's connections still work");
+    drop(held);
+    wait_until(
+        Duration::from_secs(10),
+        "everything closed and counted",
+        || {
+            let m = proxy.scrape();
+            active(&m) == Some(0.0) && conns(&m) == Some(6.0) && bytes(&m) == Some(4004.0)
+        },
+    );
+}

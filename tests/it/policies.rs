@@ -324,3 +324,55 @@ fn a_sticky_client_of_a_failing_backend_moves_once() {
     }
     assert_eq!(landed.len(), 3, "clients spread over every good backend");
 }
+
+/// Least-conn reads the live counts workers keep in the statistics table:
+/// under churn (connections opening and closing one after another) it
+/// still sends every new connection to the least loaded backend, so the
+/// backend holding ten long connections gets none of thirty short ones.
+#[test]
+fn least_conn_follows_the_live_counts_under_churn() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr, b.addr])
+        .workers(2)
+        .args(["--policy", "least-conn"])
+        .start();
+    proxy.ctl(&format!("backend disable {}", b.addr));
+    let mut held: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = proxy.connect();
+            assert_eq!(read_name(&mut s), "a");
+            s
+        })
+        .collect();
+    proxy.ctl(&format!("backend enable {}", b.addr));
+    for i in 0..30 {
+        let mut s = proxy.connect();
+        assert_eq!(read_name(&mut s), "b", "short connection {i}");
+        drop(s);
+        // Wait for the close to be counted: the next pick must see it.
+        wait_until(Duration::from_secs(5), "the close to be counted", || {
+            backend_active(&proxy, &b.addr.to_string()) == 0
+        });
+    }
+    // And the other way: with a's connections gone, a is the lighter one.
+    held.clear();
+    wait_until(Duration::from_secs(5), "a's connections to end", || {
+        backend_active(&proxy, &a.addr.to_string()) == 0
+    });
+    let mut one = proxy.connect();
+    let first = read_name(&mut one);
+    let mut two = proxy.connect();
+    assert_ne!(read_name(&mut two), first, "the other one is lighter now");
+}
+
+fn backend_active(proxy: &Proxy, addr: &str) -> u64 {
+    proxy
+        .ctl_json("backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == addr)
+        .map(|r| r["active"].as_u64().unwrap())
+        .unwrap()
+}

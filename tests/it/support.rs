@@ -785,7 +785,7 @@ pub fn binary_copy(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A copy of the rrproxy binary that is another build: the same code with
-/// a different build id (the last byte of its GNU build-id note changed),
+/// a different build id (the first byte of its GNU build-id note changed),
 /// as a rebuilt package would be.
 pub fn other_build_copy(dir: &Path, name: &str) -> PathBuf {
     let id = rrproxy::version::read_build_id(Path::new(BIN)).unwrap();
@@ -797,7 +797,7 @@ pub fn other_build_copy(dir: &Path, name: &str) -> PathBuf {
         .windows(id.len())
         .position(|w| w == id.as_slice())
         .expect("the build id is in the binary");
-    bytes[at + id.len() - 1] ^= 0x5a;
+    bytes[at] ^= 0x5a;
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

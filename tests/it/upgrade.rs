@@ -132,10 +132,22 @@ fn an_upgrade_to_another_build_under_load_fails_nothing_and_counters_go_on() {
     replace_file(&start, &next);
     let reply = proxy.ctl("upgrade");
     assert!(reply.contains("front upgraded"), "{reply}");
-    // While the workers roll, ctl status shows both builds.
+    // While the workers roll (the streams hold the old ones), ctl status
+    // shows both builds.
     let st = proxy.ctl_json("status");
     let new_build = st["build"].as_str().unwrap().to_string();
     assert_ne!(new_build, old_build, "the new front is the new build");
+    wait_until(Duration::from_secs(20), "both builds at work", || {
+        let st = proxy.ctl_json("status");
+        let builds: Vec<String> = st["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().to_string())
+            .collect();
+        builds.len() == 2 && builds.contains(&old_build[..12].to_string())
+    });
+    assert!(proxy.ctl("status").contains("builds now:"));
     let new_front = wait_upgraded(&proxy, old_front, Duration::from_secs(90));
     wait_until(Duration::from_secs(60), "20,000 requests", || {
         load.counts().0 >= 20_000
