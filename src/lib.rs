@@ -12,6 +12,8 @@
 //! - [`channel`]: the front ↔ worker messages, framing and fd passing.
 //! - [`worker`]: the worker process: connect to backends, move bytes.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
+//! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
+//!   incremental decode, and a non-blocking reader for accepted sockets.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`demo`]: built-in backends for the one-command tour.
@@ -25,6 +27,7 @@ pub mod demo;
 pub mod front;
 pub mod metrics;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod supervisor;
 pub mod sys;
 pub mod worker;
