@@ -14,11 +14,14 @@
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
 //!   incremental decode, and a non-blocking reader for accepted sockets.
+//! - [`acl`]: CIDR parsing, allow/deny lists of client networks, per-IP
+//!   limit keys.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`demo`]: built-in backends for the one-command tour.
 //! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance).
 
+pub mod acl;
 pub mod channel;
 pub mod cli;
 pub mod config;
