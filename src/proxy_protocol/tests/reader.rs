@@ -229,3 +229,13 @@ async fn many_slow_connections_progress_together_on_one_thread() {
     }
     assert_eq!(done, PEERS);
 }
+
+#[tokio::test]
+async fn a_pending_read_holds_little_memory() {
+    // The future is what a pending connection costs while its header
+    // arrives (no heap unless the header is longer than the peek buffer).
+    let (_client, server) = pair().await;
+    let pending = read_header(&server, PATIENT);
+    let size = std::mem::size_of_val(&pending);
+    assert!(size <= 1024, "{size} bytes");
+}
