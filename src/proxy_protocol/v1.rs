@@ -106,16 +106,13 @@ fn parse_fields(rest: &[u8]) -> Result<Header, HeaderError> {
     }
     let mut fields = rest.split(|&b| b == b' ');
     let mut next = |i: usize| fields.next().ok_or(HeaderError::Malformed(MISSING[i]));
-    let proto = next(0)?;
-    let family = check_field(0, None, proto)?;
-    let source = parse_ip(family, next(1)?, "bad source address")?;
-    let destination = parse_ip(family, next(2)?, "bad destination address")?;
-    let sport = parse_port(next(3)?, "bad source port")?;
-    let dport = parse_port(next(4)?, "bad destination port")?;
+    let family = check_field(0, None, next(0)?)?;
+    let source = parse_ip(family, next(1)?).ok_or(bad(1))?;
+    let destination = parse_ip(family, next(2)?).ok_or(bad(2))?;
+    let sport = parse_port(next(3)?).ok_or(bad(3))?;
+    let dport = parse_port(next(4)?).ok_or(bad(4))?;
     if fields.next().is_some() {
-        return Err(HeaderError::Malformed(
-            "extra field after the destination port",
-        ));
+        return Err(bad(5));
     }
     Ok(Header::Tcp {
         source: SocketAddr::new(source, sport),
@@ -131,6 +128,19 @@ const MISSING: [&str; 5] = [
     "missing destination port",
 ];
 
+/// What is wrong when field `i` (from 0) is not valid.
+fn bad(i: usize) -> HeaderError {
+    const BAD: [&str; 6] = [
+        "unknown protocol (expected TCP4, TCP6 or UNKNOWN)",
+        "bad source address",
+        "bad destination address",
+        "bad source port",
+        "bad destination port",
+        "extra field after the destination port",
+    ];
+    HeaderError::Malformed(BAD[i.min(BAD.len() - 1)])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
     V4,
@@ -143,27 +153,22 @@ fn check_field(
     family: Option<Family>,
     field: &[u8],
 ) -> Result<Option<Family>, HeaderError> {
-    match i {
+    let valid = match i {
         0 => match field {
-            b"TCP4" => Ok(Some(Family::V4)),
-            b"TCP6" => Ok(Some(Family::V6)),
-            _ => Err(HeaderError::Malformed(
-                "unknown protocol (expected TCP4, TCP6 or UNKNOWN)",
-            )),
+            b"TCP4" => return Ok(Some(Family::V4)),
+            b"TCP6" => return Ok(Some(Family::V6)),
+            _ => false,
         },
-        1 => parse_ip(family, field, "bad source address").map(|_| None),
-        2 => parse_ip(family, field, "bad destination address").map(|_| None),
-        3 => parse_port(field, "bad source port").map(|_| None),
-        4 => parse_port(field, "bad destination port").map(|_| None),
-        _ => Err(HeaderError::Malformed(
-            "extra field after the destination port",
-        )),
-    }
+        1 | 2 => parse_ip(family, field).is_some(),
+        3 | 4 => parse_port(field).is_some(),
+        _ => false,
+    };
+    if valid { Ok(None) } else { Err(bad(i)) }
 }
 
 /// Could `field`, still being received, become a valid field `i`?
 fn check_partial_field(i: usize, family: Option<Family>, field: &[u8]) -> Result<(), HeaderError> {
-    let ok = match i {
+    let valid = match i {
         0 => [&b"TCP4"[..], b"TCP6", b"UNKNOWN"]
             .iter()
             .any(|p| p.starts_with(field)),
@@ -178,56 +183,33 @@ fn check_partial_field(i: usize, family: Option<Family>, field: &[u8]) -> Result
                         .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
             }
         },
-        3 | 4 => {
-            field.len() <= 5
-                && field.iter().all(u8::is_ascii_digit)
-                && !(field.len() > 1 && field[0] == b'0')
-                && port_value(field).is_some()
-        }
+        // A prefix of a valid port is a valid port, but for the empty one.
+        3 | 4 => field.is_empty() || parse_port(field).is_some(),
         _ => false,
     };
-    if ok {
-        return Ok(());
-    }
-    Err(HeaderError::Malformed(match i {
-        0 => "unknown protocol (expected TCP4, TCP6 or UNKNOWN)",
-        1 => "bad source address",
-        2 => "bad destination address",
-        3 => "bad source port",
-        4 => "bad destination port",
-        _ => "extra field after the destination port",
-    }))
+    if valid { Ok(()) } else { Err(bad(i)) }
 }
 
-fn parse_ip(
-    family: Option<Family>,
-    field: &[u8],
-    what: &'static str,
-) -> Result<IpAddr, HeaderError> {
-    let text = std::str::from_utf8(field).map_err(|_| HeaderError::Malformed(what))?;
-    let ip = match family {
-        Some(Family::V4) => text.parse::<Ipv4Addr>().map(IpAddr::V4),
-        _ => text.parse::<Ipv6Addr>().map(IpAddr::V6),
-    };
-    ip.map_err(|_| HeaderError::Malformed(what))
+/// An address of `family` (IPv6 unless IPv4) in its text form.
+fn parse_ip(family: Option<Family>, field: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(field).ok()?;
+    match family {
+        Some(Family::V4) => text.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        _ => text.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+    }
 }
 
 /// A decimal port, 0..=65535, without sign or leading zeros.
-fn parse_port(field: &[u8], what: &'static str) -> Result<u16, HeaderError> {
+fn parse_port(field: &[u8]) -> Option<u16> {
     let canonical = !field.is_empty()
         && field.len() <= 5
         && field.iter().all(u8::is_ascii_digit)
         && !(field.len() > 1 && field[0] == b'0');
     if !canonical {
-        return Err(HeaderError::Malformed(what));
+        return None;
     }
-    port_value(field).ok_or(HeaderError::Malformed(what))
-}
-
-/// The value of at most five ASCII digits, if it is a port.
-fn port_value(digits: &[u8]) -> Option<u16> {
-    let v = digits
+    let value = field
         .iter()
         .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
-    u16::try_from(v).ok()
+    u16::try_from(value).ok()
 }
