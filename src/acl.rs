@@ -109,21 +109,18 @@ impl Cidr {
             }
         })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix_text {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| CidrError::BadPrefix {
-                    text: text.to_string(),
-                    max,
-                })?,
-        };
-        let cidr = Cidr::new(addr, prefix).ok_or_else(|| CidrError::BadPrefix {
+        let bad_prefix = || CidrError::BadPrefix {
             text: text.to_string(),
             max,
-        })?;
+        };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().map_err(|_| bad_prefix())?
+            }
+            Some(_) => return Err(bad_prefix()),
+        };
+        let cidr = Cidr::new(addr, prefix).ok_or_else(bad_prefix)?;
         let had_host_bits = key_of(addr) != key_of(cidr.addr);
         Ok((cidr, had_host_bits))
     }
