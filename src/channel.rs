@@ -13,8 +13,9 @@
 //! wake-ups the other. Counting is done in the statistics table
 //! ([`crate::stats`]), not with messages.
 //! Decoding never panics: every read is bounds-checked and a frame that does
-//! not parse is an error naming what was wrong (see `channel/tests.rs`,
-//! which feeds it random bytes).
+//! not parse is an error naming what was wrong (property tests in
+//! `channel/tests/props.rs` feed it arbitrary and damaged bytes; the
+//! `channel_down` and `channel_up` fuzz targets under `fuzz/` do so longer).
 
 mod codec;
 pub mod fdpass;

@@ -17,6 +17,10 @@
 //! - [`stats`]: the shared-memory statistics table every process counts in.
 //! - [`worker`]: the worker process: connect to backends, move bytes.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
+//! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
+//!   incremental decode, and a non-blocking reader for accepted sockets.
+//! - [`acl`]: CIDR parsing, allow/deny lists of client networks, per-IP
+//!   limit keys.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
@@ -30,6 +34,7 @@
 //! `supervisor`, `channel`, `stats`; nothing below depends on what is
 //! above it.
 
+pub mod acl;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -41,6 +46,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod signals;
 pub mod stats;
 pub mod supervisor;

@@ -1,3 +1,7 @@
+//! Config tests; property tests (arbitrary files) are in `tests/props.rs`.
+
+mod props;
+
 use std::path::Path;
 
 use super::*;
