@@ -36,26 +36,7 @@ pub struct Ledger {
     pub next_conn: u64,
 }
 
-/// The client an address belongs to for the per-IP limit: an IPv4
-/// address (an IPv4-mapped IPv6 one too), or an IPv6 address with all but
-/// its leading `v6_prefix` bits cleared.
-pub fn client_of(ip: IpAddr, v6_prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u32::from(v6_prefix.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        },
-    }
-}
+pub use crate::acl::limit_key as client_of;
 
 impl Front {
     /// The per-IP limit's client for `ip`.
@@ -140,28 +121,5 @@ impl Front {
         }
         let cell = self.counters.cell(proc.cell);
         proc.handed.saturating_sub(cell.get(ProcWord::Finished))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::client_of;
-    use std::net::IpAddr;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn one_client_is_an_ipv4_address_or_an_ipv6_prefix() {
-        assert_eq!(client_of(ip("192.0.2.7"), 64), ip("192.0.2.7"));
-        assert_eq!(client_of(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
-        // Two hosts of one /64 are one client; the next /64 is another.
-        let a = client_of(ip("2001:db8:1:2::1"), 64);
-        assert_eq!(a, client_of(ip("2001:db8:1:2:ffff::9"), 64));
-        assert_eq!(a, ip("2001:db8:1:2::"));
-        assert_ne!(a, client_of(ip("2001:db8:1:3::1"), 64));
-        assert_eq!(client_of(ip("2001:db8::1"), 128), ip("2001:db8::1"));
-        assert_eq!(client_of(ip("2001:db8::1"), 0), ip("::"));
     }
 }
