@@ -32,6 +32,10 @@ pub use process::{Exe, spawn_worker};
 
 /// Most handed-off connections that may wait unread in one worker's channel.
 pub const MAX_UNREAD: u64 = 512;
+/// A worker whose handoffs have waited this long unread gets no new ones
+/// until it reads (a busy worker reads its channel every loop turn; one
+/// that does not is stopped or hung, and the watchdog replaces it).
+pub const UNREAD_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Where a worker process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -88,6 +92,9 @@ pub struct WorkerProc {
     pub spawned: Instant,
     /// Since when it has had handoffs to read and read none (watchdog).
     pub stalled_since: Option<(Instant, u64)>,
+    /// Since when its oldest unread handoff has waited (roughly: reset
+    /// whenever the worker takes any); `None` when it has none.
+    pub unread_since: Option<Instant>,
 }
 
 impl WorkerProc {

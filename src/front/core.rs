@@ -314,6 +314,9 @@ impl Front {
         let n = proc.batch.len() as u64;
         match result {
             Ok(()) => {
+                if proc.unread_since.is_none() {
+                    proc.unread_since = Some(Instant::now());
+                }
                 proc.handed += n;
                 proc.inflight
                     .extend(proc.batch.drain(..).map(|h| h.backend));

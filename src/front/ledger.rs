@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use hashbrown::HashMap;
 use tracing::debug;
@@ -98,6 +99,9 @@ impl Front {
                 let received = table.cell(p.cell).get(ProcWord::Received);
                 let mut taken = received.saturating_sub(p.received_seen);
                 p.received_seen = received;
+                if taken > 0 {
+                    p.unread_since = (p.handed > received).then(Instant::now);
+                }
                 while taken > 0 {
                     let Some(backend) = p.inflight.pop_front() else {
                         break;

@@ -103,6 +103,7 @@ impl Front {
             ips: Default::default(),
             spawned: Instant::now(),
             stalled_since: None,
+            unread_since: None,
         };
         self.watch_proc(slot, &proc);
         self.workers.slots[slot].procs.push(proc);

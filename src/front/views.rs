@@ -38,11 +38,15 @@ impl Front {
         for p in &s.procs {
             let (held, unread) = load(self, p);
             active += held;
+            let stuck = unread > 0
+                && p.unread_since
+                    .is_some_and(|t| t.elapsed() >= crate::supervisor::UNREAD_PATIENCE);
             if p.role == Role::Serving
                 && !p.full
                 && p.outbox.is_empty()
                 && held < cap
                 && unread < MAX_UNREAD
+                && !stuck
             {
                 routable = true;
             }

@@ -395,8 +395,8 @@ fn a_stalled_worker_never_stalls_the_front_and_catches_up_when_it_resumes() {
     let stalled = proxy.worker_pids()[0].unwrap();
     kill(stalled, "STOP");
     // Round-robin keeps handing the stalled worker every other connection
-    // until 512 wait unread in its channel; from then on the other worker
-    // takes all.
+    // until 512 wait unread in its channel (or the oldest has waited 500
+    // ms); from then on the other worker takes all.
     let totals = |p: &Proxy| {
         let w = p.ctl_json("workers");
         (
@@ -410,10 +410,12 @@ fn a_stalled_worker_never_stalls_the_front_and_catches_up_when_it_resumes() {
         "the front to hand out all 1300",
         || totals(&proxy).0 + totals(&proxy).1 == 1300,
     );
-    assert_eq!(
-        totals(&proxy),
-        (512, 788),
-        "the stalled worker is skipped after 512 unread handoffs"
+    // Skipped after 512 unread handoffs, or sooner: after their oldest
+    // waited 500 ms unread.
+    let (stalled_total, other) = totals(&proxy);
+    assert!(
+        stalled_total <= 512 && other >= 788,
+        "the stalled worker is skipped: {stalled_total} / {other}"
     );
     // The front is not stalled: new clients are served at once.
     for _ in 0..20 {

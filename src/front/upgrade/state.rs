@@ -268,6 +268,7 @@ pub fn rebuild(
                 ips: p.ips.into_iter().collect(),
                 spawned: Instant::now(),
                 stalled_since: None,
+                unread_since: None,
             });
             adopted.push((i, p.id));
         }
