@@ -105,6 +105,11 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            // PID 1 (a container's entrypoint): be a small init and run the
+            // front as a child, before any thread exists (see `init`).
+            if rrproxy::init::wanted() {
+                return rrproxy::init::run(&argv, &cli.log);
+            }
             let _log = init_logging(&cli.log, None);
             match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
