@@ -148,7 +148,7 @@ fn echo_once(addr: SocketAddr) -> Vec<u8> {
 fn as_pid1_a_killed_front_is_replaced_at_once_and_its_workers_finish() {
     let echo = echo_backend();
     let listen = fixed_listen(91);
-    let proxy = as_pid1(
+    let mut proxy = as_pid1(
         ProxyCmd::new(&[echo.addr])
             .listen_on(&listen)
             .workers(2)
@@ -191,6 +191,11 @@ fn as_pid1_a_killed_front_is_replaced_at_once_and_its_workers_finish() {
         )) && log.contains("starting a new front now"),
         "{log}"
     );
+    // The restarted front stops like the first would have (and the init
+    // removes its notify socket on the way out).
+    kill(init, "TERM");
+    let status = proxy.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
 }
 
 #[test]
