@@ -6,7 +6,9 @@
 //!
 //! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
-//!   a private mount namespace (the DNS discovery tests).
+//!   a private mount namespace (the DNS discovery tests);
+//! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
+//!   PID 1 of a new PID namespace with its own `/proc` (the PID-1 tests).
 //!
 //! With `RRPROXY_REQUIRE_TOOLS` set (CI, `.ci/run`), every cfg is set:
 //! nothing is ignored, and a test whose tool is missing fails. The probes
@@ -17,11 +19,12 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 4] = [
+const CFGS: [&str; 5] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
     "has_private_mounts",
+    "has_pid_namespaces",
 ];
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         on_path("prometheus"),
         on_path("python3"),
         private_mounts(),
+        pid_namespaces(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {
         if require || ok {
@@ -53,19 +57,37 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+fn root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"0\n")
+}
+
+/// Root, and a process started as PID 1 of a new PID namespace (with a
+/// `/proc` of its own) sees itself as PID 1.
+fn pid_namespaces() -> bool {
+    root()
+        && Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c"])
+            .arg("test $$ = 1 && test -d /proc/1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// Root, and a bind mount inside a private mount namespace works (the
 /// mount dies with the namespace: nothing outside changes).
 fn private_mounts() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout == b"0\n");
-    root && Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind /etc/hosts /etc/hosts")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    root()
+        && Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind /etc/hosts /etc/hosts")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }

@@ -320,9 +320,22 @@ def check_kubernetes(objs, config_keys: set[str], dockerfile_bin: str) -> None:
     if ann and str(ann.get("prometheus.io/port")) != str(ports.get("metrics")):
         err("prometheus.io/port annotation differs from the metrics containerPort")
     # Command: the binary the image installs, reading the mounted config.
+    # It must be the container's PID 1 (its own init, see src/init.rs): no
+    # wrapper in front of it, and no shared PID namespace (the pause
+    # container would be PID 1, and the container would end when the first
+    # front hands over to a new one in an upgrade).
     cmd = c.get("command", []) + c.get("args", [])
     if not cmd or cmd[0] != dockerfile_bin:
         err(f"container command {cmd[:1]} is not the image's binary {dockerfile_bin}")
+    if podspec.get("shareProcessNamespace"):
+        err("shareProcessNamespace: rrproxy must be PID 1 of its container (upgrades, front restarts)")
+    # The init's notify socket (and the control socket) need a writable /tmp.
+    if csc.get("readOnlyRootFilesystem") is True:
+        tmp = {m["mountPath"]: m for m in c.get("volumeMounts", [])}.get("/tmp")
+        vols = {v["name"]: v for v in podspec.get("volumes", [])}
+        if not tmp or "emptyDir" not in vols.get(tmp["name"], {}):
+            err("read-only root file system without an emptyDir at /tmp: "
+                "rrproxy as PID 1 keeps its notify socket there")
     if "--config" not in cmd:
         err("container is not started with --config")
         return
@@ -458,7 +471,10 @@ def check_systemd(config_keys: set[str]) -> None:
         v = unit.get(key, [])
         return v[-1] if v else None
 
-    expect = {"Type": "notify", "KillSignal": "SIGTERM", "KillMode": "mixed",
+    # NotifyAccess=main is enough for an upgrade: the old front (MainPID)
+    # sends MAINPID=<new>, and only then does the new one send READY=1.
+    expect = {"Type": "notify", "NotifyAccess": "main",
+              "KillSignal": "SIGTERM", "KillMode": "mixed",
               "Restart": "on-failure", "LimitNOFILE": "1048576",
               "NoNewPrivileges": "yes", "ProtectSystem": "strict",
               "ProtectHome": "yes", "PrivateTmp": "yes", "DynamicUser": "yes",
@@ -474,6 +490,8 @@ def check_systemd(config_keys: set[str]) -> None:
             err(f"rrproxy.service: {k}={one(k)}, want {v}")
     if "/bin/kill -HUP $MAINPID" not in unit.get("ExecReload", []):
         err("rrproxy.service: ExecReload does not send SIGHUP to $MAINPID")
+    if any("USR2" in v for v in unit.get("ExecReload", [])):
+        err("rrproxy.service: ExecReload sends SIGUSR2 (an upgrade); `systemctl reload` is the config reload")
     if "AF_UNIX" not in (one("RestrictAddressFamilies") or ""):
         err("rrproxy.service: workers need AF_UNIX (SCM_RIGHTS channel)")
     if one("PrivateUsers") == "yes":
@@ -514,8 +532,18 @@ def check_docker() -> str:
                 err(f"Dockerfile: COPY source {s} does not exist")
     if not bin_path:
         err("Dockerfile: no COPY --from=... of the rrproxy binary")
-    entry = json.loads(instr("ENTRYPOINT")[-1])
+    try:
+        entry = json.loads(instr("ENTRYPOINT")[-1])
+    except (IndexError, json.JSONDecodeError):
+        err("Dockerfile: ENTRYPOINT must be in exec form (a JSON array): rrproxy must be PID 1")
+        return bin_path
     health = instr("HEALTHCHECK")[-1]
+    # rrproxy is its own init as PID 1: an init wrapper would end the
+    # container when the first front hands over in an upgrade.
+    used = " ".join([*map(str, entry), *instr("RUN"), *instr("COPY")])
+    for wrapper in ("tini", "dumb-init", "catatonit"):
+        if re.search(rf"\b{wrapper}\b", used):
+            err(f"Dockerfile: {wrapper}: rrproxy is its own init as PID 1, no wrapper")
     if entry[0] != bin_path:
         err(f"Dockerfile: ENTRYPOINT {entry[0]} is not {bin_path}")
     flags = dict(zip(entry[1::2], entry[2::2]))

@@ -330,7 +330,7 @@ expand_filter() {
 }
 
 # Run the real front (not the demo) under strace through start, traffic,
-# SIGHUP, a rolling restart of the workers, and SIGTERM, and check that
+# SIGHUP, an upgrade (front, then workers), and SIGTERM, and check that
 # every system call and socket family it used passes rrproxy.service's
 # SystemCallFilter= and RestrictAddressFamilies=. This is what proves the
 # unit's sandbox fits the process model on a machine without systemd.
@@ -365,11 +365,22 @@ EOF
     local _
     for _ in $(seq 1 20); do curl -fsS -o /dev/null "http://127.0.0.1:$proxy/"; done
     kill -HUP "$rr"
-    "$bin" ctl --control "$d/rrproxy.sock" reload >/dev/null
+    # An upgrade (what SIGUSR2 and `systemctl kill -s USR2` do): the old
+    # front starts the new one (traced too, as its child), hands over and
+    # exits 0; the new front replaces the workers. Stop the new one.
+    "$bin" ctl --control "$d/rrproxy.sock" upgrade >/dev/null ||
+        { tail -n 20 "$d/rrproxy.log"; echo "upgrade under strace failed"; return 1; }
+    rr=$("$bin" ctl --control "$d/rrproxy.sock" status --json |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])')
+    STOP_FIRST=("$rr")
     wait_for 15 curl -fsS "http://127.0.0.1:$metrics/readyz"
     for _ in $(seq 1 20); do curl -fsS -o /dev/null "http://127.0.0.1:$proxy/"; done
     kill -TERM "$rr"
+    # strace's status is the first front's (0 after handing over); the new
+    # front's clean stop shows in the log.
     wait "$tracer" || { tail -n 20 "$d/rrproxy.log"; echo "traced rrproxy did not exit 0"; return 1; }
+    grep -q "rrproxy stopped" "$d/rrproxy.log" ||
+        { tail -n 20 "$d/rrproxy.log"; echo "the upgraded front did not stop cleanly"; return 1; }
     STOP_FIRST=()
     # What the unit allows: union of the allow lines, minus the ~ lines.
     local allow=() deny=() line

@@ -376,10 +376,18 @@ impl Acl {
             Action::Allow => (&self.allow, &self.deny),
             Action::Deny => (&self.deny, &self.allow),
         };
-        if to.has(cidr) {
+        // Nothing to do only if it is in this list and not in the other
+        // (a list built with the same network on both sides gets it
+        // moved, like any other).
+        if to.has(cidr) && !other.has(cidr) {
             return None;
         }
-        let (to, other) = (to.with(cidr), other.without(cidr));
+        let to = if to.has(cidr) {
+            to.clone()
+        } else {
+            to.with(cidr)
+        };
+        let other = other.without(cidr);
         Some(match action {
             Action::Allow => Acl {
                 allow: to,

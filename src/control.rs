@@ -97,10 +97,14 @@ pub async fn serve(front: Shared, control: Control) {
                 continue;
             }
         };
-        match rustix::net::sockopt::socket_peercred(&stream) {
-            Ok(cred) if socket::peer_allowed(cred.uid.as_raw(), me) => {}
+        // tokio's `peer_cred`, not rustix's: a client in another PID
+        // namespace (`rrproxy ctl` on the host, the proxy in a container)
+        // has pid 0 here, which rustix's `UCred` (a non-zero `Pid`) cannot
+        // hold: it came back as an error and the client was turned away.
+        match stream.peer_cred() {
+            Ok(cred) if socket::peer_allowed(cred.uid(), me) => {}
             Ok(cred) => {
-                socket::log_refused(cred.uid.as_raw(), cred.pid.as_raw_pid());
+                socket::log_refused(cred.uid(), cred.pid().unwrap_or(0));
                 refuse(
                     stream,
                     "error: permission denied: only root and the proxy's user may use this socket\n\n",

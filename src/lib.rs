@@ -7,6 +7,8 @@
 //! Module map:
 //! - [`cli`]: command-line definitions.
 //! - [`config`]: flags + TOML file → one validated, immutable [`config::Config`].
+//! - [`init`]: PID 1 duties (in a container): start the front, reap,
+//!   forward signals, follow upgrades, restart a front that died.
 //! - [`proxy`]: the proxy as a program: start-up (or take-over), signals,
 //!   reload, shutdown; wires the front to the control socket and metrics.
 //! - [`front`]: the front's state in named parts and what it does with it:
@@ -42,6 +44,7 @@ pub mod control;
 pub mod demo;
 pub mod front;
 pub mod handover;
+pub mod init;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

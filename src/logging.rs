@@ -33,8 +33,6 @@ pub fn dropped_lines() -> u64 {
 /// the guard for the life of the process: dropping it writes out what is
 /// queued (waiting at most about a second for a stalled stderr).
 pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(log.level().as_str().to_ascii_lowercase()));
     let role = match worker {
         Some(slot) => format!("worker{slot}"),
         None => "front".into(),
@@ -45,6 +43,25 @@ pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
         .thread_name(&format!("rrproxy-log-{role}"))
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
+    install(log, writer, &role).then_some(guard)
+}
+
+/// Set up logging for the PID-1 init (`init`): the same format, written
+/// straight to stderr by the thread that logs. The init must stay
+/// single-threaded, logs a line only when something happens to the front,
+/// and is not on any connection's path, so it does without the queue.
+pub fn init_direct(log: &LogArgs, role: &str) {
+    install(log, std::io::stderr, role);
+}
+
+/// Install the global subscriber writing to `writer`; false (after saying
+/// so on stderr) if one could not be installed.
+fn install<W>(log: &LogArgs, writer: W, role: &str) -> bool
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log.level().as_str().to_ascii_lowercase()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -61,7 +78,7 @@ pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
     };
     if let Err(err) = result {
         eprintln!("rrproxy ({role}): logging setup failed: {err}");
-        return None;
+        return false;
     }
-    Some(guard)
+    true
 }

@@ -34,13 +34,12 @@ fn main() -> ExitCode {
         Some(Command::Ctl(args)) => {
             // The command list needs no proxy.
             if args.command == ["help"] {
-                if args.json {
+                return if args.json {
                     let rows = rrproxy::control::table::help_rows();
-                    println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+                    out(&serde_json::to_string(&rows).unwrap_or_default())
                 } else {
-                    println!("{}", rrproxy::control::table::help());
-                }
-                return ExitCode::SUCCESS;
+                    out(&rrproxy::control::table::help())
+                };
             }
             let path = args
                 .control
@@ -53,12 +52,8 @@ fn main() -> ExitCode {
                 };
             }
             match rrproxy::control::ctl(&path, &args.command, args.json) {
-                Ok(reply) => {
-                    if !reply.is_empty() {
-                        println!("{reply}");
-                    }
-                    ExitCode::SUCCESS
-                }
+                Ok(reply) if reply.is_empty() => ExitCode::SUCCESS,
+                Ok(reply) => out(&reply),
                 Err(err) => fail("rrproxy ctl", &err),
             }
         }
@@ -110,6 +105,11 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            // PID 1 (a container's entrypoint): be a small init and run the
+            // front as a child, before any thread exists (see `init`).
+            if rrproxy::init::wanted() {
+                return rrproxy::init::run(&argv, &cli.log);
+            }
             let _log = init_logging(&cli.log, None);
             match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +119,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Print a line to stdout. A reader that left (`rrproxy ctl status |
+/// head -1`) is not an error, and must not panic as `println!` would.
+fn out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match writeln!(std::io::stdout(), "{text}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => fail("rrproxy", &err),
     }
 }
 

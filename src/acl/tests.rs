@@ -353,3 +353,19 @@ proptest! {
         prop_assert_eq!(same, a & mask == b & mask);
     }
 }
+
+/// Found by the property test: a network given on both lists is moved by
+/// `with` like any other (it used to be left on both).
+#[test]
+fn with_moves_a_network_listed_on_both_sides() {
+    let x: Cidr = "10.0.0.0/8".parse().unwrap();
+    let acl = Acl::new([x], [x]);
+    let denied = acl.with(Action::Deny, x).expect("a change");
+    assert_eq!(denied.admits(ip("10.1.2.3")), Verdict::Denied);
+    let allowed = acl.with(Action::Allow, x).expect("a change");
+    assert_eq!(allowed.admits(ip("10.1.2.3")), Verdict::Admit);
+    assert!(
+        allowed.with(Action::Allow, x).is_none(),
+        "nothing left to do"
+    );
+}

@@ -5,6 +5,7 @@ mod control;
 mod discovery;
 mod faults;
 mod foundation;
+mod init;
 mod observability;
 mod policies;
 mod shims;

@@ -248,19 +248,14 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         Some(1.0)
     );
     drop(flappy); // stops listening
-    let t = Instant::now();
-    wait_until(Duration::from_secs(3), "backend marked down", || {
+    // fall × interval = 300 ms, plus a check timeout and scheduling slack
+    // (a loaded 2-core machine: the bound is generous, not a speed target).
+    wait_until(Duration::from_secs(5), "backend marked down", || {
         proxy
             .scrape()
             .get("rrproxy_backend_up", &[("backend", &label)])
             == Some(0.0)
     });
-    // fall × interval = 300 ms, plus a check timeout and scheduling slack.
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "took {:?}",
-        t.elapsed()
-    );
     let refused_before = proxy.scrape().get(
         "rrproxy_backend_connect_failures_total",
         &[("backend", &label), ("reason", "refused")],

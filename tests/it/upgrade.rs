@@ -11,14 +11,14 @@ use crate::support::*;
 
 /// A byte-checked stream through an echo backend: `len` bytes written in
 /// paced chunks while they are read back.
-struct Stream {
+pub(crate) struct Stream {
     writer: thread::JoinHandle<()>,
     reader: thread::JoinHandle<Vec<u8>>,
     data: Vec<u8>,
 }
 
 impl Stream {
-    fn start(proxy: &Proxy, seed: u64, len: usize, pace: Duration) -> Stream {
+    pub(crate) fn start(proxy: &Proxy, seed: u64, len: usize, pace: Duration) -> Stream {
         let s = proxy.connect();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let data = random_bytes(seed, len);
@@ -45,7 +45,7 @@ impl Stream {
     }
 
     /// Wait for the end; the bytes must have come back intact.
-    fn check(self, what: &str) {
+    pub(crate) fn check(self, what: &str) {
         self.writer.join().unwrap();
         let got = self.reader.join().unwrap();
         assert!(
@@ -61,13 +61,13 @@ impl Stream {
 }
 
 /// The front's pid now (it changes with every upgrade).
-fn front_pid(proxy: &Proxy) -> u32 {
+pub(crate) fn front_pid(proxy: &Proxy) -> u32 {
     proxy.ctl_json("status")["pid"].as_u64().unwrap() as u32
 }
 
 /// Wait until a front other than `old` serves and has replaced every
 /// worker; return its pid.
-fn wait_upgraded(proxy: &Proxy, old: u32, limit: Duration) -> u32 {
+pub(crate) fn wait_upgraded(proxy: &Proxy, old: u32, limit: Duration) -> u32 {
     wait_for(limit, "the upgrade (front and workers) to finish", || {
         let st: serde_json::Value =
             serde_json::from_str(&proxy.try_ctl("status --json").ok()?).ok()?;
@@ -77,7 +77,7 @@ fn wait_upgraded(proxy: &Proxy, old: u32, limit: Duration) -> u32 {
 }
 
 /// Every pid of a worker process (serving or draining).
-fn all_worker_pids(proxy: &Proxy) -> Vec<u32> {
+pub(crate) fn all_worker_pids(proxy: &Proxy) -> Vec<u32> {
     let w = proxy.ctl_json("workers");
     let mut pids = Vec::new();
     for row in w.as_array().unwrap() {

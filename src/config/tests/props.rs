@@ -220,8 +220,13 @@ proptest! {
                     ..ProxyArgs::default()
                 };
                 if let Err(err) = Config::load(&args) {
+                    // One line, and at most one `tip:` line after it.
                     let msg = err.to_string();
-                    prop_assert!(!msg.is_empty() && !msg.contains('\n'), "{}", msg);
+                    let lines: Vec<&str> = msg.lines().collect();
+                    prop_assert!(!msg.is_empty() && lines.len() <= 2, "{}", msg);
+                    if let Some(tip) = lines.get(1) {
+                        prop_assert!(tip.starts_with("  tip: "), "{}", msg);
+                    }
                 }
             }
         }
