@@ -40,9 +40,12 @@ EXAMPLES:
 
 SIGNALS:
     SIGTERM, SIGINT   stop accepting, finish connections in flight (up to
-                      --drain-timeout), then exit 0
-    SIGHUP            re-read --config and apply policy and backend changes
-    SIGUSR2           restart the workers one at a time (no connection lost)
+                      --drain-timeout), then exit 0; a second one stops now
+    SIGHUP            re-read --config (like `ctl config reload`)
+    SIGUSR2           upgrade: restart the front, then the workers one at a
+                      time, onto the binary now at the start path, with no
+                      connection refused (like `ctl upgrade`)
+    others            ignored (logged), by the front and every worker
 
 EXIT STATUS:
     0   a clean shutdown, or the command did what it was asked

@@ -252,32 +252,26 @@ impl Front {
     pub fn apply_config(&mut self, new: Config) -> Result<ReloadReport, String> {
         let mut notes = Vec::new();
         let cur = self.config.load_full();
-        let staying = self
+        // Backends that will still be listed once this applies: the new
+        // ones, and those leaving (or already draining) that still have
+        // connections (they drain first). Their total must fit the limit,
+        // or the worker table would not fit a channel frame.
+        self.sync_received();
+        let cells = self.live_cells();
+        let lingering = self
             .backends
             .list
             .iter()
-            .filter(|b| {
-                b.admin == Admin::Draining || new.backends.iter().any(|s| s.name == b.spec.name)
+            .enumerate()
+            .filter(|(_, b)| {
+                b.admin == Admin::Draining || !new.backends.iter().any(|s| s.name == b.spec.name)
             })
+            .filter(|&(i, _)| self.backends.active(i, &self.counters.table, &cells) > 0)
             .count();
-        let leaving = self
-            .backends
-            .list
-            .iter()
-            .filter(|b| {
-                b.admin != Admin::Draining && !new.backends.iter().any(|s| s.name == b.spec.name)
-            })
-            .count();
-        let fresh = new
-            .backends
-            .iter()
-            .filter(|s| self.backends.find(&s.name).is_none())
-            .count();
-        if staying + leaving + fresh > MAX_BACKENDS {
+        if new.backends.len() + lingering > MAX_BACKENDS {
             return Err(format!(
-                "reload rejected: {} backends plus {} still draining or being removed would exceed the limit of {MAX_BACKENDS}; the running configuration stays",
-                new.backends.len(),
-                staying + leaving + fresh - new.backends.len()
+                "reload rejected: {} backends plus {lingering} still draining connections would exceed the limit of {MAX_BACKENDS}; the running configuration stays",
+                new.backends.len()
             ));
         }
         for (what, changed) in [

@@ -555,3 +555,53 @@ fn run_ctl(proxy: &Proxy, args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A reload may not take the backend table over its limit of 1,024,
+/// counting backends that are gone from the file but still draining
+/// connections (their rows must stay in the table workers get, and the
+/// table must fit a channel frame). Refused whole, the running config
+/// stays, and no worker is disturbed.
+#[test]
+fn a_reload_over_the_backend_limit_counting_draining_ones_is_refused() {
+    let dir = temp_dir("limit");
+    let held = name_backend("held");
+    let config = write_config(&dir, &format!("backends = [\"{}\"]\n", held.addr));
+    let proxy = ProxyCmd::new(&[])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--health-interval",
+            "off",
+        ])
+        .workers(2)
+        .start();
+    let workers = proxy.worker_pids();
+    let mut conn = proxy.connect();
+    assert_eq!(read_name(&mut conn), "held");
+    // Addresses nothing listens on (health checks are off).
+    let others = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("\"127.1.{}.{}:9\"", i / 200, i % 200 + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // 1,024 new ones, plus the one still draining its connection: 1,025.
+    write_config(&dir, &format!("backends = [{}]\n", others(1024)));
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.starts_with("error:") && reply.contains("still draining") && reply.contains("1024"),
+        "{reply}"
+    );
+    assert_eq!(proxy.ctl_json("backends").as_array().unwrap().len(), 1);
+    // 1,023 fit.
+    write_config(&dir, &format!("backends = [{}]\n", others(1023)));
+    let reply = proxy.ctl("config reload");
+    assert!(reply.starts_with("configuration reloaded"), "{reply}");
+    assert_eq!(proxy.ctl_json("backends").as_array().unwrap().len(), 1024);
+    assert_eq!(proxy.worker_pids(), workers, "no worker was disturbed");
+    conn.write_all(b"still here\n").unwrap();
+    drop(conn);
+    wait_until(Duration::from_secs(10), "the drained one to leave", || {
+        proxy.ctl_json("backends").as_array().unwrap().len() == 1023
+    });
+}
