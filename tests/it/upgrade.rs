@@ -437,3 +437,43 @@ fn systemd_hears_reloading_the_new_main_pid_and_ready_on_an_upgrade() {
     assert!(ready.contains("READY=1"), "{ready}");
     assert_eq!(fetch_name(&proxy), "n");
 }
+
+/// SIGTERM sent to one worker (by hand, or by a tool that signals the
+/// whole cgroup): it finishes its connections and exits, having told the
+/// front, which takes it out of rotation at once, starts a replacement in
+/// its slot, and does not count the exit as a crash.
+#[test]
+fn a_worker_given_sigterm_drains_and_is_replaced() {
+    let echo = echo_backend();
+    let proxy = ProxyCmd::new(&[echo.addr]).workers(2).start();
+    let stream = Stream::start(&proxy, 8, 2 << 20, Duration::from_millis(10));
+    let victim = proxy.worker_pids()[0].unwrap();
+    let other = proxy.worker_pids()[1].unwrap();
+    let load = Load::start_echo(&proxy, 4);
+    wait_until(Duration::from_secs(10), "load to flow", || {
+        load.counts().0 > 100
+    });
+    kill(victim, "TERM");
+    let fresh = wait_for(Duration::from_secs(20), "slot 0 replaced", || {
+        let row = &proxy.ctl_json("workers")[0];
+        let pid = row["pid"].as_u64()? as u32;
+        (pid != victim && row["state"] != "starting").then_some(pid)
+    });
+    assert_ne!(fresh, other);
+    stream.check("a stream on the worker told to stop");
+    wait_until(Duration::from_secs(20), "the old worker to exit", || {
+        !alive(victim)
+    });
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} of {} failed", ok + failed);
+    proxy.wait_log("worker was told to stop by a signal");
+    let m = proxy.scrape();
+    assert_eq!(
+        m.get("rrproxy_worker_restarts_total", &[("worker", "0")]),
+        Some(1.0)
+    );
+    assert!(
+        !proxy.stderr().contains("worker died"),
+        "not counted as a crash"
+    );
+}
