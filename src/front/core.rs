@@ -79,6 +79,8 @@ pub struct State {
     pub last_roll: Option<Result<String, String>>,
     /// When a pause was last logged.
     pub last_pause_log: Option<Instant>,
+    /// During a take-over: when the previous front stopped accepting.
+    pub frozen_at_us: u64,
     /// What `ctl` changed since the config file was last applied.
     pub overrides: super::admin::Overrides,
 }
@@ -105,6 +107,7 @@ impl State {
             last_roll: None,
             last_pause_log: None,
             overrides: Default::default(),
+            frozen_at_us: 0,
         }
     }
 }

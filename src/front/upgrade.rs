@@ -322,6 +322,11 @@ pub fn commit(front: &Shared) {
         f.state.upgrading = false;
         thaw(&mut f);
         f.state.announced_ready = true;
+        let paused_us = state::unix_micros().saturating_sub(f.state.frozen_at_us);
+        info!(
+            paused_ms = paused_us as f64 / 1000.0,
+            "accepting again: clients waited in the listen backlog for at most this long"
+        );
     }
     notify(&[
         sd_notify::NotifyState::Ready,

@@ -50,6 +50,10 @@ pub struct Handover {
     pub overrides_removed: Vec<String>,
     pub resolve_failures: Vec<(String, u64)>,
     pub last_roll: Option<Result<String, String>>,
+    /// When the old front stopped accepting (µs since the Unix epoch), so
+    /// the new one can say how long clients waited in the backlog.
+    #[serde(default)]
+    pub frozen_at_us: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,8 +180,16 @@ pub fn capture(f: &Front) -> (Handover, Vec<BorrowedFd<'_>>) {
         overrides_removed: f.state.overrides.removed.iter().cloned().collect(),
         resolve_failures: snap.resolve_failures.clone(),
         last_roll: f.state.last_roll.clone(),
+        frozen_at_us: unix_micros(),
     };
     (h, fds)
+}
+
+/// Now, in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What the new front gets besides the front itself.
@@ -311,6 +323,7 @@ pub fn rebuild(
     state.frozen = true;
     state.upgrading = true;
     state.last_roll = h.last_roll;
+    state.frozen_at_us = h.frozen_at_us;
     state.overrides = Overrides {
         policy: h.overrides_policy,
         added: h.overrides_added.into_iter().collect(),
