@@ -335,3 +335,100 @@ fn a_thousand_backend_flaps_cost_the_front_bounded_memory() {
     assert_eq!(failed, 0, "clients failed during the flaps");
     assert!(grew < 8 << 20, "the front grew by {} MiB", grew >> 20);
 }
+
+/// Promise: passive health counts failed connects between successes, not
+/// in total: a backend that fails now and then but also serves is not
+/// taken out (a successful connect starts the count again). (Before, three
+/// failures between two checks took a healthy backend down under load.)
+#[test]
+fn a_backend_that_fails_now_and_then_but_serves_stays_in() {
+    let good = name_backend("good");
+    let flaky_addr = listen_any().local_addr().unwrap();
+    let proxy = ProxyCmd::new(&[good.addr, flaky_addr])
+        .workers(1)
+        .args(["--health-interval", "60s", "--fall", "3"])
+        .start();
+    let label = flaky_addr.to_string();
+    let fails = |p: &Proxy| {
+        p.scrape()
+            .get(
+                "rrproxy_backend_connect_failures_total",
+                &[("backend", &label), ("reason", "refused")],
+            )
+            .unwrap_or(0.0)
+    };
+    // Round-robin alternates the two: every other request is planned for
+    // the flaky one. Down for one of its turns, up for the next, six times.
+    let mut served_by_flaky = 0;
+    for round in 0..6 {
+        let before = fails(&proxy);
+        for _ in 0..2 {
+            assert_eq!(fetch_name(&proxy), "good", "round {round}: retried on good");
+        }
+        wait_until(Duration::from_secs(5), "the failure counted", || {
+            fails(&proxy) > before
+        });
+        let up = std::net::TcpListener::bind(flaky_addr).unwrap();
+        let flaky = name_backend_on(up, "flaky");
+        for _ in 0..2 {
+            if fetch_name(&proxy) == "flaky" {
+                served_by_flaky += 1;
+            }
+        }
+        drop(flaky);
+        // Make sure the port is closed again before the next round.
+        wait_until(Duration::from_secs(5), "the flaky one down", || {
+            std::net::TcpStream::connect_timeout(&flaky_addr, Duration::from_millis(200)).is_err()
+        });
+    }
+    assert_eq!(served_by_flaky, 6, "it served between its failures");
+    assert!(fails(&proxy) >= 6.0);
+    assert_eq!(
+        proxy
+            .scrape()
+            .get("rrproxy_backend_up", &[("backend", &label)]),
+        Some(1.0),
+        "six failures, each after a success: still in"
+    );
+}
+
+/// Promise: with active checks off, traffic still takes a dead backend out
+/// (`--fall` failed connects within 10 s, none succeeding), so clients stop
+/// paying a connect attempt for it; it is tried again 10 s later.
+#[test]
+fn without_health_checks_traffic_takes_a_dead_backend_out_for_a_while() {
+    let good = name_backend("good");
+    let dead = refused_addr();
+    let proxy = ProxyCmd::new(&[good.addr, dead])
+        .workers(1)
+        .args(["--health-interval", "off", "--fall", "3"])
+        .start();
+    let label = dead.to_string();
+    let up = |p: &Proxy| p.scrape().get("rrproxy_backend_up", &[("backend", &label)]);
+    for _ in 0..8 {
+        assert_eq!(fetch_name(&proxy), "good");
+    }
+    wait_until(Duration::from_secs(5), "the dead one marked down", || {
+        up(&proxy) == Some(0.0)
+    });
+    let fails = |p: &Proxy| {
+        p.scrape()
+            .get(
+                "rrproxy_backend_connect_failures_total",
+                &[("backend", &label), ("reason", "refused")],
+            )
+            .unwrap()
+    };
+    let after = fails(&proxy);
+    assert!(after >= 3.0, "{after}");
+    for _ in 0..10 {
+        assert_eq!(fetch_name(&proxy), "good");
+    }
+    assert_eq!(fails(&proxy), after, "no connect attempts on it while out");
+    proxy.wait_log("backend down");
+    wait_until(
+        Duration::from_secs(20),
+        "tried again after the cooldown",
+        || up(&proxy) == Some(1.0),
+    );
+}
