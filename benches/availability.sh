@@ -404,7 +404,7 @@ describe() {  # describe SCENARIO PROXY
         baseline) echo "no faults" ;;
         kill) echo "kill -9 the serving worker of one slot every ${KILL_EVERY}s, slots in turn; rrproxy --workers $KILL_WORKERS (each slot killed every $("$PY" -S -c "print($KILL_WORKERS * $KILL_EVERY)")s, under the park limit of $CRASH_LIMIT crashes in ${CRASH_WINDOW}s)" ;;
         kill-2w) echo "kill -9 a worker every ${KILL2_EVERY}s, the 2 slots in turn (each every $("$PY" -S -c "print(2 * $KILL2_EVERY)")s); rrproxy --workers $WORKERS" ;;
-        roll) echo "a rolling restart every ${ROLL_EVERY}s: rrproxy \`ctl reload\` (returns when every worker is replaced), HAProxy SIGUSR2 to the master (-W, seamless reload)" ;;
+        roll) echo "a rolling restart every ${ROLL_EVERY}s: rrproxy \`ctl reload\` (since the upgrade work an alias of \`ctl upgrade\`: it returns once a new front serves, the workers are then replaced), HAProxy SIGUSR2 to the master (-W, seamless reload)" ;;
         roll-b2b) echo "rrproxy \`ctl reload\` back to back for the whole run" ;;
         upgrade) echo "an upgrade every ${UPGRADE_EVERY}s: rrproxy \`ctl upgrade\` (a new front process takes the listeners and state, then the workers are replaced one by one; done when \`ctl status\` shows no roll), HAProxy SIGUSR2 to the master (-W, which passes the listening sockets to the new worker with -x sockpair@), stats socket with \`expose-fd listeners\`" ;;
         flap) echo "backend 2 stopped (nginx SIG$FLAP_SIGNAL) for ${FLAP_DOWN}s, started, up for ${FLAP_UP}s, repeated; health checks every 200ms, rise 2, fall 2" ;;
@@ -584,7 +584,7 @@ done
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
     have haproxy && echo "haproxy: $(haproxy -v | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
-    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL BACKEND_KA_REQUESTS=$BACKEND_KA_REQUESTS"
+    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY UPGRADE_EVERY=$UPGRADE_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL BACKEND_KA_REQUESTS=$BACKEND_KA_REQUESTS"
     echo "scenarios: $SCENARIOS; proxies: ${want_proxies[*]}"
     echo "estimated time: ~$(( (n_cells * (DURATION + 4) + 5) / 60 + 1 )) min"
 } | tee "$BASE.meta.txt" >&2
