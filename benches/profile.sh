@@ -25,7 +25,7 @@ read -r PB PP <<< "$(python3 -S "$HERE/benchlib.py" freeports 2)"
 NG=; RP=
 cleanup() {
     [ -n "$RP" ] && { kill -TERM "$RP" 2>/dev/null; sleep 1; kill -KILL -- "-$RP" 2>/dev/null; }
-    [ -n "$NG" ] && kill -KILL -- "-$NG" 2>/dev/null
+    [ -n "$NG" ] && { kill -KILL -- "-$NG" 2>/dev/null; wait "$NG" 2>/dev/null; }
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -58,6 +58,6 @@ for x in front worker; do
     echo "== $x"
     grep -E "task-clock|context-switches" "$OUT/stat-$x.txt"
     perf report -i "$OUT/$x.data" --children --sort sym --stdio 2>/dev/null \
-        | grep -E '^ +[0-9].*(__x64_sys_|finish_task_switch)' | head -10
+        | grep -E '^ +[0-9].*(__x64_sys_|__sys_sendmsg|__sys_recvmsg|finish_task_switch)' | head -12
 done
 echo "profiles: $OUT/front.data $OUT/worker.data"
