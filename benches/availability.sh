@@ -8,7 +8,7 @@
 # Environment (defaults in brackets):
 #   DURATION=20     seconds of load per cell                     [20, QUICK: 6]
 #   QUICK=1         short smoke run (~1.5 min)
-#   SCENARIOS       subset/order of: baseline kill kill-2w roll roll-b2b flap
+#   SCENARIOS       subset/order of: baseline kill kill-2w roll roll-b2b upgrade flap
 #   PROXIES         subset/order of: rrproxy haproxy
 #   CONCURRENCY=50  requests in flight (one new connection per request)
 #   KEEPALIVE=1     persistent HTTP/1.1 connections instead   [0]
@@ -19,6 +19,7 @@
 #   KILL_EVERY=1    seconds between kills in `kill`            [1]
 #   KILL2_EVERY=4   seconds between kills in `kill-2w`         [4]
 #   ROLL_EVERY=2    seconds between reload starts in `roll`     [2]
+#   UPGRADE_EVERY=2 seconds between upgrade starts in `upgrade` [2]
 #   FLAP_DOWN=2 FLAP_UP=2  seconds backend 2 is down / up in `flap`
 #   FLAP_SIGNAL=QUIT  how backend 2 is stopped: QUIT (graceful) or KILL
 #   BACKEND_KA_REQUESTS=1000000  nginx keepalive_requests on the backends
@@ -38,14 +39,14 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --rrproxy) RRPROXY=$2; shift 2 ;;
         --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "availability.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then DURATION=${DURATION:-6}; else DURATION=${DURATION:-20}; fi
-SCENARIOS=${SCENARIOS:-baseline kill kill-2w roll roll-b2b flap}
+SCENARIOS=${SCENARIOS:-baseline kill kill-2w roll roll-b2b upgrade flap}
 PROXIES=${PROXIES:-rrproxy haproxy}
 CONCURRENCY=${CONCURRENCY:-50}
 KEEPALIVE=${KEEPALIVE:-0}
@@ -56,6 +57,7 @@ KILL_WORKERS=${KILL_WORKERS:-8}
 KILL_EVERY=${KILL_EVERY:-1}
 KILL2_EVERY=${KILL2_EVERY:-4}
 ROLL_EVERY=${ROLL_EVERY:-2}
+UPGRADE_EVERY=${UPGRADE_EVERY:-2}
 FLAP_DOWN=${FLAP_DOWN:-2}
 FLAP_UP=${FLAP_UP:-2}
 FLAP_SIGNAL=${FLAP_SIGNAL:-QUIT}
@@ -131,7 +133,7 @@ for p in $PROXIES; do
 done
 for s in $SCENARIOS; do
     case "$s" in
-        baseline|kill|kill-2w|roll|roll-b2b|flap) ;;
+        baseline|kill|kill-2w|roll|roll-b2b|upgrade|flap) ;;
         *) echo "availability.sh: unknown scenario '$s'" >&2; exit 2 ;;
     esac
 done
@@ -240,12 +242,20 @@ start_proxy() {
         haproxy)
             # Master-worker mode (-W) with a master CLI (-S): a reload
             # (SIGUSR2 to the master) hands the listening sockets over to
-            # the new worker, the old one finishes its connections.
+            # the new worker, the old one finishes its connections. In the
+            # upgrade scenario the stats socket also has `expose-fd
+            # listeners` (HAProxy's documented seamless reload; in
+            # master-worker mode the master passes `-x sockpair@FD` to the
+            # new worker by itself, management.txt, "-x"), so the new worker
+            # takes the old one's listening sockets instead of binding new
+            # ones.
+            local HA_EXPOSE=
+            [ "${SCEN:-}" = upgrade ] && HA_EXPOSE=" expose-fd listeners"
             cat > "$T/haproxy.cfg" <<EOF
 global
     nbthread $workers
     maxconn 4000
-    stats socket $T/haproxy-stats.sock mode 600 level admin
+    stats socket $T/haproxy-stats.sock mode 600 level admin$HA_EXPOSE
 defaults
     mode tcp
     timeout connect 5s
@@ -288,6 +298,12 @@ EOF
 }
 
 rr_ctl() { timeout -k 2 30 "$RRPROXY" ctl --control "$RR_CTL" "$@"; }
+
+# The front's pid now: an upgrade replaces the front process (same process
+# group, so kill_tree still reaches it).
+rr_front_pid() {
+    rr_ctl --json status 2>/dev/null | "$PY" -S -c 'import json,sys; print(json.load(sys.stdin).get("pid", ""))' 2>/dev/null
+}
 
 # ------------------------------------------------------------ fault injectors
 # Each runs in the background while the load runs, from about 1 s after the
@@ -332,6 +348,28 @@ inject_roll_rr() {  # inject_roll_rr EVERY (0 = back to back)
     done
 }
 
+# An upgrade every EVERY seconds: `ctl upgrade` returns once the new front
+# serves; the workers are then replaced one by one, and the upgrade counts
+# as done (upgrade_done) when `ctl status` no longer shows that roll.
+inject_upgrade_rr() {  # inject_upgrade_rr EVERY
+    local every=$1 end t0 rc out st i
+    end=$("$PY" -S -c "print($(now) + $DURATION - 2)")
+    sleep 1
+    while "$PY" -S -c "import sys; sys.exit(0 if $(now) < $end else 1)"; do
+        t0=$(now)
+        ev_at "$t0" upgrade
+        out=$(rr_ctl upgrade 2>&1); rc=$?
+        ev upgrade_front "rc=$rc" "secs=$("$PY" -S -c "print(round($(now) - $t0, 3))")" "msg=$(echo "$out" | head -1 | tr ' ' '_' | cut -c1-120)"
+        for i in $(seq 200); do
+            st=$(rr_ctl --json status 2>/dev/null | "$PY" -S -c 'import json,sys; d=json.load(sys.stdin); print(int(bool(d.get("rolling_restart") or d.get("upgrading"))))' 2>/dev/null)
+            [ "$st" = 0 ] && break
+            sleep 0.05
+        done
+        ev upgrade_done "rc=$rc" "secs=$("$PY" -S -c "print(round($(now) - $t0, 3))")"
+        sleep "$("$PY" -S -c "print(max(0, $t0 + $every - $(now)))")"
+    done
+}
+
 inject_roll_ha() {  # inject_roll_ha EVERY
     local every=$1 end t0
     end=$("$PY" -S -c "print($(now) + $DURATION - 2)")
@@ -366,8 +404,9 @@ describe() {  # describe SCENARIO PROXY
         baseline) echo "no faults" ;;
         kill) echo "kill -9 the serving worker of one slot every ${KILL_EVERY}s, slots in turn; rrproxy --workers $KILL_WORKERS (each slot killed every $("$PY" -S -c "print($KILL_WORKERS * $KILL_EVERY)")s, under the park limit of $CRASH_LIMIT crashes in ${CRASH_WINDOW}s)" ;;
         kill-2w) echo "kill -9 a worker every ${KILL2_EVERY}s, the 2 slots in turn (each every $("$PY" -S -c "print(2 * $KILL2_EVERY)")s); rrproxy --workers $WORKERS" ;;
-        roll) echo "a rolling restart every ${ROLL_EVERY}s: rrproxy \`ctl reload\` (returns when every worker is replaced), HAProxy SIGUSR2 to the master (-W, seamless reload)" ;;
+        roll) echo "a rolling restart every ${ROLL_EVERY}s: rrproxy \`ctl reload\` (since the upgrade work an alias of \`ctl upgrade\`: it returns once a new front serves, the workers are then replaced), HAProxy SIGUSR2 to the master (-W, seamless reload)" ;;
         roll-b2b) echo "rrproxy \`ctl reload\` back to back for the whole run" ;;
+        upgrade) echo "an upgrade every ${UPGRADE_EVERY}s: rrproxy \`ctl upgrade\` (a new front process takes the listeners and state, then the workers are replaced one by one; done when \`ctl status\` shows no roll), HAProxy SIGUSR2 to the master (-W, which passes the listening sockets to the new worker with -x sockpair@), stats socket with \`expose-fd listeners\`" ;;
         flap) echo "backend 2 stopped (nginx SIG$FLAP_SIGNAL) for ${FLAP_DOWN}s, started, up for ${FLAP_UP}s, repeated; health checks every 200ms, rise 2, fall 2" ;;
     esac
 }
@@ -388,6 +427,7 @@ run_cell() {  # run_cell SCENARIO PROXY
             return ;;
     esac
     [ "$s" = kill ] && workers=$KILL_WORKERS
+    SCEN=$s
     EVENTS=$T/logs/events-$tag.txt
     : > "$EVENTS"
     ensure_b2
@@ -420,6 +460,8 @@ run_cell() {  # run_cell SCENARIO PROXY
         roll/rrproxy) ( inject_roll_rr "$ROLL_EVERY" ) & INJECTOR=$! ;;
         roll-b2b/rrproxy) ( inject_roll_rr 0 ) & INJECTOR=$! ;;
         roll/haproxy) ( inject_roll_ha "$ROLL_EVERY" ) & INJECTOR=$! ;;
+        upgrade/rrproxy) ( inject_upgrade_rr "$UPGRADE_EVERY" ) & INJECTOR=$! ;;
+        upgrade/haproxy) ( inject_roll_ha "$UPGRADE_EVERY" ) & INJECTOR=$! ;;
         flap/*) ( inject_flap ) & INJECTOR=$! ;;
     esac
     wait "$LOADER"
@@ -441,13 +483,13 @@ run_cell() {  # run_cell SCENARIO PROXY
         if grep -q '"parked"' "$T/logs/workers-$tag.json"; then
             notes+=(--note "a worker slot was parked at the end: $(tr -d '\n' < "$T/logs/workers-$tag.json" | cut -c1-300)")
         fi
-    elif [ "$s" != roll ] && have socat; then
+    elif [ "$s" != roll ] && [ "$s" != upgrade ] && have socat; then
         # After reloads the stats socket is the last worker's: counters
         # would cover only the end of the run, so roll has none.
         echo "show stat" | timeout 5 socat - "UNIX-CONNECT:$T/haproxy-stats.sock" > "$T/logs/hastat-$tag.csv" 2>&1
         counters=(--hastat "$T/logs/hastat-$tag.csv")
     fi
-    if [ "$s" = roll ] && [ "$p" = haproxy ]; then
+    if { [ "$s" = roll ] || [ "$s" = upgrade ]; } && [ "$p" = haproxy ]; then
         local loaded
         loaded=$(tail -n +$((lines_before + 1)) "$lf" | grep -c 'Loading success')
         notes+=(--note "HAProxy logged $((loaded - 1)) successful reloads")
@@ -468,8 +510,46 @@ print('%d rolling restarts completed, %d failed; each took %.0f-%.0f ms' % (ok, 
 " "$EVENTS")
         notes+=(--note "$r")
     fi
-    if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+    if [ "$p" = rrproxy ] && grep -q '^[0-9.]* upgrade_done' "$EVENTS"; then
+        local r
+        r=$("$PY" -S -c "
+import sys
+ok = bad = 0; front = []; done = []
+for line in open(sys.argv[1]):
+    t = line.split()
+    if len(t) < 2:
+        continue
+    kv = dict(x.split('=', 1) for x in t[2:] if '=' in x)
+    if t[1] == 'upgrade_front':
+        front.append(float(kv.get('secs', 0)))
+        if kv.get('rc') == '0': ok += 1
+        else: bad += 1
+    elif t[1] == 'upgrade_done':
+        done.append(float(kv.get('secs', 0)))
+print('%d upgrades completed, %d refused or failed; the new front served after %.0f-%.0f ms, the whole upgrade (workers replaced) took %.0f-%.0f ms'
+      % (ok, bad, 1000 * min(front), 1000 * max(front), 1000 * min(done), 1000 * max(done)))
+" "$EVENTS")
+        notes+=(--note "$r")
+        local failed_msgs
+        failed_msgs=$(grep '^[0-9.]* upgrade_front rc=[^0]' "$EVENTS" | head -2 | sed 's/.*msg=//' | tr '\n_' '; ')
+        [ -n "$failed_msgs" ] && notes+=(--note "upgrade errors: $failed_msgs")
+    fi
+    # An upgrade replaces rrproxy's front: stop the one running now, so it
+    # drains its workers its own way.
+    local alive=$PROXY_PID
+    if [ "$p" = rrproxy ]; then
+        local cur; cur=$(rr_front_pid)
+        if [ -n "$cur" ] && [ "$cur" != "$PROXY_PID" ]; then
+            alive=$cur
+            notes+=(--note "the front is now pid $cur (started as $PROXY_PID)")
+        fi
+    fi
+    if ! kill -0 "$alive" 2>/dev/null; then
         notes+=(--note "proxy exited during the run: $(tail -3 "$lf" 2>/dev/null | tr '\n' ' ')")
+    fi
+    if [ "$alive" != "$PROXY_PID" ]; then
+        kill -TERM "$alive" 2>/dev/null
+        for i in $(seq 50); do kill -0 "$alive" 2>/dev/null || break; sleep 0.1; done
     fi
     stop_bg "$PROXY_PID"
     # Lines the proxy logged in this cell, for the logs directory.
@@ -504,7 +584,7 @@ done
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
     have haproxy && echo "haproxy: $(haproxy -v | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
-    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL BACKEND_KA_REQUESTS=$BACKEND_KA_REQUESTS"
+    echo "settings: LOADGEN=$LOADGEN DURATION=$DURATION CONCURRENCY=$CONCURRENCY KEEPALIVE=$KEEPALIVE TIMEOUT=$TIMEOUT WORKERS=$WORKERS KILL_WORKERS=$KILL_WORKERS KILL_EVERY=$KILL_EVERY KILL2_EVERY=$KILL2_EVERY ROLL_EVERY=$ROLL_EVERY UPGRADE_EVERY=$UPGRADE_EVERY FLAP_DOWN=$FLAP_DOWN FLAP_UP=$FLAP_UP FLAP_SIGNAL=$FLAP_SIGNAL BACKEND_KA_REQUESTS=$BACKEND_KA_REQUESTS"
     echo "scenarios: $SCENARIOS; proxies: ${want_proxies[*]}"
     echo "estimated time: ~$(( (n_cells * (DURATION + 4) + 5) / 60 + 1 )) min"
 } | tee "$BASE.meta.txt" >&2

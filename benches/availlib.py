@@ -34,6 +34,13 @@ When the duration is over no new request starts, and the ones in flight are
 waited for (at most --timeout), so nothing started goes uncounted. Failures
 are listed with wall-clock times (time.time()) so that they can be lined up
 with the faults the script injects.
+
+How long clients waited, whatever the outcome: the longest time from a
+request's start to its connect completing (max_connect_ms), to its first
+response byte (max_wait_ms: what a client sees of a proxy that stopped
+accepting, since the kernel completes the handshake from the backlog), and
+the longest stretch during which no connect completed at all
+(accept_gap_ms, new-connection mode only).
 """
 
 import argparse
@@ -53,7 +60,7 @@ RECV = 65536
 
 class Req:
     __slots__ = ("sock", "state", "buf", "sent", "t0", "deadline", "reused",
-                 "out", "conn_t0")
+                 "out", "conn_t0", "waiting")
 
     def __init__(self):
         self.sock = None
@@ -63,6 +70,7 @@ class Req:
         self.t0 = 0.0
         self.deadline = 0.0
         self.reused = False
+        self.waiting = False
         self.out = b""
         self.conn_t0 = 0.0
 
@@ -129,6 +137,8 @@ def load(argv):
     events = []
     dropped_events = 0
     latencies_ok = []
+    waits = {"connect": 0.0, "first_byte": 0.0, "gap": 0.0, "last_connect": None,
+             "worst_at": None}
 
     def finish(r, outcome, detail=""):
         nonlocal dropped_events
@@ -156,6 +166,7 @@ def load(argv):
         r.buf = bytearray()
         r.sent = 0
         r.t0 = time.time()
+        r.waiting = True
         r.deadline = now + a.timeout
         if a.keepalive and r.sock is not None:
             r.reused = True
@@ -222,6 +233,11 @@ def load(argv):
                 if err:
                     fail_io(r, OSError(err, ""), "connect")
                     continue
+                tc = time.time()
+                waits["connect"] = max(waits["connect"], tc - r.t0)
+                if waits["last_connect"] is not None:
+                    waits["gap"] = max(waits["gap"], tc - waits["last_connect"])
+                waits["last_connect"] = tc
                 r.state = "send"
             if r.state == "send":
                 try:
@@ -244,6 +260,12 @@ def load(argv):
                     fail_io(r, e, "recv")
                     continue
                 eof = not data
+                if data and r.waiting:
+                    r.waiting = False
+                    w = time.time() - r.t0
+                    if w > waits["first_byte"]:
+                        waits["first_byte"] = w
+                        waits["worst_at"] = r.t0
                 r.buf += data
                 try:
                     done, status, server_closes = parse_response(r.buf, eof)
@@ -300,6 +322,10 @@ def load(argv):
         "t_start": round(t_start, 4),
         "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         "ok_over_1s": sum(1 for x in lat if x > 1.0),
+        "max_connect_ms": round(waits["connect"] * 1000, 2),
+        "max_wait_ms": round(waits["first_byte"] * 1000, 2),
+        "max_wait_at": round(waits["worst_at"], 4) if waits["worst_at"] else None,
+        "accept_gap_ms": None if a.keepalive else round(waits["gap"] * 1000, 2),
         "concurrency": a.concurrency, "keepalive": a.keepalive,
         "timeout": a.timeout, "events": events,
         "events_dropped": dropped_events,
@@ -401,7 +427,7 @@ def slotpid(argv):
 # Events the script writes, one a line: "EPOCH KIND key=value...".
 # These kinds are faults: a failure is attributed to the latest of them
 # that happened before it.
-FAULT_KINDS = {"kill", "reload", "backend_down", "backend_up"}
+FAULT_KINDS = {"kill", "reload", "upgrade", "backend_down", "backend_up"}
 
 RR_COUNTERS = {
     "rrproxy_accepted_connections_total": "accepted",
@@ -513,7 +539,7 @@ def cell(argv):
         return
     for k in ("requests", "ok", "failures", "availability_pct", "counts",
               "rps", "seconds", "p50_ms", "p99_ms", "max_ms", "ok_over_1s", "concurrency",
-              "keepalive"):
+              "keepalive", "max_connect_ms", "max_wait_ms", "max_wait_at", "accept_gap_ms"):
         row[k] = ld.get(k)
     row["loadgen"] = ld.get("loadgen", "availlib")
     if row["loadgen"] == "ab":
@@ -617,14 +643,15 @@ def table(argv):
             if line.strip():
                 rows.append(json.loads(line))
     header = ["scenario", "proxy", "faults", "requests", "failures",
-              "availability", "failure kinds", "max/fault", "proxy counters"]
+              "availability", "failure kinds", "max/fault", "longest wait ms",
+              "proxy counters"]
     out = []
     for r in rows:
         if r.get("na"):
-            out.append([r["scenario"], r["proxy"], "n/a", "", "", "", "", "", ""])
+            out.append([r["scenario"], r["proxy"], "n/a", "", "", "", "", "", "", ""])
             continue
         if r.get("requests") is None:
-            out.append([r["scenario"], r["proxy"], "-", "-", "-", "no result", "-", "-", ""])
+            out.append([r["scenario"], r["proxy"], "-", "-", "-", "no result", "-", "-", "-", ""])
             continue
         avail = r["availability_pct"]
         if avail is None:
@@ -640,9 +667,10 @@ def table(argv):
                     str(r["failures"]), av, _kinds_text(r),
                     str(r.get("max_failures_per_fault", 0))
                     if r.get("faults") and r.get("loadgen") != "ab" else "-",
+                    "-" if r.get("max_wait_ms") is None else "%.1f" % r["max_wait_ms"],
                     _counters_text(r)])
     widths = [max(len(x[i]) for x in [header] + out) for i in range(len(header))]
-    right = {3, 4, 5, 7}
+    right = {3, 4, 5, 7, 8}
 
     def fmt(cols):
         return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i])
@@ -678,6 +706,12 @@ def table(argv):
         if r.get("failures_before_first_fault"):
             d.append("%d failures before the first fault" % r["failures_before_first_fault"])
         d.append("%.0f req/s, p99 %s ms, max %s ms" % (r["rps"] or 0, r["p99_ms"], r["max_ms"]))
+        if r.get("max_wait_ms") is not None:
+            w = "longest wait for a first byte %.1f ms, for a connect %.1f ms" % (
+                r["max_wait_ms"], r.get("max_connect_ms") or 0)
+            if r.get("accept_gap_ms") is not None:
+                w += ", longest stretch with no connect completing %.1f ms" % r["accept_gap_ms"]
+            d.append(w)
         if r.get("ok_over_1s"):
             d.append("%d successful requests took over 1 s" % r["ok_over_1s"])
         for n in r.get("notes", []):

@@ -114,6 +114,71 @@ def tree_rss_bytes(root):
     return total
 
 
+def proc_counts(root):
+    """Per process of the tree: CPU seconds (utime+stime of every thread,
+    plus cutime+cstime of reaped children) and context switches (voluntary
+    and not, summed over /proc/PID/task/*/status, so every thread counts).
+    JSON: {"root": {...}, "others": {...}, "procs": n} where root is the
+    process that was started (rrproxy's front, nginx's or HAProxy's
+    master) and others is the sum over its descendants (workers)."""
+    out = {"root": {"cpu": 0.0, "vol": 0, "invol": 0},
+           "others": {"cpu": 0.0, "vol": 0, "invol": 0}, "procs": 0}
+    for p in tree_pids(root):
+        key = "root" if p == root else "others"
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                st = f.read()
+            rest = st[st.rfind(")") + 2 :].split()
+            cpu = sum(int(x) for x in rest[11:15]) / CLK_TCK
+            vol = invol = 0
+            for t in os.listdir("/proc/%d/task" % p):
+                try:
+                    with open("/proc/%d/task/%s/status" % (p, t)) as f:
+                        for line in f:
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                vol += int(line.split()[1])
+                            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                                invol += int(line.split()[1])
+                except OSError:
+                    continue
+        except OSError:
+            continue
+        out[key]["cpu"] += cpu
+        out[key]["vol"] += vol
+        out[key]["invol"] += invol
+        out["procs"] += 1
+    return out
+
+
+def cpus_busy_seconds(cpus):
+    """Busy CPU-seconds (everything but idle and iowait, softirq and irq
+    included) of the listed CPUs since boot, from /proc/stat."""
+    want = set("cpu%d" % c for c in cpus)
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            t = line.split()
+            if t and t[0] in want:
+                v = [int(x) for x in t[1:]]
+                total += sum(v[:8]) - v[3] - v[4]
+    return total / CLK_TCK
+
+
+def parse_cpulist(s):
+    """'0-2,5' -> [0, 1, 2, 5]"""
+    out = []
+    for part in s.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
 def machine_busy_seconds():
     """CPU-seconds all CPUs spent running tasks since boot, plus steal
     (from /proc/stat). irq and softirq time is left out: on loopback most
@@ -300,6 +365,68 @@ def parse_iperf3(path):
             "retransmits": sent.get("retransmits")}
 
 
+def parse_batches(path):
+    """benches/batches.bt output -> a summary of the front's batch sizes:
+    per sendmsg and per connection (a connection that went out in a batch
+    of 8 counts once at size 8), mean, median, and wake-ups."""
+    import re
+    hist, scalars = {}, {}
+    in_batch = False
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"@(\w+): (\d+)\s*$", line)
+            if m:
+                scalars[m.group(1)] = int(m.group(2))
+                in_batch = False
+                continue
+            if line.startswith("@batch:"):
+                in_batch = True
+                continue
+            m = re.match(r"\[(\d+), \d+\)\s+(\d+)", line)
+            if in_batch and m:
+                hist[int(m.group(1))] = int(m.group(2))
+    calls = sum(hist.values())
+    fds = sum(k * v for k, v in hist.items())
+    if not calls:
+        return {"error": "no sendmsg seen"}
+
+    def median(weights):
+        tot = sum(weights.values())
+        acc = 0
+        for k in sorted(weights):
+            acc += weights[k]
+            if acc * 2 >= tot:
+                return k
+        return None
+    per_conn = {k: k * v for k, v in hist.items() if k}
+    out = {"sendmsg": calls, "fds": fds,
+           "accepted": scalars.get("accepted"), "epoll_wait": scalars.get("epoll_wait"),
+           "mean_fds_per_sendmsg": round(fds / calls, 2),
+           "median_fds_per_sendmsg": median(hist),
+           "median_batch_per_conn": median(per_conn),
+           "hist": {str(k): v for k, v in sorted(hist.items())}}
+    if scalars.get("accepted"):
+        out["epoll_wait_per_conn"] = round(scalars.get("epoll_wait", 0) / scalars["accepted"], 3)
+    return out
+
+
+def show_batches(path):
+    b = parse_batches(path)
+    if "error" in b:
+        print("front batches: " + b["error"])
+        return
+    print("front batches (bpftrace on the front, one extra unrecorded close cell):")
+    print("  %d connections accepted, %d sendmsg carrying %d descriptors: mean %.2f per "
+          "sendmsg, median %s; median batch seen by a connection %s; %s epoll_wait per "
+          "connection" % (b["accepted"] or 0, b["sendmsg"], b["fds"],
+                          b["mean_fds_per_sendmsg"], b["median_fds_per_sendmsg"],
+                          b["median_batch_per_conn"], b.get("epoll_wait_per_conn", "?")))
+    tot = sum(b["hist"].values())
+    row = ["%s: %.1f%%" % (k, 100.0 * v / tot) for k, v in b["hist"].items() if v]
+    print("  sendmsg by descriptors carried: " + ", ".join(row))
+    print("  raw: " + json.dumps({k: v for k, v in b.items() if k != "hist"}))
+
+
 # ---------------------------------------------------------------- report
 
 # (metric, label, better) in the order the table shows them.
@@ -307,10 +434,16 @@ def parse_iperf3(path):
 ROWS = [
     ("close_cps", "1 new conn/request: conn/s", "up"),
     ("close_conn_per_cpu", "2 conns per proxy CPU-second", "up"),
+    ("close_cpu_pct", "  proxy CPU, % of its cores", "down"),
+    ("close_cores_busy_pct", "  proxy CPUs busy % (all tasks, softirq)", "down"),
+    ("close_ctxsw_per_conn", "  context switches per conn", "down"),
+    ("close_root_ctxsw_per_conn", "    of which front/master", "down"),
+    ("close_root_us_per_conn", "  front/master CPU us per conn", "down"),
     ("close_errors", "  errors (wrk socket + non-2xx)", "down"),
     ("ka_rps", "3 keep-alive: req/s", "up"),
     ("ka_p99_ms", "3 keep-alive: p99 latency ms", "down"),
     ("ka_cpu_us_per_req", "  proxy CPU us per request", "down"),
+    ("ka_ctxsw_per_req", "  context switches per request", "down"),
     ("ka_errors", "  errors (wrk socket + non-2xx)", "down"),
     ("bulk_MBps", "4 bulk 256 MiB download: MB/s", "up"),
     ("bulk_cpu_s_per_GB", "  proxy CPU-s per GB", "down"),
@@ -321,6 +454,10 @@ ROWS = [
     ("idle_rss_base_MiB", "  proxy RSS before, MiB", "down"),
     ("idle_rss_loaded_MiB", "  proxy RSS while holding, MiB", "down"),
 ]
+
+# Rows whose values are counts or context, not compared to the baseline.
+NO_RATIO = ("close_errors", "ka_errors", "idle_held", "close_cpu_pct",
+            "close_cores_busy_pct")
 
 
 def _fmt(v):
@@ -340,12 +477,21 @@ def _fmt(v):
     return "%.3f" % v
 
 
+def _spread(vals, med):
+    """Half the min-max range as a percentage of the median."""
+    if len(vals) < 2 or not med:
+        return None
+    return 100.0 * (max(vals) - min(vals)) / 2 / abs(med)
+
+
 def report(csv_path, proxies, baseline, json_out):
     """Print the table of medians (one row per measure, one column per
-    proxy, each value followed by its ratio to the baseline column) and
-    write the medians as JSON."""
+    proxy; each value with its spread over the rounds and its ratio to the
+    baseline column), then the same cells as min-max over the rounds with
+    the range of per-round ratios (each round's value over the baseline's
+    value in the same round), and write everything as JSON."""
     import csv
-    cells, notes = {}, []
+    cells, notes, by_round = {}, [], {}
     with open(csv_path) as f:
         for row in csv.DictReader(f):
             if row["metric"] == "note":
@@ -356,39 +502,62 @@ def report(csv_path, proxies, baseline, json_out):
             except ValueError:
                 continue
             cells.setdefault((row["metric"], row["proxy"]), []).append(v)
+            by_round[(row["metric"], row["proxy"], row["round"])] = v
     med = {k: statistics.median(v) for k, v in cells.items()}
     proxies = [p for p in proxies.split() if any(k[1] == p for k in med)]
-    table, medians = [], []
+    table, spread_table, medians = [], [], []
     for metric, label, better in ROWS:
         if not any((metric, p) in med for p in proxies):
             continue
         if not label.startswith("  "):
             label += " (higher better)" if better == "up" else " (lower better)"
-        line = [label]
+        line, sline = [label], [label]
         base = med.get((metric, baseline))
-        no_ratio = metric.endswith("_errors") or metric == "idle_held"
+        no_ratio = metric in NO_RATIO
         for p in proxies:
             v = med.get((metric, p))
+            vals = cells.get((metric, p), [])
             ratio = v / base if v is not None and base else None
             s = _fmt(v)
+            sp = _spread(vals, v)
+            if sp is not None and not no_ratio:
+                s += " ±%.0f%%" % sp
             if ratio is not None and p != baseline and not no_ratio:
                 s += " %.2fx" % ratio
             line.append(s)
+            # Per-round ratios: this proxy's round r over the baseline's round r.
+            rr = []
+            for (m, q, r), x in by_round.items():
+                if m == metric and q == p:
+                    b = by_round.get((metric, baseline, r))
+                    if b:
+                        rr.append(x / b)
+            ss = "-" if not vals else (_fmt(min(vals)) + "-" + _fmt(max(vals)))
+            if rr and p != baseline and not no_ratio:
+                ss += " (%.2f-%.2fx)" % (min(rr), max(rr))
+            sline.append(ss)
             if v is not None:
                 medians.append({"metric": metric, "proxy": p, "median": v,
-                                "values": cells[(metric, p)],
-                                "ratio_to_baseline": ratio})
+                                "values": vals, "min": min(vals), "max": max(vals),
+                                "ratio_to_baseline": ratio,
+                                "round_ratios": sorted(rr)})
         table.append(line)
+        spread_table.append(sline)
     header = ["workload / measure"] + proxies
-    widths = [max(len(r[i]) for r in [header] + table) for i in range(len(header))]
 
-    def fmt_row(r):
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                         for i, c in enumerate(r))
-    print(fmt_row(header))
-    print("  ".join("-" * w for w in widths))
-    for r in table:
-        print(fmt_row(r))
+    def show(rows):
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+        def fmt_row(r):
+            return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                             for i, c in enumerate(r))
+        print(fmt_row(header))
+        print("  ".join("-" * w for w in widths))
+        for r in rows:
+            print(fmt_row(r))
+    show(table)
+    print("\nSpread: min-max over the rounds (and the range of per-round ratios to %s):" % baseline)
+    show(spread_table)
     if notes:
         # The same message from several rounds shows once, with a count.
         seen = {}
@@ -416,6 +585,12 @@ def main(argv):
         print("%.2f" % tree_cpu_seconds(int(argv[2])))
     elif cmd == "busy":
         print("%.2f" % machine_busy_seconds())
+    elif cmd == "batches":
+        show_batches(argv[2])
+    elif cmd == "proc-counts":
+        print(json.dumps(proc_counts(int(argv[2]))))
+    elif cmd == "cpus-busy":
+        print("%.3f %.3f" % (cpus_busy_seconds(parse_cpulist(argv[2])), time.time()))
     elif cmd == "tree-rss":
         print(tree_rss_bytes(int(argv[2])))
     elif cmd == "idle":

@@ -5,17 +5,25 @@
 #
 # Usage: benches/compare.sh [--rrproxy PATH] [-h]
 # Environment (defaults in brackets):
+#   PROXY_CORES=N   CPUs the proxy gets: HAProxy nbthread, nginx
+#                   worker_processes and rrproxy --workers are set to N
+#                   [1 on a machine of 2-3 CPUs, else half the CPUs]
+#   PIN=1           pin the proxy, the backends and the load generator to
+#                   disjoint CPU sets with taskset; PIN=0: no pinning [1]
 #   DURATION=5      seconds per wrk / iperf3 run           [5, QUICK: 2]
-#   ROUNDS=3        repeats of every (proxy, workload) cell [3, QUICK: 1]
+#   WARMUP=1        seconds of unmeasured load before each wrk run [1, QUICK: 0]
+#   ROUNDS=5        repeats of every (proxy, workload) cell [5, QUICK: 1]
 #   QUICK=1         ~1 minute smoke run
 #   RRPROXY=PATH    rrproxy binary                        [target/release/rrproxy]
-#   RR_WORKERS      rrproxy --workers (default 2, like HAProxy nbthread 2)
+#   RR_WORKERS      rrproxy --workers                     [PROXY_CORES]
 #   RRPROXY_ARGS    extra arguments for rrproxy (e.g. "--splice on")
 #   PROXIES         subset/order of: direct haproxy haproxy-splice nginx pen rrproxy
 #   WORKLOADS       subset/order of: close keepalive bulk iperf3 idle
 #   IDLE_CONNS      idle connections to hold              [10000, QUICK: 2000]
 #   BULK_REPEAT     downloads of the 256 MiB file per cell [3, QUICK: 1]
-#   WRK_THREADS, WRK_CONNS   wrk -t / -c                   [2, 50]
+#   WRK_THREADS, WRK_CONNS   wrk -t / -c      [CPUs of the load generator, 50]
+#   TRACE_BATCHES=1 after the close rounds, one extra rrproxy cell with
+#                   benches/batches.bt on the front (batch sizes) [1 if root and bpftrace]
 #   OUT_DIR         where results go                       [target/bench-results]
 
 set -uo pipefail   # no -e: one failing cell must not abort the matrix
@@ -31,25 +39,82 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --rrproxy) RRPROXY=$2; shift 2 ;;
         --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-    DURATION=${DURATION:-2}; ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-2}; ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0}
     BULK_REPEAT=${BULK_REPEAT:-1}; IDLE_CONNS=${IDLE_CONNS:-2000}
 else
-    DURATION=${DURATION:-5}; ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-5}; ROUNDS=${ROUNDS:-5}; WARMUP=${WARMUP:-1}
     BULK_REPEAT=${BULK_REPEAT:-3}; IDLE_CONNS=${IDLE_CONNS:-10000}
 fi
-WRK_THREADS=${WRK_THREADS:-2}
-WRK_CONNS=${WRK_CONNS:-50}
 PROXIES=${PROXIES:-direct haproxy haproxy-splice nginx pen rrproxy}
 WORKLOADS=${WORKLOADS:-close keepalive bulk iperf3 idle}
 RRPROXY_ARGS=${RRPROXY_ARGS:-}
-RR_WORKERS=${RR_WORKERS:-2}
+PIN=${PIN:-1}
+# Trace the front's batch sizes (benches/batches.bt) in one extra close
+# cell when bpftrace can run (root).
+if [ -z "${TRACE_BATCHES:-}" ]; then
+    if command -v bpftrace >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then TRACE_BATCHES=1; else TRACE_BATCHES=0; fi
+fi
+
+# ------------------------------------------------------------ CPU sets
+# The CPUs this script may use (it may itself run under taskset), split
+# into three disjoint sets: the proxy's (the last PROXY_CORES), the
+# backends' and the load generator's (the rest, halved; on a machine with
+# a single CPU left they share it, still apart from the proxy).
+ALL_CPUS=($(taskset -pc $$ 2>/dev/null | sed 's/.*: //' | "$PY" -S -c '
+import sys
+out = []
+for part in sys.stdin.read().strip().split(","):
+    a, _, b = part.partition("-")
+    out.extend(range(int(a), int(b or a) + 1))
+print(" ".join(map(str, out)))'))
+[ ${#ALL_CPUS[@]} -gt 0 ] || ALL_CPUS=($(seq 0 $(($(nproc) - 1))))
+NCPU=${#ALL_CPUS[@]}
+if [ -z "${PROXY_CORES:-}" ]; then
+    if [ "$NCPU" -lt 4 ]; then PROXY_CORES=1; else PROXY_CORES=$((NCPU / 2)); fi
+fi
+join_cpus() { local IFS=,; echo "$*"; }
+PIN_NOTE=
+if [ "$PIN" = 1 ] && ! command -v taskset >/dev/null 2>&1; then
+    PIN=0; PIN_NOTE="taskset not found: no pinning"
+fi
+if [ "$PIN" = 1 ] && [ "$PROXY_CORES" -ge "$NCPU" ]; then
+    PIN=0; PIN_NOTE="PROXY_CORES=$PROXY_CORES leaves no CPU for the load: no pinning"
+fi
+if [ "$PIN" = 1 ]; then
+    rest=$((NCPU - PROXY_CORES))
+    PROXY_CPUS=$(join_cpus "${ALL_CPUS[@]:rest:PROXY_CORES}")
+    if [ "$rest" -ge 2 ]; then
+        nb=$((rest / 2))
+        BACKEND_CPUS=$(join_cpus "${ALL_CPUS[@]:0:nb}")
+        LOAD_CPUS=$(join_cpus "${ALL_CPUS[@]:nb:rest-nb}")
+        LOAD_NCPU=$((rest - nb)); BACKEND_NCPU=$nb
+    else
+        BACKEND_CPUS=$(join_cpus "${ALL_CPUS[@]:0:rest}")
+        LOAD_CPUS=$BACKEND_CPUS
+        LOAD_NCPU=$rest; BACKEND_NCPU=$rest
+        PIN_NOTE="only $rest CPU left beside the proxy's: the backends and the load generator share it"
+    fi
+    PIN_PROXY=(taskset -c "$PROXY_CPUS")
+    PIN_BACKEND=(taskset -c "$BACKEND_CPUS")
+    PIN_LOAD=(taskset -c "$LOAD_CPUS")
+    # The CPUs whose time counts as the proxy's (see cpus-busy).
+    PROXY_CPU_COUNT=$PROXY_CORES
+else
+    PROXY_CPUS=; BACKEND_CPUS=; LOAD_CPUS=
+    LOAD_NCPU=$NCPU; BACKEND_NCPU=2
+    PIN_PROXY=(); PIN_BACKEND=(); PIN_LOAD=()
+    PROXY_CPU_COUNT=$NCPU
+fi
+WRK_THREADS=${WRK_THREADS:-$LOAD_NCPU}
+WRK_CONNS=${WRK_CONNS:-50}
+RR_WORKERS=${RR_WORKERS:-$PROXY_CORES}
 BASELINE=haproxy
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-results}
 BIG_SIZE=$((256 * 1024 * 1024))
@@ -178,7 +243,7 @@ start_backends() {
     cat > "$T/nginx-backend/nginx.conf" <<EOF
 daemon off;
 master_process on;
-worker_processes 2;
+worker_processes $BACKEND_NCPU;
 worker_rlimit_nofile $NOFILE;
 pid $T/nginx-backend/nginx.pid;
 error_log $T/logs/backend-nginx.log warn;
@@ -203,7 +268,7 @@ http {
     }
 }
 EOF
-    start_bg backend-nginx nginx -e "$T/logs/backend-nginx.log" -p "$T/nginx-backend" -c "$T/nginx-backend/nginx.conf"
+    start_bg backend-nginx "${PIN_BACKEND[@]}" nginx -e "$T/logs/backend-nginx.log" -p "$T/nginx-backend" -c "$T/nginx-backend/nginx.conf"
     BACKEND_NGINX=$BG_PID
     wait_port "$P_HTTP" 10 "$BACKEND_NGINX" || { echo "backend nginx did not start: $(tail -3 "$T/logs/backend-nginx.log")" >&2; exit 1; }
     start_iperf3
@@ -212,7 +277,7 @@ EOF
 start_iperf3() {
     IPERF_PID=
     if have iperf3; then
-        start_bg backend-iperf3 iperf3 -s -B 127.0.0.1 -p "$P_IPERF"
+        start_bg backend-iperf3 "${PIN_BACKEND[@]}" iperf3 -s -B 127.0.0.1 -p "$P_IPERF"
         IPERF_PID=$BG_PID
         wait_port "$P_IPERF" 10 || log "iperf3 server did not start"
     fi
@@ -220,23 +285,25 @@ start_iperf3() {
 
 # ------------------------------------------------------------ proxies
 
-# start_proxy NAME BACKEND_PORT: sets PROXY_PID (empty for direct) and
-# PROXY_PORT. Returns non-zero if the proxy did not come up.
-start_proxy() {
-    local name=$1 bport=$2 dir=$T/$1
+# write_proxy_config NAME BACKEND_PORT PORT: the proxy's configuration file
+# (or command line, for pen and rrproxy) in $T/NAME/, as each proxy's own
+# documentation recommends for an L4 benchmark; printed with the results.
+write_proxy_config() {
+    local name=$1 bport=$2 port=$3 dir=$T/$1
     mkdir -p "$dir"
-    PROXY_PID=
-    if [ "$name" = direct ]; then PROXY_PORT=$bport; return 0; fi
-    PROXY_PORT=${PPORT[$name]}
     case "$name" in
         haproxy|haproxy-splice)
             {
+                echo "# haproxy -db -f haproxy.cfg"
                 echo "global"
-                echo "    nbthread 2"
+                # One thread per proxy CPU (what HAProxy picks by itself from
+                # its CPU affinity; written out so the table says it).
+                echo "    nbthread $PROXY_CORES"
                 echo "    maxconn $MAXCONN"
                 # Pipes for splicing cost 2 fds each; the default (maxconn/4)
                 # would not fit the fd limit. Unused without splice.
                 echo "    maxpipes $MAXPIPES"
+                echo "    # tune.*: HAProxy's defaults"
                 echo "defaults"
                 echo "    mode tcp"
                 echo "    maxconn $MAXCONN"
@@ -245,41 +312,59 @@ start_proxy() {
                 echo "    timeout server 5m"
                 [ "$name" = haproxy-splice ] && echo "    option splice-auto"
                 echo "frontend fe"
-                echo "    bind 127.0.0.1:$PROXY_PORT"
+                echo "    bind 127.0.0.1:$port"
                 echo "    default_backend be"
                 echo "backend be"
                 echo "    server s1 127.0.0.1:$bport"
-            } > "$dir/haproxy.cfg"
-            start_bg "$name" haproxy -db -f "$dir/haproxy.cfg" ;;
+            } > "$dir/haproxy.cfg" ;;
         nginx)
             cat > "$dir/nginx.conf" <<EOF
+# nginx -p DIR -c nginx.conf
 load_module $NGINX_STREAM_MODULE;
 daemon off;
 master_process on;
-worker_processes 2;
+worker_processes $PROXY_CORES;
 worker_rlimit_nofile $NOFILE;
 pid $dir/nginx.pid;
 error_log $T/logs/nginx.log warn;
 events { worker_connections $((NOFILE - 100)); }
 stream {
     server {
-        listen 127.0.0.1:$PROXY_PORT backlog=4096;
+        # reuseport: one listening socket per worker, the kernel spreads
+        # connections (nginx's advice for many workers).
+        listen 127.0.0.1:$port backlog=4096 reuseport;
         proxy_pass 127.0.0.1:$bport;
         proxy_connect_timeout 5s;
         proxy_timeout 5m;
     }
 }
 EOF
-            start_bg nginx nginx -e "$T/logs/nginx.log" -p "$dir" -c "$dir/nginx.conf" ;;
+            ;;
         pen)
             # -f foreground, -r plain round robin (no client tracking table),
-            # -x most simultaneous connections (default 500).
-            start_bg pen pen -f -r -x "$MAXCONN" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$bport" ;;
+            # -x most simultaneous connections (default 500). Single process.
+            echo "pen -f -r -x $MAXCONN 127.0.0.1:$port 127.0.0.1:$bport" > "$dir/cmdline" ;;
         rrproxy)
-            # shellcheck disable=SC2086
-            start_bg rrproxy "$RRPROXY" -q --listen "127.0.0.1:$PROXY_PORT" \
-                --backend "127.0.0.1:$bport" --workers "$RR_WORKERS" --policy round-robin \
-                --metrics off --control off $RRPROXY_ARGS ;;
+            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off $RRPROXY_ARGS" > "$dir/cmdline" ;;
+    esac
+}
+
+# start_proxy NAME BACKEND_PORT: sets PROXY_PID (empty for direct) and
+# PROXY_PORT. Returns non-zero if the proxy did not come up.
+start_proxy() {
+    local name=$1 bport=$2 dir=$T/$1
+    PROXY_PID=
+    if [ "$name" = direct ]; then PROXY_PORT=$bport; return 0; fi
+    PROXY_PORT=${PPORT[$name]}
+    write_proxy_config "$name" "$bport" "$PROXY_PORT"
+    case "$name" in
+        haproxy|haproxy-splice)
+            start_bg "$name" "${PIN_PROXY[@]}" haproxy -db -f "$dir/haproxy.cfg" ;;
+        nginx)
+            start_bg nginx "${PIN_PROXY[@]}" nginx -e "$T/logs/nginx.log" -p "$dir" -c "$dir/nginx.conf" ;;
+        pen|rrproxy)
+            # shellcheck disable=SC2046
+            start_bg "$name" "${PIN_PROXY[@]}" $(cat "$dir/cmdline") ;;
     esac
     PROXY_PID=$BG_PID
     if ! wait_port "$PROXY_PORT" 10 "$PROXY_PID"; then
@@ -300,14 +385,24 @@ proxy_log() { echo "$T/logs/$1.log"; }
 
 proxy_cpu() { if [ -n "$PROXY_PID" ]; then "${LIB[@]}" tree-cpu "$PROXY_PID"; else echo ""; fi; }
 
+proxy_counts() { if [ -n "$PROXY_PID" ]; then "${LIB[@]}" proc-counts "$PROXY_PID"; else echo ""; fi; }
+cores_busy() { if [ -n "$PROXY_CPUS" ] && [ -n "$PROXY_PID" ]; then "${LIB[@]}" cpus-busy "$PROXY_CPUS"; else echo ""; fi; }
+
 run_wrk() {  # run_wrk WORKLOAD PROXY ROUND [extra wrk args...]
     local w=$1 p=$2 r=$3; shift 3
-    local out=$T/logs/wrk-$w-$p-$r.txt c0 c1 j rps req cpu
-    c0=$(proxy_cpu)
-    timeout --foreground -k 5 $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" \
+    local out=$T/logs/wrk-$w-$p-$r.txt c0 c1 k0 k1 b0 b1 t0 t1 j rps req cpu
+    if [ "$WARMUP" != 0 ]; then
+        # Unmeasured: the proxy's workers, its memory and the kernel's
+        # socket caches are warm before the clock starts.
+        timeout --foreground -k 5 $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" \
+            -d"${WARMUP}s" --timeout 5s "$@" "http://127.0.0.1:$PROXY_PORT/" > "$out.warmup" 2>&1
+    fi
+    c0=$(proxy_cpu); k0=$(proxy_counts); b0=$(cores_busy); t0=$(date +%s.%N)
+    # cpus-busy prints "busy-seconds epoch": its own clock brackets the run.
+    timeout --foreground -k 5 $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" \
         --timeout 5s --latency "$@" "http://127.0.0.1:$PROXY_PORT/" > "$out" 2>&1
     local rc=$?
-    c1=$(proxy_cpu)
+    b1=$(cores_busy); t1=$(date +%s.%N); c1=$(proxy_cpu); k1=$(proxy_counts)
     [ $rc -ne 0 ] && note "$w" "$p" "$r" "wrk exited $rc: $(tail -2 "$out" | tr '\n' ' ')"
     j=$("${LIB[@]}" wrk "$out")
     rps=$(json_get "$j" rps); req=$(json_get "$j" requests)
@@ -317,25 +412,48 @@ run_wrk() {  # run_wrk WORKLOAD PROXY ROUND [extra wrk args...]
     fi
     cpu=
     [ -n "$c0" ] && [ -n "$c1" ] && cpu=$(calc "$c1 - $c0")
+    # Context switches and the front's (root process's) share, per request.
+    local sw='' rsw='' rus=''
+    if [ -n "$k0" ] && [ -n "$k1" ] && [ -n "$req" ] && [ "$req" != 0 ]; then
+        read -r sw rsw rus <<< "$("$PY" -S -c '
+import json, sys
+a, b, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3])
+def sw(k): return (b[k]["vol"] + b[k]["invol"]) - (a[k]["vol"] + a[k]["invol"])
+print(round((sw("root") + sw("others")) / n, 3), round(sw("root") / n, 3),
+      round((b["root"]["cpu"] - a["root"]["cpu"]) * 1e6 / n, 2))' "$k0" "$k1" "$req")"
+        echo "$p $w round $r: before $k0 after $k1 requests $req" >> "$T/logs/proc-counts.txt"
+    fi
     if [ "$w" = close ]; then
         record close "$p" "$r" close_cps "$rps"
         record close "$p" "$r" close_errors "$errs"
         [ -n "$cpu" ] && [ -n "$req" ] && record close "$p" "$r" close_conn_per_cpu "$(calc "$req / max($cpu, 0.01)")"
         [ -n "$cpu" ] && record close "$p" "$r" close_cpu_s "$cpu"
+        [ -n "$cpu" ] && record close "$p" "$r" close_cpu_pct "$(calc "round(100 * $cpu / ($t1 - $t0) / $PROXY_CPU_COUNT, 1)")"
+        if [ -n "$b0" ] && [ -n "$b1" ]; then
+            local bs0 bt0 bs1 bt1
+            read -r bs0 bt0 <<< "$b0"; read -r bs1 bt1 <<< "$b1"
+            record close "$p" "$r" close_cores_busy_pct "$(calc "round(100 * ($bs1 - $bs0) / ($bt1 - $bt0) / $PROXY_CPU_COUNT, 1)")"
+        fi
+        [ -n "$sw" ] && record close "$p" "$r" close_ctxsw_per_conn "$sw"
+        if [ "$p" = rrproxy ] && [ -n "$rsw" ]; then
+            record close "$p" "$r" close_root_ctxsw_per_conn "$rsw"
+            record close "$p" "$r" close_root_us_per_conn "$rus"
+        fi
     else
         record keepalive "$p" "$r" ka_rps "$rps"
         record keepalive "$p" "$r" ka_p99_ms "$(json_get "$j" p99_ms)"
         record keepalive "$p" "$r" ka_errors "$errs"
         [ -n "$cpu" ] && [ -n "$req" ] && [ "$req" != 0 ] && record keepalive "$p" "$r" ka_cpu_us_per_req "$(calc "$cpu * 1e6 / $req")"
+        [ -n "$sw" ] && record keepalive "$p" "$r" ka_ctxsw_per_req "$sw"
     fi
-    log "  $w $p: $rps req/s, errors ${errs:-?}, proxy cpu ${cpu:+$(calc "round($cpu, 2)")}s"
+    log "  $w $p: $rps req/s, errors ${errs:-?}, proxy cpu ${cpu:+$(calc "round($cpu, 2)")}s${sw:+, $sw switches/req}"
 }
 
 run_bulk() {  # run_bulk PROXY ROUND
     local p=$1 r=$2 i c0 c1 res code size speed speeds=() bytes=0
     c0=$(proxy_cpu)
     for i in $(seq "$BULK_REPEAT"); do
-        res=$(timeout --foreground -k 5 70 curl -s -o /dev/null --max-time 60 \
+        res=$(timeout --foreground -k 5 70 "${PIN_LOAD[@]}" curl -s -o /dev/null --max-time 60 \
             -w '%{http_code} %{size_download} %{speed_download}' \
             "http://127.0.0.1:$PROXY_PORT/big")
         read -r code size speed <<< "$res"
@@ -357,7 +475,7 @@ run_bulk() {  # run_bulk PROXY ROUND
 run_iperf3() {  # run_iperf3 PROXY ROUND
     local p=$1 r=$2 out=$T/logs/iperf3-$1-$2.json c0 c1 j err bps bytes
     c0=$(proxy_cpu)
-    timeout --foreground -k 5 $((DURATION + 30)) iperf3 -c 127.0.0.1 -p "$PROXY_PORT" -t "$DURATION" \
+    timeout --foreground -k 5 $((DURATION + 30)) "${PIN_LOAD[@]}" iperf3 -c 127.0.0.1 -p "$PROXY_PORT" -t "$DURATION" \
         --connect-timeout 5000 -J > "$out" 2>&1
     c1=$(proxy_cpu)
     j=$("${LIB[@]}" iperf3 "$out")
@@ -377,7 +495,7 @@ run_iperf3() {  # run_iperf3 PROXY ROUND
 run_idle() {  # run_idle PROXY ROUND
     local p=$1 r=$2 j held bpc
     if [ -z "$PROXY_PID" ]; then return; fi
-    j=$(timeout --foreground -k 5 100 "${LIB[@]}" idle "$IDLE_CONNS" "$PROXY_PORT" "$P_HTTP" "$PROXY_PID" 1 60)
+    j=$(timeout --foreground -k 5 100 "${PIN_LOAD[@]}" "${LIB[@]}" idle "$IDLE_CONNS" "$PROXY_PORT" "$P_HTTP" "$PROXY_PID" 1 60)
     if [ -z "$j" ]; then note idle "$p" "$r" "idle client failed or timed out"; return; fi
     echo "$j" > "$T/logs/idle-$p-$r.json"
     held=$(json_get "$j" held); bpc=$(json_get "$j" bytes_per_conn)
@@ -428,6 +546,28 @@ run_cell() {
     fi
 }
 
+# trace_batches: one extra close cell of rrproxy, not recorded in the
+# table, with benches/batches.bt attached to the front: the distribution of
+# descriptors per handoff sendmsg that the front really produces.
+trace_batches() {
+    local out=$T/logs/batches.txt bt
+    if ! start_proxy rrproxy "$P_HTTP"; then log "batches: rrproxy did not start"; return; fi
+    rm -f "$out"
+    setsid bpftrace "$HERE/batches.bt" "$PROXY_PID" > "$out" 2>&1 < /dev/null &
+    bt=$!
+    local i
+    for i in $(seq 100); do grep -q Attaching "$out" 2>/dev/null && break; sleep 0.1; done
+    sleep 0.5
+    timeout --foreground -k 5 $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" \
+        -d"${DURATION}s" --timeout 5s -H 'Connection: close' "http://127.0.0.1:$PROXY_PORT/" > "$T/logs/wrk-batches.txt" 2>&1
+    kill -INT "$bt" 2>/dev/null
+    for i in $(seq 50); do kill -0 "$bt" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$bt" 2>/dev/null; wait "$bt" 2>/dev/null
+    stop_bg "$PROXY_PID"
+    "${LIB[@]}" batches "$out" > "$T/batches-summary.txt" 2>&1
+    log "$(head -2 "$T/batches-summary.txt" | tail -1)"
+}
+
 # ------------------------------------------------------------ main
 
 # busy_note: a warning line when the 1-minute load average is high.
@@ -448,13 +588,38 @@ versions() {
     have wrk && echo "wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     have iperf3 && echo "iperf3: $(iperf3 --version | head -1)"
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')) args: --workers $RR_WORKERS $RRPROXY_ARGS"
+    echo "sysctl: somaxconn $(cat /proc/sys/net/core/somaxconn), tcp_tw_reuse $(cat /proc/sys/net/ipv4/tcp_tw_reuse), ip_local_port_range $(tr '\t' '-' < /proc/sys/net/ipv4/ip_local_port_range), pipe-user-pages-soft $(cat /proc/sys/fs/pipe-user-pages-soft)"
+}
+
+cpu_layout() {
+    if [ "$PIN" = 1 ]; then
+        echo "CPU sets (taskset): proxy $PROXY_CPUS, backends $BACKEND_CPUS, load generator $LOAD_CPUS${PIN_NOTE:+ ($PIN_NOTE)}"
+    else
+        echo "CPU sets: none, everything shares CPUs ${ALL_CPUS[*]}${PIN_NOTE:+ ($PIN_NOTE)}"
+    fi
+    echo "PROXY_CORES=$PROXY_CORES: HAProxy nbthread $PROXY_CORES, nginx worker_processes $PROXY_CORES, rrproxy --workers $RR_WORKERS (+ its front), pen 1 process"
+}
+
+# Every proxy's configuration, as it runs in this script.
+print_configs() {
+    local p f
+    for p in "${want_proxies[@]}"; do
+        [ "$p" = direct ] && continue
+        write_proxy_config "$p" '$BACKEND_PORT' '$PORT'
+        echo "--- $p"
+        for f in "$T/$p/haproxy.cfg" "$T/$p/nginx.conf" "$T/$p/cmdline"; do
+            [ -f "$f" ] && grep -v '^\s*$' "$f"
+        done
+    done
+    echo "--- backends: nginx, worker_processes $BACKEND_NCPU, keep-alive on (keepalive_requests 1000000), sendfile; iperf3 -s"
+    echo "--- load: wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s (after ${WARMUP}s of unmeasured warm-up), curl, iperf3 -c, benchlib.py idle"
 }
 
 n_proxies=${#want_proxies[@]}
 est=0
 for w in "${want_workloads[@]}"; do
     case "$w" in
-        close|keepalive) est=$((est + n_proxies * (DURATION + 1))) ;;
+        close|keepalive) est=$((est + n_proxies * (DURATION + WARMUP + 1))) ;;
         iperf3) est=$((est + n_proxies * (DURATION + 2))) ;;
         bulk) est=$((est + n_proxies * (BULK_REPEAT / 2 + 1))) ;;
         idle) est=$((est + (n_proxies - 1) * (2 + IDLE_CONNS / 2000))) ;;
@@ -464,7 +629,8 @@ est=$((est * ROUNDS))
 {
     echo "rrproxy comparison $TS"
     versions
-    echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS BULK_REPEAT=$BULK_REPEAT IDLE_CONNS=$IDLE_CONNS wrk -t$WRK_THREADS -c$WRK_CONNS, no CPU pinning"
+    echo "settings: DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS BULK_REPEAT=$BULK_REPEAT IDLE_CONNS=$IDLE_CONNS wrk -t$WRK_THREADS -c$WRK_CONNS"
+    cpu_layout
     echo "proxies: $PROXIES"
     echo "workloads: ${want_workloads[*]}"
     echo "estimated time: ~$((est / 60 + 1)) min"
@@ -485,6 +651,9 @@ for w in "${want_workloads[@]}"; do
             run_cell "$w" "$p" "$r"
         done
     done
+    if [ "$w" = close ] && [ "$TRACE_BATCHES" = 1 ] && [[ " ${want_proxies[*]} " == *" rrproxy "* ]]; then
+        trace_batches
+    fi
 done
 
 RUN_END=$(date +%s)
@@ -495,15 +664,20 @@ FOREIGN=$(calc "round(max(0, ($BUSY_END - $BUSY_START) - ($SELF_END - $SELF_STAR
 FOREIGN_PCT=$(calc "round(100 * $FOREIGN / ($(nproc) * max(1, $RUN_END - $RUN_START)))")
 {
     echo
-    echo "== results $TS (median of $ROUNDS rounds; ratio = value / $BASELINE in this run)"
+    echo "== results $TS (median of $ROUNDS interleaved rounds ±half their min-max range; ratio = median / $BASELINE's median in this run)"
     echo "load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time $((RUN_END - RUN_START)) s"
     echo "other processes on the machine used $FOREIGN CPU-seconds during the run (${FOREIGN_PCT}% of all CPU time)"
     if [ "${FOREIGN_PCT:-0}" -ge 10 ]; then
         echo "WARNING: the machine was busy with other work: numbers are noisy, compare ratios only"
     fi
     [ ${#SKIPPED[@]} -gt 0 ] && printf 'skipped: %s\n' "${SKIPPED[@]}"
+    cpu_layout
     echo
     "${LIB[@]}" report "$CSV" "$PROXIES" "$BASELINE" "$OUT_DIR/$TS.json"
+    [ -s "$T/batches-summary.txt" ] && { echo; cat "$T/batches-summary.txt"; }
+    echo
+    echo "Settings of every proxy (\$PORT, \$BACKEND_PORT: the loopback ports of the run):"
+    print_configs
     echo
     echo "raw: $CSV  medians: $OUT_DIR/$TS.json  logs: $LOGS/"
 } | tee "$OUT_DIR/$TS.txt"

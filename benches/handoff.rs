@@ -9,10 +9,18 @@
 //! `dup` stands in for `accept` to produce a fresh descriptor each time; its
 //! cost is included, so the figures are pessimistic; `dup_close_only`
 //! measures it alone.
+//!
+//! Batch sizes: how many connections share one `sendmsg`. The front sends a
+//! worker's batch when its accept loop reaches EAGAIN, so under load the
+//! size depends on how many connections wait in the backlog per wake-up;
+//! `benches/batches.bt` measures that distribution on a running front (see
+//! benches/README.md, "Front handoffs"). The sizes run here default to
+//! 1, 2, 3, 4, 6, 8, 16, 32 and 64 (`MAX_FDS`); set
+//! `RRPROXY_BENCH_BATCHES="1 2 4"` to choose others.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use rrproxy::channel::fdpass::{self, Received};
-use rrproxy::channel::{Down, Fallbacks, Handoff, MAX_FRAME};
+use rrproxy::channel::{Down, Fallbacks, Handoff, MAX_FDS, MAX_FRAME};
 use rrproxy::policy::{self, BackendView, PolicyName, WorkerView};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -150,8 +158,18 @@ fn handoff(c: &mut Criterion) {
     let template = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let client = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
+    let batches: Vec<usize> = std::env::var("RRPROXY_BENCH_BATCHES")
+        .ok()
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|b| b.parse().ok())
+                .filter(|&b| (1..=MAX_FDS).contains(&b))
+                .collect()
+        })
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 2, 3, 4, 6, 8, 16, 32, MAX_FDS]);
     let mut group = c.benchmark_group("front_handoff");
-    for batch in [1usize, 16] {
+    for batch in batches {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("batch_{batch}"), |b| {
             let drain = Drain::start();
@@ -184,9 +202,14 @@ fn handoff(c: &mut Criterion) {
                         });
                     }
                     Down::encode_conns(&handoffs, &mut frame).unwrap();
-                    let fds: Vec<BorrowedFd<'_>> = owned.iter().map(|f| f.as_fd()).collect();
+                    // As the front's `try_send_owned`: borrowed on the stack,
+                    // no allocation per batch.
+                    let mut fds = [front; MAX_FDS];
+                    for (b, fd) in fds.iter_mut().zip(&owned) {
+                        *b = fd.as_fd();
+                    }
                     loop {
-                        match fdpass::send_raw(front, &frame, &fds) {
+                        match fdpass::send_raw(front, &frame, &fds[..owned.len()]) {
                             Ok(()) => break,
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                                 std::thread::yield_now()
@@ -194,7 +217,6 @@ fn handoff(c: &mut Criterion) {
                             Err(e) => panic!("send: {e}"),
                         }
                     }
-                    drop(fds);
                     owned.clear(); // the front closes its copies
                 }
                 start.elapsed()

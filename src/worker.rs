@@ -252,6 +252,9 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         return Ok(());
     };
     let pid = std::process::id();
+    // Splice pipes: this worker's share of the user's pipe pages, among
+    // every slot's worker and one replacement during a rolling restart.
+    splice::configure(table.slots() + 1);
     let worker = Rc::new(Worker {
         slot,
         routes: RefCell::new(Rc::new(Routes::new(WorkerConfig {
