@@ -15,9 +15,14 @@
 //! are refused: an ACL must not change with DNS.
 //!
 //! An [`Acl`] is an immutable value: an edit ([`Acl::with`],
-//! [`Acl::without`]) builds a new one, to be swapped in whole.
+//! [`Acl::without`]) builds a new one, to be swapped in whole. Both it and
+//! [`Networks`] (one plain list, for `--accept-proxy`) serialize as their
+//! entries in text form, so they travel inside the configuration (an
+//! upgrade hands it over whole) and are rebuilt on the other side.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
 
 /// An IP network: an address with its host bits cleared and a prefix
 /// length. IPv4 networks (and IPv4-mapped IPv6 ones) are always IPv4.
@@ -160,6 +165,19 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Letters beyond what an IP address holds, or a dotted name with a
 /// letter: somebody wrote a host name.
 fn looks_like_host_name(text: &str) -> bool {
@@ -288,7 +306,8 @@ impl List {
 }
 
 /// Which list an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
     Deny,
@@ -321,11 +340,84 @@ impl Verdict {
 
 /// Allow and deny lists of client networks. A deny match always refuses;
 /// when the allow list is not empty, only clients matching it are
-/// admitted; with both empty everyone is.
-#[derive(Debug, Clone, Default)]
+/// admitted; with both empty everyone is. Equal when the entries are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "AclEntries", from = "AclEntries")]
 pub struct Acl {
     allow: List,
     deny: List,
+}
+
+/// How an [`Acl`] is written out: its entries.
+#[derive(Serialize, Deserialize)]
+struct AclEntries {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+}
+
+impl From<Acl> for AclEntries {
+    fn from(acl: Acl) -> AclEntries {
+        AclEntries {
+            allow: acl.allow.cidrs,
+            deny: acl.deny.cidrs,
+        }
+    }
+}
+
+impl From<AclEntries> for Acl {
+    fn from(e: AclEntries) -> Acl {
+        Acl::new(e.allow, e.deny)
+    }
+}
+
+impl PartialEq for Acl {
+    fn eq(&self, other: &Acl) -> bool {
+        self.allow.cidrs == other.allow.cidrs && self.deny.cidrs == other.deny.cidrs
+    }
+}
+
+/// One list of networks, for a yes/no question (`--accept-proxy`: is this
+/// source trusted to send a PROXY header?). Equal when the entries are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "Vec<Cidr>", from = "Vec<Cidr>")]
+pub struct Networks(List);
+
+impl Networks {
+    pub fn new(cidrs: impl IntoIterator<Item = Cidr>) -> Networks {
+        Networks(List::new(cidrs.into_iter().collect()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.cidrs.is_empty()
+    }
+
+    /// Is `ip` in one of the networks? (IPv4-mapped counts as IPv4.)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        !self.is_empty() && self.0.ranges.contains(ip)
+    }
+
+    /// The entries, sorted.
+    pub fn cidrs(&self) -> &[Cidr] {
+        &self.0.cidrs
+    }
+}
+
+impl From<Networks> for Vec<Cidr> {
+    fn from(n: Networks) -> Vec<Cidr> {
+        n.0.cidrs
+    }
+}
+
+impl From<Vec<Cidr>> for Networks {
+    fn from(cidrs: Vec<Cidr>) -> Networks {
+        Networks::new(cidrs)
+    }
+}
+
+impl PartialEq for Networks {
+    fn eq(&self, other: &Networks) -> bool {
+        self.0.cidrs == other.0.cidrs
+    }
 }
 
 impl Acl {
@@ -370,13 +462,13 @@ impl Acl {
 
     /// A copy with `cidr` in the `action` list (and taken out of the
     /// other, where the same network would contradict it). `None` when it
-    /// is already there: nothing to change.
+    /// is already there and not in the other: nothing to change.
     pub fn with(&self, action: Action, cidr: Cidr) -> Option<Acl> {
         let (to, other) = match action {
             Action::Allow => (&self.allow, &self.deny),
             Action::Deny => (&self.deny, &self.allow),
         };
-        if to.has(cidr) {
+        if to.has(cidr) && !other.has(cidr) {
             return None;
         }
         let (to, other) = (to.with(cidr), other.without(cidr));
@@ -390,6 +482,18 @@ impl Acl {
                 deny: to,
             },
         })
+    }
+
+    /// Which list `cidr` is in, if any (exactly this network, not one
+    /// containing it).
+    pub fn listed(&self, cidr: Cidr) -> Option<Action> {
+        if self.allow.has(cidr) {
+            Some(Action::Allow)
+        } else if self.deny.has(cidr) {
+            Some(Action::Deny)
+        } else {
+            None
+        }
     }
 
     /// A copy without `cidr` in either list. `None` when it is in neither.

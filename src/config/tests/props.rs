@@ -220,8 +220,11 @@ proptest! {
                     ..ProxyArgs::default()
                 };
                 if let Err(err) = Config::load(&args) {
+                    // One line, then at most a `tip:` line or two.
                     let msg = err.to_string();
-                    prop_assert!(!msg.is_empty() && !msg.contains('\n'), "{}", msg);
+                    let mut lines = msg.lines();
+                    prop_assert!(lines.next().is_some_and(|l| !l.is_empty()), "{}", msg);
+                    prop_assert!(lines.all(|l| l.starts_with("  tip: ")), "{}", msg);
                 }
             }
         }
