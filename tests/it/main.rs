@@ -1,11 +1,14 @@
 //! Integration tests: the real `rrproxy` binary, real sockets on loopback.
 //! One test binary (faster to build and link than one per file).
 
+mod access;
+mod client_address;
 mod control;
 mod discovery;
 mod faults;
 mod foundation;
 mod observability;
+mod peers;
 mod policies;
 mod shims;
 mod supervision;
