@@ -144,13 +144,30 @@ impl Config {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
         let backends: Vec<String> = self.backends.iter().map(|b| b.to_string()).collect();
-        format!(
+        let mut out = format!(
             "listen {} -> backends {} with {} workers, policy {}",
             listen.join(","),
             backends.join(","),
             self.workers,
             self.policy
-        )
+        );
+        if !self.acl.is_empty() {
+            out.push_str(&format!(
+                ", access list {} allow / {} deny",
+                self.acl.allow().len(),
+                self.acl.deny().len()
+            ));
+        }
+        if !self.accept_proxy.is_empty() {
+            let from: Vec<String> = self
+                .accept_proxy
+                .cidrs()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            out.push_str(&format!(", PROXY header from {}", from.join(",")));
+        }
+        out
     }
 }
 

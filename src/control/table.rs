@@ -84,8 +84,8 @@ pub const COMMANDS: &[Spec] = &[
     ),
     row(
         "backend add",
-        "ADDR[,weight=N][,send-proxy=v1|v2]",
-        "add a backend",
+        "ADDR[,weight=N]",
+        "add a backend (also ,send-proxy=v1|v2)",
         Run(BackendAdd),
     ),
     row(
@@ -196,8 +196,12 @@ pub fn lookup<'w, 'a>(
             .filter(|s| s.name == spec.name || s.name.starts_with(&format!("{} ", spec.name)))
             .map(usage)
             .collect();
-        return Err(if group.len() > 1 {
-            format!("usage: {}", group.join(" | "))
+        return Err(if max == 0 && group.len() > 1 {
+            format!(
+                "'{}' takes no arguments (usage: {})",
+                spec.name,
+                group.join(" | ")
+            )
         } else if max == 0 {
             format!("'{}' takes no arguments (try help)", spec.name)
         } else {
@@ -330,9 +334,11 @@ mod tests {
                 .unwrap_err()
                 .contains("takes no arguments")
         );
-        assert!(lookup(&["backend", "explode"]).unwrap_err().starts_with(
-            "usage: backend add ADDR[,weight=N][,send-proxy=v1|v2] | backend remove ADDR"
-        ));
+        assert!(
+            lookup(&["backend", "explode"])
+                .unwrap_err()
+                .starts_with("usage: backend add ADDR[,weight=N] | backend remove ADDR")
+        );
         assert!(
             lookup(&["frob"])
                 .unwrap_err()
@@ -344,7 +350,7 @@ mod tests {
         assert_eq!((action, args), (AclDeny, &["10.0.0.0/8"][..]));
         assert_eq!(
             lookup(&["acl", "frob"]).unwrap_err(),
-            "usage: acl | acl allow CIDR | acl deny CIDR | acl remove CIDR"
+            "'acl' takes no arguments (usage: acl | acl allow CIDR | acl deny CIDR | acl remove CIDR)"
         );
         assert_eq!(
             lookup(&["acl", "allow"]).unwrap_err(),

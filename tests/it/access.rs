@@ -120,7 +120,7 @@ fn refused_clients_never_reach_a_backend_and_ctl_acl_edits_the_lists() {
     );
     assert_eq!(
         proxy.ctl("acl frob"),
-        "error: usage: acl | acl allow CIDR | acl deny CIDR | acl remove CIDR"
+        "error: 'acl' takes no arguments (usage: acl | acl allow CIDR | acl deny CIDR | acl remove CIDR)"
     );
     let (code, _, err) = {
         let out = Command::new(BIN)

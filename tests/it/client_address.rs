@@ -421,3 +421,63 @@ fn bad_proxy_headers_close_only_their_connection_and_are_counted() {
     );
     assert_eq!(m.get("rrproxy_accepted_connections_total", &[]), Some(14.0));
 }
+
+/// Raise this process's open-file limit to at least `n` (up to the hard
+/// limit).
+fn raise_nofile(n: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    assert!(hard >= n, "needs {n} descriptors, the hard limit is {hard}");
+    if lim.current.is_some_and(|c| c < n) {
+        lim.current = Some(n);
+        setrlimit(Resource::Nofile, lim).unwrap();
+    }
+}
+
+/// At most `MAX_HEADER_WAITS` connections wait for their header at once:
+/// then the front stops accepting (clients wait in the backlog, like at the
+/// other limits), and resumes as soon as reads end.
+#[test]
+fn at_the_bound_of_header_reads_accepting_pauses_then_resumes() {
+    let max = rrproxy::front::MAX_HEADER_WAITS;
+    raise_nofile(2 * max as u64 + 512);
+    let b = name_backend("a");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .args([
+            "--accept-proxy",
+            "127.0.0.1/32",
+            "--proxy-header-timeout",
+            "60s",
+            "--health-interval",
+            "off",
+        ])
+        .workers(1)
+        .start();
+    let mut silent: Vec<TcpStream> = (0..max)
+        .map(|_| connect_from(v4(1), proxy.listen))
+        .collect();
+    let paused = |p: &Proxy| p.scrape().get("rrproxy_accept_paused", &[]) == Some(1.0);
+    wait_until(Duration::from_secs(30), "accepting to pause", || {
+        paused(&proxy)
+    });
+    proxy.wait_log("waiting for their PROXY header");
+    // An ordinary client now waits in the listen backlog.
+    let mut c = connect_from(v4(2), proxy.listen);
+    let m = proxy.scrape();
+    assert_eq!(
+        m.get("rrproxy_accepted_connections_total", &[]),
+        Some(max as f64)
+    );
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // A hundred of the silent ones give up: their reads end, the front
+    // accepts again, and the waiting client is served.
+    for s in silent.drain(..100) {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    assert_eq!(read_name(&mut c), "a");
+    wait_until(Duration::from_secs(10), "all hundred counted", || {
+        header_errors(&proxy.scrape(), "truncated") == 100.0
+    });
+    assert!(!paused(&proxy));
+}

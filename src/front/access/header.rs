@@ -102,9 +102,15 @@ impl Front {
         let Some(w) = self.access.waiting.remove(&id) else {
             return;
         };
-        let stream = Rc::try_unwrap(w.stream)
-            .map_err(|_| std::io::Error::other("header stream still shared"))
-            .and_then(tokio::net::TcpStream::into_std);
+        let stream = match Rc::try_unwrap(w.stream) {
+            Ok(stream) => stream.into_std(),
+            // A cancelled read's task may not have let go of it yet: keep
+            // the connection through a descriptor of our own.
+            Err(shared) => shared
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::net::TcpStream::from),
+        };
         let (stream, parsed) = match (stream, result) {
             (Ok(stream), Ok(parsed)) => (stream, parsed),
             (Ok(stream), Err(why)) => {
