@@ -301,7 +301,12 @@ fn an_upgrade_keeps_the_lists_and_the_connections_waiting_for_a_header() {
     .unwrap();
     let mut buf = [0u8; 8];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
-    let m = proxy.scrape();
+    // (The old front may still answer a scrape or two while it exits,
+    // with an empty reply: ask until the new one does.)
+    let m = wait_for(Duration::from_secs(10), "a scrape of the new front", || {
+        let m = proxy.scrape();
+        m.get("rrproxy_denied_connections_total", &[]).map(|_| m)
+    });
     assert_eq!(m.get("rrproxy_denied_connections_total", &[]), Some(1.0));
     assert_eq!(
         m.get(

@@ -287,7 +287,7 @@ fn bad_proxy_headers_close_only_their_connection_and_are_counted() {
             "--accept-proxy",
             "127.0.0.1/32",
             "--proxy-header-timeout",
-            "1500ms",
+            "2500ms",
             "--health-interval",
             "off",
         ])
