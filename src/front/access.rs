@@ -103,9 +103,26 @@ impl Throttle {
 }
 
 impl Front {
+    /// A connection whose client is known: refused if the access list or
+    /// the client's per-IP limit says so, else dispatched. Nothing has
+    /// been handed to a worker or a backend touched for a refused one.
+    pub fn admit(&mut self, conn: Conn) {
+        let ip = conn.ip();
+        if !self.access_admits(&conn) {
+            return;
+        }
+        if !self.admit_ip(ip) {
+            self.counters.bump(FrontWord::RefusedPerIp, 1);
+            refuse(&conn.stream);
+            return;
+        }
+        self.dispatch(conn);
+        self.update_paused();
+    }
+
     /// The access list's decision for `conn`'s client; a refused client is
     /// reset, counted and (at most once a second) logged.
-    pub(super) fn access_admits(&mut self, conn: &Conn) -> bool {
+    fn access_admits(&mut self, conn: &Conn) -> bool {
         let acl = &self.access.acl;
         if acl.is_empty() {
             return true;

@@ -198,8 +198,9 @@ impl Front {
     }
 
     /// A connection came out of `accept`. One from an `--accept-proxy`
-    /// source first has its PROXY header read, off the accept loop (see
-    /// `access`); any other is admitted now.
+    /// source first has its PROXY header read, off the accept loop; any
+    /// other is admitted now (`Front::admit`, in `access`: access list,
+    /// per-IP limit, dispatch).
     pub fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
         self.counters.bump(FrontWord::Accepted, 1);
         if self.access.trusts(peer.ip()) {
@@ -211,23 +212,6 @@ impl Front {
             peer,
             destination: None,
         });
-    }
-
-    /// A connection whose client is known: refused if the access list or
-    /// the client's per-IP limit says so, else dispatched. Nothing has
-    /// been handed to a worker or a backend touched for a refused one.
-    pub fn admit(&mut self, conn: Conn) {
-        let ip = conn.ip();
-        if !self.access_admits(&conn) {
-            return;
-        }
-        if !self.admit_ip(ip) {
-            self.counters.bump(FrontWord::RefusedPerIp, 1);
-            refuse(&conn.stream);
-            return;
-        }
-        self.dispatch(conn);
-        self.update_paused();
     }
 
     /// Choose a worker and backend for `conn` and add it to that worker's
