@@ -5,6 +5,8 @@
 //! `#[cfg_attr(not(CFG), ignore = "needs ...")]`:
 //!
 //! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
+//! - `has_nginx`, `has_haproxy`: on `PATH` or in `/usr/sbin` (the PROXY
+//!   protocol tests run them as real backends and upstreams);
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
 //!   a private mount namespace (the DNS discovery tests);
 //! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
@@ -19,12 +21,14 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 5] = [
+const CFGS: [&str; 7] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
     "has_private_mounts",
     "has_pid_namespaces",
+    "has_nginx",
+    "has_haproxy",
 ];
 
 fn main() {
@@ -44,6 +48,8 @@ fn main() {
         on_path("python3"),
         private_mounts(),
         pid_namespaces(),
+        on_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
+        on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {
         if require || ok {

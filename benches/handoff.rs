@@ -199,6 +199,7 @@ fn handoff(c: &mut Criterion) {
                             conn: i * batch as u64 + k as u64,
                             backend: black_box(backend as u32 + slot as u32),
                             client: SocketAddr::new(client, 40000),
+                            destination: None,
                         });
                     }
                     Down::encode_conns(&handoffs, &mut frame).unwrap();

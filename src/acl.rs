@@ -15,9 +15,19 @@
 //! are refused: an ACL must not change with DNS.
 //!
 //! An [`Acl`] is an immutable value: an edit ([`Acl::with`],
-//! [`Acl::without`]) builds a new one, to be swapped in whole.
+//! [`Acl::without`]) builds a new one, to be swapped in whole. Both it and
+//! [`Networks`] (one plain list, for `--accept-proxy`) serialize as their
+//! entries in text form, so they travel inside the configuration (an
+//! upgrade hands it over whole) and are rebuilt on the other side.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+mod forms;
+
+use forms::AclEntries;
+pub use forms::Networks;
 
 /// An IP network: an address with its host bits cleared and a prefix
 /// length. IPv4 networks (and IPv4-mapped IPv6 ones) are always IPv4.
@@ -288,7 +298,8 @@ impl List {
 }
 
 /// Which list an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
     Deny,
@@ -321,8 +332,9 @@ impl Verdict {
 
 /// Allow and deny lists of client networks. A deny match always refuses;
 /// when the allow list is not empty, only clients matching it are
-/// admitted; with both empty everyone is.
-#[derive(Debug, Clone, Default)]
+/// admitted; with both empty everyone is. Equal when the entries are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "AclEntries", from = "AclEntries")]
 pub struct Acl {
     allow: List,
     deny: List,
@@ -370,7 +382,7 @@ impl Acl {
 
     /// A copy with `cidr` in the `action` list (and taken out of the
     /// other, where the same network would contradict it). `None` when it
-    /// is already there: nothing to change.
+    /// is already there and not in the other: nothing to change.
     pub fn with(&self, action: Action, cidr: Cidr) -> Option<Acl> {
         let (to, other) = match action {
             Action::Allow => (&self.allow, &self.deny),
@@ -398,6 +410,18 @@ impl Acl {
                 deny: to,
             },
         })
+    }
+
+    /// Which list `cidr` is in, if any (exactly this network, not one
+    /// containing it).
+    pub fn listed(&self, cidr: Cidr) -> Option<Action> {
+        if self.allow.has(cidr) {
+            Some(Action::Allow)
+        } else if self.deny.has(cidr) {
+            Some(Action::Deny)
+        } else {
+            None
+        }
     }
 
     /// A copy without `cidr` in either list. `None` when it is in neither.

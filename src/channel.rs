@@ -113,6 +113,9 @@ pub struct BackendEntry {
     pub addr: SocketAddr,
     /// May be used as a fallback when the chosen backend fails to connect.
     pub routable: bool,
+    /// Write a PROXY protocol header of this version right after
+    /// connecting, before any client byte.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 /// Most backends a handoff names to fall back on (`--retries`).
@@ -151,9 +154,14 @@ pub struct Handoff {
     pub backend: u32,
     /// Where to try next if it cannot be reached.
     pub fallbacks: Fallbacks,
-    /// The client's address, as `accept` returned it (spares the worker a
-    /// `getpeername`).
+    /// The client's address: as `accept` returned it (spares the worker a
+    /// `getpeername`), or for a connection from an `--accept-proxy` source,
+    /// the source its PROXY header named.
     pub client: SocketAddr,
+    /// The address the client connected to, when the socket cannot tell:
+    /// the destination of an accepted PROXY header. `None`: the socket's
+    /// local address (what a `send-proxy` header then carries).
+    pub destination: Option<SocketAddr>,
 }
 
 /// A message from a worker to the front.
@@ -227,8 +235,8 @@ impl Up {
 /// frames that fit [`MAX_FRAME`].
 pub const EVENT_MAX_LEN: usize = 1 + 17;
 /// Bytes one encoded [`Handoff`] takes at most (IPv6 client, every
-/// fallback).
-pub const HANDOFF_LEN: usize = 8 + 4 + 1 + 4 * MAX_FALLBACKS + ADDR_MAX_LEN;
+/// fallback, a destination).
+pub const HANDOFF_LEN: usize = 8 + 4 + 1 + 4 * MAX_FALLBACKS + 2 * ADDR_MAX_LEN;
 /// Bytes an encoded socket address takes at most.
 pub const ADDR_MAX_LEN: usize = 1 + 16 + 2 + 4;
 

@@ -114,7 +114,9 @@ pub struct ProxyArgs {
     /// followed by ",weight=N" (repeatable; at least one is required). A
     /// name is resolved at start and on reload, to its first address; with
     /// ",resolve" every address of the name is a backend, kept up to date
-    /// (see --resolve-interval): DNS service discovery.
+    /// (see --resolve-interval): DNS service discovery. ",send-proxy=v1"
+    /// or ",send-proxy=v2" writes a PROXY protocol header (the client's
+    /// address) to the backend before anything else.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backend: Vec<String>,
 
@@ -147,6 +149,9 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub tuning: TuningArgs,
+
+    #[command(flatten)]
+    pub access: AccessArgs,
 
     /// How each flag was typed (`-w` or `--workers`), for errors found
     /// after parsing. Empty when built in code: errors use the long name.
@@ -244,6 +249,35 @@ pub struct TuningArgs {
     /// others (in turn), so they stop migrating between cores.
     #[arg(long)]
     pub cpu_affinity: bool,
+}
+
+/// Who the client is (PROXY protocol) and who may connect (ACLs).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Client address and access control")]
+pub struct AccessArgs {
+    /// Serve only clients in this network (CIDR like 10.0.0.0/8 or
+    /// 2001:db8::/32, or one address; repeatable). Without any --allow,
+    /// every client not denied is served. Changeable at run time with
+    /// `rrproxy ctl acl` and SIGHUP.
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<String>,
+
+    /// Refuse clients in this network with a reset, before any backend is
+    /// touched (repeatable; a deny match wins over an allow).
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<String>,
+
+    /// Connections from this network (a load balancer, another proxy) must
+    /// begin with a PROXY protocol header (v1 or v2), whose source address
+    /// is then the client for everything: ACLs, per-IP limits, sticky,
+    /// send-proxy (repeatable). From other sources no header is read.
+    #[arg(long, value_name = "CIDR")]
+    pub accept_proxy: Vec<String>,
+
+    /// With --accept-proxy: close a connection whose PROXY header is not
+    /// complete within this long. [default: 3s]
+    #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
+    pub proxy_header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

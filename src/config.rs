@@ -10,6 +10,7 @@ pub mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{BadValue, ConfigError, Invalid, Origin};
@@ -19,6 +20,7 @@ pub use parse::{
     parse_backend_arg, resolve, resolve_all,
 };
 
+use crate::acl::{Acl, Networks};
 use crate::channel::Splice;
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
@@ -34,6 +36,12 @@ pub const MAX_WORKERS: usize = 256;
 /// deadline computed from one can overflow `Instant` arithmetic.
 /// (The error says "at most 24h": keep them together.)
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// `--proxy-header-timeout` when not given.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn default_proxy_header_timeout() -> Duration {
+    PROXY_HEADER_TIMEOUT
+}
 
 /// Connection limits. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -102,6 +110,18 @@ pub struct Config {
     pub cpu_affinity: bool,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
+    /// Which clients are served (`--allow`, `--deny`; `ctl acl` edits the
+    /// running value). Behind an `Arc`: a config is cloned on every run-time
+    /// change, and a list may hold many thousands of networks.
+    #[serde(default)]
+    pub acl: Arc<Acl>,
+    /// Sources whose connections begin with a PROXY header
+    /// (`--accept-proxy`).
+    #[serde(default)]
+    pub accept_proxy: Arc<Networks>,
+    /// How long such a source has to send the whole header.
+    #[serde(default = "default_proxy_header_timeout")]
+    pub proxy_header_timeout: Duration,
 }
 
 impl Config {
@@ -124,13 +144,30 @@ impl Config {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
         let backends: Vec<String> = self.backends.iter().map(|b| b.to_string()).collect();
-        format!(
+        let mut out = format!(
             "listen {} -> backends {} with {} workers, policy {}",
             listen.join(","),
             backends.join(","),
             self.workers,
             self.policy
-        )
+        );
+        if !self.acl.is_empty() {
+            out.push_str(&format!(
+                ", access list {} allow / {} deny",
+                self.acl.allow().len(),
+                self.acl.deny().len()
+            ));
+        }
+        if !self.accept_proxy.is_empty() {
+            let from: Vec<String> = self
+                .accept_proxy
+                .cidrs()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            out.push_str(&format!(", PROXY header from {}", from.join(",")));
+        }
+        out
     }
 }
 

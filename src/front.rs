@@ -10,6 +10,8 @@
 //!   accept now;
 //! - `workers` ([`crate::supervisor::Workers`]): slots and their processes;
 //! - `backends` ([`Backends`]): the backend table, health and admin state;
+//! - `access` ([`Access`]): who a connection's client is (PROXY headers
+//!   from `--accept-proxy` sources) and whether it is served (ACLs);
 //! - `ledger` ([`Ledger`]): the connections the front is accountable for
 //!   (pending, handed and not yet taken, per client IP);
 //! - `counters` ([`Counters`]): the statistics table and what `/metrics`
@@ -20,6 +22,7 @@
 //! Wiring the front to signals, the control socket and the metrics
 //! endpoint is the job of [`crate::proxy`]; nothing here depends on it.
 
+mod access;
 mod admin;
 mod backends;
 mod core;
@@ -37,6 +40,7 @@ mod upkeep;
 mod views;
 
 pub use self::core::{Conn, Front, Shared, State, refuse};
+pub use access::{Access, AclView, MAX_HEADER_WAITS};
 pub use admin::{AdminError, Overrides, ReloadReport};
 pub use backends::{Admin, Backend, Backends};
 pub use counters::Counters;

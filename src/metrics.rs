@@ -58,6 +58,8 @@ pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
 pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
 pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total";
+pub const DENIED: &str = "rrproxy_denied_connections_total";
+pub const PROXY_HEADER_ERRORS: &str = "rrproxy_proxy_header_errors_total";
 
 /// Every metric: name, Prometheus type, help text. The renderer writes
 /// the `# HELP` and `# TYPE` lines from here.
@@ -232,6 +234,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         FIRST_BYTE_TIMEOUTS,
         "counter",
         "Clients closed (with their backend connection) for sending no byte within --client-first-byte-timeout.",
+    ),
+    (
+        DENIED,
+        "counter",
+        "Client connections refused by the access list (--allow, --deny, ctl acl), before reaching a worker.",
+    ),
+    (
+        PROXY_HEADER_ERRORS,
+        "counter",
+        "Connections from --accept-proxy sources closed for want of a valid PROXY header, by reason (not_proxy, malformed, oversized, truncated, timeout, unsupported, io).",
     ),
     (
         LOG_DROPPED,

@@ -91,7 +91,54 @@ pub enum FrontWord {
     /// Base of [`ProcWord::DurationSumNs`] and the duration buckets.
     DurationSumNsBase,
     DurationBucketBase0,
+    /// Clients refused by the access list (after the duration buckets).
+    Denied = 17 + DURATION_BOUNDS.len() + 1,
+    /// Connections from `--accept-proxy` sources closed for want of a
+    /// valid PROXY header, one word per reason (see
+    /// [`FrontWord::header_error`]).
+    HeaderNotProxy,
+    HeaderMalformed,
+    HeaderOversized,
+    HeaderTruncated,
+    HeaderTimeout,
+    HeaderUnsupported,
+    HeaderIo,
 }
+
+impl FrontWord {
+    /// The word counting header errors of `why`'s kind.
+    pub fn header_error(why: &crate::proxy_protocol::HeaderError) -> FrontWord {
+        use crate::proxy_protocol::HeaderError as E;
+        match why {
+            E::NotProxy => FrontWord::HeaderNotProxy,
+            E::Malformed(_) => FrontWord::HeaderMalformed,
+            E::Oversized { .. } => FrontWord::HeaderOversized,
+            E::Truncated => FrontWord::HeaderTruncated,
+            E::Timeout => FrontWord::HeaderTimeout,
+            E::Unsupported(_) => FrontWord::HeaderUnsupported,
+            E::Io(_) => FrontWord::HeaderIo,
+        }
+    }
+
+    /// The header error words, in the order of
+    /// [`HeaderError::REASONS`](crate::proxy_protocol::HeaderError::REASONS).
+    pub const HEADER_ERRORS: [FrontWord; 7] = [
+        FrontWord::HeaderNotProxy,
+        FrontWord::HeaderMalformed,
+        FrontWord::HeaderOversized,
+        FrontWord::HeaderTruncated,
+        FrontWord::HeaderTimeout,
+        FrontWord::HeaderUnsupported,
+        FrontWord::HeaderIo,
+    ];
+}
+
+// The duration buckets end where `Denied` begins, and every word fits.
+const _: () = assert!(
+    FrontWord::Denied as usize
+        == FrontWord::DurationBucketBase0 as usize + DURATION_BOUNDS.len() + 1
+);
+const _: () = assert!((FrontWord::HeaderIo as usize) < FRONT_WORDS);
 
 /// Per worker slot, written by the front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

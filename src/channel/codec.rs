@@ -9,6 +9,7 @@ use super::{
     BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN, MAX_FALLBACKS,
     MAX_FDS, MAX_FRAME, Up, VERSION, WorkerConfig,
 };
+use crate::proxy_protocol::Version;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +36,16 @@ const DOWN_DRAIN: u8 = 0x03;
 const DOWN_HELLO: u8 = 0x04;
 const UP_READY: u8 = 0x81;
 const UP_EVENTS: u8 = 0x82;
+
+/// In a backend entry's flags byte: may be used as a fallback.
+const ROUTABLE: u8 = 0x01;
+/// In a backend entry's flags byte: the `send-proxy` version, shifted
+/// (0 none, 1 v1, 2 v2). A table without `send-proxy` encodes as before
+/// the field existed.
+const SEND_PROXY_SHIFT: u8 = 1;
+/// In a handoff's fallback count byte: a destination address follows the
+/// client's. A handoff without one encodes as before the field existed.
+const HAS_DESTINATION: u8 = 0x80;
 
 const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
@@ -73,7 +84,12 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                 out.extend_from_slice(&b.id.to_le_bytes());
                 out.extend_from_slice(&b.column.to_le_bytes());
                 put_addr(out, b.addr);
-                out.push(u8::from(b.routable));
+                let send_proxy = match b.send_proxy {
+                    None => 0,
+                    Some(Version::V1) => 1,
+                    Some(Version::V2) => 2,
+                };
+                out.push((u8::from(b.routable) * ROUTABLE) | (send_proxy << SEND_PROXY_SHIFT));
             }
         }
         Down::Conns(conns) => return encode_conns(conns, out),
@@ -101,11 +117,19 @@ pub(super) fn encode_conns(conns: &[Handoff], out: &mut Vec<u8>) -> Result<(), F
         out.extend_from_slice(&h.conn.to_le_bytes());
         out.extend_from_slice(&h.backend.to_le_bytes());
         let fallbacks = h.fallbacks.as_slice();
-        out.push(fallbacks.len() as u8);
+        let has_destination = if h.destination.is_some() {
+            HAS_DESTINATION
+        } else {
+            0
+        };
+        out.push(fallbacks.len() as u8 | has_destination);
         for id in fallbacks {
             out.extend_from_slice(&id.to_le_bytes());
         }
         put_addr(out, h.client);
+        if let Some(d) = h.destination {
+            put_addr(out, d);
+        }
     }
     Ok(())
 }
@@ -142,12 +166,24 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 let id = r.u32("backend id")?;
                 let column = r.u16("backend column")?;
                 let addr = r.addr()?;
-                let routable = r.flag("routable flag")?;
+                let flags = r.u8("backend flags")?;
+                let send_proxy = match flags >> SEND_PROXY_SHIFT {
+                    0 => None,
+                    1 => Some(Version::V1),
+                    2 => Some(Version::V2),
+                    _ => {
+                        return Err(FrameError::Invalid {
+                            what: "backend flags",
+                            value: flags.into(),
+                        });
+                    }
+                };
                 backends.push(BackendEntry {
                     id,
                     column,
                     addr,
-                    routable,
+                    routable: flags & ROUTABLE != 0,
+                    send_proxy,
                 });
             }
             Down::Config(WorkerConfig {
@@ -173,7 +209,9 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             for _ in 0..n {
                 let conn = r.u64("connection id")?;
                 let backend = r.u32("backend id")?;
-                let n = usize::from(r.u8("fallback count")?);
+                let count = r.u8("fallback count")?;
+                let has_destination = count & HAS_DESTINATION != 0;
+                let n = usize::from(count & !HAS_DESTINATION);
                 if n > MAX_FALLBACKS {
                     return Err(FrameError::Invalid {
                         what: "fallback count",
@@ -185,11 +223,17 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     *id = r.u32("fallback backend id")?;
                 }
                 let client = r.addr()?;
+                let destination = if has_destination {
+                    Some(r.addr()?)
+                } else {
+                    None
+                };
                 conns.push(Handoff {
                     conn,
                     backend,
                     fallbacks: Fallbacks::new(&ids[..n]),
                     client,
+                    destination,
                 });
             }
             Down::Conns(conns)

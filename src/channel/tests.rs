@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::fdpass::{self, Received};
 use super::*;
+use crate::proxy_protocol::Version;
 
 fn sample_config() -> WorkerConfig {
     WorkerConfig {
@@ -26,12 +27,21 @@ fn sample_config() -> WorkerConfig {
                 column: 0,
                 addr: "10.0.0.5:80".parse().unwrap(),
                 routable: true,
+                send_proxy: None,
             },
             BackendEntry {
                 id: 7,
                 column: 1023,
                 addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 8443),
                 routable: false,
+                send_proxy: Some(Version::V2),
+            },
+            BackendEntry {
+                id: 8,
+                column: 2,
+                addr: "10.0.0.6:80".parse().unwrap(),
+                routable: true,
+                send_proxy: Some(Version::V1),
             },
         ],
     }
@@ -68,12 +78,21 @@ fn down_messages_round_trip() {
                 backend: 0,
                 fallbacks: Fallbacks::default(),
                 client: "127.0.0.2:5000".parse().unwrap(),
+                destination: None,
             },
             Handoff {
                 conn: u64::MAX,
                 backend: 7,
                 fallbacks: Fallbacks::new(&[3, 1, u32::MAX - 1, 9]),
                 client: "[2001:db8::1]:65535".parse().unwrap(),
+                destination: Some("[2001:db8::2]:443".parse().unwrap()),
+            },
+            Handoff {
+                conn: 3,
+                backend: 8,
+                fallbacks: Fallbacks::new(&[1]),
+                client: "192.0.2.7:40000".parse().unwrap(),
+                destination: Some("10.0.0.1:80".parse().unwrap()),
             },
         ]),
         Down::Conns(vec![]),
@@ -117,9 +136,53 @@ fn encoded_events_fit_the_declared_maximum() {
         backend: 2,
         fallbacks: Fallbacks::new(&[1, 2, 3, 4]),
         client: "[2001:db8::1]:80".parse().unwrap(),
+        destination: Some("[2001:db8::2]:443".parse().unwrap()),
     };
     Down::encode_conns(&[v6], &mut buf).unwrap();
     assert_eq!(buf.len() - 4, HANDOFF_LEN);
+    // A whole batch of the largest handoffs fits a frame.
+    Down::encode_conns(&[v6; MAX_FDS], &mut buf).unwrap();
+    assert!(buf.len() <= MAX_FRAME);
+}
+
+/// `send-proxy` and a handoff's destination use bits that were invalid
+/// before they existed: a frame without them is byte for byte what the
+/// previous build sent and read, so a front and workers of either build
+/// understand each other while an upgrade rolls.
+#[test]
+fn frames_without_the_proxy_fields_are_unchanged() {
+    let mut buf = Vec::new();
+    let h = Handoff {
+        conn: 5,
+        backend: 2,
+        fallbacks: Fallbacks::new(&[9]),
+        client: "127.0.0.2:80".parse().unwrap(),
+        destination: None,
+    };
+    Down::encode_conns(&[h], &mut buf).unwrap();
+    let mut want = vec![VERSION, 0x02, 1, 0];
+    want.extend_from_slice(&5u64.to_le_bytes());
+    want.extend_from_slice(&2u32.to_le_bytes());
+    want.push(1); // one fallback, no destination
+    want.extend_from_slice(&9u32.to_le_bytes());
+    want.extend_from_slice(&[4, 127, 0, 0, 2, 80, 0, 0, 0, 0, 0]);
+    assert_eq!(buf, want);
+
+    let mut cfg = sample_config();
+    cfg.backends.truncate(1);
+    Down::Config(cfg).encode(&mut buf).unwrap();
+    // The last byte of the only entry: routable, no send-proxy.
+    assert_eq!(buf.last(), Some(&1));
+    // Flags the codec does not know are refused, naming them.
+    let at = buf.len() - 1;
+    buf[at] = 0b110;
+    assert_eq!(
+        Down::decode(&buf),
+        Err(FrameError::Invalid {
+            what: "backend flags",
+            value: 0b110
+        })
+    );
 }
 
 #[test]
@@ -187,12 +250,14 @@ fn descriptors_travel_with_their_frame() {
             backend: 3,
             fallbacks: Fallbacks::new(&[7]),
             client,
+            destination: None,
         },
         Handoff {
             conn: 2,
             backend: 4,
             fallbacks: Fallbacks::new(&[7]),
             client,
+            destination: None,
         },
     ];
     Down::encode_conns(&handoffs, &mut frame).unwrap();

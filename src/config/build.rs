@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -14,6 +15,7 @@ use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
 use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_backend_arg};
 use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
+use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::Splice;
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
@@ -352,6 +354,29 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         || src
             .typed("cpu-affinity", None, &keys.cpu_affinity, values::switch)?
             .unwrap_or(false);
+    let a = &args.access;
+    let networks = |id, key, flags: &[String], raw| -> Result<Vec<Cidr>, ConfigError> {
+        src.list(id, key, flags, raw)
+            .iter()
+            .map(|g| src.check(g, values::cidr))
+            .collect()
+    };
+    let acl = Acl::new(
+        networks("allow", "allow", &a.allow, &keys.allow)?,
+        networks("deny", "deny", &a.deny, &keys.deny)?,
+    );
+    let accept_proxy = Networks::new(networks(
+        "accept_proxy",
+        "accept-proxy",
+        &a.accept_proxy,
+        &keys.accept_proxy,
+    )?);
+    let proxy_header_timeout = timeout(
+        "proxy-header-timeout",
+        a.proxy_header_timeout,
+        &keys.proxy_header_timeout,
+        super::PROXY_HEADER_TIMEOUT,
+    )?;
 
     // Every value given is well-formed; one was needed.
     if backend_given.is_empty() {
@@ -399,6 +424,9 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         splice,
         cpu_affinity,
         file: file.map(|f| f.path.clone()),
+        acl: Arc::new(acl),
+        accept_proxy: Arc::new(accept_proxy),
+        proxy_header_timeout,
     })
 }
 
@@ -448,6 +476,7 @@ fn expand(
         resolve.push(ResolveGroup {
             name: a.name.clone(),
             weight: a.weight,
+            send_proxy: a.send_proxy,
         });
     }
     if backends.len() > MAX_BACKENDS {

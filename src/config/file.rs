@@ -46,6 +46,12 @@ pub struct FileConfig {
     pub fall: Option<Raw>,
     pub splice: Option<Raw>,
     pub cpu_affinity: Option<Raw>,
+    /// Client networks: `"CIDR"` or `["CIDR", ...]`.
+    pub allow: Option<Spanned<List>>,
+    pub deny: Option<Spanned<List>>,
+    /// Sources whose connections begin with a PROXY header.
+    pub accept_proxy: Option<Spanned<List>>,
+    pub proxy_header_timeout: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep
@@ -148,22 +154,20 @@ pub fn shown(value: &Value) -> String {
 }
 
 /// A backend entry as the text `--backend` would carry: a string as is, a
-/// table `{ address, weight, resolve }` spelled out.
+/// table `{ address, weight, resolve, send-proxy }` spelled out.
 pub fn backend_spec(value: &Value) -> Result<String, Invalid> {
-    const SHAPE: &str = "expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }";
+    const SHAPE: &str = "expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }";
+    const KEYS: [&str; 4] = ["address", "weight", "resolve", "send-proxy"];
     let table = match value {
         Value::String(s) => return Ok(s.clone()),
         Value::Table(t) => t,
         _ => return Err(Invalid::new(SHAPE)),
     };
-    if let Some(key) = table
-        .keys()
-        .find(|k| !["address", "weight", "resolve"].contains(&k.as_str()))
-    {
+    if let Some(key) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(Invalid::new(format!(
-            "unknown key '{key}' in a backend table (expected address, weight, resolve)"
+            "unknown key '{key}' in a backend table (expected address, weight, resolve, send-proxy)"
         ))
-        .similar_a("key", key, ["address", "weight", "resolve"]));
+        .similar_a("key", key, KEYS));
     }
     let Some(Value::String(address)) = table.get("address") else {
         return Err(Invalid::new(SHAPE));
@@ -177,6 +181,14 @@ pub fn backend_spec(value: &Value) -> Result<String, Invalid> {
     match table.get("resolve") {
         None | Some(Value::Boolean(false)) => {}
         Some(Value::Boolean(true)) => spec.push_str(",resolve"),
+        Some(_) => return Err(Invalid::new(SHAPE)),
+    }
+    match table.get("send-proxy") {
+        None => {}
+        // Checked with the rest of the text (`send-proxy=v3` is refused
+        // in the same words as the flag's).
+        Some(Value::String(v)) if !v.contains(',') => spec.push_str(&format!(",send-proxy={v}")),
+        Some(Value::Integer(v)) => spec.push_str(&format!(",send-proxy={v}")),
         Some(_) => return Err(Invalid::new(SHAPE)),
     }
     Ok(spec)

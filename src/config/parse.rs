@@ -1,4 +1,4 @@
-//! Backends as written (`HOST:PORT[,weight=N][,resolve]`) and the
+//! Backends as written (`HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]`) and the
 //! resolution of host names, shared by flags, the config file and `ctl
 //! backend add`.
 
@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::error::Invalid;
+use crate::proxy_protocol::Version;
 
 /// Largest accepted backend weight.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -21,6 +22,10 @@ pub struct BackendSpec {
     pub weight: u32,
     /// For a backend found by DNS discovery: the `host:port` it came from.
     pub group: Option<String>,
+    /// Write a PROXY protocol header of this version before the client's
+    /// bytes (`send-proxy=v1|v2`).
+    #[serde(default)]
+    pub send_proxy: Option<Version>,
 }
 
 /// A backend argument as written, before any resolution:
@@ -31,6 +36,7 @@ pub struct BackendArg {
     pub weight: u32,
     /// Every address of the name is a backend, re-resolved while running.
     pub resolve: bool,
+    pub send_proxy: Option<Version>,
 }
 
 /// A host name whose addresses are all backends, kept up to date by
@@ -40,15 +46,21 @@ pub struct ResolveGroup {
     /// `host:port` as written.
     pub name: String,
     pub weight: u32,
+    /// Every address found is a backend with this `send-proxy`.
+    #[serde(default)]
+    pub send_proxy: Option<Version>,
 }
 
 impl fmt::Display for BackendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.weight == 1 {
-            write!(f, "{}", self.name)
-        } else {
-            write!(f, "{},weight={}", self.name, self.weight)
+        write!(f, "{}", self.name)?;
+        if self.weight != 1 {
+            write!(f, ",weight={}", self.weight)?;
         }
+        if let Some(v) = self.send_proxy {
+            write!(f, ",send-proxy={v}")?;
+        }
+        Ok(())
     }
 }
 
@@ -100,15 +112,22 @@ pub fn resolve_all(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// `host:port[,weight=N][,resolve]`, syntax only (nothing is resolved).
+/// The options a backend takes after its address.
+const OPTIONS: [&str; 3] = ["weight", "resolve", "send-proxy"];
+
+/// `host:port[,weight=N][,resolve][,send-proxy=v1|v2]`, syntax only
+/// (nothing is resolved).
 pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
     let mut parts = text.trim().split(',');
     let name = parts.next().unwrap_or_default().trim().to_string();
     if name.is_empty() {
-        return Err(Invalid::new("expected HOST:PORT[,weight=N][,resolve]"));
+        return Err(Invalid::new(
+            "expected HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]",
+        ));
     }
     let mut weight = 1;
     let mut resolve = false;
+    let mut send_proxy = None;
     for opt in parts {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
         match key.trim() {
@@ -123,11 +142,19 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
                     })?;
             }
             "resolve" if value.is_empty() => resolve = true,
+            "send-proxy" => {
+                send_proxy = Some(value.trim().parse::<Version>().map_err(|_| {
+                    Invalid::new(format!(
+                        "send-proxy must be v1 or v2 (the PROXY protocol version), got '{}'",
+                        value.trim()
+                    ))
+                })?);
+            }
             other => {
                 return Err(Invalid::new(format!(
-                    "unknown option '{other}' (expected weight=N or resolve)"
+                    "unknown option '{other}' (expected weight=N, resolve or send-proxy=v1|v2)"
                 ))
-                .similar_a("option", other, ["weight", "resolve"]));
+                .similar_a("option", other, OPTIONS));
             }
         }
     }
@@ -154,6 +181,7 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
         name,
         weight,
         resolve,
+        send_proxy,
     })
 }
 
@@ -168,25 +196,32 @@ pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, String> {
             addr,
             weight: arg.weight,
             group: None,
+            send_proxy: arg.send_proxy,
         }]);
     }
+    let group = ResolveGroup {
+        name: arg.name.clone(),
+        weight: arg.weight,
+        send_proxy: arg.send_proxy,
+    };
     Ok(resolve_all(&arg.name)?
         .into_iter()
-        .map(|addr| group_member(&arg.name, addr, arg.weight))
+        .map(|addr| group_member(&group, addr))
         .collect())
 }
 
 /// The backend for one address of a `resolve` name.
-pub fn group_member(group: &str, addr: SocketAddr, weight: u32) -> BackendSpec {
+pub fn group_member(group: &ResolveGroup, addr: SocketAddr) -> BackendSpec {
     BackendSpec {
         name: addr.to_string(),
         addr,
-        weight,
-        group: Some(group.to_string()),
+        weight: group.weight,
+        group: Some(group.name.clone()),
+        send_proxy: group.send_proxy,
     }
 }
 
-/// `host:port[,weight=N]`, one backend, resolved now (for `ctl backend
+/// `host:port[,weight=N][,send-proxy=v1|v2]`, one backend, resolved now (for `ctl backend
 /// add`, where `resolve` has no place: discovery belongs in the config).
 pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
     let bad = |why: String| format!("invalid backend '{text}': {why}");

@@ -1,5 +1,6 @@
 //! Config tests; property tests (arbitrary files) are in `tests/props.rs`.
 
+mod access;
 mod props;
 
 use std::path::Path;
@@ -7,14 +8,14 @@ use std::path::Path;
 use super::*;
 use crate::cli::ProxyArgs;
 
-fn args(backends: &[&str]) -> ProxyArgs {
+pub(super) fn args(backends: &[&str]) -> ProxyArgs {
     ProxyArgs {
         backend: backends.iter().map(|s| s.to_string()).collect(),
         ..ProxyArgs::default()
     }
 }
 
-fn err(a: &ProxyArgs) -> String {
+pub(super) fn err(a: &ProxyArgs) -> String {
     // (The message, as `rrproxy` prints it after `rrproxy: error: `.)
     Config::load(a).unwrap_err().to_string()
 }
@@ -155,7 +156,7 @@ fn bad_flags_are_refused_naming_the_flag() {
 }
 
 /// A file with `body`, loaded with no flags but `--config`: the error.
-fn file_err(body: &str) -> String {
+pub(super) fn file_err(body: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("rrproxy-cfg-{}-{n}", std::process::id()));
@@ -315,7 +316,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
     for (body, want) in [
         (
             "backends = [\"127.0.0.1:80\", { address = \"127.0.0.1:81\", wieght = 2 }]\n",
-            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve)\n  tip: a similar key exists: 'weight'",
+            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy)\n  tip: a similar key exists: 'weight'",
         ),
         (
             "backends = [\"127.0.0.1:80\",\n  \"127.0.0.1:80,weight=0\"]\n",
@@ -323,7 +324,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [3]\n",
-            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
+            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
         ),
         (
             "backends = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
@@ -331,7 +332,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [true]\n",
-            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve]\" or { address = \"HOST:PORT\", weight = N, resolve = true }",
+            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
         ),
         (
             "workers = 2\n",

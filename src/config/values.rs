@@ -119,6 +119,21 @@ pub fn ipv6_prefix(text: &str) -> Result<u8, Invalid> {
     number(text, 1, 128).map(|n| n as u8)
 }
 
+/// A client network for `--allow`, `--deny` and `--accept-proxy`: an IP
+/// address with an optional `/prefix`. Host names are refused (an access
+/// list must not change with DNS).
+pub fn cidr(text: &str) -> Result<crate::acl::Cidr, Invalid> {
+    text.parse().map_err(|e: crate::acl::CidrError| {
+        let bad = Invalid::new(e.to_string());
+        match e {
+            crate::acl::CidrError::HostName(_) => {
+                bad.hint("write its address (or its network) instead")
+            }
+            _ => bad,
+        }
+    })
+}
+
 /// `auto` (one per available core) or a count in 1..=MAX_WORKERS.
 pub fn workers(text: &str) -> Result<usize, Invalid> {
     let text = text.trim();

@@ -253,9 +253,11 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
         .iter()
         .map(|r| {
             vec![
-                match &r.from {
-                    Some(name) => format!("{} ({name})", r.address),
-                    None => r.address.clone(),
+                match (&r.from, r.send_proxy) {
+                    (Some(name), None) => format!("{} ({name})", r.address),
+                    (Some(name), Some(v)) => format!("{} ({name}, send-proxy={v})", r.address),
+                    (None, Some(v)) => format!("{} (send-proxy={v})", r.address),
+                    (None, None) => r.address.clone(),
                 },
                 r.state.to_string(),
                 r.weight.to_string(),

@@ -61,6 +61,9 @@ pub struct BackendRow {
     /// For a backend found by DNS discovery: the `host:port` it came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The PROXY protocol version written to it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub state: &'static str,
     pub weight: u32,
     pub active: u64,
@@ -161,6 +164,7 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
             address: b.spec.name.clone(),
             resolved: b.spec.addr.to_string(),
             from: b.spec.group.clone(),
+            send_proxy: b.spec.send_proxy,
             state: match (b.admin, b.healthy) {
                 (Admin::Draining, _) => "draining",
                 (Admin::Disabled, _) => "disabled",
@@ -322,6 +326,23 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 msg.push_str("\n  ");
                 msg.push_str(&n);
             }
+            ok_json(json, msg)
+        }
+        (Action::Acl, _) => {
+            let view = crate::front::AclView::of(&front.borrow());
+            if json {
+                to_json(&view)
+            } else {
+                Ok(view.render())
+            }
+        }
+        (Action::AclAllow | Action::AclDeny | Action::AclRemove, [cidr, ..]) => {
+            let list = match action {
+                Action::AclAllow => Some(crate::acl::Action::Allow),
+                Action::AclDeny => Some(crate::acl::Action::Deny),
+                _ => None,
+            };
+            let msg = front.borrow_mut().acl_edit(list, cidr)?;
             ok_json(json, msg)
         }
         (Action::Top, _) => Err(format!(

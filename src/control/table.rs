@@ -23,6 +23,10 @@ pub enum Action {
     BackendDisable,
     Upgrade,
     ConfigReload,
+    Acl,
+    AclAllow,
+    AclDeny,
+    AclRemove,
     Help,
     Quit,
     /// Runs in `rrproxy ctl`, not on the socket.
@@ -81,7 +85,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backend add",
         "ADDR[,weight=N]",
-        "add a backend",
+        "add a backend (also ,send-proxy=v1|v2)",
         Run(BackendAdd),
     ),
     row(
@@ -107,6 +111,30 @@ pub const COMMANDS: &[Spec] = &[
         "ADDR",
         "undo with backend enable",
         AliasOf("backend disable"),
+    ),
+    row(
+        "acl",
+        "",
+        "access lists: allow and deny entries, accept-proxy sources",
+        Run(Acl),
+    ),
+    row(
+        "acl allow",
+        "CIDR",
+        "serve clients in CIDR (with any allow entry, only those)",
+        Run(AclAllow),
+    ),
+    row(
+        "acl deny",
+        "CIDR",
+        "refuse clients in CIDR (new connections; open ones stay)",
+        Run(AclDeny),
+    ),
+    row(
+        "acl remove",
+        "CIDR",
+        "take CIDR out of the allow or deny list",
+        Run(AclRemove),
     ),
     row(
         "upgrade",
@@ -162,7 +190,19 @@ pub fn lookup<'w, 'a>(
     let args = &words[spec.name.split(' ').count()..];
     let (min, max) = arity(spec.args);
     if args.len() < min || args.len() > max {
-        return Err(if max == 0 {
+        // `acl frob`: list `acl` and its two-word commands.
+        let group: Vec<String> = COMMANDS
+            .iter()
+            .filter(|s| s.name == spec.name || s.name.starts_with(&format!("{} ", spec.name)))
+            .map(usage)
+            .collect();
+        return Err(if max == 0 && group.len() > 1 {
+            format!(
+                "'{}' takes no arguments (usage: {})",
+                spec.name,
+                group.join(" | ")
+            )
+        } else if max == 0 {
             format!("'{}' takes no arguments (try help)", spec.name)
         } else {
             format!("usage: {}", usage(spec))
@@ -305,6 +345,17 @@ mod tests {
                 .contains("unknown command 'frob'")
         );
         assert!(lookup(&[]).is_err());
+        assert_eq!(lookup(&["acl"]).unwrap().1, Acl);
+        let (_, action, args) = lookup(&["acl", "deny", "10.0.0.0/8"]).unwrap();
+        assert_eq!((action, args), (AclDeny, &["10.0.0.0/8"][..]));
+        assert_eq!(
+            lookup(&["acl", "frob"]).unwrap_err(),
+            "'acl' takes no arguments (usage: acl | acl allow CIDR | acl deny CIDR | acl remove CIDR)"
+        );
+        assert_eq!(
+            lookup(&["acl", "allow"]).unwrap_err(),
+            "usage: acl allow CIDR"
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! the flags) says which backends exist, their weights, the policy, the
 //! timeouts and limits. `ctl` changes the running state; a reload makes the
 //! running state what the file says again, and reports each `ctl` change it
-//! overrides (a policy set by `ctl`, a backend added by `ctl`). State the
-//! file cannot express (a backend disabled with `ctl`) is kept.
+//! overrides (a policy set by `ctl`, a backend added by `ctl`, a network
+//! put in or taken out of an access list by `ctl acl`). State the file
+//! cannot express (a backend disabled with `ctl`) is kept. The access
+//! lists themselves are edited in `access`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use tracing::{info, warn};
 
 use super::Front;
 use super::backends::Admin;
+use crate::acl::{Action, Cidr};
 use crate::config::{BackendSpec, Config, MAX_BACKENDS, ResolveGroup, group_member};
 use crate::policy::{self, PolicyName};
 use crate::stats::{FrontWord, ProcWord};
@@ -50,6 +53,8 @@ pub struct Overrides {
     pub added: BTreeSet<String>,
     /// Backends removed with `ctl backend remove`.
     pub removed: BTreeSet<String>,
+    /// Networks `ctl acl` put in a list (or took out of both: `None`).
+    pub acl: BTreeMap<Cidr, Option<Action>>,
 }
 
 /// What a reload did, line by line, for the log and the `ctl` reply.
@@ -60,7 +65,7 @@ pub struct ReloadReport {
 
 impl Front {
     /// Swap in a config derived from the current one.
-    fn update_config(&self, change: impl FnOnce(&mut Config)) {
+    pub(super) fn update_config(&self, change: impl FnOnce(&mut Config)) {
         let mut next = Config::clone(&self.config.load());
         change(&mut next);
         self.config.store(Arc::new(next));
@@ -209,7 +214,7 @@ impl Front {
         let (add, gone) = super::resolver::diff(&members, addrs);
         let mut changed = false;
         for addr in add {
-            let spec = group_member(&group.name, addr, group.weight);
+            let spec = group_member(group, addr);
             if self.backends.list.iter().any(|b| b.spec.addr == addr) {
                 continue; // listed under another name, or still draining
             }
@@ -308,6 +313,7 @@ impl Front {
                 notes.push(format!("backend {name} removed by ctl: added back"));
             }
         }
+        notes.extend(Front::acl_reload_notes(&overrides.acl, &new));
         // Backends: drain the removed, add the new, update weights.
         for b in &mut self.backends.list {
             if b.admin != Admin::Draining && !new.backends.iter().any(|s| s.name == b.spec.name) {
@@ -352,6 +358,7 @@ impl Front {
             ..new
         };
         self.config.store(Arc::new(keep));
+        self.access.configure(&self.config.load());
         self.limits = self.config.load().limits;
         self.retries = usize::from(self.config.load().retries);
         self.backends.refresh_routable();

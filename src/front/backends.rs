@@ -263,6 +263,7 @@ impl Backends {
                 column: b.column as u16,
                 addr: b.spec.addr,
                 routable: b.routable(),
+                send_proxy: b.spec.send_proxy,
             })
             .collect()
     }

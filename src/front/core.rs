@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{Backends, Counters, Ledger, Listeners};
+use super::{Access, Backends, Counters, Ledger, Listeners};
 use crate::channel::{Down, Fallbacks, Handoff, MAX_FALLBACKS, MAX_FDS};
 use crate::config::{Config, Limits};
 use crate::policy::{self, Policy, WorkerView};
@@ -35,12 +35,27 @@ pub type Shared = Rc<std::cell::RefCell<Front>>;
 /// An accepted client connection not yet handed to a worker.
 pub struct Conn {
     pub stream: TcpStream,
+    /// The client: the connection's peer, or for a connection from an
+    /// `--accept-proxy` source, the source its PROXY header named.
     pub peer: SocketAddr,
+    /// The address the client connected to, when the socket cannot tell
+    /// (a PROXY header's destination); `None`: the socket's local address.
+    pub destination: Option<SocketAddr>,
 }
 
 impl Conn {
     pub fn ip(&self) -> IpAddr {
         self.peer.ip()
+    }
+
+    /// A connection described by `h`, on its descriptor (taken back from a
+    /// worker's channel).
+    pub fn of_handoff(stream: TcpStream, h: &Handoff) -> Conn {
+        Conn {
+            stream,
+            peer: h.client,
+            destination: h.destination,
+        }
     }
 }
 
@@ -128,6 +143,8 @@ pub struct Front {
     pub listeners: Listeners,
     pub workers: Workers,
     pub backends: Backends,
+    /// Who the client is (PROXY headers) and whether it is served (ACLs).
+    pub access: Access,
     pub policy: Box<dyn Policy>,
     pub ledger: Ledger,
     pub counters: Counters,
@@ -165,6 +182,7 @@ impl Front {
                 me: me.clone(),
                 limits: cfg.limits,
                 retries: usize::from(cfg.retries),
+                access: Access::new(&cfg),
                 config,
                 listeners,
                 workers,
@@ -182,17 +200,21 @@ impl Front {
         })
     }
 
-    /// A connection came out of `accept`.
+    /// A connection came out of `accept`. One from an `--accept-proxy`
+    /// source first has its PROXY header read, off the accept loop; any
+    /// other is admitted now (`Front::admit`, in `access`: access list,
+    /// per-IP limit, dispatch).
     pub fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
         self.counters.bump(FrontWord::Accepted, 1);
-        let ip = peer.ip();
-        if !self.admit_ip(ip) {
-            self.counters.bump(FrontWord::RefusedPerIp, 1);
-            refuse(&stream);
+        if self.access.trusts(peer.ip()) {
+            self.read_header(stream, peer);
             return;
         }
-        self.dispatch(Conn { stream, peer });
-        self.update_paused();
+        self.admit(Conn {
+            stream,
+            peer,
+            destination: None,
+        });
     }
 
     /// Choose a worker and backend for `conn` and add it to that worker's
@@ -231,6 +253,7 @@ impl Front {
             backend,
             fallbacks,
             client: conn.peer,
+            destination: conn.destination,
         });
         proc.batch_fds.push(OwnedFd::from(conn.stream));
         let full_batch = proc.batch.len() >= MAX_FDS;
@@ -351,10 +374,7 @@ impl Front {
                 }
                 fds.into_iter()
                     .zip(&handoffs)
-                    .map(|(fd, h)| Conn {
-                        stream: TcpStream::from(fd),
-                        peer: h.client,
-                    })
+                    .map(|(fd, h)| Conn::of_handoff(TcpStream::from(fd), h))
                     .collect()
             }
         }

@@ -14,6 +14,11 @@
 //! A down backend gets no new connections; if every backend is down, the
 //! front fails open and tries them anyway (logged), rather than refusing
 //! clients.
+//!
+//! A check of a `send-proxy` backend writes a PROXY header saying "no
+//! client" (v2 `LOCAL`, v1 `PROXY UNKNOWN`) after connecting, as HAProxy
+//! does, so a backend that requires the header neither logs an error nor
+//! drops the check; the check passes once the header is written.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{Front, Shared};
+use crate::proxy_protocol::{Header, Version};
 use crate::stats::{Col, ColCell};
 
 /// Failed connects must fall within this window to mark a backend down.
@@ -53,11 +59,11 @@ pub async fn run(front: Shared) {
             }
             let cfg = f.config.load();
             cfg.health.interval.map(|interval| {
-                let targets: Vec<(u32, SocketAddr)> = f
+                let targets: Vec<(u32, SocketAddr, Option<Version>)> = f
                     .backends
                     .list
                     .iter()
-                    .map(|b| (b.id, b.spec.addr))
+                    .map(|b| (b.id, b.spec.addr, b.spec.send_proxy))
                     .collect();
                 (interval, cfg.health.timeout, targets)
             })
@@ -68,9 +74,12 @@ pub async fn run(front: Shared) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let checks = targets
-            .into_iter()
-            .map(|(id, addr)| async move { (id, check(addr, timeout).await) });
+        let checks =
+            targets
+                .into_iter()
+                .map(|(id, addr, send_proxy)| async move {
+                    (id, check(addr, timeout, send_proxy).await)
+                });
         let results = join_all(checks).await;
         {
             let mut f = front.borrow_mut();
@@ -99,11 +108,18 @@ where
     out
 }
 
-async fn check(addr: SocketAddr, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+/// Connect (and, for a `send-proxy` backend, write a header with no
+/// client) within `timeout`.
+async fn check(addr: SocketAddr, timeout: Duration, send_proxy: Option<Version>) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        if let Some(v) = send_proxy {
+            stream.write_all(&Header::Local.encode(v)).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(())))
 }
 
 impl Front {

@@ -208,10 +208,7 @@ impl Front {
         for (h, fd) in batch.iter().zip(fds) {
             proc.ip_sub(super::ledger::client_of(h.client.ip(), prefix), 1);
             self.backends.sub_inflight(h.backend);
-            conns.push(Conn {
-                stream: fd.into(),
-                peer: h.client,
-            });
+            conns.push(Conn::of_handoff(fd.into(), h));
         }
         let mut buf = Box::new([0u8; MAX_FRAME]);
         let mut fds = Vec::new();
@@ -224,10 +221,7 @@ impl Front {
                     };
                     for (h, fd) in handoffs.iter().zip(fds.drain(..)) {
                         proc.ip_sub(super::ledger::client_of(h.client.ip(), prefix), 1);
-                        conns.push(Conn {
-                            stream: std::net::TcpStream::from(fd),
-                            peer: h.client,
-                        });
+                        conns.push(Conn::of_handoff(std::net::TcpStream::from(fd), h));
                     }
                 }
                 Ok(Received::Closed) => break,

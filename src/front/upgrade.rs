@@ -134,6 +134,7 @@ fn thaw(f: &mut super::Front) {
     if f.state.frozen {
         f.state.frozen = false;
         f.state.thaw.notify_waiters();
+        f.resume_header_reads();
         f.arm_watchers();
         f.refresh_all_views();
         f.retry_pending();
@@ -198,6 +199,7 @@ async fn converse(front: &Shared, link: &Link, exe: &Path) -> Result<String, Str
         let mut f = front.borrow_mut();
         f.flush();
         f.state.frozen = true;
+        f.suspend_header_reads();
         f.update_paused();
         f.refresh_all_views();
         let (value, fds) = state::capture(&f);

@@ -82,11 +82,12 @@ impl Front {
         self.total_active + self.ledger.pending.len() as u64
     }
 
-    /// At `--max-conns`: stop accepting until a connection ends.
+    /// At `--max-conns` (counting connections whose PROXY header is being
+    /// read): stop accepting until a connection ends.
     pub fn at_global_limit(&self) -> bool {
         self.limits
             .max_conns
-            .is_some_and(|max| self.total_active() >= max)
+            .is_some_and(|max| self.total_active() + self.access.waiting() as u64 >= max)
     }
 
     /// Whether listeners should stop accepting for now.
@@ -96,6 +97,7 @@ impl Front {
             || !self.ledger.pending.is_empty()
             || self.routable_slots == 0
             || self.at_global_limit()
+            || self.access.full()
     }
 
     /// Re-evaluate the pause and wake listeners when it lifts.
@@ -151,6 +153,8 @@ impl Front {
             "connections are waiting to be handed out"
         } else if self.at_global_limit() {
             "--max-conns reached"
+        } else if self.access.full() {
+            "4096 connections from --accept-proxy sources are waiting for their PROXY header"
         } else if serving.is_empty() {
             "no worker is ready"
         } else if serving.iter().all(|p| load(self, p).0 >= cap) {

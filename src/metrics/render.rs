@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::policy::PolicyName;
+use crate::proxy_protocol::HeaderError;
 use crate::stats::{
     self, CONNECT_BOUNDS, Col, ColCell, DURATION_BOUNDS, FrontWord, ProcWord, SlotWord, Table,
 };
@@ -284,6 +285,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             + over(table, cells, ProcWord::Failed),
     );
     simple(&mut o, REFUSED_PER_IP, front(FrontWord::RefusedPerIp));
+    simple(&mut o, DENIED, front(FrontWord::Denied));
+    o.family(PROXY_HEADER_ERRORS);
+    for (reason, w) in HeaderError::REASONS.iter().zip(FrontWord::HEADER_ERRORS) {
+        o.sample(PROXY_HEADER_ERRORS, &[("reason", reason)], front(w));
+    }
     simple(
         &mut o,
         FIRST_BYTE_TIMEOUTS,

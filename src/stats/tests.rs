@@ -120,3 +120,26 @@ fn buckets_are_upper_inclusive() {
     assert_eq!(bucket(&DURATION_BOUNDS, 0.0011), 1);
     assert_eq!(bucket(&DURATION_BOUNDS, 1e9), DURATION_BOUNDS.len());
 }
+
+#[test]
+fn every_header_error_reason_has_its_word() {
+    use crate::proxy_protocol::HeaderError as E;
+    let samples = [
+        E::NotProxy,
+        E::Malformed("x"),
+        E::Oversized { limit: 1 },
+        E::Truncated,
+        E::Timeout,
+        E::Unsupported("x"),
+        E::Io(std::io::ErrorKind::ConnectionReset),
+    ];
+    assert_eq!(samples.len(), E::REASONS.len());
+    for e in samples {
+        let i = E::REASONS.iter().position(|&r| r == e.reason()).unwrap();
+        assert_eq!(
+            FrontWord::HEADER_ERRORS[i],
+            FrontWord::header_error(&e),
+            "{e}"
+        );
+    }
+}

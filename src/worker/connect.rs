@@ -1,6 +1,13 @@
 //! One connection's life in a worker: connect to the chosen backend (or,
 //! if it cannot be reached, the fallbacks the front's policy chose for it,
 //! each at most once), then pump bytes until both sides are done.
+//!
+//! A backend with `send-proxy` gets a PROXY protocol header (the client's
+//! address, and the address it connected to) written as part of the
+//! connect, within the connect timeout, before a single byte is pumped
+//! either way: so it comes first even to a backend that speaks first, and
+//! a backend that takes the connection but not the header counts as a
+//! failed connect (the next fallback is tried).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tracing::debug;
@@ -15,6 +23,7 @@ use tracing::debug;
 use super::pump::{self, Meter, Outcome};
 use super::{Routes, Worker};
 use crate::channel::{BackendEntry, Event, FailReason, Handoff};
+use crate::proxy_protocol::Header;
 use crate::stats::{Col, ProcWord};
 
 /// Serve one handed-off client connection to the end. It arrives counted
@@ -44,7 +53,9 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
             return;
         }
     };
-    let Some((backend, mut upstream, connect_time)) = connect_any(worker, &routes, &handoff).await
+    let header = proxy_header(&client, &handoff);
+    let Some((backend, mut upstream, connect_time)) =
+        connect_any(worker, &routes, &handoff, header).await
     else {
         // A reset, not a FIN: the client must not take it for an answer.
         debug!("no backend reachable; closing client");
@@ -136,12 +147,29 @@ fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// What a `send-proxy` backend is told about this connection: the client
+/// (the handoff's, which for an `--accept-proxy` connection is its
+/// header's source) and the address it connected to (the accepted
+/// socket's own, or the destination of its header).
+fn proxy_header(client: &TcpStream, handoff: &Handoff) -> Header {
+    let destination = handoff.destination.or_else(|| client.local_addr().ok());
+    match destination {
+        Some(destination) => Header::Tcp {
+            source: handoff.client,
+            destination,
+        },
+        // The socket is already gone; the connect that follows is moot.
+        None => Header::Local,
+    }
+}
+
 /// Try the planned backend, then every other routable backend once, in
 /// table order after it. Reports each failure.
 async fn connect_any(
     worker: &Worker,
     routes: &Routes,
     handoff: &Handoff,
+    header: Header,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
     let config = &routes.config;
     // The planned backend, then the fallbacks the front's policy chose
@@ -152,7 +180,8 @@ async fn connect_any(
         .filter_map(|id| routes.entry(id).copied());
     for backend in order {
         let began = Instant::now();
-        match connect_one(backend.addr, config.connect_timeout).await {
+        let preface = backend.send_proxy.map(|v| header.encode(v));
+        match connect_one(backend.addr, config.connect_timeout, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
@@ -169,7 +198,13 @@ async fn connect_any(
     None
 }
 
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, FailReason> {
+/// Connect to `addr` and write `preface` (a PROXY header) if any, all
+/// within `timeout`.
+async fn connect_one(
+    addr: SocketAddr,
+    timeout: Duration,
+    preface: Option<&[u8]>,
+) -> Result<TcpStream, FailReason> {
     let attempt = async {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -177,7 +212,11 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
             TcpSocket::new_v6()
         }?;
         socket.set_nodelay(true)?;
-        socket.connect(addr).await
+        let mut stream = socket.connect(addr).await?;
+        if let Some(bytes) = preface {
+            stream.write_all(bytes).await?;
+        }
+        Ok::<_, io::Error>(stream)
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => Ok(stream),

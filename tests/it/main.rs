@@ -1,12 +1,15 @@
 //! Integration tests: the real `rrproxy` binary, real sockets on loopback.
 //! One test binary (faster to build and link than one per file).
 
+mod access;
+mod client_address;
 mod control;
 mod discovery;
 mod faults;
 mod foundation;
 mod init;
 mod observability;
+mod peers;
 mod policies;
 mod shims;
 mod supervision;

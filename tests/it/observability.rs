@@ -63,6 +63,8 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_build_info",
     "rrproxy_log_lines_dropped_total",
     "rrproxy_client_first_byte_timeouts_total",
+    "rrproxy_denied_connections_total",
+    "rrproxy_proxy_header_errors_total",
 ];
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::super::*;
+use crate::proxy_protocol::Version;
 
 fn ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
@@ -35,14 +36,21 @@ fn micros() -> impl Strategy<Value = Duration> {
 }
 
 fn worker_config() -> impl Strategy<Value = WorkerConfig> {
-    let backend = (any::<u32>(), any::<u16>(), socket_addr(), any::<bool>()).prop_map(
-        |(id, column, addr, routable)| BackendEntry {
+    let send_proxy = prop_oneof![Just(None), Just(Some(Version::V1)), Just(Some(Version::V2)),];
+    let backend = (
+        any::<u32>(),
+        any::<u16>(),
+        socket_addr(),
+        any::<bool>(),
+        send_proxy,
+    )
+        .prop_map(|(id, column, addr, routable, send_proxy)| BackendEntry {
             id,
             column,
             addr,
             routable,
-        },
-    );
+            send_proxy,
+        });
     (
         (any::<u64>(), micros(), micros(), micros()),
         (
@@ -76,12 +84,14 @@ fn handoff() -> impl Strategy<Value = Handoff> {
         any::<u32>(),
         prop::collection::vec(any::<u32>(), 0..=MAX_FALLBACKS),
         socket_addr(),
+        prop::option::of(socket_addr()),
     )
-        .prop_map(|(conn, backend, fallbacks, client)| Handoff {
+        .prop_map(|(conn, backend, fallbacks, client, destination)| Handoff {
             conn,
             backend,
             fallbacks: Fallbacks::new(&fallbacks),
             client,
+            destination,
         })
 }
 

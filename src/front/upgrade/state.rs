@@ -6,7 +6,8 @@
 //! Descriptors travel beside the value, in this order: the listening
 //! sockets, the metrics socket (if any), the control socket (if any), the
 //! statistics table, then for each process (slot by slot) its channel end,
-//! the worker's channel end and its pidfd, then each pending connection.
+//! the worker's channel end and its pidfd, then each pending connection,
+//! then each connection whose PROXY header is still to be read.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +20,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{Action, Cidr};
 use crate::channel::fdpass::Channel;
 use crate::config::{BackendSpec, Config};
 use crate::front::admin::Overrides;
@@ -43,11 +45,20 @@ pub struct Handover {
     pub backends: BackendsState,
     pub policy: PolicyName,
     pub pending: Vec<SocketAddr>,
+    /// Parallel to `pending`: a PROXY header's destination, if any.
+    #[serde(default)]
+    pub pending_destinations: Vec<Option<SocketAddr>>,
+    /// Connections from `--accept-proxy` sources whose header is still to
+    /// be read (by their source address).
+    #[serde(default)]
+    pub header_waits: Vec<SocketAddr>,
     pub per_ip: Vec<(IpAddr, u32)>,
     pub next_conn: u64,
     pub overrides_policy: Option<PolicyName>,
     pub overrides_added: Vec<String>,
     pub overrides_removed: Vec<String>,
+    #[serde(default)]
+    pub overrides_acl: Vec<(Cidr, Option<Action>)>,
     pub resolve_failures: Vec<(String, u64)>,
     pub last_roll: Option<Result<String, String>>,
     /// When the old front stopped accepting (µs since the Unix epoch), so
@@ -141,6 +152,10 @@ pub fn capture(f: &Front) -> (Handover, Vec<BorrowedFd<'_>>) {
     for c in &f.ledger.pending {
         fds.push(c.stream.as_fd());
     }
+    let header_waits = f.header_waits();
+    for (_, fd) in &header_waits {
+        fds.push(*fd);
+    }
     let b = &f.backends;
     let backends = BackendsState {
         list: b
@@ -173,11 +188,20 @@ pub fn capture(f: &Front) -> (Handover, Vec<BorrowedFd<'_>>) {
         backends,
         policy: f.policy.name(),
         pending: f.ledger.pending.iter().map(|c| c.peer).collect(),
+        pending_destinations: f.ledger.pending.iter().map(|c| c.destination).collect(),
+        header_waits: header_waits.iter().map(|(peer, _)| *peer).collect(),
         per_ip: f.ledger.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect(),
         next_conn: f.ledger.next_conn,
         overrides_policy: f.state.overrides.policy,
         overrides_added: f.state.overrides.added.iter().cloned().collect(),
         overrides_removed: f.state.overrides.removed.iter().cloned().collect(),
+        overrides_acl: f
+            .state
+            .overrides
+            .acl
+            .iter()
+            .map(|(&c, &a)| (c, a))
+            .collect(),
         resolve_failures: snap.resolve_failures.clone(),
         last_roll: f.state.last_roll.clone(),
         frozen_at_us: unix_micros(),
@@ -287,12 +311,20 @@ pub fn rebuild(
         workers.slots.push(slot);
     }
     let mut pending = VecDeque::new();
-    for peer in &h.pending {
+    for (i, peer) in h.pending.iter().enumerate() {
         let fd = next(&format!("pending connection from {peer}"))?;
         pending.push_back(Conn {
             stream: std::net::TcpStream::from(fd),
             peer: *peer,
+            destination: h.pending_destinations.get(i).copied().flatten(),
         });
+    }
+    let mut header_waits = Vec::new();
+    for peer in &h.header_waits {
+        let fd = next(&format!(
+            "connection from {peer} waiting for its PROXY header"
+        ))?;
+        header_waits.push((*peer, fd));
     }
     let mut backends = Backends::new(table.columns());
     for b in h.backends.list {
@@ -328,6 +360,7 @@ pub fn rebuild(
         policy: h.overrides_policy,
         added: h.overrides_added.into_iter().collect(),
         removed: h.overrides_removed.into_iter().collect(),
+        acl: h.overrides_acl.into_iter().collect(),
     };
     let mut config = h.config;
     config.policy = h.policy;
@@ -353,6 +386,8 @@ pub fn rebuild(
         f.counters
             .set(crate::stats::FrontWord::WorkerLimit, f.workers.per_proc_cap);
         f.counters.set(crate::stats::FrontWord::MaxFds, nofile);
+        // Read when the front thaws.
+        f.adopt_header_waits(header_waits);
         f.publish();
     }
     Ok(Rebuilt {

@@ -167,6 +167,7 @@ fn handoff(conn: u64, client: &TcpStream) -> Handoff {
         backend: 0,
         fallbacks: Default::default(),
         client: client.local_addr().unwrap(),
+        destination: None,
     }
 }
 
@@ -193,6 +194,7 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             column: 0,
             addr: echo.addr,
             routable: true,
+            send_proxy: None,
         }],
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
