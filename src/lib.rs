@@ -16,6 +16,8 @@
 //! - [`handover`]: the old ↔ new front link during an upgrade.
 //! - [`stats`]: the shared-memory statistics table every process counts in.
 //! - [`worker`]: the worker process: connect to backends, move bytes.
+//! - [`access_log`]: one line per finished connection, written by each
+//!   worker's own thread through a bounded, lossy queue.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
 //!   incremental decode, and a non-blocking reader for accepted sockets.
@@ -34,6 +36,7 @@
 //! `supervisor`, `channel`, `stats`; nothing below depends on what is
 //! above it.
 
+pub mod access_log;
 pub mod acl;
 pub mod channel;
 pub mod cli;

@@ -58,6 +58,7 @@ pub const POLICY_CHANGES: &str = "rrproxy_policy_changes_total";
 pub const BUILD_INFO: &str = "rrproxy_build_info";
 pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
 pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total";
+pub const ACCESS_LOG_DROPPED: &str = "rrproxy_access_log_lines_dropped_total";
 
 /// Every metric: name, Prometheus type, help text. The renderer writes
 /// the `# HELP` and `# TYPE` lines from here.
@@ -237,5 +238,10 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         LOG_DROPPED,
         "counter",
         "Log lines the front dropped because stderr did not keep up (logging never blocks proxying).",
+    ),
+    (
+        ACCESS_LOG_DROPPED,
+        "counter",
+        "Access log lines the workers dropped because the writer did not keep up or the write failed (the access log never blocks proxying).",
     ),
 ];

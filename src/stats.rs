@@ -91,7 +91,20 @@ pub enum FrontWord {
     /// Base of [`ProcWord::DurationSumNs`] and the duration buckets.
     DurationSumNsBase,
     DurationBucketBase0,
+    /// Base of [`ProcWord::AccessLogDropped`].
+    AccessLogDroppedBase = 17 + DURATION_BOUNDS.len() + 1,
 }
+
+// The words after the histogram buckets sit right after them, inside their
+// regions.
+const _: () = {
+    let base = FrontWord::DurationBucketBase0 as usize + DURATION_BOUNDS.len() + 1;
+    assert!(FrontWord::AccessLogDroppedBase as usize == base);
+    assert!(base < FRONT_WORDS);
+    let word = ProcWord::DurationBucket0 as usize + DURATION_BOUNDS.len() + 1;
+    assert!(ProcWord::AccessLogDropped as usize == word);
+    assert!(word < PROC_HEAD_WORDS);
+};
 
 /// Per worker slot, written by the front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +172,11 @@ pub enum ProcWord {
     FirstByteTimeouts,
     DurationSumNs,
     DurationBucket0,
+    /// Access log lines dropped: the queue to the writer thread was full,
+    /// or the write failed. Written by two threads of the worker (its
+    /// event loop and its access-log writer), so with an atomic add
+    /// ([`ProcCell::add_shared`]), not `bump`.
+    AccessLogDropped = 12 + DURATION_BOUNDS.len() + 1,
 }
 
 /// Why a table could not be opened.

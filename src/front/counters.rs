@@ -152,6 +152,10 @@ impl Front {
                 dead.get(ProcWord::FirstByteTimeouts),
             );
             stats::bump(
+                front(FrontWord::AccessLogDroppedBase),
+                dead.get(ProcWord::AccessLogDropped),
+            );
+            stats::bump(
                 front(FrontWord::DurationSumNsBase),
                 dead.get(ProcWord::DurationSumNs),
             );

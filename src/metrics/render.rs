@@ -291,6 +291,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
     );
     // Counted by the log writer of this process, read now.
     simple(&mut o, LOG_DROPPED, crate::logging::dropped_lines());
+    simple(
+        &mut o,
+        ACCESS_LOG_DROPPED,
+        front(FrontWord::AccessLogDroppedBase) + over(table, cells, ProcWord::AccessLogDropped),
+    );
     let pending = front(FrontWord::Pending);
     simple(&mut o, ACTIVE, actives.iter().sum::<u64>() + pending);
     o.family(IMBALANCE);
