@@ -42,7 +42,9 @@ SIGNALS:
     SIGTERM, SIGINT   stop accepting, finish connections in flight (up to
                       --drain-timeout), then exit 0
     SIGHUP            re-read --config and apply policy and backend changes
-    SIGUSR2           restart the workers one at a time (no connection lost)
+    SIGUSR2           upgrade: a new front, then the workers one at a time
+                      (no connection lost)
+    SIGUSR1           reopen the --access-log file in every worker
 
 EXIT STATUS:
     0   a clean shutdown, or the command did what it was asked
@@ -145,6 +147,9 @@ pub struct ProxyArgs {
     #[command(flatten)]
     pub tuning: TuningArgs,
 
+    #[command(flatten)]
+    pub run: RunArgs,
+
     /// How each flag was typed (`-w` or `--workers`), for errors found
     /// after parsing. Empty when built in code: errors use the long name.
     #[arg(skip)]
@@ -241,6 +246,29 @@ pub struct TuningArgs {
     /// others (in turn), so they stop migrating between cores.
     #[arg(long)]
     pub cpu_affinity: bool,
+}
+
+/// The access log, and the user the proxy runs as.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Access log and privileges")]
+pub struct RunArgs {
+    /// One line per finished connection (client, worker, backend, bytes
+    /// each way, duration, how it ended): "off", "stderr", or a file PATH
+    /// every worker appends to, reopened on SIGUSR1 or `rrproxy ctl log
+    /// reopen` (logrotate). Text, or JSON with --log-format json. Lines
+    /// are dropped (and counted) rather than slow proxying. [default: off]
+    #[arg(long, value_name = "off|stderr|PATH")]
+    pub access_log: Option<String>,
+
+    /// Started as root: bind the listeners, metrics and control socket,
+    /// then run as this user (a name, or a uid), the front and every
+    /// worker, with no supplementary groups and no capabilities left.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// With --user: the group to run as. [default: the user's primary group]
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

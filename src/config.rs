@@ -19,7 +19,7 @@ pub use parse::{
     parse_backend_arg, resolve, resolve_all,
 };
 
-use crate::channel::Splice;
+use crate::channel::{AccessLog, Splice};
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
@@ -100,6 +100,10 @@ pub struct Config {
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
     pub cpu_affinity: bool,
+    /// Where the workers write one line per finished connection.
+    pub access_log: AccessLog,
+    /// Whom to run as after binding (`--user`, `--group`).
+    pub run_as: Option<crate::privileges::RunAs>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
 }

@@ -27,6 +27,7 @@
 //! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`signals`]: catching the signals a process has no use for.
+//! - [`privileges`]: becoming `--user` after binding, for good.
 //! - [`version`]: the version and build id of this binary.
 //! - [`demo`]: built-in backends for the one-command tour.
 //! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance,
@@ -48,6 +49,7 @@ pub mod handover;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod privileges;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod signals;

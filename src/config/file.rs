@@ -46,6 +46,9 @@ pub struct FileConfig {
     pub fall: Option<Raw>,
     pub splice: Option<Raw>,
     pub cpu_affinity: Option<Raw>,
+    pub access_log: Option<Raw>,
+    pub user: Option<Raw>,
+    pub group: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep

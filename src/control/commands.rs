@@ -324,6 +324,10 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
             ok_json(json, msg)
         }
+        (Action::LogReopen, _) => {
+            let msg = front.borrow_mut().reopen_access_log()?;
+            ok_json(json, msg)
+        }
         (Action::Top, _) => Err(format!(
             "'{}' runs in rrproxy ctl, not on the control socket",
             spec.name
