@@ -6,7 +6,8 @@
 //!
 //! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
-//!   a private mount namespace (the DNS discovery tests).
+//!   a private mount namespace (the DNS discovery tests);
+//! - `is_root`: the tests run as root (`--user`: dropping privileges).
 //!
 //! With `RRPROXY_REQUIRE_TOOLS` set (CI, `.ci/run`), every cfg is set:
 //! nothing is ignored, and a test whose tool is missing fails. The probes
@@ -17,11 +18,12 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 4] = [
+const CFGS: [&str; 5] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
     "has_private_mounts",
+    "is_root",
 ];
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
         on_path("prometheus"),
         on_path("python3"),
         private_mounts(),
+        is_root(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {
         if require || ok {
@@ -53,19 +56,23 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"0\n")
+}
+
 /// Root, and a bind mount inside a private mount namespace works (the
 /// mount dies with the namespace: nothing outside changes).
 fn private_mounts() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout == b"0\n");
-    root && Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind /etc/hosts /etc/hosts")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    is_root()
+        && Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind /etc/hosts /etc/hosts")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }

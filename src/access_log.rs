@@ -207,6 +207,22 @@ pub fn open(target: &Target) -> std::io::Result<Option<File>> {
     }
 }
 
+/// Check that the workers will be able to open `target`: open it once
+/// (creating the file if need be) and close it. Never blocks: a FIFO
+/// needs its reader already there.
+pub fn check(target: &Target) -> std::io::Result<()> {
+    match target {
+        Target::File(path) => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+            .open(path)
+            .map(drop),
+        Target::Off | Target::Stderr => Ok(()),
+    }
+}
+
 fn open_file(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .append(true)
@@ -294,17 +310,15 @@ impl Writer {
             }
             Ok(None) => self.sink = None,
             Err(err) => {
-                let keeping = self
-                    .sink
-                    .as_ref()
-                    .map_or("nothing: lines are dropped".to_string(), |(_, w)| {
-                        format!("writing to {w}")
-                    });
+                let keeping = self.sink.as_ref().map_or(
+                    "lines are dropped until it can be opened".to_string(),
+                    |(_, w)| format!("still writing to {w}"),
+                );
                 warn!(
                     slot = self.shared.slot,
                     access_log = %what,
                     cause = %err,
-                    "cannot open the access log; keeping {keeping}"
+                    "cannot open the access log; {keeping}"
                 );
             }
         }

@@ -184,7 +184,7 @@ pub async fn serve(
     }
     // The workers will open the access log as this user: say now if
     // they cannot.
-    crate::access_log::open(&config.access_log).map_err(|source| FrontError::AccessLog {
+    crate::access_log::check(&config.access_log).map_err(|source| FrontError::AccessLog {
         path: match &config.access_log {
             crate::channel::AccessLog::File(p) => p.clone(),
             _ => PathBuf::from("stderr"),

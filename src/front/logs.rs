@@ -69,7 +69,7 @@ impl Front {
             AccessLog::Stderr => "stderr".to_string(),
             AccessLog::File(p) => p.display().to_string(),
         };
-        if let Err(err) = crate::access_log::open(&target) {
+        if let Err(err) = crate::access_log::check(&target) {
             notes.push(format!(
                 "access log {shown} cannot be opened ({err}): the workers keep the old one"
             ));

@@ -1,6 +1,7 @@
 //! Integration tests: the real `rrproxy` binary, real sockets on loopback.
 //! One test binary (faster to build and link than one per file).
 
+mod accesslog;
 mod control;
 mod discovery;
 mod faults;
