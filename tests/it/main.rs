@@ -11,5 +11,6 @@ mod policies;
 mod shims;
 mod supervision;
 mod support;
+mod unprivileged;
 mod upgrade;
 mod usage;
