@@ -108,7 +108,7 @@ fn user_nobody_runs_front_and_workers_without_privileges_through_upgrade_and_res
     let access = logs.join("access.log");
     let runtime = dir.join("run");
     std::fs::create_dir(&runtime).unwrap();
-    let mut proxy = ProxyCmd::new(&[backend.addr])
+    let proxy = ProxyCmd::new(&[backend.addr])
         .binary(&bin)
         .workers(2)
         .args(["--user", "nobody", "--access-log"])
