@@ -100,9 +100,12 @@ pub struct Config {
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
     pub cpu_affinity: bool,
-    /// Where the workers write one line per finished connection.
+    /// Where the workers write one line per finished connection. (Absent
+    /// from the handover of a build before it: off.)
+    #[serde(default)]
     pub access_log: AccessLog,
     /// Whom to run as after binding (`--user`, `--group`).
+    #[serde(default)]
     pub run_as: Option<crate::privileges::RunAs>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,

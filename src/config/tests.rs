@@ -455,3 +455,13 @@ fn user_and_group_are_looked_up_and_a_missing_one_is_named() {
         "x.toml:2:8: invalid value 'no-such-user-rrproxy' for 'user': no such user"
     );
 }
+
+#[test]
+fn a_handover_from_a_build_without_the_new_settings_still_reads() {
+    let c = Config::load(&args(&["127.0.0.1:80"])).unwrap();
+    let mut v = serde_json::to_value(&c).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    assert!(obj.remove("access_log").is_some() && obj.remove("run_as").is_some());
+    let back: Config = serde_json::from_value(v).unwrap();
+    assert_eq!(back, c);
+}
