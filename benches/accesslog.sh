@@ -57,7 +57,7 @@ STARTED=()
 TS=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT_DIR" "$T/logs"
 CSV=$OUT_DIR/accesslog-$TS.csv
-echo "variant,round,requests,rps,cpu_s,log_lines,dropped,errors" > "$CSV"
+echo "variant,round,requests,rps,cpu_s,log_lines,dropped,errors,writer_cpu_s" > "$CSV"
 
 BENCHLIB=("${LIB[@]}")
 # shellcheck source=benches/common.sh
@@ -166,6 +166,21 @@ log_lines() {  # lines the variant's access log has now
     esac
 }
 
+# CPU seconds of rrproxy's access-log writer threads (in its workers):
+# the part of the log's cost that runs off the event loops.
+writer_cpu() {
+    local pid t total=0 hz
+    hz=$(getconf CLK_TCK)
+    for pid in $("${LIB[@]}" tree-pids "$1"); do
+        for t in /proc/"$pid"/task/*; do
+            case "$(cat "$t/comm" 2>/dev/null)" in
+                rrproxy-access*) total=$((total + $(awk '{print $14 + $15}' "$t/stat"))) ;;
+            esac
+        done
+    done
+    "$PY" -S -c "print($total / $hz)"
+}
+
 dropped() {
     case "$1" in
         rrproxy|rrproxy-log)
@@ -184,16 +199,19 @@ for r in $(seq "$ROUNDS"); do
     for v in $VARIANTS; do
         out=$T/logs/wrk-$v-$r.txt
         c0=$("${LIB[@]}" tree-cpu "${PID[$v]}")
+        w0=$(writer_cpu "${PID[$v]}")
         l0=$(log_lines "$v")
         timeout --foreground -k 5 $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" \
             -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:${PORT[$v]}/" > "$out" 2>&1
-        c1=$("${LIB[@]}" tree-cpu "${PID[$v]}")
         sleep 0.5   # let the last lines reach the file
+        c1=$("${LIB[@]}" tree-cpu "${PID[$v]}")
+        w1=$(writer_cpu "${PID[$v]}")
         l1=$(log_lines "$v")
         j=$("${LIB[@]}" wrk "$out")
         read -r req rps errors < <("$PY" -S -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["requests"], j["rps"], j["errors"])' "$j")
         cpu=$("$PY" -S -c "print(round($c1 - $c0, 2))")
-        echo "$v,$r,$req,$rps,$cpu,$((l1 - l0)),$(dropped "$v"),$errors" >> "$CSV"
+        wcpu=$("$PY" -S -c "print(round($w1 - $w0, 2))")
+        echo "$v,$r,$req,$rps,$cpu,$((l1 - l0)),$(dropped "$v"),$errors,$wcpu" >> "$CSV"
         log "round $r $v: $rps conn/s, $cpu CPU-s, $((l1 - l0)) log lines, $errors errors"
     done
 done
@@ -210,7 +228,7 @@ def med(v, k):
     return statistics.median(float(r[k]) for r in by[v])
 def us_per_conn(v):
     return statistics.median(float(r["cpu_s"]) / float(r["requests"]) * 1e6 for r in by[v])
-print("| variant | conn/s (median) | vs. without log | proxy CPU µs/conn | added by the log | log lines / conns | dropped | errors |")
+print("| variant | conn/s (median, range) | vs. without log | proxy CPU µs/conn | added by the log | log lines / conns | dropped | errors |")
 print("|---|--:|--:|--:|--:|--:|--:|--:|")
 for v, base in (("rrproxy", "rrproxy"), ("rrproxy-log", "rrproxy"), ("haproxy", "haproxy"), ("haproxy-log", "haproxy")):
     if v not in by:
@@ -225,5 +243,10 @@ for v, base in (("rrproxy", "rrproxy"), ("rrproxy-log", "rrproxy"), ("haproxy", 
     print("| %s | %.0f (%s) | %.3f× | %.1f | %s | %.3f | %s | %d |" % (
         v, rps, spread, ratio, us, "%+.1f" % added if v != base else "—",
         lines, dropped, errors))
+if "rrproxy-log" in by:
+    w = sum(float(r["writer_cpu_s"]) for r in by["rrproxy-log"])
+    n = sum(int(r["log_lines"]) for r in by["rrproxy-log"])
+    print()
+    print("rrproxy's access-log writer threads: %.2f CPU-s for %d lines = %.2f µs per line (off the event loops; the same work per connection on any machine load)" % (w, n, w / max(1, n) * 1e6))
 EOF
 log "results: $CSV"

@@ -24,7 +24,7 @@
 //! so a slow open never stalls the event loop; if it cannot, it logs why
 //! and keeps writing to the file it had.
 
-mod format;
+pub mod format;
 
 use std::cell::{Cell, OnceCell};
 use std::fs::File;
