@@ -68,6 +68,18 @@ fn assert_every_thread_unprivileged(pid: u32, what: &str) {
     }
 }
 
+/// The access log once it has `n` lines.
+fn access_lines(path: &Path, n: usize) -> String {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{n} access log lines"),
+        || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            (text.lines().count() >= n).then_some(text)
+        },
+    )
+}
+
 fn front_pid(proxy: &Proxy) -> u32 {
     proxy.ctl_json("status")["pid"].as_u64().unwrap() as u32
 }
@@ -126,6 +138,9 @@ fn user_nobody_runs_front_and_workers_without_privileges_through_upgrade_and_res
         assert_eq!(fetch_name(&proxy), "a");
     }
     assert_eq!(owner(&access), NOBODY, "the workers created the access log");
+    // (Written within a pause of the writer; a killed worker loses what
+    // it had not written yet.)
+    access_lines(&access, 4);
 
     // A worker crash: the respawned one is nobody too.
     let old = serving_pids(&proxy);
@@ -165,10 +180,7 @@ fn user_nobody_runs_front_and_workers_without_privileges_through_upgrade_and_res
     for _ in 0..4 {
         assert_eq!(fetch_name(&proxy), "a");
     }
-    let lines = wait_for(Duration::from_secs(10), "9 access log lines", || {
-        let text = std::fs::read_to_string(&access).unwrap_or_default();
-        (text.lines().count() >= 9).then_some(text)
-    });
+    let lines = access_lines(&access, 9);
     assert!(
         lines.lines().all(|l| l.contains("end=client_closed")),
         "{lines}"
