@@ -446,3 +446,62 @@ fn an_access_log_that_cannot_be_opened_is_refused_at_start() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_reload_moves_the_access_log_and_says_so() {
+    let backend = name_backend("a");
+    let dir = temp_dir("alog-reload");
+    let first = dir.join("first.log");
+    let second = dir.join("second.log");
+    let config = dir.join("rrproxy.toml");
+    let write = |log: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "backends = [\"{}\"]\naccess-log = \"{}\"\n",
+                backend.addr,
+                log.display()
+            ),
+        )
+        .unwrap();
+    };
+    write(&first);
+    let proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(2)
+        .start();
+    requests(&proxy, 3);
+    assert_eq!(wait_lines(&first, 3).len(), 3);
+    write(&second);
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.contains(&format!("access log -> {}", second.display())),
+        "{reply}"
+    );
+    wait_until(Duration::from_secs(10), "both workers to open it", || {
+        proxy
+            .stderr()
+            .matches(&format!("access_log={}", second.display()))
+            .count()
+            == 2
+    });
+    requests(&proxy, 2);
+    assert_eq!(wait_lines(&second, 2).len(), 2);
+    assert_eq!(std::fs::read_to_string(&first).unwrap().lines().count(), 3);
+    // A target that cannot be opened: the reply says so, and the workers
+    // keep the file they have.
+    let bad = dir.join("missing").join("x.log");
+    write(&bad);
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.contains("cannot be opened") && reply.contains("the workers keep the old one"),
+        "{reply}"
+    );
+    wait_until(Duration::from_secs(10), "both workers to say why", || {
+        proxy.stderr().matches("cannot open the access log").count() == 2
+    });
+    requests(&proxy, 1);
+    assert_eq!(wait_lines(&second, 3).len(), 3);
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
