@@ -10,7 +10,8 @@
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
 //!   a private mount namespace (the DNS discovery tests);
 //! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
-//!   PID 1 of a new PID namespace with its own `/proc` (the PID-1 tests).
+//!   PID 1 of a new PID namespace with its own `/proc` (the PID-1 tests);
+//! - `is_root`: the tests run as root (`--user`: dropping privileges).
 //!
 //! With `RRPROXY_REQUIRE_TOOLS` set (CI, `.ci/run`), every cfg is set:
 //! nothing is ignored, and a test whose tool is missing fails. The probes
@@ -21,7 +22,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 7] = [
+const CFGS: [&str; 8] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
@@ -29,6 +30,7 @@ const CFGS: [&str; 7] = [
     "has_pid_namespaces",
     "has_nginx",
     "has_haproxy",
+    "is_root",
 ];
 
 fn main() {
@@ -50,6 +52,7 @@ fn main() {
         pid_namespaces(),
         on_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
         on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
+        is_root(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {
         if require || ok {
@@ -63,7 +66,7 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
-fn root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -73,7 +76,7 @@ fn root() -> bool {
 /// Root, and a process started as PID 1 of a new PID namespace (with a
 /// `/proc` of its own) sees itself as PID 1.
 fn pid_namespaces() -> bool {
-    root()
+    is_root()
         && Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c"])
             .arg("test $$ = 1 && test -d /proc/1")
@@ -87,7 +90,7 @@ fn pid_namespaces() -> bool {
 /// Root, and a bind mount inside a private mount namespace works (the
 /// mount dies with the namespace: nothing outside changes).
 fn private_mounts() -> bool {
-    root()
+    is_root()
         && Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg("mount --bind /etc/hosts /etc/hosts")

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rrproxy::channel::Splice;
 use rrproxy::worker::Meter;
-use rrproxy::worker::pump::pump;
+use rrproxy::worker::pump::{ConnBytes, pump};
 
 const BULK: usize = 8 << 20;
 const SMALL: usize = 64;
@@ -64,11 +64,13 @@ fn connect(mode: Option<Splice>) -> Path {
             client.set_nodelay(true).unwrap();
             backend.set_nodelay(true).unwrap();
             let count = std::sync::atomic::AtomicU64::new(0);
+            let conn = ConnBytes::default();
             let meter = Meter {
                 from_clients: &count,
                 to_clients: &count,
                 to_backend: &count,
                 from_backend: &count,
+                conn: &conn,
             };
             pump(
                 &mut client,

@@ -9,8 +9,8 @@
 //! A frame is `[VERSION, kind, payload...]`, little-endian, at most
 //! [`MAX_FRAME`] bytes. [`Down`] flows front → worker, [`Up`] worker → front.
 //! The channel carries only what needs the other side to act: handoffs,
-//! configs and drains one way; readiness, connect failures, drains and
-//! wake-ups the other. Counting is done in the statistics table
+//! configs, access-log settings and drains one way; readiness, connect
+//! failures, drains and wake-ups the other. Counting is done in the statistics table
 //! ([`crate::stats`]), not with messages.
 //! Decoding never panics: every read is bounds-checked and a frame that does
 //! not parse is an error naming what was wrong (property tests in
@@ -21,6 +21,7 @@ mod codec;
 pub mod fdpass;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use codec::FrameError;
@@ -53,7 +54,28 @@ pub enum Down {
     Conns(Vec<Handoff>),
     /// Stop: finish the connections in flight within `timeout`, then exit.
     Drain { timeout: Duration },
+    /// Write the access log to `target` from now on, as JSON lines or
+    /// text: sent after the first config, again when the setting changes,
+    /// and again to reopen the file (logrotate). A file that cannot be
+    /// opened leaves the worker writing where it wrote before.
+    AccessLog { target: AccessLog, json: bool },
 }
+
+/// Where the access log goes (`--access-log`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// No access log.
+    #[default]
+    Off,
+    /// Each worker's standard error (shared with the front's).
+    Stderr,
+    /// A file every worker opens for appending (an absolute path).
+    File(PathBuf),
+}
+
+/// Longest access-log path the channel carries (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
 
 /// What a worker needs to proxy: timeouts and where the backends are.
 #[derive(Debug, Clone, PartialEq)]

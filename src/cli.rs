@@ -45,6 +45,8 @@ SIGNALS:
     SIGUSR2           upgrade: restart the front, then the workers one at a
                       time, onto the binary now at the start path, with no
                       connection refused (like `ctl upgrade`)
+    SIGUSR1           reopen the --access-log file in every worker (like
+                      `ctl log reopen`)
     others            ignored (logged), by the front and every worker
 
 EXIT STATUS:
@@ -152,6 +154,9 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub access: AccessArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 
     /// How each flag was typed (`-w` or `--workers`), for errors found
     /// after parsing. Empty when built in code: errors use the long name.
@@ -278,6 +283,29 @@ pub struct AccessArgs {
     /// complete within this long. [default: 3s]
     #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
     pub proxy_header_timeout: Option<Duration>,
+}
+
+/// The access log, and the user the proxy runs as.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Access log and privileges")]
+pub struct RunArgs {
+    /// One line per finished connection (client, worker, backend, bytes
+    /// each way, duration, how it ended): "off", "stderr", or a file PATH
+    /// every worker appends to, reopened on SIGUSR1 or `rrproxy ctl log
+    /// reopen` (logrotate). Text, or JSON with --log-format json. Lines
+    /// are dropped (and counted) rather than slow proxying. [default: off]
+    #[arg(long, value_name = "off|stderr|PATH")]
+    pub access_log: Option<String>,
+
+    /// Started as root: bind the listeners, metrics and control socket,
+    /// then run as this user (a name, or a uid), the front and every
+    /// worker, with no supplementary groups and no capabilities left.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// With --user: the group to run as. [default: the user's primary group]
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

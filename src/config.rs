@@ -21,7 +21,7 @@ pub use parse::{
 };
 
 use crate::acl::{Acl, Networks};
-use crate::channel::Splice;
+use crate::channel::{AccessLog, Splice};
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
@@ -108,6 +108,13 @@ pub struct Config {
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
     pub cpu_affinity: bool,
+    /// Where the workers write one line per finished connection. (Absent
+    /// from the handover of a build before it: off.)
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// Whom to run as after binding (`--user`, `--group`).
+    #[serde(default)]
+    pub run_as: Option<crate::privileges::RunAs>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
     /// Which clients are served (`--allow`, `--deny`; `ctl acl` edits the

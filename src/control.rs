@@ -77,6 +77,19 @@ async fn wait_unfrozen(front: &Shared) -> bool {
     }
 }
 
+/// Returns once this front has handed over to a new one (an upgrade).
+async fn handed_over(front: &Shared) {
+    loop {
+        let thaw = front.borrow().state.thaw.clone();
+        // Registered before the check: `hand_over` wakes it either way.
+        let waiting = thaw.notified();
+        if front.borrow().state.handed_over {
+            return;
+        }
+        waiting.await;
+    }
+}
+
 /// Accept control clients until the front stops.
 pub async fn serve(front: Shared, control: Control) {
     let listener = match UnixListener::from_std(control.listener) {
@@ -89,7 +102,16 @@ pub async fn serve(front: Shared, control: Control) {
     let clients = Rc::new(std::cell::Cell::new(0usize));
     let me = rustix::process::geteuid().as_raw();
     loop {
-        let stream = match listener.accept().await {
+        // Once this front has handed over, it accepts no one: clients wait
+        // in the socket's queue, which the new front shares, and it answers
+        // them (one accepted here now would be closed unanswered when this
+        // process exits).
+        let accepted = tokio::select! {
+            biased;
+            () = handed_over(&front) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
                 debug!(cause = %err, "control accept failed");

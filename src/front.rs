@@ -33,6 +33,7 @@ mod ledger;
 pub mod lifecycle;
 mod limits;
 mod listener;
+mod logs;
 mod resolver;
 pub mod rolling;
 pub mod upgrade;
@@ -73,6 +74,13 @@ pub enum FrontError {
     Exe(std::io::Error),
     #[error("cannot start the event loop: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Privileges(String),
     #[error("cannot create the statistics table: {0}")]
     Stats(#[from] crate::stats::StatsError),
     #[error("upgrade: {0}")]

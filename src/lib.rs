@@ -18,6 +18,8 @@
 //! - [`handover`]: the old ↔ new front link during an upgrade.
 //! - [`stats`]: the shared-memory statistics table every process counts in.
 //! - [`worker`]: the worker process: connect to backends, move bytes.
+//! - [`access_log`]: one line per finished connection, written by each
+//!   worker's own thread through a bounded, lossy queue.
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
 //!   incremental decode, and a non-blocking reader for accepted sockets.
@@ -27,6 +29,7 @@
 //! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
 //! - [`signals`]: catching the signals a process has no use for.
+//! - [`privileges`]: becoming `--user` after binding, for good.
 //! - [`version`]: the version and build id of this binary.
 //! - [`demo`]: built-in backends for the one-command tour.
 //! - [`sys`]: the only module with `unsafe` (exec-time fd inheritance,
@@ -36,6 +39,7 @@
 //! `supervisor`, `channel`, `stats`; nothing below depends on what is
 //! above it.
 
+pub mod access_log;
 pub mod acl;
 pub mod channel;
 pub mod cli;
@@ -48,6 +52,7 @@ pub mod init;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod privileges;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod signals;

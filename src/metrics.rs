@@ -60,6 +60,7 @@ pub const LOG_DROPPED: &str = "rrproxy_log_lines_dropped_total";
 pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total";
 pub const DENIED: &str = "rrproxy_denied_connections_total";
 pub const PROXY_HEADER_ERRORS: &str = "rrproxy_proxy_header_errors_total";
+pub const ACCESS_LOG_DROPPED: &str = "rrproxy_access_log_lines_dropped_total";
 
 /// Every metric: name, Prometheus type, help text. The renderer writes
 /// the `# HELP` and `# TYPE` lines from here.
@@ -249,5 +250,10 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         LOG_DROPPED,
         "counter",
         "Log lines the front dropped because stderr did not keep up (logging never blocks proxying).",
+    ),
+    (
+        ACCESS_LOG_DROPPED,
+        "counter",
+        "Access log lines the workers dropped because the writer did not keep up or the write failed (the access log never blocks proxying).",
     ),
 ];

@@ -4,8 +4,13 @@
 //!
 //! Signals (the front): SIGTERM and SIGINT drain and exit (a second one
 //! stops at once); SIGHUP re-reads the config file; SIGUSR2 upgrades the
-//! whole proxy onto the binary at the path it was started from; every
-//! other terminating signal is caught and ignored.
+//! whole proxy onto the binary at the path it was started from; SIGUSR1
+//! makes every worker reopen the access log file; every other terminating
+//! signal is caught and ignored.
+//!
+//! With `--user`, everything that needs root is done first (listeners,
+//! metrics and control sockets), then the front becomes that user (see
+//! [`crate::privileges`]) before it starts any worker.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -21,6 +26,7 @@ use crate::config::{Config, MAX_BACKENDS};
 use crate::front::{
     self, Backends, Counters, FrontError, Ledger, Listeners, Shared, State, lifecycle,
 };
+use crate::privileges::RunAs;
 use crate::stats::{FrontWord, Table};
 use crate::supervisor::{Exe, SpawnPlan, Workers};
 
@@ -56,13 +62,22 @@ pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
         .map_err(FrontError::Runtime)?;
     let local = tokio::task::LocalSet::new();
     match takeover {
-        Some(fd) => local.block_on(&runtime, serve_upgraded(args, log, fd)),
+        Some(fd) => local.block_on(&runtime, serve_upgraded(args, log, fd, config.run_as)),
         None => local.block_on(&runtime, serve(config, Some(args), log, None)),
     }
 }
 
 /// Take over from the running front that started this process, then serve.
-async fn serve_upgraded(args: ProxyArgs, log: LogArgs, fd: OwnedFd) -> Result<(), FrontError> {
+async fn serve_upgraded(
+    args: ProxyArgs,
+    log: LogArgs,
+    fd: OwnedFd,
+    run_as: Option<RunAs>,
+) -> Result<(), FrontError> {
+    // Started by a front that had dropped to --user: that user already.
+    if let Some(who) = &run_as {
+        crate::privileges::drop_to(who).map_err(FrontError::Privileges)?;
+    }
     let nofile = crate::sys::raise_nofile_limit();
     let link = crate::handover::Link::new(fd).map_err(FrontError::Runtime)?;
     let exe = Exe::own().map_err(FrontError::Exe)?;
@@ -118,6 +133,10 @@ pub async fn serve(
     log: LogArgs,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> Result<(), FrontError> {
+    // Refuse before binding anything if the drop could not happen.
+    if let Some(who) = &config.run_as {
+        crate::privileges::check(who).map_err(FrontError::Privileges)?;
+    }
     let nofile = crate::sys::raise_nofile_limit();
     let sockets = match activated_listeners()? {
         Some(inherited) => {
@@ -150,13 +169,28 @@ pub async fn serve(
         .map_err(|source| FrontError::Metrics { addr, source })?;
         listeners.metrics = Some((ep.addr, OwnedFd::from(l)));
     }
+    let owner = config.run_as.as_ref().map(|r| (r.uid, r.gid));
     let control = match &config.control {
-        Some(path) => Some(crate::control::bind(path).map_err(FrontError::Control)?),
+        Some(path) => Some(crate::control::bind(path, owner).map_err(FrontError::Control)?),
         None => None,
     };
     if let Some(c) = &control {
         listeners.control = Some((c.path.clone(), c.dup_fd().map_err(FrontError::Runtime)?));
     }
+    // Everything that needs root is done: become --user, for good, before
+    // any worker starts (they start as that user).
+    if let Some(who) = &config.run_as {
+        crate::privileges::drop_to(who).map_err(FrontError::Privileges)?;
+    }
+    // The workers will open the access log as this user: say now if
+    // they cannot.
+    crate::access_log::check(&config.access_log).map_err(|source| FrontError::AccessLog {
+        path: match &config.access_log {
+            crate::channel::AccessLog::File(p) => p.clone(),
+            _ => PathBuf::from("stderr"),
+        },
+        source,
+    })?;
     let exe = Exe::own().map_err(FrontError::Exe)?;
     let cpus = cpu_plan(&config);
     let cap = front::proc_cap(&config, nofile);
@@ -300,8 +334,9 @@ async fn wait_for_stop(front: &Shared) -> Result<(), FrontError> {
     let mut int = signal(SignalKind::interrupt()).map_err(FrontError::Runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(FrontError::Runtime)?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(FrontError::Runtime)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(FrontError::Runtime)?;
     crate::signals::ignore_unused(
-        &[S::TERM, S::INT, S::HUP, S::USR2].map(|s| s.as_raw()),
+        &[S::TERM, S::INT, S::HUP, S::USR2, S::USR1].map(|s| s.as_raw()),
         "front",
     );
     let changed = front.borrow().state.changed.clone();
@@ -329,6 +364,13 @@ async fn wait_for_stop(front: &Shared) -> Result<(), FrontError> {
                         front::upgrade::hand_over(&front);
                     }
                 });
+            }
+            _ = usr1.recv() => {
+                info!("SIGUSR1 received: reopening the access log");
+                match front.borrow_mut().reopen_access_log() {
+                    Ok(msg) => info!("{msg}"),
+                    Err(why) => warn!("SIGUSR1: {why}"),
+                }
             }
             () = notified => {}
         }

@@ -103,6 +103,8 @@ pub enum FrontWord {
     HeaderTimeout,
     HeaderUnsupported,
     HeaderIo,
+    /// Base of [`ProcWord::AccessLogDropped`].
+    AccessLogDroppedBase,
 }
 
 impl FrontWord {
@@ -138,7 +140,13 @@ const _: () = assert!(
     FrontWord::Denied as usize
         == FrontWord::DurationBucketBase0 as usize + DURATION_BOUNDS.len() + 1
 );
-const _: () = assert!((FrontWord::HeaderIo as usize) < FRONT_WORDS);
+const _: () = assert!((FrontWord::AccessLogDroppedBase as usize) < FRONT_WORDS);
+// The worker's access-log drop count sits right after its histogram.
+const _: () = {
+    let word = ProcWord::DurationBucket0 as usize + DURATION_BOUNDS.len() + 1;
+    assert!(ProcWord::AccessLogDropped as usize == word);
+    assert!(word < PROC_HEAD_WORDS);
+};
 
 /// Per worker slot, written by the front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +214,11 @@ pub enum ProcWord {
     FirstByteTimeouts,
     DurationSumNs,
     DurationBucket0,
+    /// Access log lines dropped: the queue to the writer thread was full,
+    /// or the write failed. Written by two threads of the worker (its
+    /// event loop and its access-log writer), so with an atomic add
+    /// ([`ProcCell::add_shared`]), not `bump`.
+    AccessLogDropped = 12 + DURATION_BOUNDS.len() + 1,
 }
 
 /// Why a table could not be opened.

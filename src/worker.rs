@@ -23,6 +23,7 @@ pub use pump::Meter;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -30,6 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::access_log::AccessLog;
 use crate::channel::fdpass::{self, Channel, Damaged, Received};
 use crate::channel::{BackendEntry, Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
 use crate::stats::{self, ProcCell, ProcWord};
@@ -103,8 +105,10 @@ pub(crate) struct Worker {
     pub idle: Notify,
     pub reporter: Reporter,
     /// The statistics table and this process's cell in it.
-    pub stats: stats::Table,
+    pub stats: Arc<stats::Table>,
     pub cell_index: usize,
+    /// One line per finished connection, when the front turns it on.
+    pub access_log: AccessLog,
     /// Frames from the front that could not be used.
     pub skipped: skip::Skipped,
 }
@@ -232,6 +236,15 @@ async fn handshake(
             Next::Frame(Down::Hello { .. }) => {
                 skipped.frame(slot, "a second hello", fds, &[], None);
             }
+            Next::Frame(Down::AccessLog { .. }) => {
+                skipped.frame(
+                    slot,
+                    "an access log setting before any config",
+                    fds,
+                    &[],
+                    None,
+                );
+            }
             Next::Bad { why, conns } => skipped.frame(slot, &why, fds, &conns, None),
             Next::Retry(err) => retry_later(skipped, slot, &err).await,
             Next::Gone => return Err(WorkerError::NoConfig { slot }),
@@ -255,6 +268,7 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
     // Splice pipes: this worker's share of the user's pipe pages, among
     // every slot's worker and one replacement during a rolling restart.
     splice::configure(table.slots() + 1);
+    let table = Arc::new(table);
     let worker = Rc::new(Worker {
         slot,
         routes: RefCell::new(Rc::new(Routes::new(WorkerConfig {
@@ -264,6 +278,7 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         active: Cell::new(0),
         idle: Notify::new(),
         reporter: Reporter::new(channel.clone()),
+        access_log: AccessLog::new(table.clone(), cell_index, slot),
         stats: table,
         cell_index,
         skipped,
@@ -301,6 +316,7 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         match frame? {
             Next::Frame(Down::Conns(conns)) => start_conns(&worker, conns, &mut fds),
             Next::Frame(Down::Config(cfg)) => worker.apply(cfg),
+            Next::Frame(Down::AccessLog { target, json }) => worker.access_log.set(target, json),
             Next::Frame(Down::Drain { timeout }) => {
                 info!(slot, timeout = ?timeout, "draining on request");
                 break timeout;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::Splice;
 use super::{
-    BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN, MAX_FALLBACKS,
-    MAX_FDS, MAX_FRAME, Up, VERSION, WorkerConfig,
+    AccessLog, BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN,
+    MAX_FALLBACKS, MAX_FDS, MAX_FRAME, MAX_PATH_LEN, Up, VERSION, WorkerConfig,
 };
 use crate::proxy_protocol::Version;
 
@@ -34,6 +34,7 @@ const DOWN_CONFIG: u8 = 0x01;
 const DOWN_CONNS: u8 = 0x02;
 const DOWN_DRAIN: u8 = 0x03;
 const DOWN_HELLO: u8 = 0x04;
+const DOWN_ACCESS_LOG: u8 = 0x05;
 const UP_READY: u8 = 0x81;
 const UP_EVENTS: u8 = 0x82;
 
@@ -96,6 +97,18 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
         Down::Drain { timeout } => {
             out.push(DOWN_DRAIN);
             put_duration(out, *timeout);
+        }
+        Down::AccessLog { target, json } => {
+            out.push(DOWN_ACCESS_LOG);
+            out.push(u8::from(*json));
+            match target {
+                AccessLog::Off => out.push(0),
+                AccessLog::Stderr => out.push(1),
+                AccessLog::File(path) => {
+                    out.push(2);
+                    put_path(out, path)?;
+                }
+            }
         }
     }
     check_size(out)
@@ -241,6 +254,21 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
         DOWN_DRAIN => Down::Drain {
             timeout: r.duration("drain timeout")?,
         },
+        DOWN_ACCESS_LOG => {
+            let json = r.flag("access log format")?;
+            let target = match r.u8("access log target")? {
+                0 => AccessLog::Off,
+                1 => AccessLog::Stderr,
+                2 => AccessLog::File(r.path()?),
+                v => {
+                    return Err(FrameError::Invalid {
+                        what: "access log target",
+                        value: v.into(),
+                    });
+                }
+            };
+            Down::AccessLog { target, json }
+        }
         other => return Err(FrameError::Kind(other)),
     };
     r.finish()?;
@@ -319,6 +347,21 @@ fn put_str(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), FrameEr
         })?;
     out.push(len);
     out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// An absolute path without NUL bytes: a two-byte length, then the bytes.
+fn put_path(out: &mut Vec<u8>, path: &std::path::Path) -> Result<(), FrameError> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes[0] != b'/' || bytes.contains(&0) {
+        return Err(FrameError::Invalid {
+            what: "access log path",
+            value: bytes.len() as u64,
+        });
+    }
+    put_count(out, bytes.len(), "access log path length")?;
+    out.extend_from_slice(bytes);
     Ok(())
 }
 
@@ -465,6 +508,22 @@ impl Reader<'_> {
             .to_vec();
         self.buf = &self.buf[n..];
         String::from_utf8(bytes).map_err(|_| FrameError::Invalid { what, value: 0 })
+    }
+
+    /// A path as `put_path` writes it.
+    fn path(&mut self) -> Result<std::path::PathBuf, FrameError> {
+        use std::os::unix::ffi::OsStrExt;
+        let what = "access log path";
+        let n = usize::from(self.u16("access log path length")?);
+        let bytes = self.buf.get(..n).ok_or(FrameError::Truncated(what))?;
+        if n == 0 || n > MAX_PATH_LEN || bytes[0] != b'/' || bytes.contains(&0) {
+            return Err(FrameError::Invalid {
+                what,
+                value: n as u64,
+            });
+        }
+        self.buf = &self.buf[n..];
+        Ok(std::ffi::OsStr::from_bytes(bytes).into())
     }
 
     fn event(&mut self) -> Result<Event, FrameError> {

@@ -99,6 +99,18 @@ fn down_messages_round_trip() {
         Down::Drain {
             timeout: Duration::from_secs(30),
         },
+        Down::AccessLog {
+            target: AccessLog::File("/var/log/rrproxy/access.log".into()),
+            json: true,
+        },
+        Down::AccessLog {
+            target: AccessLog::Stderr,
+            json: false,
+        },
+        Down::AccessLog {
+            target: AccessLog::Off,
+            json: false,
+        },
     ];
     let mut buf = Vec::new();
     for msg in msgs {
@@ -215,6 +227,50 @@ fn malformed_frames_are_errors_naming_the_problem() {
         Down::decode(&[VERSION, 0x02, 0xff, 0xff]),
         Err(FrameError::Invalid { .. })
     ));
+}
+
+#[test]
+fn an_access_log_path_must_be_absolute_without_nul_and_short_enough() {
+    let path = |p: &str| Down::AccessLog {
+        target: AccessLog::File(p.into()),
+        json: false,
+    };
+    for bad in ["", "relative/access.log", "/a\0b"] {
+        assert!(path(bad).encode(&mut Vec::new()).is_err(), "{bad:?}");
+    }
+    let long = format!("/{}", "x".repeat(MAX_PATH_LEN));
+    assert!(path(&long).encode(&mut Vec::new()).is_err());
+    // The same rules when decoding what a peer sent.
+    let frame = |target: u8, path: &[u8]| {
+        let mut f = vec![VERSION, 0x05, 0, target];
+        f.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        f.extend_from_slice(path);
+        f
+    };
+    assert!(Down::decode(&frame(2, b"/ok")).is_ok());
+    for bad in [&b"rel"[..], b"", b"/nul\0"] {
+        assert!(matches!(
+            Down::decode(&frame(2, bad)),
+            Err(FrameError::Invalid {
+                what: "access log path",
+                ..
+            })
+        ));
+    }
+    assert_eq!(
+        Down::decode(&[VERSION, 0x05, 0, 3]),
+        Err(FrameError::Invalid {
+            what: "access log target",
+            value: 3
+        })
+    );
+    assert_eq!(
+        Down::decode(&[VERSION, 0x05, 2, 0]),
+        Err(FrameError::Invalid {
+            what: "access log format",
+            value: 2
+        })
+    );
 }
 
 #[test]

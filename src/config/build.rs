@@ -16,7 +16,7 @@ use super::file::{self, FileConfig, List, LoadedFile, Raw};
 use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_backend_arg};
 use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
 use crate::acl::{Acl, Cidr, Networks};
-use crate::channel::Splice;
+use crate::channel::{AccessLog, Splice};
 use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
@@ -377,6 +377,38 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         &keys.proxy_header_timeout,
         super::PROXY_HEADER_TIMEOUT,
     )?;
+    let r = &args.run;
+    let access_log = match src.one(
+        "access_log",
+        "access-log",
+        r.access_log.as_deref(),
+        &keys.access_log,
+    ) {
+        // A path must be a string: `access-log = 7` is a mistake.
+        Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.access_log) => {
+            return Err(src.bad(&g, Invalid::new("expected off, stderr or a file path")));
+        }
+        Some(g) => match src.check(&g, values::access_log)? {
+            // Workers and a new front after an upgrade open the same file
+            // whatever their working directory.
+            AccessLog::File(p) => AccessLog::File(std::path::absolute(&p).unwrap_or(p)),
+            other => other,
+        },
+        None => AccessLog::Off,
+    };
+    let user_given = src.one("user", "user", r.user.as_deref(), &keys.user);
+    let group_given = src.one("group", "group", r.group.as_deref(), &keys.group);
+    let user_name = user_given
+        .as_ref()
+        .map(|g| src.check(g, values::account))
+        .transpose()?;
+    let group_name = group_given
+        .as_ref()
+        .map(|g| src.check(g, values::account))
+        .transpose()?;
+    if let (None, Some(g)) = (&user_given, &group_given) {
+        return Err(src.bad(g, Invalid::new("needs --user (the user to run as)")));
+    }
 
     // Every value given is well-formed; one was needed.
     if backend_given.is_empty() {
@@ -400,6 +432,17 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
     let (backends, resolve) = expand(&src, &backend_given, &parsed)?;
+    let run_as = match (&user_given, user_name) {
+        (Some(ug), Some(user)) => Some(
+            crate::privileges::look_up(&user, group_name.as_deref()).map_err(
+                |(is_user, why)| match (is_user, &group_given) {
+                    (false, Some(gg)) => src.bad(gg, Invalid::new(why)),
+                    _ => src.bad(ug, Invalid::new(why)),
+                },
+            )?,
+        ),
+        _ => None,
+    };
 
     Ok(Config {
         listen,
@@ -423,6 +466,8 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         health,
         splice,
         cpu_affinity,
+        access_log,
+        run_as,
         file: file.map(|f| f.path.clone()),
         acl: Arc::new(acl),
         accept_proxy: Arc::new(accept_proxy),

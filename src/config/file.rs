@@ -52,6 +52,9 @@ pub struct FileConfig {
     /// Sources whose connections begin with a PROXY header.
     pub accept_proxy: Option<Spanned<List>>,
     pub proxy_header_timeout: Option<Raw>,
+    pub access_log: Option<Raw>,
+    pub user: Option<Raw>,
+    pub group: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep

@@ -394,3 +394,75 @@ fn the_client_first_byte_timeout_is_off_unless_given() {
         Some(Duration::from_millis(750))
     );
 }
+
+#[test]
+fn the_access_log_is_off_unless_given_and_a_path_is_made_absolute() {
+    use crate::channel::AccessLog;
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().access_log, AccessLog::Off);
+    a.run.access_log = Some("stderr".into());
+    assert_eq!(Config::load(&a).unwrap().access_log, AccessLog::Stderr);
+    a.run.access_log = Some("logs/access.log".into());
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        Config::load(&a).unwrap().access_log,
+        AccessLog::File(cwd.join("logs/access.log"))
+    );
+    a.run.access_log = Some(String::new());
+    assert_eq!(
+        err(&a),
+        "invalid value '' for '--access-log <off|stderr|PATH>': expected off, stderr or a file path"
+    );
+    assert_eq!(
+        file_err("backends = \"127.0.0.1:80\"\naccess-log = 7\n"),
+        "x.toml:2:14: invalid value '7' for 'access-log': expected off, stderr or a file path"
+    );
+}
+
+#[test]
+fn user_and_group_are_looked_up_and_a_missing_one_is_named() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().run_as, None);
+    a.run.user = Some("root".into());
+    let who = Config::load(&a).unwrap().run_as.unwrap();
+    assert_eq!((who.uid, who.gid, who.group.as_str()), (0, 0, "root"));
+    a.run.user = Some("no-such-user-rrproxy".into());
+    let e = Config::load(&a).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid value 'no-such-user-rrproxy' for '--user <NAME>': no such user"
+    );
+    assert_eq!(e.exit_code(), 2);
+    a.run.user = Some("root".into());
+    a.run.group = Some("no-such-group-rrproxy".into());
+    assert_eq!(
+        err(&a),
+        "invalid value 'no-such-group-rrproxy' for '--group <NAME>': no such group"
+    );
+    a.run.user = None;
+    a.run.group = Some("root".into());
+    assert_eq!(
+        err(&a),
+        "invalid value 'root' for '--group <NAME>': needs --user (the user to run as)"
+    );
+    a.run.group = None;
+    a.run.user = Some("two words".into());
+    assert_eq!(
+        err(&a),
+        "invalid value 'two words' for '--user <NAME>': expected a name or a number"
+    );
+    assert_eq!(
+        file_err("backends = \"127.0.0.1:80\"\nuser = \"no-such-user-rrproxy\"\n"),
+        "x.toml:2:8: invalid value 'no-such-user-rrproxy' for 'user': no such user"
+    );
+}
+
+#[test]
+fn a_handover_from_a_build_without_the_new_settings_still_reads() {
+    let c = Config::load(&args(&["127.0.0.1:80"])).unwrap();
+    let mut v = serde_json::to_value(&c).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    assert!(obj.remove("access_log").is_some() && obj.remove("run_as").is_some());
+    let back: Config = serde_json::from_value(v).unwrap();
+    assert_eq!(back, c);
+}

@@ -14,7 +14,7 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 
 use super::error::Invalid;
 use super::{MAX_DURATION, MAX_RETRIES, MAX_WORKERS, parse::check_host_port};
-use crate::channel::Splice;
+use crate::channel::{AccessLog, Splice};
 
 /// How a duration is written.
 const DURATION: &str = "like 5s, 500ms or 2m (a bare number is seconds)";
@@ -226,6 +226,31 @@ fn address(text: &str, expected: &str) -> Result<String, Invalid> {
             bad
         }
     })
+}
+
+/// `--access-log`: `off`, `stderr`, or a file path (made absolute when
+/// the config is built).
+pub fn access_log(text: &str) -> Result<AccessLog, Invalid> {
+    match text {
+        "off" => Ok(AccessLog::Off),
+        "stderr" => Ok(AccessLog::Stderr),
+        "" => Err(Invalid::new("expected off, stderr or a file path")),
+        path if path.contains('\0') => Err(Invalid::new("a path cannot contain a NUL byte")),
+        path => Ok(AccessLog::File(PathBuf::from(path))),
+    }
+}
+
+/// `--user`, `--group`: a name or a number, syntax only (looked up when
+/// the config is built).
+pub fn account(text: &str) -> Result<String, Invalid> {
+    let ok = !text.is_empty()
+        && text.len() <= 256
+        && !text.contains(|c: char| c.is_whitespace() || c == ':' || c == '\0');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(Invalid::new("expected a name or a number"))
+    }
 }
 
 /// `--control`: a socket path, or `off` (`None`).

@@ -97,10 +97,25 @@ fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlErro
                 std::thread::sleep(Duration::from_millis(50));
             }
             Ok(reply) if reply.is_empty() => std::thread::sleep(Duration::from_millis(50)),
+            // Closed before it read the command (a front exiting after an
+            // upgrade, with this connection still in its queue): the
+            // command did not run.
+            Err(CtlError::Io { source, .. }) if unread(&source) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             other => return other,
         }
     }
     exchange(path, words, json)
+}
+
+/// The server closed the connection with the command unread: writing it
+/// failed (`EPIPE`), or the close reset it (`ECONNRESET`).
+fn unread(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 fn exchange(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {

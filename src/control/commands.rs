@@ -345,6 +345,10 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let msg = front.borrow_mut().acl_edit(list, cidr)?;
             ok_json(json, msg)
         }
+        (Action::LogReopen, _) => {
+            let msg = front.borrow_mut().reopen_access_log()?;
+            ok_json(json, msg)
+        }
         (Action::Top, _) => Err(format!(
             "'{}' runs in rrproxy ctl, not on the control socket",
             spec.name

@@ -11,6 +11,11 @@
 //! - Every connection's peer is checked with `SO_PEERCRED`: root and the
 //!   proxy's own user are served, anyone else is refused (and logged, at
 //!   most once a second). The `ctl` client checks the server the same way.
+//! - With `--user`, the proxy binds as root and then runs as that user:
+//!   the socket (and the default directory) are handed to that user, so
+//!   the proxy can still remove its socket on exit; root's `rrproxy ctl`
+//!   is served as before. A directory of the user's, or root's, is
+//!   accepted next time.
 
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -34,11 +39,14 @@ static BOUND: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
 /// Bind the control socket at `path`, mode 0600. The default path's
 /// directory is made private first. A stale socket from a previous run is
 /// replaced; a live one, or anything that is not a socket, is an error.
-pub fn bind(path: &Path) -> Result<Control, String> {
-    if path == crate::config::default_control_path() {
-        if let Some(dir) = path.parent() {
-            private_dir(dir)?;
-        }
+/// `owner` (uid, gid): the user the proxy is about to become, who gets
+/// the socket (and the default directory).
+pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> Result<Control, String> {
+    let default_dir = path
+        .parent()
+        .filter(|_| path == crate::config::default_control_path());
+    if let Some(dir) = default_dir {
+        private_dir(dir, owner.map(|(uid, _)| uid))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -83,6 +91,16 @@ pub fn bind(path: &Path) -> Result<Control, String> {
         }
     })?;
     listener.set_nonblocking(true).map_err(fail)?;
+    if let Some((uid, gid)) = owner {
+        let give = |p: &Path| {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", p.display()))
+        };
+        give(path)?;
+        if let Some(dir) = default_dir {
+            give(dir)?;
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if let Ok(mut bound) = BOUND.lock() {
             bound.push((path.to_path_buf(), meta.dev(), meta.ino()));
@@ -121,8 +139,9 @@ pub fn unlink(path: &Path) {
 }
 
 /// `dir` exists (made now, mode 0700, if it did not), is a directory (not
-/// a link to one), belongs to this user and is closed to group and others.
-pub fn private_dir(dir: &Path) -> Result<(), String> {
+/// a link to one), belongs to this user (or to `also`, the user the proxy
+/// is about to become) and is closed to group and others.
+pub fn private_dir(dir: &Path, also: Option<u32>) -> Result<(), String> {
     let euid = rustix::process::geteuid().as_raw();
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
@@ -143,7 +162,7 @@ pub fn private_dir(dir: &Path) -> Result<(), String> {
             describe(&meta)
         ));
     }
-    if meta.uid() != euid {
+    if meta.uid() != euid && Some(meta.uid()) != also {
         return Err(format!(
             "control socket directory {} belongs to uid {}, not to this user (uid {euid}): refusing to use it (remove it, or use --control PATH)",
             dir.display(),
@@ -240,24 +259,24 @@ mod tests {
         let dir = scratch("kinds");
         let file = dir.join("some.toml");
         std::fs::write(&file, "precious").unwrap();
-        let e = bind(&file).err().expect("a regular file is refused");
+        let e = bind(&file, None).err().expect("a regular file is refused");
         assert!(e.contains("is a regular file, not a socket"), "{e}");
         assert!(e.contains(&file.display().to_string()), "{e}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
         let sub = dir.join("sub");
         std::fs::create_dir(&sub).unwrap();
-        assert!(bind(&sub).err().unwrap().contains("a directory"));
+        assert!(bind(&sub, None).err().unwrap().contains("a directory"));
         let link = dir.join("link.sock");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        assert!(bind(&link).err().unwrap().contains("a symbolic link"));
+        assert!(bind(&link, None).err().unwrap().contains("a symbolic link"));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
         // A stale socket (nobody listening) is replaced; a live one is not.
         let sock = dir.join("ctl.sock");
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-        let c = bind(&sock).expect("stale socket replaced");
+        let c = bind(&sock, None).expect("stale socket replaced");
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(bind(&sock).err().unwrap().contains("in use"));
+        assert!(bind(&sock, None).err().unwrap().contains("in use"));
         unlink(&c.path);
         assert!(!sock.exists());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -277,19 +296,27 @@ mod tests {
     fn a_private_dir_is_made_0700_and_a_loose_or_foreign_one_is_refused() {
         let dir = scratch("private");
         let mine = dir.join("rrproxy");
-        private_dir(&mine).unwrap();
+        private_dir(&mine, None).unwrap();
         let meta = std::fs::metadata(&mine).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-        private_dir(&mine).expect("an existing private dir is fine");
+        private_dir(&mine, None).expect("an existing private dir is fine");
         std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = private_dir(&mine).unwrap_err();
+        let e = private_dir(&mine, None).unwrap_err();
         assert!(e.contains("mode 0755") && e.contains("must be 0700"), "{e}");
         let file = dir.join("plain");
         std::fs::write(&file, "").unwrap();
-        assert!(private_dir(&file).unwrap_err().contains("a regular file"));
+        assert!(
+            private_dir(&file, None)
+                .unwrap_err()
+                .contains("a regular file")
+        );
         let link = dir.join("link");
         std::os::unix::fs::symlink(&mine, &link).unwrap();
-        assert!(private_dir(&link).unwrap_err().contains("a symbolic link"));
+        assert!(
+            private_dir(&link, None)
+                .unwrap_err()
+                .contains("a symbolic link")
+        );
         if rustix::process::geteuid().is_root() {
             let theirs = dir.join("theirs");
             std::fs::DirBuilder::new()
@@ -297,8 +324,11 @@ mod tests {
                 .create(&theirs)
                 .unwrap();
             std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
-            let e = private_dir(&theirs).unwrap_err();
+            let e = private_dir(&theirs, None).unwrap_err();
             assert!(e.contains("belongs to uid 65534"), "{e}");
+            // Unless that is the user the proxy is about to become.
+            private_dir(&theirs, Some(65534)).expect("the --user's directory");
+            assert!(private_dir(&theirs, Some(1000)).is_err());
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -27,6 +27,7 @@ pub enum Action {
     AclAllow,
     AclDeny,
     AclRemove,
+    LogReopen,
     Help,
     Quit,
     /// Runs in `rrproxy ctl`, not on the socket.
@@ -148,6 +149,12 @@ pub const COMMANDS: &[Spec] = &[
         "",
         "re-read the config file (like SIGHUP)",
         Run(ConfigReload),
+    ),
+    row(
+        "log reopen",
+        "",
+        "every worker reopens the --access-log file (like SIGUSR1; logrotate)",
+        Run(LogReopen),
     ),
     row(
         "top",
@@ -321,6 +328,8 @@ mod tests {
             ("drain", BackendDisable, &["10.0.0.1:80"][..])
         );
         assert_eq!(lookup(&["config", "reload"]).unwrap().1, ConfigReload);
+        assert_eq!(lookup(&["log", "reopen"]).unwrap().1, LogReopen);
+        assert_eq!(lookup(&["log"]).unwrap_err(), "usage: log reopen");
         assert_eq!(lookup(&["reload"]).unwrap().1, Upgrade);
         assert_eq!(lookup(&["upgrade", "/x"]).unwrap().2, &["/x"][..]);
         assert_eq!(lookup(&["policy"]).unwrap().1, Policy);

@@ -286,6 +286,7 @@ impl Front {
             ("control", cur.control != new.control),
             ("backlog", cur.backlog != new.backlog),
             ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
+            ("user", cur.run_as != new.run_as),
         ] {
             if changed {
                 warn!(
@@ -355,10 +356,15 @@ impl Front {
             control: cur.control.clone(),
             backlog: cur.backlog,
             cpu_affinity: cur.cpu_affinity,
+            run_as: cur.run_as.clone(),
             ..new
         };
+        let access_log_changed = cur.access_log != keep.access_log;
         self.config.store(Arc::new(keep));
         self.access.configure(&self.config.load());
+        if access_log_changed {
+            self.access_log_changed(&mut notes);
+        }
         self.limits = self.config.load().limits;
         self.retries = usize::from(self.config.load().retries);
         self.backends.refresh_routable();

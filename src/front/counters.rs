@@ -14,6 +14,9 @@ pub struct Counters {
     pub table: Arc<Table>,
     /// What `/metrics` renders with; changed under its lock.
     pub snapshot: Arc<Mutex<Snapshot>>,
+    /// Set once this front has handed over to a new one: the metrics
+    /// endpoint stops accepting (the new front serves the shared socket).
+    handed_over: tokio::sync::watch::Sender<bool>,
 }
 
 impl Counters {
@@ -21,6 +24,7 @@ impl Counters {
         Counters {
             table,
             snapshot: Arc::new(Mutex::new(Snapshot::default())),
+            handed_over: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -28,7 +32,13 @@ impl Counters {
         Exporter {
             table: self.table.clone(),
             snapshot: self.snapshot.clone(),
+            handed_over: self.handed_over.subscribe(),
         }
+    }
+
+    /// This front has handed over: its metrics endpoint accepts no more.
+    pub fn hand_over(&self) {
+        self.handed_over.send_replace(true);
     }
 
     pub fn bump(&self, w: FrontWord, n: u64) {
@@ -150,6 +160,10 @@ impl Front {
             stats::bump(
                 front(FrontWord::FirstByteTimeoutsBase),
                 dead.get(ProcWord::FirstByteTimeouts),
+            );
+            stats::bump(
+                front(FrontWord::AccessLogDroppedBase),
+                dead.get(ProcWord::AccessLogDropped),
             );
             stats::bump(
                 front(FrontWord::DurationSumNsBase),

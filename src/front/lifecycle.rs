@@ -66,6 +66,11 @@ impl Front {
             .ok_or_else(|| io::Error::other("cannot encode the worker config"))?;
         fdpass::send_raw(front_end.as_fd(), &hello, &[self.counters.table.fd()])?;
         fdpass::send_raw(front_end.as_fd(), &config, &[])?;
+        if self.config.load().access_log != crate::channel::AccessLog::Off {
+            if let Some(frame) = self.access_log_frame() {
+                fdpass::send_raw(front_end.as_fd(), &frame, &[])?;
+            }
+        }
         let cpu = self
             .workers
             .plan

@@ -246,6 +246,7 @@ async fn converse(front: &Shared, link: &Link, exe: &Path) -> Result<String, Str
 pub fn hand_over(front: &Shared) {
     let mut f = front.borrow_mut();
     f.state.handed_over = true;
+    f.counters.hand_over();
     f.state.changed.notify_waiters();
     // Control sessions waiting on the freeze answer "reconnect"; worker
     // channel readers stay frozen for good.

@@ -65,8 +65,17 @@ async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
     };
     let open = Arc::new(AtomicUsize::new(0));
     let mut refused = 0u64;
+    let mut handed_over = exporter.handed_over.clone();
     loop {
-        let stream = match listener.accept().await {
+        // After an upgrade's hand-over the new front answers: scrapers
+        // wait in the shared socket's queue rather than reach a front
+        // about to exit.
+        let accepted = tokio::select! {
+            biased;
+            _ = handed_over.wait_for(|done| *done) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
                 debug!(cause = %err, "metrics accept failed");

@@ -55,6 +55,8 @@ pub struct BackendLabel {
 pub struct Exporter {
     pub table: Arc<Table>,
     pub snapshot: Arc<Mutex<Snapshot>>,
+    /// Becomes true once the front has handed over to a new one.
+    pub handed_over: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Exporter {
@@ -297,6 +299,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
     );
     // Counted by the log writer of this process, read now.
     simple(&mut o, LOG_DROPPED, crate::logging::dropped_lines());
+    simple(
+        &mut o,
+        ACCESS_LOG_DROPPED,
+        front(FrontWord::AccessLogDroppedBase) + over(table, cells, ProcWord::AccessLogDropped),
+    );
     let pending = front(FrontWord::Pending);
     simple(&mut o, ACTIVE, actives.iter().sum::<u64>() + pending);
     o.family(IMBALANCE);

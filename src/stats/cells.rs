@@ -41,6 +41,12 @@ impl<'a> ProcCell<'a> {
         set(self.word(w), v);
     }
 
+    /// Add `n` to a word more than one thread of this process writes
+    /// (a locked add: only for rare events).
+    pub fn add_shared(&self, w: ProcWord, n: u64) {
+        self.word(w).fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn duration_bucket(&self, i: usize) -> &'a AtomicU64 {
         &self.words[ProcWord::DurationBucket0 as usize + i]
     }

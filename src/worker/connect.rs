@@ -20,16 +20,26 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::pump::{self, Meter, Outcome};
+use super::pump::{self, ConnBytes, Meter, Outcome, Side};
 use super::{Routes, Worker};
+use crate::access_log::{End, Entry};
 use crate::channel::{BackendEntry, Event, FailReason, Handoff};
 use crate::proxy_protocol::Header;
 use crate::stats::{Col, ProcWord};
 
 /// Serve one handed-off client connection to the end. It arrives counted
-/// as active on its planned backend (see `start_conns`).
+/// as active on its planned backend (see `start_conns`). Its access log
+/// entry is written when this returns (or when the worker stops first).
 pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: Handoff) {
     let started = Instant::now();
+    let bytes = ConnBytes::default();
+    let mut entry = Entry::new(
+        &worker.access_log,
+        &bytes,
+        started,
+        handoff.conn,
+        handoff.client,
+    );
     tracing::Span::current().record("client.addr", tracing::field::display(handoff.client));
     let routes = worker.routes();
     let cell = worker.cell();
@@ -49,6 +59,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         Ok(client) => client,
         Err(err) => {
             debug!(cause = %err, "cannot register client connection");
+            entry.end = Some(End::ConnectFailed);
             unserved();
             return;
         }
@@ -59,10 +70,12 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     else {
         // A reset, not a FIN: the client must not take it for an answer.
         debug!("no backend reachable; closing client");
+        entry.end = Some(End::ConnectFailed);
         reset(&client);
         unserved();
         return;
     };
+    entry.backend = Some(backend.addr);
     let col = cell.col(usize::from(backend.column));
     if backend.id != handoff.backend {
         if let Some(p) = planned {
@@ -85,6 +98,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         to_clients: cell.word(ProcWord::BytesOut),
         to_backend: col.map_or(&spare, |c| c.word(Col::BytesUp)),
         from_backend: col.map_or(&spare, |c| c.word(Col::BytesDown)),
+        conn: &bytes,
     };
     let outcome = pump::pump(
         &mut client,
@@ -99,23 +113,30 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         &meter,
     )
     .await;
-    match outcome {
-        Outcome::Done => {}
+    entry.end = Some(match outcome {
+        Outcome::Done(Side::Client) => End::ClientClosed,
+        Outcome::Done(Side::Backend) => End::BackendClosed,
         Outcome::IdleTimeout(stuck) => {
             debug!(?stuck, "idle timeout");
             reset_stuck(&client, &upstream, stuck);
+            End::IdleTimeout
         }
         Outcome::FirstByteTimeout(stuck) => {
             debug!("client sent nothing within the first-byte timeout; closing");
             reset_stuck(&client, &upstream, stuck);
             cell.bump(ProcWord::FirstByteTimeouts, 1);
+            End::FirstByteTimeout
         }
         Outcome::Reset(side, err) => {
-            debug!(side, cause = %err, "connection reset; propagating");
+            debug!(side = side.as_str(), cause = %err, "connection reset; propagating");
             reset(&client);
             reset(&upstream);
+            match side {
+                Side::Client => End::ClientReset,
+                Side::Backend => End::BackendReset,
+            }
         }
-    }
+    });
     if let Some(c) = col {
         c.active_down();
     }

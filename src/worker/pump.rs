@@ -13,6 +13,9 @@
 //!   no EOF) that long after the pump started is closed, whatever the
 //!   backend sent meanwhile.
 //!
+//! The [`Outcome`] says how the connection ended and which side ended it
+//! (the one whose EOF or error came first), for the access log.
+//!
 //! Bytes move by splice(2) through a pipe (the `splice` module) or, when
 //! that is off or impossible, through a buffer. Pipes and buffers come from
 //! small per-thread pools only when a socket is readable and go back right
@@ -63,38 +66,69 @@ fn give_buf(buf: Box<[u8]>) {
 
 /// Where the bytes a connection moves are counted: the worker's totals and
 /// the backend's column in its statistics cell (this worker is the only
-/// writer of both, so a count is a plain load and store).
+/// writer of both, so a count is a plain load and store), and the
+/// connection's own totals (for its access log line).
 #[derive(Clone, Copy)]
 pub struct Meter<'a> {
     pub from_clients: &'a AtomicU64,
     pub to_clients: &'a AtomicU64,
     pub to_backend: &'a AtomicU64,
     pub from_backend: &'a AtomicU64,
+    pub conn: &'a ConnBytes,
+}
+
+/// Bytes one connection moved, each way.
+#[derive(Debug, Default)]
+pub struct ConnBytes {
+    /// From the client to the backend.
+    pub up: Cell<u64>,
+    /// From the backend to the client.
+    pub down: Cell<u64>,
 }
 
 impl Meter<'_> {
     fn up(&self, n: usize) {
         bump(self.from_clients, n as u64);
         bump(self.to_backend, n as u64);
+        self.conn.up.set(self.conn.up.get() + n as u64);
     }
 
     fn down(&self, n: usize) {
         bump(self.from_backend, n as u64);
         bump(self.to_clients, n as u64);
+        self.conn.down.set(self.conn.down.get() + n as u64);
+    }
+}
+
+/// One end of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
     }
 }
 
 /// How a pumped connection ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Both directions reached EOF and were shut down.
-    Done,
+    /// Both directions reached EOF and were shut down; the side named
+    /// sent its EOF first (it closed the connection).
+    Done(Side),
     /// Nothing moved for the idle timeout.
     IdleTimeout(Stuck),
     /// The client sent nothing within the first-byte timeout.
     FirstByteTimeout(Stuck),
-    /// A side failed (reset, broken pipe...). Names the side.
-    Reset(&'static str, io::Error),
+    /// A side failed (reset, broken pipe...): the side named, the first
+    /// to fail.
+    Reset(Side, io::Error),
 }
 
 /// Which sides had bytes waiting to be written to them when a timeout
@@ -107,10 +141,20 @@ pub struct Stuck {
 
 /// Which way bytes flow, for counting.
 #[derive(Clone, Copy)]
-#[repr(usize)]
+#[repr(u8)]
 enum Dir {
     Up,
     Down,
+}
+
+impl Dir {
+    /// The side bytes come from.
+    fn source(self) -> Side {
+        match self {
+            Dir::Up => Side::Client,
+            Dir::Down => Side::Backend,
+        }
+    }
 }
 
 /// Pump until both directions are done, a side resets, the idle timeout,
@@ -132,7 +176,7 @@ pub async fn pump(
         idle,
         silent_until: first_byte.map(|d| now + d),
         last: Cell::new(now),
-        finished: Cell::new(false),
+        first_eof: Cell::new(None),
         spoke: Cell::new(false),
         stuck: [Cell::new(false), Cell::new(false)],
     };
@@ -141,7 +185,8 @@ pub async fn pump(
     let both = async { tokio::try_join!(up, down) };
     tokio::select! {
         res = both => match res {
-            Ok(((), ())) => Outcome::Done,
+            // (Both reached EOF, so one was first.)
+            Ok(((), ())) => Outcome::Done(flow.first_eof.get().map_or(Side::Client, Dir::source)),
             Err((side, err)) => Outcome::Reset(side, err),
         },
         idle = watch(&flow) => if idle {
@@ -161,8 +206,8 @@ struct Flow<'a> {
     silent_until: Option<Instant>,
     /// When a byte last moved either way (idle timeout).
     last: Cell<Instant>,
-    /// One direction already reached EOF.
-    finished: Cell<bool>,
+    /// The direction that reached EOF first, once one has.
+    first_eof: Cell<Option<Dir>>,
     /// The client has sent a byte or its EOF.
     spoke: Cell<bool>,
     /// Per direction (`Dir as usize`): a write to its destination is in
@@ -208,10 +253,10 @@ async fn copy(
     dst: WriteHalf<'_>,
     dir: Dir,
     flow: &Flow<'_>,
-) -> Result<(), (&'static str, io::Error)> {
+) -> Result<(), (Side, io::Error)> {
     let (src_name, dst_name) = match dir {
-        Dir::Up => ("client", "backend"),
-        Dir::Down => ("backend", "client"),
+        Dir::Up => (Side::Client, Side::Backend),
+        Dir::Down => (Side::Backend, Side::Client),
     };
     let mut piping = flow.splice == Splice::On;
     loop {
@@ -280,9 +325,10 @@ async fn copy(
             // Half-close: pass the EOF on, keep the other way open. When
             // the other way is already done, the close that follows sends
             // the FIN anyway.
-            if flow.finished.replace(true) {
+            if flow.first_eof.get().is_some() {
                 return Ok(());
             }
+            flow.first_eof.set(Some(dir));
             return match SockRef::from(dst.as_ref()).shutdown(Shutdown::Write) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
@@ -344,11 +390,13 @@ mod tests {
                 .unwrap();
             let (mut b, _) = l.accept().await.unwrap();
             let w = std::sync::atomic::AtomicU64::new(0);
+            let conn = super::ConnBytes::default();
             let meter = super::Meter {
                 from_clients: &w,
                 to_clients: &w,
                 to_backend: &w,
                 from_backend: &w,
+                conn: &conn,
             };
             let idle = std::time::Duration::from_secs(1);
             let f = super::pump(

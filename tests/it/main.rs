@@ -2,6 +2,7 @@
 //! One test binary (faster to build and link than one per file).
 
 mod access;
+mod accesslog;
 mod client_address;
 mod control;
 mod discovery;
@@ -14,5 +15,6 @@ mod policies;
 mod shims;
 mod supervision;
 mod support;
+mod unprivileged;
 mod upgrade;
 mod usage;

@@ -380,7 +380,19 @@ impl Drop for Proxy {
 /// the front it reached had just handed over to a new one in an upgrade.
 pub fn ctl_at(path: &Path, line: &str) -> std::io::Result<String> {
     for _ in 0..5 {
-        let reply = ctl_once(path, line)?;
+        let reply = match ctl_once(path, line) {
+            // Closed with the command unread (a front exiting after an
+            // upgrade): it did not run.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                String::new()
+            }
+            other => other?,
+        };
         // Closed without a reply: a front leaving after an upgrade, which
         // had not run the command.
         if !reply.contains("handed over to a new one") && !reply.is_empty() {

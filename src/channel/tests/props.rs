@@ -100,8 +100,24 @@ fn build() -> impl Strategy<Value = String> {
     "[0-9a-f]{0,64}"
 }
 
+/// Where an access log may go: off, stderr, or an absolute path of any
+/// bytes but NUL (the longest the channel carries included).
+fn access_log() -> impl Strategy<Value = AccessLog> {
+    use std::os::unix::ffi::OsStringExt;
+    let path = prop_oneof![
+        prop::collection::vec(1u8..=255, 0..200),
+        Just(vec![b'x'; MAX_PATH_LEN - 1]),
+    ]
+    .prop_map(|rest| {
+        let bytes = [vec![b'/'], rest].concat();
+        AccessLog::File(std::ffi::OsString::from_vec(bytes).into())
+    });
+    prop_oneof![Just(AccessLog::Off), Just(AccessLog::Stderr), path]
+}
+
 fn down() -> impl Strategy<Value = Down> {
     prop_oneof![
+        (access_log(), any::<bool>()).prop_map(|(target, json)| Down::AccessLog { target, json }),
         (any::<u32>(), build()).prop_map(|(cell, build)| Down::Hello { cell, build }),
         worker_config().prop_map(Down::Config),
         prop::collection::vec(handoff(), 0..=24).prop_map(Down::Conns),
@@ -136,7 +152,7 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![
             Just(vec![]),
-            prop::sample::select(vec![0x01u8, 0x02, 0x03, 0x04, 0x81, 0x82])
+            prop::sample::select(vec![0x01u8, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82])
                 .prop_map(|k| vec![VERSION, k]),
         ],
         prop::collection::vec(any::<u8>(), 0..300),

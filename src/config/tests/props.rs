@@ -33,6 +33,9 @@ const KEYS: &[&str] = &[
     "fall",
     "splice",
     "cpu-affinity",
+    "access-log",
+    "user",
+    "group",
 ];
 
 /// Keys whose values are addresses or paths: validation would resolve a
