@@ -19,20 +19,10 @@
 
 set -uo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || PY=python3
-LIB=("$PY" -S "$HERE/benchlib.py")
-
-RRPROXY=${RRPROXY:-$ROOT/target/release/rrproxy}
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rrproxy) RRPROXY=$2; shift 2 ;;
-        --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "accesslog.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LIB=("${BENCHLIB[@]}")
+bench_args "$@"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
@@ -59,9 +49,6 @@ mkdir -p "$OUT_DIR" "$T/logs"
 CSV=$OUT_DIR/accesslog-$TS.csv
 echo "variant,round,requests,rps,cpu_s,log_lines,dropped,errors,writer_cpu_s" > "$CSV"
 
-BENCHLIB=("${LIB[@]}")
-# shellcheck source=benches/common.sh
-. "$HERE/common.sh"
 
 cleanup() {
     local rc=$? p

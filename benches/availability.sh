@@ -28,21 +28,10 @@
 
 set -uo pipefail   # no -e: one failing cell must not abort the run
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || PY=python3
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LIB=("$PY" -S "$HERE/availlib.py")
-BENCHLIB=("$PY" -S "$HERE/benchlib.py")
-
-RRPROXY=${RRPROXY:-$ROOT/target/release/rrproxy}
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rrproxy) RRPROXY=$2; shift 2 ;;
-        --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "availability.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
-    esac
-done
+bench_args "$@"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then DURATION=${DURATION:-6}; else DURATION=${DURATION:-20}; fi
@@ -82,8 +71,6 @@ ROWS=$T/rows.jsonl
 RUN_START=$(date +%s)
 
 # Shared helpers: log, kill_tree, stop_bg, start_bg, wait_port.
-# shellcheck source=benches/common.sh
-. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 now() { date +%s.%N; }
 have() { command -v "$1" >/dev/null 2>&1; }
 

@@ -1,7 +1,31 @@
-# Helpers shared by compare.sh and availability.sh (sourced, not run).
-# Expects: BENCHLIB (the benchlib.py command as an array), T (the run's
-# temporary directory, with a logs/ folder) and STARTED (an array of the
-# pids, which are process group ids, of everything started).
+# Helpers shared by the benchmark scripts (sourced, not run): where things
+# are (HERE, ROOT, PY, BENCHLIB, RRPROXY), the command line every script
+# takes (bench_args), and starting and stopping what a run starts. The
+# process helpers expect T (the run's temporary directory, with a logs/
+# folder) and STARTED (an array of the pids, which are process group ids,
+# of everything started).
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# The real interpreter, not a version-manager shim: it runs many times.
+PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || PY=python3
+BENCHLIB=("$PY" -S "$HERE/benchlib.py")
+RRPROXY=${RRPROXY:-$ROOT/target/release/rrproxy}
+
+# The options every script takes: --rrproxy PATH (the binary to measure)
+# and --help (the script's leading comment). Usage: bench_args "$@"
+bench_args() {
+    local name
+    name=$(basename "$0")
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --rrproxy) RRPROXY=$2; shift 2 ;;
+            --rrproxy=*) RRPROXY=${1#*=}; shift ;;
+            -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+            *) echo "$name: unknown argument $1 (try --help)" >&2; exit 2 ;;
+        esac
+    done
+}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

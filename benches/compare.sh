@@ -28,21 +28,10 @@
 
 set -uo pipefail   # no -e: one failing cell must not abort the matrix
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-# The real interpreter, not a version-manager shim: it runs many times.
-PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || PY=python3
-LIB=("$PY" -S "$HERE/benchlib.py")
-
-RRPROXY=${RRPROXY:-$ROOT/target/release/rrproxy}
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rrproxy) RRPROXY=$2; shift 2 ;;
-        --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LIB=("${BENCHLIB[@]}")
+bench_args "$@"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
@@ -136,9 +125,6 @@ BUSY_START=$("${LIB[@]}" busy)
 SELF_START=$("${LIB[@]}" tree-cpu $$)
 
 # Shared helpers: log, kill_tree, stop_bg, start_bg, wait_port.
-BENCHLIB=("${LIB[@]}")
-# shellcheck source=benches/common.sh
-. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 cleanup() {
     local rc=$? p

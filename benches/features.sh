@@ -20,20 +20,10 @@
 
 set -uo pipefail   # no -e: one failing cell must not abort the matrix
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || PY=python3
-LIB=("$PY" -S "$HERE/benchlib.py")
-
-RRPROXY=${RRPROXY:-$ROOT/target/release/rrproxy}
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rrproxy) RRPROXY=$2; shift 2 ;;
-        --rrproxy=*) RRPROXY=${1#*=}; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "features.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LIB=("${BENCHLIB[@]}")
+bench_args "$@"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
@@ -58,9 +48,6 @@ LOGS=$OUT_DIR/features-$TS-logs
 echo "proxy,variant,round,cps,cpu_us_per_conn,errors" > "$CSV"
 
 # Shared helpers: log, kill_tree, stop_bg, start_bg, wait_port.
-BENCHLIB=("${LIB[@]}")
-# shellcheck source=benches/common.sh
-. "$HERE/common.sh"
 
 cleanup() {
     local rc=$? p
