@@ -192,6 +192,15 @@ pub struct TuningArgs {
     #[arg(long, value_name = "N", value_parser = values::backlog)]
     pub backlog: Option<u32>,
 
+    /// Accept a connection only once the client has sent its first bytes
+    /// (TCP_DEFER_ACCEPT, HAProxy's `defer-accept`, nginx's `deferred`):
+    /// the front and the worker then wake once per connection, not twice.
+    /// For protocols where the client speaks first (HTTP, TLS, a PROXY
+    /// header); a client that waits for the server to speak first is
+    /// accepted about a second late.
+    #[arg(long)]
+    pub defer_accept: bool,
+
     /// Most connections proxied at once; beyond it new clients wait in the
     /// kernel backlog instead of being accepted. [default: unlimited]
     #[arg(long, value_name = "N", value_parser = values::limit_u64)]

@@ -102,6 +102,11 @@ pub struct Config {
     /// Close a client that sent no byte within this; `None`: never.
     pub client_first_byte_timeout: Option<Duration>,
     pub backlog: u32,
+    /// Listening sockets hold a connection until its first bytes arrive
+    /// (`--defer-accept`). (Absent from the handover of a build before it:
+    /// off, which is what such a build ran with.)
+    #[serde(default)]
+    pub defer_accept: bool,
     pub limits: Limits,
     pub health: Health,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.

@@ -159,6 +159,13 @@ pub async fn serve(
     let table = Arc::new(table_for(config.workers)?);
     let counters = Counters::new(table.clone());
     let mut listeners = Listeners::new(sockets).map_err(FrontError::Runtime)?;
+    // Only when asked: sockets from the service manager keep the unit's
+    // own DeferAcceptSec= otherwise.
+    if config.defer_accept {
+        listeners
+            .set_defer_accept(true)
+            .map_err(FrontError::Fatal)?;
+    }
     if let Some(addr) = config.metrics {
         let l = std::net::TcpListener::bind(addr)
             .map_err(|source| FrontError::Metrics { addr, source })?;

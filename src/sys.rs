@@ -2,7 +2,8 @@
 //!
 //! Everything else in the crate goes through safe wrappers (rustix, socket2,
 //! std). What lives here needs `unsafe` because the standard library exposes
-//! it only that way: running code in the child between `fork` and `exec`.
+//! it only that way: running code in the child between `fork` and `exec`,
+//! and one socket option no safe crate wraps (TCP_DEFER_ACCEPT).
 //! The file descriptor limit helpers are here too because they describe the
 //! process's relationship with the kernel, not any one role.
 
@@ -263,6 +264,31 @@ pub fn cpu_plan(allowed: &[usize], slots: usize) -> Option<(usize, Vec<usize>)> 
     Some((front, workers))
 }
 
+/// Set or clear TCP_DEFER_ACCEPT on a listening socket: with it, the kernel
+/// queues a connection for `accept` only once its first data has arrived
+/// (or, failing that, after about a second: one SYN-ACK retransmit).
+/// Neither rustix nor socket2 exposes this option.
+pub fn set_defer_accept(listener: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    let seconds: libc::c_int = i32::from(on);
+    // SAFETY: `listener` is a descriptor borrowed for the duration of the
+    // call; the option value points at a live `c_int` on this stack frame
+    // and the length passed is exactly its size. setsockopt only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,3 +309,4 @@ mod tests {
         assert_eq!(fd_plan(64), FdPlan { conns: 8, pipes: 8 });
     }
 }
+

@@ -350,6 +350,10 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
     let splice = src
         .typed("splice", t.splice, &keys.splice, values::splice)?
         .unwrap_or(Splice::Auto);
+    let defer_accept = t.defer_accept
+        || src
+            .typed("defer-accept", None, &keys.defer_accept, values::switch)?
+            .unwrap_or(false);
     let cpu_affinity = t.cpu_affinity
         || src
             .typed("cpu-affinity", None, &keys.cpu_affinity, values::switch)?
@@ -462,6 +466,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         client_first_byte_timeout,
         retries,
         backlog,
+        defer_accept,
         limits,
         health,
         splice,

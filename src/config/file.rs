@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub drain_timeout: Option<Raw>,
     pub client_first_byte_timeout: Option<Raw>,
     pub backlog: Option<Raw>,
+    pub defer_accept: Option<Raw>,
     pub max_conns: Option<Raw>,
     pub max_conns_per_worker: Option<Raw>,
     pub max_conns_per_ip: Option<Raw>,

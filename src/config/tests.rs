@@ -396,6 +396,29 @@ fn the_client_first_byte_timeout_is_off_unless_given() {
 }
 
 #[test]
+fn defer_accept_is_off_unless_the_flag_or_the_file_says_so() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert!(!Config::load(&a).unwrap().defer_accept);
+    a.tuning.defer_accept = true;
+    assert!(Config::load(&a).unwrap().defer_accept);
+    let file = |text: &str| {
+        LoadedFile::parse(
+            format!("backends = [\"127.0.0.1:80\"]\n{text}\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    };
+    let on = file("defer-accept = true");
+    assert!(build::build(&args(&[]), Some(&on)).unwrap().defer_accept);
+    let off = file("defer-accept = false");
+    assert!(!build::build(&args(&[]), Some(&off)).unwrap().defer_accept);
+    // The flag wins over the file, as for every key.
+    let mut flagged = args(&[]);
+    flagged.tuning.defer_accept = true;
+    assert!(build::build(&flagged, Some(&off)).unwrap().defer_accept);
+}
+
+#[test]
 fn the_access_log_is_off_unless_given_and_a_path_is_made_absolute() {
     use crate::channel::AccessLog;
     let mut a = args(&["127.0.0.1:80"]);

@@ -279,6 +279,21 @@ impl Front {
                 new.backends.len()
             ));
         }
+        let mut defer_accept = new.defer_accept;
+        if cur.defer_accept != new.defer_accept {
+            let to = if new.defer_accept { "on" } else { "off" };
+            match self.listeners.set_defer_accept(new.defer_accept) {
+                Ok(()) => {
+                    info!(defer_accept = to, "listeners changed by reload");
+                    notes.push(format!("defer-accept {to}"));
+                }
+                Err(err) => {
+                    warn!(cause = %err, "defer-accept not changed");
+                    notes.push(format!("{err}; kept"));
+                    defer_accept = cur.defer_accept;
+                }
+            }
+        }
         for (what, changed) in [
             ("listen", cur.listen != new.listen),
             ("workers", cur.workers != new.workers),
@@ -355,6 +370,7 @@ impl Front {
             metrics: cur.metrics,
             control: cur.control.clone(),
             backlog: cur.backlog,
+            defer_accept,
             cpu_affinity: cur.cpu_affinity,
             run_as: cur.run_as.clone(),
             ..new

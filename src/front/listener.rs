@@ -77,6 +77,21 @@ impl Listeners {
         self.sockets.clear();
     }
 
+    /// Turn `--defer-accept` on or off on every listening socket (at start,
+    /// and when a reload changes it). Names the listener that refused.
+    pub fn set_defer_accept(&self, on: bool) -> Result<(), String> {
+        for s in &self.sockets {
+            crate::sys::set_defer_accept(s.get_ref().as_fd(), on).map_err(|err| {
+                let addr = s.get_ref().local_addr().map(|a| a.to_string());
+                format!(
+                    "cannot set defer-accept on {}: {err}",
+                    addr.unwrap_or_else(|_| "a listener".into())
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// The sockets' descriptors (for a handover).
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.sockets.iter().map(|s| s.get_ref().as_fd()).collect()
