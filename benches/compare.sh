@@ -17,6 +17,11 @@
 #   RRPROXY=PATH    rrproxy binary                        [target/release/rrproxy]
 #   RR_WORKERS      rrproxy --workers                     [PROXY_CORES]
 #   RRPROXY_ARGS    extra arguments for rrproxy (e.g. "--splice on")
+#   DEFER_ACCEPT=1  every proxy that can waits for the client's first bytes
+#                   before accepting (TCP_DEFER_ACCEPT): HAProxy bind
+#                   defer-accept, rrproxy --defer-accept; nginx's stream
+#                   module (its `deferred` is http-only) and pen have no
+#                   such option [0]
 #   PROXIES         subset/order of: direct haproxy haproxy-splice nginx pen rrproxy
 #   WORKLOADS       subset/order of: close keepalive bulk iperf3 idle
 #   IDLE_CONNS      idle connections to hold              [10000, QUICK: 2000]
@@ -44,6 +49,11 @@ fi
 PROXIES=${PROXIES:-direct haproxy haproxy-splice nginx pen rrproxy}
 WORKLOADS=${WORKLOADS:-close keepalive bulk iperf3 idle}
 RRPROXY_ARGS=${RRPROXY_ARGS:-}
+DEFER_ACCEPT=${DEFER_ACCEPT:-0}
+HAPROXY_BIND_OPTS="" RRPROXY_DEFER=""
+if [ "$DEFER_ACCEPT" = 1 ]; then
+    HAPROXY_BIND_OPTS=" defer-accept" RRPROXY_DEFER=" --defer-accept"
+fi
 PIN=${PIN:-1}
 # Trace the front's batch sizes (benches/batches.bt) in one extra close
 # cell when bpftrace can run (root).
@@ -298,7 +308,7 @@ write_proxy_config() {
                 echo "    timeout server 5m"
                 [ "$name" = haproxy-splice ] && echo "    option splice-auto"
                 echo "frontend fe"
-                echo "    bind 127.0.0.1:$port"
+                echo "    bind 127.0.0.1:$port$HAPROXY_BIND_OPTS"
                 echo "    default_backend be"
                 echo "backend be"
                 echo "    server s1 127.0.0.1:$bport"
@@ -331,7 +341,7 @@ EOF
             # -x most simultaneous connections (default 500). Single process.
             echo "pen -f -r -x $MAXCONN 127.0.0.1:$port 127.0.0.1:$bport" > "$dir/cmdline" ;;
         rrproxy)
-            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off $RRPROXY_ARGS" > "$dir/cmdline" ;;
+            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$RRPROXY_DEFER $RRPROXY_ARGS" > "$dir/cmdline" ;;
     esac
 }
 
@@ -615,7 +625,7 @@ est=$((est * ROUNDS))
 {
     echo "rrproxy comparison $TS"
     versions
-    echo "settings: DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS BULK_REPEAT=$BULK_REPEAT IDLE_CONNS=$IDLE_CONNS wrk -t$WRK_THREADS -c$WRK_CONNS"
+    echo "settings: DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS BULK_REPEAT=$BULK_REPEAT IDLE_CONNS=$IDLE_CONNS DEFER_ACCEPT=$DEFER_ACCEPT wrk -t$WRK_THREADS -c$WRK_CONNS"
     cpu_layout
     echo "proxies: $PROXIES"
     echo "workloads: ${want_workloads[*]}"
