@@ -6,9 +6,10 @@
 //! into stderr. When stderr stalls (a full journald, a `docker logs`
 //! reader that stopped, a pipe nobody reads) that thread blocks, the queue
 //! fills, and further lines are dropped and counted instead of stalling
-//! proxying. The front exports its count as `rrproxy_log_lines_dropped_total`;
-//! each worker counts its own (see [`dropped_lines`]) but does not report
-//! it yet.
+//! proxying. Each process counts its own (see [`dropped_lines`]); a worker
+//! copies its count into its cell of the statistics table as connections
+//! finish, and the front exports its own plus the workers' as
+//! `rrproxy_log_lines_dropped_total`.
 
 use std::sync::OnceLock;
 

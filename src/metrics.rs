@@ -249,7 +249,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         LOG_DROPPED,
         "counter",
-        "Log lines the front dropped because stderr did not keep up (logging never blocks proxying).",
+        "Log lines the front and the workers dropped because stderr did not keep up (logging never blocks proxying).",
     ),
     (
         ACCESS_LOG_DROPPED,

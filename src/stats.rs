@@ -105,6 +105,8 @@ pub enum FrontWord {
     HeaderIo,
     /// Base of [`ProcWord::AccessLogDropped`].
     AccessLogDroppedBase,
+    /// Base of [`ProcWord::LogDropped`].
+    LogDroppedBase,
 }
 
 impl FrontWord {
@@ -140,12 +142,12 @@ const _: () = assert!(
     FrontWord::Denied as usize
         == FrontWord::DurationBucketBase0 as usize + DURATION_BOUNDS.len() + 1
 );
-const _: () = assert!((FrontWord::AccessLogDroppedBase as usize) < FRONT_WORDS);
+const _: () = assert!((FrontWord::LogDroppedBase as usize) < FRONT_WORDS);
 // The worker's access-log drop count sits right after its histogram.
 const _: () = {
     let word = ProcWord::DurationBucket0 as usize + DURATION_BOUNDS.len() + 1;
     assert!(ProcWord::AccessLogDropped as usize == word);
-    assert!(word < PROC_HEAD_WORDS);
+    assert!((ProcWord::LogDropped as usize) < PROC_HEAD_WORDS);
 };
 
 /// Per worker slot, written by the front.
@@ -219,6 +221,9 @@ pub enum ProcWord {
     /// event loop and its access-log writer), so with an atomic add
     /// ([`ProcCell::add_shared`]), not `bump`.
     AccessLogDropped = 12 + DURATION_BOUNDS.len() + 1,
+    /// The worker's own log lines dropped because stderr did not keep up
+    /// (its running total, set by its event loop as connections finish).
+    LogDropped,
 }
 
 /// Why a table could not be opened.

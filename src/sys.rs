@@ -309,4 +309,3 @@ mod tests {
         assert_eq!(fd_plan(64), FdPlan { conns: 8, pipes: 8 });
     }
 }
-

@@ -151,6 +151,9 @@ impl Worker {
     pub fn finished(&self, n: u64) {
         let cell = self.cell();
         cell.bump(ProcWord::Finished, n);
+        // Lines the log queue dropped: a relaxed load and store, here
+        // rather than on a timer of its own.
+        cell.set(ProcWord::LogDropped, crate::logging::dropped_lines());
         if cell.take_wake() {
             self.reporter.push(Event::Wake);
         }

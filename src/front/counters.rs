@@ -166,6 +166,10 @@ impl Front {
                 dead.get(ProcWord::AccessLogDropped),
             );
             stats::bump(
+                front(FrontWord::LogDroppedBase),
+                dead.get(ProcWord::LogDropped),
+            );
+            stats::bump(
                 front(FrontWord::DurationSumNsBase),
                 dead.get(ProcWord::DurationSumNs),
             );

@@ -297,8 +297,15 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
         FIRST_BYTE_TIMEOUTS,
         front(FrontWord::FirstByteTimeoutsBase) + over(table, cells, ProcWord::FirstByteTimeouts),
     );
-    // Counted by the log writer of this process, read now.
-    simple(&mut o, LOG_DROPPED, crate::logging::dropped_lines());
+    // The front's own, counted by its log writer and read now, and the
+    // workers' (live and departed).
+    simple(
+        &mut o,
+        LOG_DROPPED,
+        crate::logging::dropped_lines()
+            + front(FrontWord::LogDroppedBase)
+            + over(table, cells, ProcWord::LogDropped),
+    );
     simple(
         &mut o,
         ACCESS_LOG_DROPPED,

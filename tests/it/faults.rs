@@ -104,6 +104,49 @@ fn a_stalled_log_pipe_never_stalls_proxying() {
     assert_eq!((ok, failed), (100, 0), "still serving after the drops");
 }
 
+/// Promise: a worker's dropped log lines are counted too, in the same
+/// `rrproxy_log_lines_dropped_total`, and survive the worker's death. Only
+/// the worker logs per connection here (`RUST_LOG` at debug for the
+/// worker's modules, warnings elsewhere), to a pipe nobody reads: once its
+/// queue of 8,192 lines and the pipe are full, its lines are dropped, and
+/// every request is still served.
+#[test]
+fn a_workers_dropped_log_lines_are_counted_and_kept_when_it_dies() {
+    let b = name_backend("n");
+    let proxy = ProxyCmd::new(&[b.addr])
+        .workers(1)
+        .env("RUST_LOG", "warn,rrproxy::worker=debug")
+        .stderr_unread()
+        .start();
+    let dropped = |p: &Proxy| {
+        p.scrape()
+            .get("rrproxy_log_lines_dropped_total", &[])
+            .unwrap()
+    };
+    assert_eq!(dropped(&proxy), 0.0);
+    // A few lines per connection: at most 20 rounds of 1,000 requests.
+    let mut served = 0;
+    for _ in 0..20 {
+        let (ok, failed, _) = requests(proxy.listen, 4, 1000, Duration::from_secs(60));
+        assert_eq!((ok, failed), (1000, 0), "requests served / failed");
+        served += ok;
+        if dropped(&proxy) > 0.0 {
+            break;
+        }
+    }
+    let before = dropped(&proxy);
+    assert!(before > 0.0, "no drop counted after {served} requests");
+    // The slot's next worker starts from zero; the count does not.
+    let victim = proxy.worker_pids()[0].unwrap();
+    kill(victim, "KILL");
+    wait_until(Duration::from_secs(10), "a new worker in slot 0", || {
+        proxy.worker_pids()[0].is_some_and(|p| p != victim)
+    });
+    assert!(dropped(&proxy) >= before, "{} < {before}", dropped(&proxy));
+    let (ok, failed, _) = requests(proxy.listen, 2, 100, Duration::from_secs(30));
+    assert_eq!((ok, failed), (100, 0), "still serving");
+}
+
 /// Promise: the metrics endpoint (in the front) holds at most 32
 /// connections at once; one more is closed at once instead of waiting,
 /// proxying is unaffected, and scrapes work again as soon as the hogs
