@@ -35,17 +35,7 @@ fn second_listen(proxy: &Proxy) -> SocketAddr {
 
 /// Connect to `to` from `from`.
 fn connect_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    sock.bind(&from.into()).unwrap();
-    sock.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"));
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let s = connect_between(from, to);
     s.set_nodelay(true).unwrap();
     s
 }

@@ -154,17 +154,7 @@ pub fn haproxy(config: &str, ready: SocketAddr) -> Peer {
 /// One HTTP/1.0 GET through `to` from the local address `from` (port 0:
 /// any); the status line.
 pub fn http_get_from(from: SocketAddr, to: SocketAddr) -> String {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    sock.bind(&from.into()).unwrap();
-    sock.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"));
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = connect_between(from, to);
     s.write_all(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();

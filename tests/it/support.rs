@@ -346,13 +346,28 @@ impl Proxy {
 
     /// Connect from `src`; a refused client may see its reset already here.
     pub fn try_connect_from(&self, src: Ipv4Addr) -> std::io::Result<TcpStream> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        sock.bind(&SocketAddr::from((src, 0)).into())?;
-        sock.connect_timeout(&self.listen.into(), Duration::from_secs(5))?;
-        let s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        Ok(s)
+        try_connect_between(SocketAddr::from((src, 0)), self.listen)
     }
+}
+
+/// Connect to `to` from the local address `from` (port 0: any), with a
+/// 5 s connect timeout and a 20 s read timeout.
+pub fn try_connect_between(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.bind(&from.into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
+/// [`try_connect_between`], or a panic naming both ends.
+pub fn connect_between(from: SocketAddr, to: SocketAddr) -> TcpStream {
+    try_connect_between(from, to).unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"))
 }
 
 impl Drop for Proxy {
