@@ -367,6 +367,42 @@ mod tests {
         );
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any line, made of command words, look-alikes and noise: the
+        /// table never panics, refuses in one line of bounded length, and
+        /// accepts only what its row's synopsis allows.
+        #[test]
+        fn any_line_gets_one_line_or_a_command_within_its_arity(
+            words in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(
+                        COMMANDS.iter().flat_map(|s| s.name.split(' ')).collect::<Vec<_>>()
+                    ).prop_map(str::to_string),
+                    "[a-z0-9:./\\[\\]-]{1,12}",
+                    "\\PC{1,80}",
+                ],
+                0..6,
+            )
+        ) {
+            let line = words.join(" ");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match lookup(&words) {
+                Err(msg) => {
+                    prop_assert!(!msg.contains('\n'), "{msg:?}");
+                    prop_assert!(msg.chars().count() <= 400, "{msg:?}");
+                }
+                Ok((spec, act, args)) => {
+                    prop_assert_eq!(act, action(spec));
+                    prop_assert_eq!(&words[spec.name.split(' ').count()..], args);
+                    let (min, max) = arity(spec.args);
+                    prop_assert!((min..=max).contains(&args.len()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn help_has_one_line_per_command() {
         let text = help();
