@@ -552,3 +552,39 @@ fn retry_wait(err: &io::Error) -> Option<Retry> {
     }
     crate::channel::fdpass::is_transient(err).then_some(Retry::After(RETRY_MIN))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::io::Errno;
+
+    fn os(e: Errno) -> io::Error {
+        io::Error::from_raw_os_error(e.raw_os_error())
+    }
+
+    /// A full channel waits for room; a kernel that is short of memory or
+    /// of in-flight descriptors is retried after a pause (the worker is
+    /// not given up on); anything else means the channel is gone. (The
+    /// kernel errors cannot be caused on purpose as root, which is exempt
+    /// from the in-flight limit, so the classification is tested here.)
+    #[test]
+    fn a_refused_handoff_is_retried_unless_the_channel_is_gone() {
+        assert!(matches!(
+            retry_wait(&io::Error::from(io::ErrorKind::WouldBlock)),
+            Some(Retry::Writable)
+        ));
+        assert!(matches!(
+            retry_wait(&os(Errno::AGAIN)),
+            Some(Retry::Writable)
+        ));
+        for e in [Errno::NOBUFS, Errno::NOMEM, Errno::TOOMANYREFS] {
+            assert!(
+                matches!(retry_wait(&os(e)), Some(Retry::After(d)) if d == RETRY_MIN),
+                "{e:?}"
+            );
+        }
+        for e in [Errno::PIPE, Errno::CONNRESET, Errno::BADF] {
+            assert!(retry_wait(&os(e)).is_none(), "{e:?}");
+        }
+    }
+}
