@@ -12,6 +12,7 @@
 //! `rrproxy_log_lines_dropped_total`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -25,9 +26,20 @@ pub const QUEUE_LINES: usize = 8192;
 /// This process's count of dropped lines, once logging is set up.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
-/// Log lines this process dropped because stderr did not keep up.
+/// What the fronts before this one (in upgrades) had dropped.
+static INHERITED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines this process dropped because stderr did not keep up, plus
+/// what the fronts it took over from had dropped.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    let own = DROPPED.get().map_or(0, |c| c.dropped_lines() as u64);
+    INHERITED.load(Ordering::Relaxed) + own
+}
+
+/// A front that took over in an upgrade carries on from its predecessor's
+/// count, so the metric does not go back.
+pub fn inherit_dropped(lines: u64) {
+    INHERITED.store(lines, Ordering::Relaxed);
 }
 
 /// Set up logging for the front (`worker: None`) or a worker slot. Keep

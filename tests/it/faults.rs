@@ -71,7 +71,7 @@ pub(crate) fn requests(
 /// reads, the pipe fills within the first connections; every one of
 /// 2,000 requests is still served (none fails), the metrics endpoint still
 /// answers, and the front counts the lines it had to drop in
-/// `rrproxy_log_lines_dropped_total`.
+/// `rrproxy_log_lines_dropped_total`, a count an upgrade carries on.
 #[test]
 fn a_stalled_log_pipe_never_stalls_proxying() {
     let b = name_backend("n");
@@ -102,6 +102,17 @@ fn a_stalled_log_pipe_never_stalls_proxying() {
     assert!(dropped > 0.0, "{dropped}");
     let (ok, failed, _) = requests(proxy.listen, 2, 100, Duration::from_secs(30));
     assert_eq!((ok, failed), (100, 0), "still serving after the drops");
+    // An upgrade (stderr still stalled) carries the count on: the new
+    // front starts from the old one's.
+    let reply = proxy.ctl("upgrade");
+    assert!(reply.contains("front upgraded"), "{reply}");
+    let after = proxy
+        .scrape()
+        .get("rrproxy_log_lines_dropped_total", &[])
+        .unwrap();
+    assert!(after >= dropped, "{after} < {dropped} after the upgrade");
+    let (ok, failed, _) = requests(proxy.listen, 2, 100, Duration::from_secs(30));
+    assert_eq!((ok, failed), (100, 0), "serving after the upgrade");
 }
 
 /// Promise: a worker's dropped log lines are counted too, in the same

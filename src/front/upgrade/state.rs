@@ -65,6 +65,10 @@ pub struct Handover {
     /// the new one can say how long clients waited in the backlog.
     #[serde(default)]
     pub frozen_at_us: u64,
+    /// The old front's own dropped log lines (workers count theirs in the
+    /// statistics table, which passes over whole).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -205,6 +209,7 @@ pub fn capture(f: &Front) -> (Handover, Vec<BorrowedFd<'_>>) {
         resolve_failures: snap.resolve_failures.clone(),
         last_roll: f.state.last_roll.clone(),
         frozen_at_us: unix_micros(),
+        log_lines_dropped: crate::logging::dropped_lines(),
     };
     (h, fds)
 }
@@ -356,6 +361,7 @@ pub fn rebuild(
     state.upgrading = true;
     state.last_roll = h.last_roll;
     state.frozen_at_us = h.frozen_at_us;
+    crate::logging::inherit_dropped(h.log_lines_dropped);
     state.overrides = Overrides {
         policy: h.overrides_policy,
         added: h.overrides_added.into_iter().collect(),
