@@ -179,6 +179,9 @@ impl Config {
                 .collect();
             out.push_str(&format!(", PROXY header from {}", from.join(",")));
         }
+        if self.defer_accept {
+            out.push_str(", defer-accept");
+        }
         out
     }
 }

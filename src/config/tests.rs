@@ -400,7 +400,10 @@ fn defer_accept_is_off_unless_the_flag_or_the_file_says_so() {
     let mut a = args(&["127.0.0.1:80"]);
     assert!(!Config::load(&a).unwrap().defer_accept);
     a.tuning.defer_accept = true;
-    assert!(Config::load(&a).unwrap().defer_accept);
+    let c = Config::load(&a).unwrap();
+    assert!(c.defer_accept);
+    // `rrproxy check` and the start-up line say so.
+    assert!(c.summary().ends_with(", defer-accept"), "{}", c.summary());
     let file = |text: &str| {
         LoadedFile::parse(
             format!("backends = [\"127.0.0.1:80\"]\n{text}\n"),
