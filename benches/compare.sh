@@ -23,6 +23,7 @@
 #                   module (its `deferred` is http-only) and pen have no
 #                   such option [0]
 #   PROXIES         subset/order of: direct haproxy haproxy-splice nginx pen rrproxy
+#                   rrproxy-defer (rrproxy with --defer-accept; not in the default set)
 #   WORKLOADS       subset/order of: close keepalive bulk iperf3 idle
 #   IDLE_CONNS      idle connections to hold              [10000, QUICK: 2000]
 #   BULK_REPEAT     downloads of the 256 MiB file per cell [3, QUICK: 1]
@@ -201,7 +202,7 @@ for p in $PROXIES; do
             else skip "nginx stream: $NGINX_STREAM_MODULE missing"; fi ;;
         pen)
             if have pen; then want_proxies+=("$p"); else skip "pen: not installed"; fi ;;
-        rrproxy)
+        rrproxy|rrproxy-defer)
             if [ -x "$RRPROXY" ]; then want_proxies+=("$p")
             else skip "rrproxy: no binary at $RRPROXY (cargo build --release, or set RRPROXY)"; fi ;;
         *) echo "compare.sh: unknown proxy '$p'" >&2; exit 2 ;;
@@ -224,7 +225,7 @@ PROXIES="${want_proxies[*]}"
 
 PORTS=($("${LIB[@]}" freeports 8))
 P_HTTP=${PORTS[0]}; P_IPERF=${PORTS[1]}
-declare -A PPORT=([haproxy]=${PORTS[2]} [haproxy-splice]=${PORTS[3]} [nginx]=${PORTS[4]} [pen]=${PORTS[5]} [rrproxy]=${PORTS[6]})
+declare -A PPORT=([haproxy]=${PORTS[2]} [haproxy-splice]=${PORTS[3]} [nginx]=${PORTS[4]} [pen]=${PORTS[5]} [rrproxy]=${PORTS[6]} [rrproxy-defer]=${PORTS[7]})
 
 # ------------------------------------------------------------ backends
 
@@ -342,6 +343,8 @@ EOF
             echo "pen -f -r -x $MAXCONN 127.0.0.1:$port 127.0.0.1:$bport" > "$dir/cmdline" ;;
         rrproxy)
             echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$RRPROXY_DEFER $RRPROXY_ARGS" > "$dir/cmdline" ;;
+        rrproxy-defer)
+            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off --defer-accept $RRPROXY_ARGS" > "$dir/cmdline" ;;
     esac
 }
 
@@ -358,7 +361,7 @@ start_proxy() {
             start_bg "$name" "${PIN_PROXY[@]}" haproxy -db -f "$dir/haproxy.cfg" ;;
         nginx)
             start_bg nginx "${PIN_PROXY[@]}" nginx -e "$T/logs/nginx.log" -p "$dir" -c "$dir/nginx.conf" ;;
-        pen|rrproxy)
+        pen|rrproxy|rrproxy-defer)
             # shellcheck disable=SC2046
             start_bg "$name" "${PIN_PROXY[@]}" $(cat "$dir/cmdline") ;;
     esac
@@ -431,7 +434,7 @@ print(round((sw("root") + sw("others")) / n, 3), round(sw("root") / n, 3),
             record close "$p" "$r" close_cores_busy_pct "$(calc "round(100 * ($bs1 - $bs0) / ($bt1 - $bt0) / $PROXY_CPU_COUNT, 1)")"
         fi
         [ -n "$sw" ] && record close "$p" "$r" close_ctxsw_per_conn "$sw"
-        if [ "$p" = rrproxy ] && [ -n "$rsw" ]; then
+        if [[ "$p" == rrproxy* ]] && [ -n "$rsw" ]; then
             record close "$p" "$r" close_root_ctxsw_per_conn "$rsw"
             record close "$p" "$r" close_root_us_per_conn "$rus"
         fi
