@@ -86,7 +86,8 @@ fn a_known_workload_shows_in_every_metric() {
         assert_eq!(got, data);
     }
     let (e, d) = (echo.addr.to_string(), dead.to_string());
-    // Byte counts arrive with the workers' once-a-second reports.
+    // A worker counts bytes right after it writes them, and a connection's
+    // end after it closes: the client may be done a moment earlier.
     let m = wait_for(Duration::from_secs(5), "all events reported", || {
         let m = proxy.scrape();
         let bytes = m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
@@ -543,14 +544,14 @@ fn a_worker_killed_mid_count_leaves_the_counts_right() {
         })
         .collect();
     let active = |m: &Metrics| m.get("rrproxy_backend_active_connections", &[("backend", &e)]);
-    let before = wait_for(Duration::from_secs(5), "all four counted", || {
-        let m = proxy.scrape();
-        (active(&m) == Some(4.0)).then_some(m)
-    });
     let conns = |m: &Metrics| m.get("rrproxy_backend_connections_total", &[("backend", &e)]);
     let bytes = |m: &Metrics| m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
-    assert_eq!(conns(&before), Some(4.0));
-    assert_eq!(bytes(&before), Some(4000.0));
+    // A worker counts a chunk right after writing it, so the client may
+    // read its echo a moment before the count lands: wait for all three.
+    wait_until(Duration::from_secs(5), "all four counted", || {
+        let m = proxy.scrape();
+        active(&m) == Some(4.0) && conns(&m) == Some(4.0) && bytes(&m) == Some(4000.0)
+    });
     let victim = proxy.worker_pids()[1].unwrap();
     let rows = proxy.ctl_json("workers");
     assert_eq!(rows[1]["active"], 2);
