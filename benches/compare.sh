@@ -341,10 +341,10 @@ EOF
             # -f foreground, -r plain round robin (no client tracking table),
             # -x most simultaneous connections (default 500). Single process.
             echo "pen -f -r -x $MAXCONN 127.0.0.1:$port 127.0.0.1:$bport" > "$dir/cmdline" ;;
-        rrproxy)
-            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$RRPROXY_DEFER $RRPROXY_ARGS" > "$dir/cmdline" ;;
-        rrproxy-defer)
-            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off --defer-accept $RRPROXY_ARGS" > "$dir/cmdline" ;;
+        rrproxy|rrproxy-defer)
+            local defer=$RRPROXY_DEFER
+            [ "$name" = rrproxy-defer ] && defer=" --defer-accept"
+            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$defer $RRPROXY_ARGS" > "$dir/cmdline" ;;
     esac
 }
 

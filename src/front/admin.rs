@@ -288,6 +288,9 @@ impl Front {
                     notes.push(format!("defer-accept {to}"));
                 }
                 Err(err) => {
+                    // Put back the listeners changed before the one that
+                    // refused, so all of them keep the running value.
+                    let _ = self.listeners.set_defer_accept(cur.defer_accept);
                     warn!(cause = %err, "defer-accept not changed");
                     notes.push(format!("{err}; kept"));
                     defer_accept = cur.defer_accept;

@@ -24,13 +24,22 @@ fn header(version: Version, src: &str, dst: &str) -> Vec<u8> {
     .to_vec()
 }
 
-/// The second listening address of `proxy` (`--listen [::1]:0`).
-fn second_listen(proxy: &Proxy) -> SocketAddr {
-    proxy.ctl_json("status")["listen"][1]
+/// An rrproxy (2 workers) listening on IPv4 and on `[::1]`, sending a
+/// PROXY header of `version` to the backend at `port`, with health checks
+/// every `health`. Returns it and its IPv6 address.
+fn send_proxy_to(port: u16, version: &str, health: &str) -> (Proxy, SocketAddr) {
+    let proxy = ProxyCmd::new(&[])
+        .args(["--listen", "[::1]:0", "--health-interval", health])
+        .arg("--backend")
+        .arg(format!("127.0.0.1:{port},send-proxy={version}"))
+        .workers(2)
+        .start();
+    let v6 = proxy.ctl_json("status")["listen"][1]
         .as_str()
         .unwrap()
         .parse()
-        .unwrap()
+        .unwrap();
+    (proxy, v6)
 }
 
 /// Connect to `to` from `from`.
@@ -61,13 +70,7 @@ fn nginx_with_proxy_protocol_logs_the_real_client_for_v1_and_v2() {
     for version in ["v1", "v2"] {
         let port = free_port();
         let nginx = nginx_proxy_protocol(port);
-        let proxy = ProxyCmd::new(&[])
-            .args(["--listen", "[::1]:0", "--health-interval", "off"])
-            .arg("--backend")
-            .arg(format!("127.0.0.1:{port},send-proxy={version}"))
-            .workers(2)
-            .start();
-        let v6 = second_listen(&proxy);
+        let (proxy, v6) = send_proxy_to(port, version, "off");
         assert_eq!(http_get_from(v4(5), proxy.listen), "HTTP/1.1 200 OK");
         let any6: SocketAddr = "[::1]:0".parse().unwrap();
         assert_eq!(http_get_from(any6, v6), "HTTP/1.1 200 OK");
@@ -108,13 +111,7 @@ frontend fe
 "
         );
         let hap = haproxy(&config, SocketAddr::from(([127, 0, 0, 1], port)));
-        let proxy = ProxyCmd::new(&[])
-            .args(["--listen", "[::1]:0", "--health-interval", "200ms"])
-            .arg("--backend")
-            .arg(format!("127.0.0.1:{port},send-proxy={version}"))
-            .workers(2)
-            .start();
-        let v6 = second_listen(&proxy);
+        let (proxy, v6) = send_proxy_to(port, version, "200ms");
         assert_eq!(http_get_from(v4(5), proxy.listen), "HTTP/1.1 200 OK");
         assert_eq!(
             http_get_from("[::1]:0".parse().unwrap(), v6),

@@ -5,7 +5,9 @@
 //! on and off on the running listeners.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -32,13 +34,24 @@ fn echo(s: &mut TcpStream, msg: &[u8]) {
 /// as long as this took less than the kernel's hold of about a second.
 /// On a machine too busy for that, the try is repeated (at most 5 times).
 fn accepted_while_one_stays_silent(proxy: &Proxy) -> (f64, TcpStream) {
+    silent_and_speaker(proxy.listen, || accepted(proxy))
+}
+
+/// [`accepted_while_one_stays_silent`] for a listener at `listen` whose
+/// accepted-connections count `accepted` reads.
+fn silent_and_speaker(listen: SocketAddr, accepted: impl Fn() -> f64) -> (f64, TcpStream) {
+    let connect = || {
+        let s = TcpStream::connect_timeout(&listen, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
     for _ in 0..5 {
-        let before = accepted(proxy);
+        let before = accepted();
         let started = Instant::now();
-        let silent = proxy.connect();
-        let mut speaker = proxy.connect();
+        let silent = connect();
+        let mut speaker = connect();
         echo(&mut speaker, b"ping\n");
-        let n = accepted(proxy) - before;
+        let n = accepted() - before;
         if started.elapsed() < Duration::from_millis(700) {
             return (n, silent);
         }
@@ -125,4 +138,65 @@ fn a_reload_turns_defer_accept_on_and_off() {
         )
     );
     assert_eq!(accepted_while_one_stays_silent(&proxy).0, 2.0);
+}
+
+/// Under socket activation the front applies `--defer-accept` to the
+/// sockets it is given, and without the flag leaves a socket the service
+/// manager set up (systemd's `DeferAcceptSec=`) as it is.
+#[test]
+fn inherited_listeners_defer_when_asked_and_keep_their_own_setting_otherwise() {
+    let b = echo_backend();
+    // (preset by the "service manager", flag given)
+    for (preset, flag) in [(true, false), (false, true)] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        if preset {
+            rrproxy::sys::set_defer_accept(std::os::fd::AsFd::as_fd(&listener), true).unwrap();
+        }
+        socket2::SockRef::from(&listener)
+            .set_cloexec(false)
+            .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let metrics = SocketAddr::from(([127, 0, 0, 1], crate::peers::free_port()));
+        let script = format!(
+            "exec 3<&{fd}; exec {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {BIN} --backend {} --workers 1 --metrics {metrics} --control off{}",
+            b.addr,
+            if flag { " --defer-accept" } else { "" }
+        );
+        // bash: dash takes only one-digit descriptors in `exec 3<&N`.
+        let child = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let _group = KillGroup(child);
+        drop(listener); // only rrproxy holds it now
+        let accepted = || {
+            Metrics::parse(&http_get(metrics, "/metrics"))
+                .get("rrproxy_accepted_connections_total", &[])
+                .unwrap_or(0.0)
+        };
+        wait_until(Duration::from_secs(10), "the activated proxy", || {
+            std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_ok()
+        });
+        let (n, _silent) = silent_and_speaker(listen, accepted);
+        assert_eq!(
+            n, 1.0,
+            "preset {preset}, flag {flag}: the silent client waits"
+        );
+    }
+}
+
+/// Kills a spawned process group when the test ends, passed or not.
+struct KillGroup(std::process::Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
 }

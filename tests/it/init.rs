@@ -13,9 +13,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 use crate::upgrade::{Stream, front_pid, wait_upgraded};
@@ -302,35 +301,13 @@ fn as_pid1_sigterm_drains_and_exits_0_and_the_outside_hears_ready_and_stopping()
 )]
 fn as_pid1_a_front_that_cannot_start_is_not_retried() {
     let _ = as_pid1(ProxyCmd::new(&[]));
-    let mut child = Command::new(UNSHARE[0])
-        .args(&UNSHARE[1..])
+    // Past the limit the init kept running after its front could not start.
+    let mut cmd = Command::new(UNSHARE[0]);
+    cmd.args(&UNSHARE[1..])
         .arg(BIN)
         .args(["--listen", "127.0.0.1:0", "--backend", "nowhere"])
-        .args(["--control", "off", "--metrics", "off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the init kept running after its front could not start");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+        .args(["--control", "off", "--metrics", "off"]);
+    let (status, err) = run_to_exit(cmd, Duration::from_secs(20));
     assert_eq!(status.code(), Some(2), "the front's own status: {err}");
     assert!(err.contains("nowhere"), "{err}");
     assert!(

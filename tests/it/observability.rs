@@ -273,7 +273,8 @@ fn socket_activation_serves_on_the_inherited_listener() {
         "exec 3<&{fd}; exec {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {BIN} --backend {} --workers 1 --metrics off --control off",
         b.addr
     );
-    let mut child = Command::new("sh")
+    // bash: dash takes only one-digit descriptors in `exec 3<&N`.
+    let mut child = Command::new("bash")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

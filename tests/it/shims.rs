@@ -80,18 +80,7 @@ pub fn counting_echo_backend() -> (Backend, Arc<AtomicU64>) {
     let c = closed.clone();
     let b = spawn_backend_on(listen_any(), move |mut conn| {
         let _ = conn.set_read_timeout(Some(HOLD_MAX));
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = conn.shutdown(Shutdown::Write);
+        echo_until_eof(&mut conn);
         c.fetch_add(1, Ordering::Relaxed);
     });
     (b, closed)

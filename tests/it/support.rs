@@ -568,20 +568,23 @@ pub fn spawn_backend_on(
 
 /// Echoes every byte; on EOF from the client, shuts down its write side.
 pub fn echo_backend() -> Backend {
-    spawn_backend(|mut conn| {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
+    spawn_backend(|mut conn| echo_until_eof(&mut conn))
+}
+
+/// Echo what `conn` sends until its EOF (then half-close) or an error.
+pub fn echo_until_eof(conn: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
                 }
             }
         }
-        let _ = conn.shutdown(Shutdown::Write);
-    })
+    }
+    let _ = conn.shutdown(Shutdown::Write);
 }
 
 /// Writes `name\n` on connect, then waits for the client's EOF.
@@ -681,15 +684,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Run the binary with `args` and return (exit status, stderr).
 pub fn run_bin(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run_to_exit(cmd, Duration::from_secs(10))
+}
+
+/// Run `cmd` (stdin and stdout closed, in a process group of its own) and
+/// return (exit status, stderr); past `limit` the whole group is killed
+/// and the test fails.
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (ExitStatus, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
     let st = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
@@ -700,7 +711,7 @@ pub fn run_bin(args: &[&str]) -> (ExitStatus, String) {
                 .args(["-KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
-            panic!("rrproxy {args:?} did not exit within 10s");
+            panic!("{cmd:?} did not exit within {limit:?}");
         }
         thread::sleep(Duration::from_millis(10));
     };
