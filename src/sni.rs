@@ -12,7 +12,8 @@
 //!   [`MAX_HELLO_LEN`] bytes.
 //! - [`peek_client_hello`] waits for a connection's ClientHello with
 //!   `recv(MSG_PEEK)`, without blocking the event loop and without taking
-//!   a byte out of the socket: the backend receives every byte.
+//!   a byte out of the socket: the backend receives every byte;
+//!   [`try_peek_client_hello`] is one look without waiting, on any socket.
 //! - [`names`]: the config's `sni = [...]` patterns (`www.example.com`,
 //!   `*.example.com`), their validation, the most-specific-first lookup
 //!   and the overlap check.
@@ -46,7 +47,7 @@ pub mod names;
 mod peek;
 
 pub use host::{HostName, MAX_NAME_LEN};
-pub use peek::{DEFAULT_TIMEOUT, PeekError, Peeked, peek_client_hello};
+pub use peek::{DEFAULT_TIMEOUT, PeekError, Peeked, peek_client_hello, try_peek_client_hello};
 
 /// The most wire bytes looked at (16 KiB, record headers included). Real
 /// ClientHellos are 200 bytes to 2 KiB (post-quantum key shares: about

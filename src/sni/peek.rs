@@ -11,13 +11,20 @@
 //! of spinning. [`parse`] says how many bytes the next step needs: until
 //! that many are queued, a look does not parse at all.
 //!
-//! A hello sent in one segment before the reader starts (the usual case,
-//! and always with `TCP_DEFER_ACCEPT`) costs one `recv`; each further
-//! segment that arrives while the reader waits costs one wake-up and one
-//! `recv`. Nothing is consumed: the backend receives every byte.
+//! The first look is made straight away, before waiting: a hello sent in
+//! one segment before the reader starts (the usual case, and always with
+//! `TCP_DEFER_ACCEPT`) costs one `recv` and no trip through the event
+//! loop. [`try_peek_client_hello`] is that look alone, on any socket, for
+//! a caller that registers the socket with its loop only when it must
+//! wait. Each segment that arrives while the reader waits costs one
+//! wake-up and one `recv`, plus one `recv` that finds nothing at the
+//! first wake-up (tokio may report a newly registered socket readable
+//! once before any data). Nothing is consumed: the backend receives
+//! every byte.
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -102,30 +109,62 @@ enum Look {
     Eof,
 }
 
+/// One look, without waiting: the hello if the queued bytes decide it,
+/// `None` if the connection must wait for more. For a caller that wants
+/// to skip registering the socket with its event loop when the hello is
+/// already there (the usual case): one `recv`, nothing else.
+pub fn try_peek_client_hello(socket: BorrowedFd<'_>) -> Result<Option<Peeked>, PeekError> {
+    let mut seen = Seen::default();
+    match look(socket, &mut seen, &mut 1) {
+        Ok(Look::Decided(hello)) => Ok(Some(Peeked {
+            hello,
+            bytes: seen.bytes,
+            peeks: seen.peeks,
+        })),
+        Ok(Look::Eof) => Err(PeekError::Closed { bytes: 0 }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+/// Peek at what is queued; parse it if it holds the `need` bytes the
+/// parse asked for last. "Would block" when it does not decide.
+fn look(socket: BorrowedFd<'_>, seen: &mut Seen, need: &mut usize) -> io::Result<Look> {
+    SCRATCH.with_borrow_mut(|buf| {
+        seen.peeks += 1;
+        let (n, _) = rustix::net::recv(socket, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
+        seen.bytes = n;
+        if n == 0 {
+            return Ok(Look::Eof);
+        }
+        if n >= *need {
+            match parse(&buf[..n]) {
+                Parse::Done(hello) => return Ok(Look::Decided(hello)),
+                Parse::NeedMore(more) => *need = more,
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    })
+}
+
 async fn wait(stream: &TcpStream, seen: &mut Seen) -> Result<Hello, PeekError> {
     // The bytes the next step of the parse needs.
     let mut need = 1;
+    // A first look straight at the socket: a socket just registered with
+    // the event loop is not known to be readable until the loop's next
+    // turn, which would cost a trip through it even when the hello is
+    // already queued.
+    match look(stream.as_fd(), seen, &mut need) {
+        Ok(Look::Decided(hello)) => return Ok(hello),
+        Ok(Look::Eof) => return Err(PeekError::Closed { bytes: 0 }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(io_error(e)),
+    }
     loop {
         let ready = stream.ready(Interest::READABLE).await.map_err(io_error)?;
-        let look = stream.try_io(Interest::READABLE, || {
-            SCRATCH.with_borrow_mut(|buf| {
-                seen.peeks += 1;
-                let (n, _) = rustix::net::recv(stream, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
-                seen.bytes = n;
-                if n == 0 {
-                    return Ok(Look::Eof);
-                }
-                if n >= need {
-                    match parse(&buf[..n]) {
-                        Parse::Done(hello) => return Ok(Look::Decided(hello)),
-                        Parse::NeedMore(more) => need = more,
-                    }
-                }
-                // Not enough yet: wait for more (clears readiness unless
-                // more came meanwhile).
-                Err(io::ErrorKind::WouldBlock.into())
-            })
-        });
+        // Not deciding reports "would block", which clears the readiness
+        // unless more came meanwhile: the next turn waits for new bytes.
+        let look = stream.try_io(Interest::READABLE, || look(stream.as_fd(), seen, &mut need));
         match look {
             Ok(Look::Decided(hello)) => return Ok(hello),
             Ok(Look::Eof) => return Err(PeekError::Closed { bytes: 0 }),
