@@ -16,6 +16,7 @@ mod policies;
 mod shims;
 mod supervision;
 mod support;
+mod tls;
 mod unprivileged;
 mod upgrade;
 mod usage;
