@@ -10,11 +10,19 @@ complete (or 16 KiB, or 10 s), writes those bytes to OUT_FILE, closes
 the connection (the client then fails its handshake, which is expected)
 and stops the client.
 
-Examples (as used for the committed seeds):
-  fuzz/capture_hello.py fuzz/seeds/sni/openssl_tls13 -- \\
-      openssl s_client -connect 127.0.0.1:{port} -servername www.example.com
-  fuzz/capture_hello.py fuzz/seeds/sni/curl -- curl -sk \\
-      --resolve www.example.com:{port}:127.0.0.1 https://www.example.com:{port}/
+The committed seeds were captured with (from the repository root):
+  C=fuzz/capture_hello.py S=fuzz/seeds/sni
+  $C $S/openssl_tls13 -- openssl s_client -connect 127.0.0.1:{port} -servername www.example.com
+  $C $S/openssl_tls12 -- openssl s_client -connect 127.0.0.1:{port} -servername api.example.com -tls1_2
+  $C $S/openssl_no_sni -- openssl s_client -connect 127.0.0.1:{port} -noservername
+  $C $S/curl -- curl -sk --resolve www.example.com:{port}:127.0.0.1 https://www.example.com:{port}/
+  $C $S/python_ssl -- python3 -c "import ssl,socket; c=ssl.create_default_context(); \
+      c.check_hostname=False; c.verify_mode=ssl.CERT_NONE; c.wrap_socket(socket.create_connection( \
+      ('127.0.0.1',{port})), server_hostname='py.example.org')"
+  ALPN=$(python3 -c "print(','.join(['x'*250+str(i) for i in range(22)]+['http/1.1']))")
+  $C $S/openssl_big_alpn -- openssl s_client -connect 127.0.0.1:{port} -servername big.example.com -alpn "$ALPN"
+  $C $S/chromium -- chromium --headless --no-sandbox --disable-gpu --user-data-dir=/tmp/chr \
+      --host-resolver-rules="MAP pq.example.com 127.0.0.1:{port}" --dump-dom https://pq.example.com/
 """
 
 import socket
