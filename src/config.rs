@@ -5,6 +5,7 @@
 mod build;
 mod error;
 mod file;
+mod options;
 mod parse;
 pub mod values;
 

@@ -523,11 +523,7 @@ fn expand(
                 backends.push(b);
             }
         }
-        resolve.push(ResolveGroup {
-            name: a.name.clone(),
-            weight: a.weight,
-            send_proxy: a.send_proxy,
-        });
+        resolve.push(ResolveGroup::of(a));
     }
     if backends.len() > MAX_BACKENDS {
         return Err(ConfigError::Rule {
