@@ -4,7 +4,7 @@
 //! file's `path:line:column` and key). Every value's syntax is checked
 //! first; host names are looked up last.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,10 @@ use toml::Spanned;
 use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
 use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_backend_arg};
-use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
+use super::{
+    Config, Health, Limits, MAX_BACKENDS, Origin, Probe, default_control_path, escape, options,
+    sources, values,
+};
 use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::{AccessLog, Splice};
 use crate::cli::ProxyArgs;
@@ -347,6 +350,55 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             .typed("fall", t.fall, &keys.fall, values::checks)?
             .unwrap_or(3),
     };
+    let probe = Probe {
+        send: src
+            .text(
+                "health_send",
+                "health-send",
+                t.health_send.as_deref(),
+                &keys.health_send,
+                escape::parse,
+            )?
+            .unwrap_or_default(),
+        expect: src
+            .text(
+                "health_expect",
+                "health-expect",
+                t.health_expect.as_deref(),
+                &keys.health_expect,
+                escape::parse,
+            )?
+            .unwrap_or_default(),
+    };
+    let slow_start = src
+        .text(
+            "slow_start",
+            "slow-start",
+            t.slow_start.as_deref(),
+            &keys.slow_start,
+            values::interval,
+        )?
+        .flatten();
+    let source_given = src.list("source", "source", args.source.as_slice(), &keys.source);
+    let mut source: Vec<(IpAddr, usize)> = Vec::new();
+    for (i, g) in source_given.iter().enumerate() {
+        for ip in src.check(g, options::sources)? {
+            if source.iter().any(|&(o, _)| o == ip) {
+                return Err(src.bad(g, Invalid::new(format!("'{ip}' is listed twice"))));
+            }
+            source.push((ip, i));
+        }
+        if source.len() > options::MAX_SOURCES {
+            return Err(src.bad(
+                g,
+                Invalid::new(format!(
+                    "{} source addresses: at most {}",
+                    source.len(),
+                    options::MAX_SOURCES
+                )),
+            ));
+        }
+    }
     let splice = src
         .typed("splice", t.splice, &keys.splice, values::splice)?
         .unwrap_or(Splice::Auto);
@@ -435,7 +487,11 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
-    let (backends, resolve) = expand(&src, &backend_given, &parsed)?;
+    for &(ip, i) in &source {
+        sources::check_local(ip).map_err(|why| src.bad(&source_given[i], Invalid::new(why)))?;
+    }
+    let source: Vec<IpAddr> = source.into_iter().map(|(ip, _)| ip).collect();
+    let (backends, resolve) = expand(&src, &backend_given, &parsed, &source)?;
     let run_as = match (&user_given, user_name) {
         (Some(ug), Some(user)) => Some(
             crate::privileges::look_up(&user, group_name.as_deref()).map_err(
@@ -469,6 +525,9 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         defer_accept,
         limits,
         health,
+        probe,
+        source,
+        slow_start,
         splice,
         cpu_affinity,
         access_log,
@@ -506,18 +565,35 @@ fn backend_items<'a>(
 
 /// Resolve the backends: named ones first, so an address a `resolve` name
 /// also returns stays the named one.
+/// Each backend's sources are checked here, where its origin is known:
+/// their family, and each address of its own `source=` being local
+/// (`--source`'s were checked before).
 fn expand(
     src: &Sources,
     given: &[Given],
     parsed: &[BackendArg],
+    global: &[IpAddr],
 ) -> Result<(Vec<BackendSpec>, Vec<ResolveGroup>), ConfigError> {
+    let usable = |g: &Given, specs: Vec<BackendSpec>| -> Result<Vec<BackendSpec>, ConfigError> {
+        for spec in &specs {
+            sources::check_family(spec, global).map_err(|why| src.bad(g, Invalid::new(why)))?;
+        }
+        if let Some(first) = specs.first() {
+            for &ip in &first.source {
+                sources::check_local(ip).map_err(|why| src.bad(g, Invalid::new(why)))?;
+            }
+        }
+        Ok(specs)
+    };
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(parsed.len());
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| !a.resolve) {
-        backends.extend(expand_backend(a).map_err(|why| resolve_error(src, g, why))?);
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        backends.extend(usable(g, specs)?);
     }
     let mut resolve = Vec::new();
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| a.resolve) {
-        for b in expand_backend(a).map_err(|why| resolve_error(src, g, why))? {
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        for b in usable(g, specs)? {
             // (A member is named by its address: the address decides.)
             if !backends.iter().any(|o| o.addr == b.addr) {
                 backends.push(b);
@@ -534,5 +610,9 @@ fn expand(
             ),
         });
     }
+    sources::check_lists(&backends, global).map_err(|message| ConfigError::Rule {
+        origin: src.origin(&given[0]),
+        message,
+    })?;
     Ok((backends, resolve))
 }

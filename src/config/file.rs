@@ -44,6 +44,11 @@ pub struct FileConfig {
     pub health_interval: Option<Raw>,
     pub resolve_interval: Option<Raw>,
     pub health_timeout: Option<Raw>,
+    pub health_send: Option<Raw>,
+    pub health_expect: Option<Raw>,
+    pub slow_start: Option<Raw>,
+    /// `"IP"`, `"IP;IP"` or `["IP", ...]`.
+    pub source: Option<Spanned<List>>,
     pub rise: Option<Raw>,
     pub fall: Option<Raw>,
     pub splice: Option<Raw>,

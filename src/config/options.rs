@@ -108,15 +108,22 @@ pub fn find(name: &str) -> Option<&'static BackendOption> {
 
 /// Apply one `name[=value]` to `arg`. `seen` collects the names given so
 /// far: an option given twice is refused.
-pub fn apply(arg: &mut BackendArg, text: &str, seen: &mut Vec<&'static str>) -> Result<(), Invalid> {
+pub fn apply(
+    arg: &mut BackendArg,
+    text: &str,
+    seen: &mut Vec<&'static str>,
+) -> Result<(), Invalid> {
     let (key, value) = match text.split_once('=') {
         Some((k, v)) => (k.trim(), Some(v)),
         None => (text.trim(), None),
     };
     let Some(opt) = find(key) else {
         return Err(
-            Invalid::new(format!("unknown option '{key}' (expected {})", forms()))
-                .similar_a("option", key, OPTIONS.iter().map(|o| o.name)),
+            Invalid::new(format!("unknown option '{key}' (expected {})", forms())).similar_a(
+                "option",
+                key,
+                OPTIONS.iter().map(|o| o.name),
+            ),
         );
     };
     if seen.contains(&opt.name) {
@@ -174,9 +181,8 @@ pub fn sources(text: &str) -> Result<Vec<IpAddr>, Invalid> {
         let ip = match part.parse::<IpAddr>() {
             Ok(ip) => ip,
             Err(_) if part.parse::<std::net::SocketAddr>().is_ok() => {
-                return Err(Invalid::new(format!("'{part}' has a port")).hint(
-                    "a source is an address alone: the port is chosen for each connection",
-                ));
+                return Err(Invalid::new(format!("'{part}' has a port"))
+                    .hint("a source is an address alone: the port is chosen for each connection"));
             }
             Err(_) if part.is_empty() => return Err(Invalid::new(expected)),
             Err(_) => {

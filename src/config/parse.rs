@@ -228,12 +228,19 @@ impl ResolveGroup {
 }
 
 /// `host:port[,OPTION...]`, one backend, resolved now (for `ctl backend
-/// add`, where `resolve` has no place: discovery belongs in the config).
-pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
+/// add`, where `resolve` has no place: discovery belongs in the config),
+/// its sources checked against `global` (the running `--source`) and
+/// this host's addresses.
+pub fn parse_backend(text: &str, global: &[IpAddr]) -> Result<BackendSpec, String> {
     let bad = |why: String| format!("invalid backend '{text}': {why}");
     let arg = parse_backend_arg(text).map_err(|e| bad(e.to_string()))?;
     if arg.resolve {
         return Err(bad("resolve is for --backend and the config file".into()));
     }
-    Ok(expand_backend(&arg).map_err(bad)?.remove(0))
+    let spec = expand_backend(&arg).map_err(bad)?.remove(0);
+    super::sources::check_family(&spec, global).map_err(bad)?;
+    for &ip in &spec.source {
+        super::sources::check_local(ip).map_err(bad)?;
+    }
+    Ok(spec)
 }

@@ -2,6 +2,7 @@
 
 mod access;
 mod props;
+mod protect;
 
 use std::path::Path;
 
@@ -33,11 +34,11 @@ fn defaults_fill_everything_but_backends() {
 
 #[test]
 fn backend_forms() {
-    let b = parse_backend("10.0.0.5:80,weight=3").unwrap();
+    let b = parse_backend("10.0.0.5:80,weight=3", &[]).unwrap();
     assert_eq!((b.name.as_str(), b.weight), ("10.0.0.5:80", 3));
-    let b = parse_backend("[::1]:8080").unwrap();
+    let b = parse_backend("[::1]:8080", &[]).unwrap();
     assert_eq!(b.addr, "[::1]:8080".parse().unwrap());
-    let b = parse_backend("localhost:9000").unwrap();
+    let b = parse_backend("localhost:9000", &[]).unwrap();
     assert_eq!(b.addr.port(), 9000);
     assert_eq!(b.name, "localhost:9000");
 }
@@ -92,10 +93,16 @@ fn bad_backends_name_the_problem() {
             "localhost:80,resolve",
             "resolve is for --backend and the config file",
         ),
-        ("localhost:80,resolve=yes", "option 'resolve' takes no value"),
-        ("10.0.0.5:80,weight=2,weight=3", "option 'weight' is given twice"),
+        (
+            "localhost:80,resolve=yes",
+            "option 'resolve' takes no value",
+        ),
+        (
+            "10.0.0.5:80,weight=2,weight=3",
+            "option 'weight' is given twice",
+        ),
     ] {
-        let e = parse_backend(spec).unwrap_err().to_string();
+        let e = parse_backend(spec, &[]).unwrap_err().to_string();
         assert!(e.contains(spec), "{e}");
         assert!(e.contains(needle), "{spec}: {e}");
     }
