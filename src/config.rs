@@ -6,7 +6,7 @@ mod build;
 mod error;
 pub mod escape;
 mod file;
-mod options;
+pub mod options;
 mod parse;
 pub mod sources;
 pub mod values;

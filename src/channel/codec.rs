@@ -9,6 +9,7 @@ use super::{
     AccessLog, BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN,
     MAX_FALLBACKS, MAX_FDS, MAX_FRAME, MAX_PATH_LEN, Up, VERSION, WorkerConfig,
 };
+use crate::config::options::MAX_SOURCES;
 use crate::proxy_protocol::Version;
 
 /// Why a frame could not be encoded or decoded.
@@ -44,6 +45,12 @@ const ROUTABLE: u8 = 0x01;
 /// (0 none, 1 v1, 2 v2). A table without `send-proxy` encodes as before
 /// the field existed.
 const SEND_PROXY_SHIFT: u8 = 1;
+/// In a backend entry's flags byte: the index of its source list (u16)
+/// follows. A table without sources encodes as before the field existed;
+/// the lists themselves follow the last entry.
+const HAS_SOURCE: u8 = 0x08;
+/// In a backend entry's flags byte: every bit that has a meaning.
+const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
@@ -90,7 +97,36 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                     Some(Version::V1) => 1,
                     Some(Version::V2) => 2,
                 };
-                out.push((u8::from(b.routable) * ROUTABLE) | (send_proxy << SEND_PROXY_SHIFT));
+                let has_source = if b.source.is_some() { HAS_SOURCE } else { 0 };
+                out.push(
+                    (u8::from(b.routable) * ROUTABLE)
+                        | (send_proxy << SEND_PROXY_SHIFT)
+                        | has_source,
+                );
+                if let Some(i) = b.source {
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+            }
+            // Only when some entry names one, so a frame without them ends
+            // where the entries do (and no prefix of one decodes).
+            if cfg.backends.iter().any(|b| b.source.is_some()) {
+                let n = u8::try_from(cfg.sources.len()).map_err(|_| FrameError::Invalid {
+                    what: "source list count",
+                    value: cfg.sources.len() as u64,
+                })?;
+                out.push(n);
+                for list in &cfg.sources {
+                    if list.is_empty() || list.len() > MAX_SOURCES {
+                        return Err(FrameError::Invalid {
+                            what: "source list length",
+                            value: list.len() as u64,
+                        });
+                    }
+                    out.push(list.len() as u8);
+                    for &ip in list {
+                        put_ip(out, ip);
+                    }
+                }
             }
         }
         Down::Conns(conns) => return encode_conns(conns, out),
@@ -180,16 +216,23 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 let column = r.u16("backend column")?;
                 let addr = r.addr()?;
                 let flags = r.u8("backend flags")?;
-                let send_proxy = match flags >> SEND_PROXY_SHIFT {
+                let bad_flags = FrameError::Invalid {
+                    what: "backend flags",
+                    value: flags.into(),
+                };
+                if flags & !KNOWN_FLAGS != 0 {
+                    return Err(bad_flags);
+                }
+                let send_proxy = match (flags >> SEND_PROXY_SHIFT) & 0x03 {
                     0 => None,
                     1 => Some(Version::V1),
                     2 => Some(Version::V2),
-                    _ => {
-                        return Err(FrameError::Invalid {
-                            what: "backend flags",
-                            value: flags.into(),
-                        });
-                    }
+                    _ => return Err(bad_flags),
+                };
+                let source = if flags & HAS_SOURCE != 0 {
+                    Some(r.u16("source list index")?)
+                } else {
+                    None
                 };
                 backends.push(BackendEntry {
                     id,
@@ -197,6 +240,35 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     addr,
                     routable: flags & ROUTABLE != 0,
                     send_proxy,
+                    source,
+                });
+            }
+            let mut sources = Vec::new();
+            if r.remaining() > 0 {
+                let n = r.u8("source list count")?;
+                for _ in 0..n {
+                    let len = usize::from(r.u8("source list length")?);
+                    if len == 0 || len > MAX_SOURCES {
+                        return Err(FrameError::Invalid {
+                            what: "source list length",
+                            value: len as u64,
+                        });
+                    }
+                    let mut list = Vec::with_capacity(len);
+                    for _ in 0..len {
+                        list.push(r.ip()?);
+                    }
+                    sources.push(list);
+                }
+            }
+            if let Some(i) = backends
+                .iter()
+                .filter_map(|b| b.source)
+                .find(|&i| usize::from(i) >= sources.len())
+            {
+                return Err(FrameError::Invalid {
+                    what: "source list index",
+                    value: i.into(),
                 });
             }
             Down::Config(WorkerConfig {
@@ -208,6 +280,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 splice,
                 report_closes,
                 backends,
+                sources,
             })
         }
         DOWN_CONNS => {

@@ -279,11 +279,14 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                 r.active.to_string(),
                 r.total.to_string(),
                 r.failures.to_string(),
+                r.check.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     table(
-        &["BACKEND", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES"],
+        &[
+            "BACKEND", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES", "CHECK",
+        ],
         &body,
     )
 }

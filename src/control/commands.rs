@@ -69,6 +69,10 @@ pub struct BackendRow {
     pub active: u64,
     pub total: u64,
     pub failures: u64,
+    /// The last active health check: `ok`, or why it failed; absent
+    /// before the first (or with checks off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 fn short(build: &str) -> String {
@@ -177,6 +181,10 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
             failures: total(b.column, Col::FailRefused)
                 + total(b.column, Col::FailTimeout)
                 + total(b.column, Col::FailOther),
+            check: b.check.last.as_ref().map(|r| match r {
+                Ok(()) => "ok".to_string(),
+                Err(why) => why.clone(),
+            }),
         })
         .collect()
 }
@@ -272,6 +280,14 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
                 .map_err(|e| e.to_string())??;
+            {
+                // Its source list must fit the workers' table with the others.
+                let f = front.borrow();
+                let mut specs: Vec<_> = f.backends.list.iter().map(|b| b.spec.clone()).collect();
+                specs.push(parsed.clone());
+                crate::config::sources::check_lists(&specs, &f.config.load().source)
+                    .map_err(|why| format!("invalid backend '{parsed}': {why}"))?;
+            }
             let name = parsed.to_string();
             front
                 .borrow_mut()

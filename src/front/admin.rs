@@ -218,6 +218,12 @@ impl Front {
             if self.backends.list.iter().any(|b| b.spec.addr == addr) {
                 continue; // listed under another name, or still draining
             }
+            if let Err(why) =
+                crate::config::sources::check_family(&spec, &self.config.load().source)
+            {
+                warn!(name = %group.name, backend = %spec.name, cause = %why, "not adding this address");
+                continue;
+            }
             let name = spec.name.clone();
             if let Err(err) = self.add_spec(spec) {
                 warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");

@@ -254,18 +254,37 @@ impl Backends {
     }
 
     /// The table a worker needs: every listed backend, routable or not
-    /// (so it can account for connections still on a drained one).
-    pub fn worker_table(&self) -> Vec<BackendEntry> {
-        self.list
+    /// (so it can account for connections still on a drained one), and
+    /// the source address lists they use (`global`: `--source`), each
+    /// list once.
+    pub fn worker_table(
+        &self,
+        global: &[std::net::IpAddr],
+    ) -> (Vec<BackendEntry>, Vec<Vec<std::net::IpAddr>>) {
+        let mut lists: Vec<Vec<std::net::IpAddr>> = Vec::new();
+        let entries = self
+            .list
             .iter()
-            .map(|b| BackendEntry {
-                id: b.id,
-                column: b.column as u16,
-                addr: b.spec.addr,
-                routable: b.routable(),
-                send_proxy: b.spec.send_proxy,
+            .map(|b| {
+                let from = crate::config::sources::of(&b.spec, global);
+                let source = (!from.is_empty()).then(|| {
+                    let i = lists.iter().position(|l| *l == from).unwrap_or_else(|| {
+                        lists.push(from);
+                        lists.len() - 1
+                    });
+                    i as u16
+                });
+                BackendEntry {
+                    id: b.id,
+                    column: b.column as u16,
+                    addr: b.spec.addr,
+                    routable: b.routable(),
+                    send_proxy: b.spec.send_proxy,
+                    source,
+                }
             })
-            .collect()
+            .collect();
+        (entries, lists)
     }
 }
 
