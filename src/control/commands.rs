@@ -66,6 +66,9 @@ pub struct BackendRow {
     pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub state: &'static str,
     pub weight: u32,
+    /// While slow start ramps it up: how far, in percent of its weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
     pub active: u64,
     pub total: u64,
     pub failures: u64,
@@ -176,6 +179,7 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
                 (Admin::Enabled, false) => "down",
             },
             weight: b.spec.weight,
+            slow_start_percent: f.backends.ramp_percent(i).filter(|_| b.routable()),
             active: f.backends.active(i, table, &cells),
             total: total(b.column, Col::Conns),
             failures: total(b.column, Col::FailRefused)

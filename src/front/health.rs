@@ -251,6 +251,8 @@ impl Front {
             warn!(backend = %b.spec.name, fall = health.fall, source, reason, "backend down");
             b.check.up_since = None;
         }
+        // Slow start, if it has one, begins now.
+        self.backends.refresh_ramps(self.config.load().slow_start);
         self.backends.refresh_routable();
         if !self.backends.any_routable() {
             warn!("every backend is down: failing open (connections are still tried)");

@@ -27,6 +27,17 @@
 //!    answer the full ranking gives. No allocation, no lock.
 //! 5. Worker slots: plain (unweighted) rendezvous on the full client hash
 //!    over the routable slots, slot `s` keyed by `mix64(s ^ SEED_SLOT)`.
+//! 6. Slow start: the ranking always uses the configured weights. A
+//!    routable backend that is ramping up (`ramp` below
+//!    [`super::RAMP_FULL`]) is taken by a bucket only if the bucket's ramp
+//!    draw for it, `mix64(bucket_hash ^ key ^ SEED_RAMP)`'s top 16 bits,
+//!    is below `ramp`; otherwise the bucket goes on down its ranking. So a
+//!    client whose first choice is ramping goes there with probability =
+//!    the ramp fraction; whether it does is fixed per client (bucket) and
+//!    backend, and since the ramp only rises, a client that has moved
+//!    back stays back: each client moves at most once, never flaps. If
+//!    every routable backend is held back this way, the best routable one
+//!    is taken anyway.
 
 use std::net::IpAddr;
 
@@ -42,6 +53,7 @@ const TOP: usize = 1 + crate::channel::MAX_FALLBACKS;
 // Fixed seeds (arbitrary constants). Changing one re-deals every client.
 const SEED_BUCKET: u64 = 0xa409_3822_299f_31d0;
 const SEED_SLOT: u64 = 0x082e_fa98_ec4e_6c89;
+const SEED_RAMP: u64 = 0x4528_21e6_38d0_1377;
 
 const EMPTY: u32 = u32::MAX;
 const UNFILLED: Entry = Entry {
@@ -132,9 +144,18 @@ fn beats(d: f64, key: u64, other_d: f64, other_key: u64) -> bool {
     d < other_d || (d == other_d && key < other_key)
 }
 
-/// The best routable backend for a bucket by a full scan of the views.
+/// Whether a bucket takes backend `b` now: always, unless it is ramping
+/// up (slow start) and the bucket's ramp draw for it is not yet below
+/// the ramp.
+fn admits(bh: u64, b: &BackendView) -> bool {
+    b.ramp >= super::RAMP_FULL || (mix64(bh ^ b.key ^ SEED_RAMP) >> 48) < u64::from(b.ramp)
+}
+
+/// The best routable backend for a bucket that admits it, else the best
+/// routable one, by a full scan of the views.
 fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
     let mut best: Option<(f64, u64, usize)> = None;
+    let mut admitted: Option<(f64, u64, usize)> = None;
     for (i, b) in backends.iter().enumerate() {
         if !b.routable {
             continue;
@@ -143,8 +164,11 @@ fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
         if best.is_none_or(|(bd, bk, _)| beats(d, b.key, bd, bk)) {
             best = Some((d, b.key, i));
         }
+        if admits(bh, b) && admitted.is_none_or(|(bd, bk, _)| beats(d, b.key, bd, bk)) {
+            admitted = Some((d, b.key, i));
+        }
     }
-    best.map(|(_, _, i)| i)
+    admitted.or(best).map(|(_, _, i)| i)
 }
 
 /// The best routable backends other than `first` for a bucket, best
@@ -205,7 +229,7 @@ impl Policy for Sticky {
                 if (b.key, b.weight) != (self.keys[i as usize], self.weights[i as usize]) {
                     break; // List changed without a rebuild: scan.
                 }
-                if b.routable {
+                if b.routable && admits(bh, b) {
                     return Some(i as usize);
                 }
             }
@@ -279,6 +303,7 @@ mod tests {
             weight,
             routable: true,
             active: 0,
+            ramp: crate::policy::RAMP_FULL,
         };
         weights.iter().enumerate().map(view).collect()
     }
@@ -525,5 +550,48 @@ mod tests {
             assert_eq!(scan_top(bh, first, &v, &mut scanned), 4);
             assert_eq!(scanned, next);
         }
+    }
+
+    #[test]
+    fn a_ramping_backend_takes_back_its_clients_as_the_ramp_allows_once_each() {
+        let mut v = views(&[1, 1, 1, 1]);
+        let mut s = built(&v);
+        let n = 20_000;
+        let full = keys(&mut s, &v, n);
+        let target = v[2].key;
+        let theirs = full.iter().filter(|&&k| k == target).count();
+        let mut back_before = vec![false; n as usize];
+        for pct in [0u32, 5, 25, 50, 75, 100] {
+            v[2].ramp = crate::policy::RAMP_FULL * pct / 100;
+            let now = keys(&mut s, &v, n);
+            let mut back = 0;
+            for (i, (f, k)) in full.iter().zip(&now).enumerate() {
+                if *f != target {
+                    // Other clients never move.
+                    assert_eq!(f, k);
+                    continue;
+                }
+                let is_back = *k == target;
+                // Once back, back for good.
+                assert!(is_back || !back_before[i], "client {i} flapped at {pct}%");
+                back_before[i] = is_back;
+                back += usize::from(is_back);
+            }
+            let frac = back as f64 / theirs as f64;
+            assert!(
+                (frac - f64::from(pct) / 100.0).abs() < 0.03,
+                "{pct}%: {back} of {theirs} back"
+            );
+            // The cache and the full scan agree under a ramp too.
+            for ip in ips(2000) {
+                let bh = bucket_of(client_key(ip, 128)).1;
+                assert_eq!(s.pick_backend(ip, &v), scan(bh, &v));
+            }
+        }
+        // Held back everywhere: the best routable is taken anyway.
+        let mut only = views(&[1]);
+        only[0].ramp = 0;
+        let mut one = built(&only);
+        assert!(ips(100).all(|ip| one.pick_backend(ip, &only) == Some(0)));
     }
 }

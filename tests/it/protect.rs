@@ -3,9 +3,11 @@
 //! connections and checks from chosen source addresses, and slow start.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::peers;
 use crate::support::*;
@@ -261,4 +263,115 @@ fn connections_and_checks_leave_from_the_chosen_addresses() {
         reply.contains("source address 192.0.2.77 is not an address of this host"),
         "{reply}"
     );
+}
+
+/// A name backend (`name\n` on connect) whose listener can be closed and
+/// opened again on the same port, as a restarted server would.
+struct Switch {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn switch_backend(name: &'static str) -> Switch {
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = first.local_addr().unwrap();
+    let open = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (o, s) = (open.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut listener = Some(first);
+        while !s.load(Ordering::Relaxed) {
+            let want = o.load(Ordering::Relaxed);
+            if want && listener.is_none() {
+                // (std sets SO_REUSEADDR: the port is ours again at once.)
+                listener = TcpListener::bind(addr).ok();
+            } else if !want {
+                listener = None;
+            }
+            let Some(l) = &listener else {
+                thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            l.set_nonblocking(true).unwrap();
+            match l.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    thread::spawn(move || {
+                        if conn.write_all(format!("{name}\n").as_bytes()).is_ok() {
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                            let mut sink = [0u8; 64];
+                            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+    Switch { addr, open, stop }
+}
+
+#[test]
+fn a_backend_back_up_gets_a_rising_share_over_its_slow_start() {
+    const RAMP: Duration = Duration::from_secs(6);
+    let a = name_backend("a");
+    let b = switch_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr, b.addr])
+        .workers(2)
+        .args(["--slow-start", "6s", "--health-interval", "100ms"])
+        .args(["--fall", "1", "--rise", "1"])
+        .start();
+    // Up at start: no slow start then.
+    assert!(row(&proxy, b.addr).get("slow_start_percent").is_none());
+    b.open.store(false, Ordering::Relaxed);
+    wait_check(&proxy, b.addr, "down", "connection refused");
+    b.open.store(true, Ordering::Relaxed);
+    wait_check(&proxy, b.addr, "up", "ok");
+    let began = Instant::now();
+    let first = row(&proxy, b.addr)["slow_start_percent"].as_u64();
+    assert!(first.is_some_and(|p| p < 30), "{first:?}");
+    // Clients one after another; B's share in each third of the ramp,
+    // and after it.
+    let mut windows = [(0u32, 0u32); 4];
+    let mut percents = Vec::new();
+    while began.elapsed() < RAMP + RAMP / 3 {
+        let w = ((began.elapsed().as_secs_f64() / (RAMP.as_secs_f64() / 3.0)) as usize).min(3);
+        let name = fetch_name(&proxy);
+        windows[w].0 += 1;
+        windows[w].1 += u32::from(name == "b");
+        if windows[w].0 % 50 == 0 {
+            if let Some(p) = row(&proxy, b.addr)["slow_start_percent"].as_u64() {
+                percents.push(p);
+            }
+        }
+    }
+    let share: Vec<f64> = windows
+        .iter()
+        .map(|&(n, b)| f64::from(b) / f64::from(n.max(1)))
+        .collect();
+    let report =
+        format!("windows (clients, to b) {windows:?}, shares {share:?}, percents {percents:?}");
+    eprintln!("{report}");
+    assert!(
+        windows.iter().all(|&(n, _)| n >= 20),
+        "too few clients to tell: {report}"
+    );
+    assert!(windows[0].1 > 0, "the floor lets some through: {report}");
+    assert!(
+        share[0] < share[1] && share[1] < share[2],
+        "rising: {report}"
+    );
+    assert!(share[0] < 0.3 && share[3] > 0.42, "{report}");
+    assert!(percents.windows(2).all(|p| p[0] <= p[1]), "{report}");
+    wait_until(Duration::from_secs(10), "the ramp to end", || {
+        row(&proxy, b.addr).get("slow_start_percent").is_none()
+    });
+    proxy.wait_log("backend at its full weight after slow start");
 }
