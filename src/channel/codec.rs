@@ -9,7 +9,6 @@ use super::{
     AccessLog, BackendEntry, Down, Event, FailReason, Fallbacks, Handoff, MAX_BUILD_LEN,
     MAX_FALLBACKS, MAX_FDS, MAX_FRAME, MAX_PATH_LEN, Up, VERSION, WorkerConfig,
 };
-use crate::config::options::MAX_SOURCES;
 use crate::proxy_protocol::Version;
 
 /// Why a frame could not be encoded or decoded.
@@ -54,6 +53,8 @@ const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
+
+mod sources;
 
 const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
@@ -107,27 +108,7 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                     out.extend_from_slice(&i.to_le_bytes());
                 }
             }
-            // Only when some entry names one, so a frame without them ends
-            // where the entries do (and no prefix of one decodes).
-            if cfg.backends.iter().any(|b| b.source.is_some()) {
-                let n = u8::try_from(cfg.sources.len()).map_err(|_| FrameError::Invalid {
-                    what: "source list count",
-                    value: cfg.sources.len() as u64,
-                })?;
-                out.push(n);
-                for list in &cfg.sources {
-                    if list.is_empty() || list.len() > MAX_SOURCES {
-                        return Err(FrameError::Invalid {
-                            what: "source list length",
-                            value: list.len() as u64,
-                        });
-                    }
-                    out.push(list.len() as u8);
-                    for &ip in list {
-                        put_ip(out, ip);
-                    }
-                }
-            }
+            sources::put(out, cfg)?;
         }
         Down::Conns(conns) => return encode_conns(conns, out),
         Down::Drain { timeout } => {
@@ -243,34 +224,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     source,
                 });
             }
-            let mut sources = Vec::new();
-            if r.remaining() > 0 {
-                let n = r.u8("source list count")?;
-                for _ in 0..n {
-                    let len = usize::from(r.u8("source list length")?);
-                    if len == 0 || len > MAX_SOURCES {
-                        return Err(FrameError::Invalid {
-                            what: "source list length",
-                            value: len as u64,
-                        });
-                    }
-                    let mut list = Vec::with_capacity(len);
-                    for _ in 0..len {
-                        list.push(r.ip()?);
-                    }
-                    sources.push(list);
-                }
-            }
-            if let Some(i) = backends
-                .iter()
-                .filter_map(|b| b.source)
-                .find(|&i| usize::from(i) >= sources.len())
-            {
-                return Err(FrameError::Invalid {
-                    what: "source list index",
-                    value: i.into(),
-                });
-            }
+            let sources = sources::read(&mut r, &backends)?;
             Down::Config(WorkerConfig {
                 seq,
                 connect_timeout,

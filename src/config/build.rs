@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+mod protect;
+
 use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
 use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_backend_arg};
-use super::{
-    Config, Health, Limits, MAX_BACKENDS, Origin, Probe, default_control_path, escape, options,
-    sources, values,
-};
+use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
 use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::{AccessLog, Splice};
 use crate::cli::ProxyArgs;
@@ -350,55 +349,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             .typed("fall", t.fall, &keys.fall, values::checks)?
             .unwrap_or(3),
     };
-    let probe = Probe {
-        send: src
-            .text(
-                "health_send",
-                "health-send",
-                t.health_send.as_deref(),
-                &keys.health_send,
-                escape::parse,
-            )?
-            .unwrap_or_default(),
-        expect: src
-            .text(
-                "health_expect",
-                "health-expect",
-                t.health_expect.as_deref(),
-                &keys.health_expect,
-                escape::parse,
-            )?
-            .unwrap_or_default(),
-    };
-    let slow_start = src
-        .text(
-            "slow_start",
-            "slow-start",
-            t.slow_start.as_deref(),
-            &keys.slow_start,
-            values::interval,
-        )?
-        .flatten();
-    let source_given = src.list("source", "source", args.source.as_slice(), &keys.source);
-    let mut source: Vec<(IpAddr, usize)> = Vec::new();
-    for (i, g) in source_given.iter().enumerate() {
-        for ip in src.check(g, options::sources)? {
-            if source.iter().any(|&(o, _)| o == ip) {
-                return Err(src.bad(g, Invalid::new(format!("'{ip}' is listed twice"))));
-            }
-            source.push((ip, i));
-        }
-        if source.len() > options::MAX_SOURCES {
-            return Err(src.bad(
-                g,
-                Invalid::new(format!(
-                    "{} source addresses: at most {}",
-                    source.len(),
-                    options::MAX_SOURCES
-                )),
-            ));
-        }
-    }
+    let protect = protect::read(&src, args, keys)?;
     let splice = src
         .typed("splice", t.splice, &keys.splice, values::splice)?
         .unwrap_or(Splice::Auto);
@@ -487,10 +438,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
-    for &(ip, i) in &source {
-        sources::check_local(ip).map_err(|why| src.bad(&source_given[i], Invalid::new(why)))?;
-    }
-    let source: Vec<IpAddr> = source.into_iter().map(|(ip, _)| ip).collect();
+    let source = protect.local_sources(&src)?;
     let (backends, resolve) = expand(&src, &backend_given, &parsed, &source)?;
     let run_as = match (&user_given, user_name) {
         (Some(ug), Some(user)) => Some(
@@ -525,9 +473,9 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         defer_accept,
         limits,
         health,
-        probe,
+        probe: protect.probe,
         source,
-        slow_start,
+        slow_start: protect.slow_start,
         splice,
         cpu_affinity,
         access_log,
@@ -565,26 +513,15 @@ fn backend_items<'a>(
 
 /// Resolve the backends: named ones first, so an address a `resolve` name
 /// also returns stays the named one.
-/// Each backend's sources are checked here, where its origin is known:
-/// their family, and each address of its own `source=` being local
-/// (`--source`'s were checked before).
+/// Each backend's sources are checked here, where its origin is known
+/// (`protect::usable`).
 fn expand(
     src: &Sources,
     given: &[Given],
     parsed: &[BackendArg],
     global: &[IpAddr],
 ) -> Result<(Vec<BackendSpec>, Vec<ResolveGroup>), ConfigError> {
-    let usable = |g: &Given, specs: Vec<BackendSpec>| -> Result<Vec<BackendSpec>, ConfigError> {
-        for spec in &specs {
-            sources::check_family(spec, global).map_err(|why| src.bad(g, Invalid::new(why)))?;
-        }
-        if let Some(first) = specs.first() {
-            for &ip in &first.source {
-                sources::check_local(ip).map_err(|why| src.bad(g, Invalid::new(why)))?;
-            }
-        }
-        Ok(specs)
-    };
+    let usable = |g: &Given, specs| protect::usable(src, g, specs, global);
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(parsed.len());
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| !a.resolve) {
         let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
@@ -610,9 +547,6 @@ fn expand(
             ),
         });
     }
-    sources::check_lists(&backends, global).map_err(|message| ConfigError::Rule {
-        origin: src.origin(&given[0]),
-        message,
-    })?;
+    protect::check_lists(src, &given[0], &backends, global)?;
     Ok((backends, resolve))
 }

@@ -257,7 +257,7 @@ fn connections_and_checks_leave_from_the_chosen_addresses() {
     assert_eq!(own.clients.lock().unwrap().len(), 20);
     // An address that is not this host's is refused where it is given.
     let reply = proxy
-        .try_ctl(&format!("backend add 127.0.0.1:9,source=192.0.2.77"))
+        .try_ctl("backend add 127.0.0.1:9,source=192.0.2.77")
         .unwrap();
     assert!(
         reply.contains("source address 192.0.2.77 is not an address of this host"),
