@@ -118,7 +118,9 @@ pub struct ProxyArgs {
     /// ",resolve" every address of the name is a backend, kept up to date
     /// (see --resolve-interval): DNS service discovery. ",send-proxy=v1"
     /// or ",send-proxy=v2" writes a PROXY protocol header (the client's
-    /// address) to the backend before anything else.
+    /// address) to the backend before anything else. ",source=IP[;IP...]"
+    /// and ",slow-start=D|off" are this backend's own --source and
+    /// --slow-start.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backend: Vec<String>,
 

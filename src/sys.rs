@@ -342,6 +342,13 @@ mod tests {
         let (_, peer) = listener.accept().unwrap();
         assert_eq!(peer.ip(), "127.0.0.3".parse::<std::net::IpAddr>().unwrap());
         assert_ne!(peer.port(), 0);
+        // The option is an IP-level one; IPv6 sockets take it too.
+        let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        bind_source(&v6, "::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            v6.local_addr().unwrap().as_socket().unwrap(),
+            "[::1]:0".parse().unwrap()
+        );
     }
 
     #[test]
