@@ -142,12 +142,16 @@ fn server_name(mut ext: Limited) -> Step<HostName> {
         let kind = ext.r.byte()?;
         let len = ext.r.u16()?;
         ext.left -= 3;
-        if len == 0 || len > ext.left {
+        if len > ext.left {
             return Err(BAD);
         }
         if kind != HOST_NAME {
             ext.skip(len)?;
             continue;
+        }
+        // HostName is opaque<1..2^16-1>.
+        if len == 0 {
+            return Err(BAD);
         }
         // A name, its trailing dot included, fits this buffer or is
         // invalid whatever its bytes.

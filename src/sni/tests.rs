@@ -249,8 +249,8 @@ fn the_server_name_extension_is_checked() {
         d.extend_from_slice(&body);
         d
     };
-    // Another name type first: stepped over.
-    let d = list(&[entry(7, b"opaque"), entry(0, b"b.example")]);
+    // Other name types first (even empty): stepped over.
+    let d = list(&[entry(7, b"opaque"), entry(8, b""), entry(0, b"b.example")]);
     assert_eq!(parse(&with_server_name(d)), found("b.example"));
     // The first host_name wins.
     let d = list(&[entry(0, b"first.example"), entry(0, b"second.example")]);
