@@ -37,7 +37,7 @@ pub const BACKEND_BYTES_IN: &str = "rrproxy_backend_received_bytes_total";
 pub const BACKEND_BYTES_OUT: &str = "rrproxy_backend_sent_bytes_total";
 pub const BACKEND_WEIGHT: &str = "rrproxy_backend_weight";
 pub const RESOLVE_FAILURES: &str = "rrproxy_resolve_failures_total";
-pub const BACKEND_CONNECT_SECONDS: &str = "rrproxy_backend_connect_duration_seconds";
+pub const BACKEND_CONNECT_SECONDS: &str = "rrproxy_backend_connect_seconds";
 pub const CONNECTION_SECONDS: &str = "rrproxy_connection_duration_seconds";
 pub const ACCEPTED: &str = "rrproxy_accepted_connections_total";
 pub const ACCEPT_ERRORS: &str = "rrproxy_accept_errors_total";
@@ -139,12 +139,12 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         BACKEND_CONNECT_SECONDS,
         "histogram",
-        "Time to connect to a backend.",
+        "Time from a worker starting a connect to each backend until it was established (and a send-proxy header written); successful connects only, failures are in rrproxy_backend_connect_failures_total.",
     ),
     (
         CONNECTION_SECONDS,
         "histogram",
-        "Lifetime of proxied connections.",
+        "Lifetime of proxied client connections, from a worker taking the connection until both sides closed (connections that reached a backend).",
     ),
     (
         ACCEPTED,
