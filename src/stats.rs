@@ -46,6 +46,43 @@ const MAGIC: u64 = u64::from_le_bytes(*b"RRSTATS\0");
 /// workers' cells). 2: the histograms' buckets of [`hist`].
 pub const LAYOUT: u64 = 2;
 
+/// [`LAYOUT`] as this build declares it: decimal digits after a marker in
+/// the binary's read-only data, read at run time ([`layout`]). What the
+/// table header, [`Table::open`] and the upgrade handshake compare. (A
+/// test copies the binary with other digits here to be a build of another
+/// layout: the refusal it meets is the real one.)
+#[used]
+static LAYOUT_TAG: [u8; LAYOUT_TAG_LEN] = layout_tag(LAYOUT);
+const LAYOUT_MARKER: &[u8] = b"rrproxy-stats-layout=";
+const LAYOUT_TAG_LEN: usize = LAYOUT_MARKER.len() + 8;
+
+const fn layout_tag(layout: u64) -> [u8; LAYOUT_TAG_LEN] {
+    let mut tag = [b'0'; LAYOUT_TAG_LEN];
+    let mut i = 0;
+    while i < LAYOUT_MARKER.len() {
+        tag[i] = LAYOUT_MARKER[i];
+        i += 1;
+    }
+    let mut n = layout;
+    let mut at = LAYOUT_TAG_LEN;
+    while n > 0 && at > LAYOUT_MARKER.len() {
+        at -= 1;
+        tag[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    tag
+}
+
+/// The table layout this build reads and writes (see [`LAYOUT_TAG`]).
+pub fn layout() -> u64 {
+    let tag = crate::sys::read_static(&LAYOUT_TAG);
+    let digits = &tag[LAYOUT_MARKER.len()..];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return LAYOUT;
+    }
+    digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+}
+
 /// Upper bounds (nanoseconds) of the connection-duration histogram
 /// buckets ([`DURATION`]).
 pub const DURATION_BOUNDS: [u64; 18] = DURATION.bounds_ns;
@@ -232,8 +269,8 @@ pub enum StatsError {
     Io(#[from] io::Error),
     #[error("statistics table: not an rrproxy table (bad magic)")]
     Magic,
-    #[error("statistics table layout {found} is not this build's layout {LAYOUT}")]
-    Layout { found: u64 },
+    #[error("statistics table layout {found} is not this build's layout {mine}")]
+    Layout { found: u64, mine: u64 },
     #[error("statistics table header is inconsistent: {0}")]
     Header(&'static str),
 }
@@ -309,7 +346,7 @@ impl Table {
         rustix::fs::ftruncate(&fd, (words * 8) as u64).map_err(io::Error::from)?;
         let map = SharedWords::map(fd.as_fd(), words)?;
         let w = map.words();
-        set(&w[1], LAYOUT);
+        set(&w[1], layout());
         set(&w[2], slots as u64);
         set(&w[3], columns as u64);
         set(&w[4], procs as u64);
@@ -333,8 +370,11 @@ impl Table {
             return Err(StatsError::Magic);
         }
         let layout = get(&h[1]);
-        if layout != LAYOUT {
-            return Err(StatsError::Layout { found: layout });
+        if layout != self::layout() {
+            return Err(StatsError::Layout {
+                found: layout,
+                mine: self::layout(),
+            });
         }
         let cap = |i: usize, max: usize, what| {
             usize::try_from(get(&h[i]))

@@ -97,6 +97,15 @@ fn the_wake_flag_is_taken_once() {
 }
 
 #[test]
+fn the_build_declares_its_layout() {
+    assert_eq!(layout(), LAYOUT);
+    assert_eq!(&layout_tag(2)[LAYOUT_MARKER.len()..], b"00000002");
+    assert_eq!(&layout_tag(12345)[LAYOUT_MARKER.len()..], b"00012345");
+    let t = Table::create(1, 1, 1).unwrap();
+    assert_eq!(get(&t.words()[1]), LAYOUT, "the header says so");
+}
+
+#[test]
 fn a_foreign_file_is_refused() {
     let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, 4096).unwrap();
