@@ -10,11 +10,12 @@
 //!
 //! The exposition is rendered here, at scrape time, from the statistics
 //! table ([`crate::stats`]) and a [`Snapshot`] of names and states the
-//! front publishes when they change. (The `metrics` facade and its
-//! Prometheus exporter were used before; their registry lives in one
-//! process and can be neither read back nor restored, so counters kept in
-//! shared memory by several processes, and carried across an upgrade of
-//! the front, need a renderer of their own.)
+//! front publishes when they change. (Not through the `metrics` facade and
+//! `metrics-exporter-prometheus`: their recorder takes observations, not
+//! the bucket counts and sums several processes keep in shared memory, so
+//! its histograms could not equal the table's, and a new front would
+//! replay every connection ever counted; measured in DESIGN.md, "Metrics
+//! exposition", and `benches/exporter-prototype`.)
 
 mod http;
 mod render;
