@@ -9,6 +9,7 @@ mod defer_accept;
 mod discovery;
 mod faults;
 mod foundation;
+mod histograms;
 mod init;
 mod observability;
 mod peers;
