@@ -11,6 +11,7 @@ mod faults;
 mod foundation;
 mod histograms;
 mod init;
+mod layout;
 mod observability;
 mod peers;
 mod policies;
