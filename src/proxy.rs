@@ -21,11 +21,12 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::{LogArgs, ProxyArgs};
+use crate::config::Flags;
 use crate::config::{Config, MAX_BACKENDS};
 use crate::front::{
     self, Backends, Counters, FrontError, Ledger, Listeners, Shared, State, lifecycle,
 };
+use crate::logging::LogOptions;
 use crate::privileges::RunAs;
 use crate::stats::{FrontWord, Table};
 use crate::supervisor::{Exe, SpawnPlan, Workers};
@@ -36,7 +37,7 @@ const SPARE_COLUMNS: usize = 64;
 
 /// Start the proxy from command-line flags and run until shut down; or,
 /// when started by a running front to upgrade it, take over from it.
-pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
+pub fn run(args: Flags, log: LogOptions) -> Result<(), FrontError> {
     let takeover = match crate::handover::inherited() {
         Some(Ok(fd)) => Some(fd),
         Some(Err(why)) => return Err(FrontError::Upgrade(why)),
@@ -69,8 +70,8 @@ pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
 
 /// Take over from the running front that started this process, then serve.
 async fn serve_upgraded(
-    args: ProxyArgs,
-    log: LogArgs,
+    args: Flags,
+    log: LogOptions,
     fd: OwnedFd,
     run_as: Option<RunAs>,
 ) -> Result<(), FrontError> {
@@ -129,8 +130,8 @@ fn table_for(workers: usize) -> Result<Table, FrontError> {
 /// `args` (if any) is re-read on SIGHUP.
 pub async fn serve(
     config: Config,
-    args: Option<ProxyArgs>,
-    log: LogArgs,
+    args: Option<Flags>,
+    log: LogOptions,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> Result<(), FrontError> {
     // Refuse before binding anything if the drop could not happen.

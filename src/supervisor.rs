@@ -26,7 +26,7 @@ use tracing::debug;
 
 use crate::channel::Handoff;
 use crate::channel::fdpass::Channel;
-use crate::cli::LogArgs;
+use crate::logging::LogOptions;
 
 pub use process::{Exe, spawn_worker};
 
@@ -228,7 +228,7 @@ pub struct SpawnPlan {
     /// The front's own binary.
     pub exe: Exe,
     /// Logging flags passed on to workers.
-    pub log: LogArgs,
+    pub log: LogOptions,
     /// With `--cpu-affinity`: the CPU of each worker slot.
     pub cpus: Option<Vec<usize>>,
 }

@@ -80,7 +80,7 @@ pub struct State {
     pub announced_ready: bool,
     /// The flags the proxy started with, re-read (with the config file) on
     /// reload; `None` for an embedded proxy (the demo).
-    pub reload_args: Option<crate::cli::ProxyArgs>,
+    pub reload_args: Option<crate::config::Flags>,
     /// The original command line (re-used by an upgrade).
     pub argv: Vec<std::ffi::OsString>,
     /// The path this front was started from, as it was then: an upgrade

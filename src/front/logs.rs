@@ -8,14 +8,14 @@ use tracing::{info, warn};
 
 use super::Front;
 use crate::channel::{AccessLog, Down};
-use crate::cli::LogFormat;
+use crate::logging::LogFormat;
 
 impl Front {
     /// The frame that tells a worker where the access log goes now.
     pub fn access_log_frame(&self) -> Option<Vec<u8>> {
         let msg = Down::AccessLog {
             target: self.config.load().access_log.clone(),
-            json: self.workers.plan.log.log_format == LogFormat::Json,
+            json: self.workers.plan.log.format == LogFormat::Json,
         };
         let mut frame = Vec::new();
         match msg.encode(&mut frame) {
