@@ -1,4 +1,4 @@
-//! The front's backend table: configured backends with stable ids, their
+//! The front's `Backends` part: configured backends with stable ids, their
 //! admin and health state, their statistics columns, and the counts
 //! policies read.
 //!
@@ -12,18 +12,35 @@
 //! is freed when its backend leaves, and reused only once every worker
 //! has applied a backend table without it (the worker zeroes its cells of
 //! a column when it does), so a new backend never inherits old counts.
+//!
+//! Health (see `health` for the checks themselves): `fall` failed checks
+//! in a row take a backend out, `rise` good ones bring it back; `fall`
+//! connect failures by workers within [`PASSIVE_WINDOW`] with no success
+//! between take it out too, and without active checks it is tried again
+//! after [`PASSIVE_COOLDOWN`]. Every change of admin or health state goes
+//! through the methods here, which keep the views' `routable` in step.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::health::CheckState;
 use crate::channel::BackendEntry;
-use crate::config::BackendSpec;
+use crate::config::{BackendSpec, Health};
+use crate::metrics::BackendLabel;
 use crate::policy::{BackendView, backend_key};
+use crate::proxy_protocol::Version;
 use crate::stats::{Col, ColCell, Table};
 
+/// Failed connects must fall within this window to mark a backend down.
+pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+/// Without active checks, a passively failed backend is tried again after
+/// this long.
+pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+
 /// What an operator asked of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Admin {
     Enabled,
@@ -33,22 +50,58 @@ pub enum Admin {
     Draining,
 }
 
+/// Per-backend check state.
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckState {
+    consecutive_ok: u32,
+    consecutive_fail: u32,
+    /// Passive: failed connects in the current window, when it began, and
+    /// how many connections had been established when last looked.
+    passive_fails: u32,
+    passive_since: Option<Instant>,
+    conns_seen: u64,
+    /// Marked down by traffic (not by checks), at this time.
+    passive_down: Option<Instant>,
+}
+
+#[derive(Serialize, Deserialize)]
 pub struct Backend {
-    pub id: u32,
-    pub spec: BackendSpec,
-    pub admin: Admin,
+    id: u32,
+    spec: BackendSpec,
+    admin: Admin,
     /// Result of health checking (always true when checks are off).
-    pub healthy: bool,
-    pub check: CheckState,
+    healthy: bool,
+    #[serde(skip)]
+    check: CheckState,
     /// Its statistics column.
-    pub column: usize,
+    column: usize,
     /// The backend table sequence from which `column` is this backend's.
-    pub column_seq: u64,
+    column_seq: u64,
     /// Handed to a worker, not yet taken out of its channel.
-    pub inflight: u64,
+    inflight: u64,
 }
 
 impl Backend {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    pub fn admin(&self) -> Admin {
+        self.admin
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
     pub fn routable(&self) -> bool {
         self.admin == Admin::Enabled && self.healthy
     }
@@ -57,24 +110,39 @@ impl Backend {
     pub fn enabled(&self) -> bool {
         self.admin == Admin::Enabled
     }
+
+    /// A word for `ctl backends`.
+    pub fn state(&self) -> &'static str {
+        match (self.admin, self.healthy) {
+            (Admin::Draining, _) => "draining",
+            (Admin::Disabled, _) => "disabled",
+            (Admin::Enabled, true) => "up",
+            (Admin::Enabled, false) => "down",
+        }
+    }
 }
 
-#[derive(Default)]
+/// The backend table; the hand-over serialises it whole (views and the
+/// index are rebuilt, check counts start again).
+#[derive(Default, Serialize, Deserialize)]
 pub struct Backends {
-    pub list: Vec<Backend>,
+    list: Vec<Backend>,
     /// Parallel to `list`: what policies see.
-    pub views: Vec<BackendView>,
+    #[serde(skip)]
+    views: Vec<BackendView>,
+    #[serde(skip)]
     by_id: HashMap<u32, usize>,
-    pub next_id: u32,
+    next_id: u32,
     /// Columns given back, with the table sequence from which they are
     /// unused.
-    pub free_columns: Vec<(usize, u64)>,
+    free_columns: Vec<(usize, u64)>,
     /// Columns never used yet start here.
-    pub next_column: usize,
+    next_column: usize,
     /// How many columns the statistics table has.
-    pub columns: usize,
+    #[serde(skip)]
+    columns: usize,
     /// The sequence number of the last backend table sent to workers.
-    pub table_seq: u64,
+    table_seq: u64,
 }
 
 impl Backends {
@@ -83,6 +151,30 @@ impl Backends {
             columns,
             ..Backends::default()
         }
+    }
+
+    /// The part taken over from a previous front, for a table of `columns`.
+    pub fn from_handover(mut self, columns: usize) -> Backends {
+        self.columns = columns;
+        self.views = self.list.iter().map(view_of).collect();
+        self.reindex();
+        self
+    }
+
+    pub fn list(&self) -> &[Backend] {
+        &self.list
+    }
+
+    pub fn get(&self, i: usize) -> &Backend {
+        &self.list[i]
+    }
+
+    pub fn views(&self) -> &[BackendView] {
+        &self.views
+    }
+
+    pub fn table_seq(&self) -> u64 {
+        self.table_seq
     }
 
     /// The sequence number for a new backend table.
@@ -120,13 +212,7 @@ impl Backends {
         let column = self.take_column(table, applied_everywhere)?;
         let id = self.next_id;
         self.next_id += 1;
-        self.views.push(BackendView {
-            key: backend_key(&spec.name),
-            weight: spec.weight,
-            routable: true,
-            active: 0,
-        });
-        self.list.push(Backend {
+        let b = Backend {
             id,
             spec,
             admin: Admin::Enabled,
@@ -135,21 +221,11 @@ impl Backends {
             column,
             column_seq: self.table_seq + 1,
             inflight: 0,
-        });
-        self.reindex();
-        Some(id)
-    }
-
-    /// Put back a backend carried over from a previous front (upgrade).
-    pub fn restore(&mut self, b: Backend) {
-        self.views.push(BackendView {
-            key: backend_key(&b.spec.name),
-            weight: b.spec.weight,
-            routable: b.routable(),
-            active: 0,
-        });
+        };
+        self.views.push(view_of(&b));
         self.list.push(b);
         self.reindex();
+        Some(id)
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {
@@ -169,11 +245,27 @@ impl Backends {
         b.inflight + held(table, cells, b.column)
     }
 
+    /// A column's total of `w`: the base plus the live processes' cells.
+    pub fn total(&self, i: usize, w: Col, table: &Table, cells: &[usize]) -> u64 {
+        let col = self.list[i].column;
+        ColCell::of(table.base(col)).get(w)
+            + cells
+                .iter()
+                .filter_map(|&c| table.cell(c).col(col))
+                .map(|c| c.get(w))
+                .sum::<u64>()
+    }
+
     /// Recompute every view's `active` (for least-conn).
     pub fn refresh_active(&mut self, table: &Table, cells: &[usize]) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
             v.active = b.inflight + held(table, cells, b.column);
         }
+    }
+
+    /// Whether any backend is being removed.
+    pub fn any_draining(&self) -> bool {
+        self.list.iter().any(|b| b.admin == Admin::Draining)
     }
 
     /// Drop backends that are draining and have nothing left, freeing
@@ -207,10 +299,23 @@ impl Backends {
     }
 
     /// Recompute the routable flags from admin and health state.
-    pub fn refresh_routable(&mut self) {
+    fn refresh_routable(&mut self) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
             v.routable = b.routable();
         }
+    }
+
+    /// Set backend `i`'s admin state.
+    pub fn set_admin(&mut self, i: usize, admin: Admin) {
+        self.list[i].admin = admin;
+        self.refresh_routable();
+    }
+
+    /// Backend `i`'s spec changed (a reload): same name, maybe a new
+    /// weight or address.
+    pub fn set_spec(&mut self, i: usize, spec: BackendSpec) {
+        self.views[i].weight = spec.weight;
+        self.list[i].spec = spec;
     }
 
     /// Views for a fail-open pick: every enabled backend counts as routable.
@@ -266,6 +371,142 @@ impl Backends {
                 send_proxy: b.spec.send_proxy,
             })
             .collect()
+    }
+
+    /// The specs of every backend not being removed (what the config in
+    /// force lists).
+    pub fn specs(&self) -> Vec<BackendSpec> {
+        self.list
+            .iter()
+            .filter(|b| b.admin != Admin::Draining)
+            .map(|b| b.spec.clone())
+            .collect()
+    }
+
+    /// For `/metrics`: each backend's name, column, state and weight.
+    pub fn labels(&self) -> Vec<BackendLabel> {
+        self.list
+            .iter()
+            .map(|b| BackendLabel {
+                name: b.spec.name.clone(),
+                column: b.column,
+                up: b.routable(),
+                weight: b.spec.weight,
+            })
+            .collect()
+    }
+
+    /// Each backend's (column, sequence from which the column is its own),
+    /// for folding a departed process's counts.
+    pub fn columns(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.list.iter().map(|b| (b.column, b.column_seq))
+    }
+
+    /// What active health checks connect to: (id, address, PROXY version).
+    pub fn check_targets(&self) -> Vec<(u32, SocketAddr, Option<Version>)> {
+        self.list
+            .iter()
+            .map(|b| (b.id, b.spec.addr, b.spec.send_proxy))
+            .collect()
+    }
+
+    /// Apply one active check of backend `id`; a failed one is counted in
+    /// its column. Returns the backend's index if its health changed.
+    pub fn record_check(
+        &mut self,
+        id: u32,
+        ok: bool,
+        health: &Health,
+        table: &Table,
+    ) -> Option<usize> {
+        let i = self.index_of(id)?;
+        let b = &mut self.list[i];
+        let was = b.healthy;
+        if ok {
+            b.check.consecutive_fail = 0;
+            b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
+            if !b.healthy && b.check.consecutive_ok >= health.rise {
+                b.healthy = true;
+                b.check.passive_down = None;
+            }
+        } else {
+            b.check.consecutive_ok = 0;
+            b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
+            crate::stats::bump(
+                ColCell::of(table.base(b.column)).word(Col::CheckFailures),
+                1,
+            );
+            if b.healthy && b.check.consecutive_fail >= health.fall {
+                b.healthy = false;
+            }
+        }
+        let changed = b.healthy != was;
+        self.refresh_routable();
+        changed.then_some(i)
+    }
+
+    /// A worker could not connect to backend `id`; `conns` is how many
+    /// connections to it have been established in all (a success since
+    /// the last failure starts the count again). Returns the backend's
+    /// index if this took it out.
+    pub fn record_passive_failure(
+        &mut self,
+        id: u32,
+        conns: u64,
+        fall: u32,
+        now: Instant,
+    ) -> Option<usize> {
+        let i = self.index_of(id)?;
+        let b = &mut self.list[i];
+        let c = &mut b.check;
+        let fresh = c.conns_seen != conns
+            || c.passive_since
+                .is_none_or(|t| now.duration_since(t) > PASSIVE_WINDOW);
+        c.conns_seen = conns;
+        if fresh {
+            c.passive_fails = 1;
+            c.passive_since = Some(now);
+        } else {
+            c.passive_fails = c.passive_fails.saturating_add(1);
+        }
+        if b.healthy && c.passive_fails >= fall {
+            b.healthy = false;
+            c.passive_down = Some(now);
+            c.consecutive_ok = 0;
+            c.passive_fails = 0;
+            c.passive_since = None;
+            self.refresh_routable();
+            return Some(i);
+        }
+        None
+    }
+
+    /// Without active checks: backends taken out by traffic at least
+    /// [`PASSIVE_COOLDOWN`] ago are back. Returns their indexes.
+    pub fn cooldowns(&mut self, now: Instant) -> Vec<usize> {
+        let mut back = Vec::new();
+        for (i, b) in self.list.iter_mut().enumerate() {
+            if let Some(t) = b.check.passive_down {
+                if !b.healthy && now.duration_since(t) >= PASSIVE_COOLDOWN {
+                    b.healthy = true;
+                    b.check.passive_down = None;
+                    back.push(i);
+                }
+            }
+        }
+        if !back.is_empty() {
+            self.refresh_routable();
+        }
+        back
+    }
+}
+
+fn view_of(b: &Backend) -> BackendView {
+    BackendView {
+        key: backend_key(&b.spec.name),
+        weight: b.spec.weight,
+        routable: b.routable(),
+        active: 0,
     }
 }
 
