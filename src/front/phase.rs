@@ -89,6 +89,12 @@ impl Step {
         Step::Committed,
     ];
 
+    /// The step after this one.
+    pub fn next(self) -> Option<Step> {
+        let i = Step::ALL.iter().position(|&s| s == self)?;
+        Step::ALL.get(i + 1).copied()
+    }
+
     /// Its name (for logs and the test hook `RRPROXY_TEST_PAUSE_UPGRADE`).
     pub fn name(self) -> &'static str {
         match self {
@@ -152,6 +158,7 @@ pub mod refusal {
     pub const FROZEN: &str = "the front is handing over to a new one; try again";
     pub const HANDED_OVER: &str = "this front has handed over to a new one; reconnect";
     pub const TAKING_OVER: &str = "this front is still taking over; try again";
+    pub const CANCELLED: &str = "the upgrade was cancelled";
 }
 
 /// What the front does.
@@ -206,7 +213,11 @@ pub fn on(phase: &Phase, event: &Event, now: Instant, drain: Duration) -> (Phase
     let refuse = |why| (phase.clone(), vec![A::Refuse(why)]);
     match (phase, event) {
         // The final phases take nothing.
-        (P::Stopped | P::Left, _) => refuse(refusal::STOPPING),
+        (
+            P::Stopped | P::Left,
+            E::Reload | E::Upgrade | E::Change | E::ReopenLog | E::UpgradeAt(_),
+        ) => refuse(refusal::STOPPING),
+        (P::Stopped | P::Left, _) => stay(vec![]),
 
         // Stopping.
         (P::Starting | P::Serving | P::Rolling, E::Stop) => (draining(true), vec![A::Drain]),
@@ -221,7 +232,10 @@ pub fn on(phase: &Phase, event: &Event, now: Instant, drain: Duration) -> (Phase
             },
             E::Stop | E::LinkStop | E::Fatal,
         ) => {
-            if *step == Step::Committed {
+            if *step == Step::Committed && *event == E::Fatal {
+                // It owns no worker any more: nothing of its own to stop.
+                stay(vec![])
+            } else if *step == Step::Committed {
                 // The new front owns everything: it is the one to stop.
                 let next = P::Upgrading {
                     step: *step,
@@ -331,7 +345,7 @@ pub fn on(phase: &Phase, event: &Event, now: Instant, drain: Duration) -> (Phase
             },
             E::UpgradeAt(next),
         ) => {
-            if next <= step || *stop {
+            if step.next() != Some(*next) || *stop {
                 // Out of order: the conversation must not go on.
                 refuse(refusal::UPGRADING)
             } else {
@@ -371,7 +385,10 @@ pub fn on(phase: &Phase, event: &Event, now: Instant, drain: Duration) -> (Phase
             },
             vec![A::Thaw],
         ),
-        (_, E::UpgradeAt(_) | E::UpgradeFailed | E::HandOver) => stay(vec![]),
+        // No upgrade goes on outside its phase (it was cancelled).
+        (P::Draining { .. }, E::UpgradeAt(_)) => refuse(refusal::STOPPING),
+        (_, E::UpgradeAt(_)) => refuse(refusal::CANCELLED),
+        (_, E::UpgradeFailed | E::HandOver) => stay(vec![]),
 
         // The upgrade, new side.
         (P::TakingOver { stop: true }, E::TookOver) => (draining(true), vec![A::Thaw, A::Drain]),

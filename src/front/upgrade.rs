@@ -139,7 +139,7 @@ pub async fn upgrade(front: &Shared, path: Option<PathBuf>) -> Result<String, St
     let result = match task.await {
         Ok(result) => result,
         Err(err) if err.is_cancelled() => Err(
-            "upgrade aborted: the proxy was told to stop (the new front was stopped; the proxy stops)"
+            "upgrade aborted: the proxy was told to stop (nothing of the new binary is left running)"
                 .into(),
         ),
         Err(err) => Err(format!("the upgrade failed: {err}")),
@@ -350,11 +350,12 @@ async fn next(link: &Link, what: &str) -> Result<Msg, String> {
 /// How a take-over ended.
 pub enum TakeOver {
     /// Committed: serve (`plan`: the config file to apply; `stop`: a stop
-    /// arrived meanwhile, so stop at once).
+    /// arrived meanwhile, so stop at once: `Event::Stop` for a signal,
+    /// `Event::LinkStop` for one the old front passed on).
     Serve {
         rebuilt: Box<state::Rebuilt>,
         plan: Option<Box<Plan>>,
-        stop: bool,
+        stop: Option<Event>,
     },
     /// Told to stop before it was ready: the running front goes on.
     Stopped,
@@ -427,19 +428,21 @@ pub async fn take_over(
     link.send(&Msg::Ready(notes))
         .await
         .map_err(|e| format!("the running front went away: {e}"))?;
-    let mut stopped = false;
+    let mut stopped = None;
     loop {
         let received = tokio::select! {
             received = link.recv() => received,
             () = signals.stop() => {
-                stopped = true;
+                stopped = Some(Event::Stop);
                 continue;
             }
         };
         match received {
             Ok(Some(Msg::Commit)) => break,
             // Passed on before the commit reached us: keep it.
-            Ok(Some(Msg::Stop)) => stopped = true,
+            Ok(Some(Msg::Stop)) => {
+                stopped.get_or_insert(Event::LinkStop);
+            }
             // The old front died after we were ready: nobody else serves.
             Ok(None) => {
                 warn!("the previous front went away before committing; taking over");
@@ -460,17 +463,20 @@ pub async fn take_over(
 /// Start serving after a commit: apply the config file, thaw, accept,
 /// replace the old workers (or, if told to stop meanwhile, stop). Then
 /// watch the link for a stop the old front passes on.
-pub fn commit(front: &Shared, plan: Option<Box<Plan>>, stop: bool, link: Link) {
+pub fn commit(front: &Shared, plan: Option<Box<Plan>>, stop: Option<Event>, link: Link) {
     {
         let mut f = front.borrow_mut();
         if let Some(plan) = plan {
             f.apply_plan(*plan);
         }
-        if stop {
+        if stop == Some(Event::Stop) {
             let _ = f.handle(Event::Stop);
         }
         let paused_us = state::unix_micros().saturating_sub(f.life().frozen_at_us());
         let _ = f.handle(Event::TookOver);
+        if stop == Some(Event::LinkStop) {
+            let _ = f.handle(Event::LinkStop);
+        }
         info!(
             paused_ms = paused_us as f64 / 1000.0,
             "accepting again: clients waited in the listen backlog for at most this long"

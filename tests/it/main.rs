@@ -10,6 +10,7 @@ mod discovery;
 mod faults;
 mod foundation;
 mod init;
+mod lifecycle;
 mod observability;
 mod peers;
 mod policies;
