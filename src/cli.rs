@@ -49,8 +49,9 @@ SIGNALS:
     SIGTERM, SIGINT   stop accepting, finish connections in flight (up to
                       --drain-timeout), then exit 0; a second one stops now
     SIGHUP            re-read --config (like `ctl config reload`)
-    SIGUSR2           upgrade: restart the front, then the workers one at a
-                      time, onto the binary now at the start path, with no
+    SIGUSR2           upgrade: restart the front, then the workers (old
+                      ones drain together), onto the binary now at the
+                      start path, applying the config file, with no
                       connection refused (like `ctl upgrade`)
     SIGUSR1           reopen the --access-log file in every worker (like
                       `ctl log reopen`)

@@ -2,11 +2,15 @@
 //! from a previous front in an upgrade), wires it to signals, the control
 //! socket and the metrics endpoint, and drains it on the way out.
 //!
-//! Signals (the front): SIGTERM and SIGINT drain and exit (a second one
-//! stops at once); SIGHUP re-reads the config file; SIGUSR2 upgrades the
-//! whole proxy onto the binary at the path it was started from; SIGUSR1
-//! makes every worker reopen the access log file; every other terminating
-//! signal is caught and ignored.
+//! Signals (the front), each an event of the phase machine
+//! (`front::phase`), which decides what it does in the phase the proxy is
+//! in: SIGTERM and SIGINT stop (drain, exit; a second one stops at once;
+//! during an upgrade everything stops); SIGHUP re-reads the config file;
+//! SIGUSR2 upgrades the whole proxy onto the binary at the path it was
+//! started from; SIGUSR1 makes every worker reopen the access log file;
+//! every other terminating signal is caught and ignored. The loop here
+//! only turns signals and the phase's deadline into events and ends when
+//! the phase is final.
 //!
 //! With `--user`, everything that needs root is done first (listeners,
 //! metrics and control sockets), then the front becomes that user (see
