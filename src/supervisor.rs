@@ -417,6 +417,39 @@ impl Workers {
             .collect()
     }
 
+    /// What a policy sees of `slot`: the connections its processes hold,
+    /// and whether its serving process can take one more now (not full,
+    /// no control frame waiting, under its cap, not too many unread or
+    /// unread too long; the slot not parked). `counts(cell)` is a cell's
+    /// (`Finished`, `Received`).
+    pub fn view(&self, slot: usize, counts: impl Fn(usize) -> (u64, u64)) -> (u64, bool) {
+        let s = &self.slots[slot];
+        let mut active = 0;
+        let mut routable = false;
+        for p in &s.procs {
+            let (finished, received) = counts(p.cell);
+            let (held, unread) = p.load(finished, received);
+            active += held;
+            routable |= p.role == Role::Serving
+                && !p.full
+                && p.outbox.is_empty()
+                && held < self.per_proc_cap
+                && unread < MAX_UNREAD
+                && !p.stuck(unread, UNREAD_PATIENCE);
+        }
+        (active, routable && !s.parked)
+    }
+
+    /// Every serving process is at its connection cap.
+    pub fn all_at_cap(&self, counts: impl Fn(usize) -> (u64, u64)) -> bool {
+        let serving: Vec<&WorkerProc> = self.slots.iter().filter_map(|s| s.serving()).collect();
+        !serving.is_empty()
+            && serving.iter().all(|p| {
+                let (finished, received) = counts(p.cell);
+                p.load(finished, received).0 >= self.per_proc_cap
+            })
+    }
+
     /// The retiring process that began retiring first, and its slot.
     pub fn oldest_retiring(&self) -> Option<(usize, &WorkerProc)> {
         self.procs_by_slot()

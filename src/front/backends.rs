@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use super::AdminError;
 use crate::channel::BackendEntry;
-use crate::config::{BackendSpec, Health};
+use crate::config::{BackendSpec, Health, MAX_BACKENDS, ResolveGroup, group_member};
 use crate::metrics::BackendLabel;
 use crate::policy::{BackendView, backend_key};
 use crate::proxy_protocol::Version;
@@ -226,6 +227,131 @@ impl Backends {
         self.list.push(b);
         self.reindex();
         Some(id)
+    }
+
+    /// Add a backend unless the table is full (counting those draining).
+    /// `applied_everywhere`: the oldest backend table every live worker
+    /// has applied (a freed column is reused only after it).
+    pub fn add_checked(
+        &mut self,
+        spec: BackendSpec,
+        table: &Table,
+        applied_everywhere: u64,
+    ) -> Result<u32, AdminError> {
+        if self.list.len() >= MAX_BACKENDS {
+            return Err(AdminError::TooMany(MAX_BACKENDS));
+        }
+        self.add(spec, table, applied_everywhere)
+            .ok_or(AdminError::TooMany(MAX_BACKENDS))
+    }
+
+    /// Whether a backend named `name` may be added (`ctl backend add`).
+    pub fn may_add(&self, name: &str) -> Result<(), AdminError> {
+        match self.find(name) {
+            Some(i) if self.list[i].admin == Admin::Draining => {
+                Err(AdminError::Draining(name.into()))
+            }
+            Some(_) => Err(AdminError::Exists(name.into())),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend an admin command names (not one being removed).
+    pub fn target(&self, name: &str) -> Result<usize, AdminError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| AdminError::NoSuchBackend(name.into()))?;
+        if self.list[i].admin == Admin::Draining {
+            return Err(AdminError::Draining(name.into()));
+        }
+        Ok(i)
+    }
+
+    /// Make the table what `specs` (a config file) says: drain the
+    /// backends it no longer lists, update the ones whose spec changed,
+    /// add the new ones. Returns a note for each it could not add.
+    pub fn reconcile(
+        &mut self,
+        specs: &[BackendSpec],
+        table: &Table,
+        applied_everywhere: u64,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        for b in &mut self.list {
+            if b.admin != Admin::Draining && !specs.iter().any(|s| s.name == b.spec.name) {
+                tracing::info!(backend = %b.spec.name, "backend removed by reload; draining");
+                b.admin = Admin::Draining;
+            }
+        }
+        self.refresh_routable();
+        for spec in specs {
+            match self.find(&spec.name) {
+                Some(i) if self.list[i].admin != Admin::Draining => {
+                    if self.list[i].spec != *spec {
+                        self.set_spec(i, spec.clone());
+                    }
+                }
+                _ => match self.add_checked(spec.clone(), table, applied_everywhere) {
+                    Ok(_) => tracing::info!(backend = %spec, "backend added by reload"),
+                    Err(err) => {
+                        tracing::warn!(backend = %spec, cause = %err, "backend not added by reload");
+                        notes.push(format!("backend {spec} not added: {err}"));
+                    }
+                },
+            }
+        }
+        notes
+    }
+
+    /// Bring a `resolve` name's backends in line with a fresh look-up
+    /// (`addrs`, not empty): add the new addresses, drain the vanished ones
+    /// (never the last backend standing). An address already listed under
+    /// another name is left to that one. Returns whether anything changed.
+    pub fn apply_resolved(
+        &mut self,
+        group: &ResolveGroup,
+        addrs: &[SocketAddr],
+        table: &Table,
+        applied_everywhere: u64,
+    ) -> bool {
+        let members: Vec<SocketAddr> = self
+            .list
+            .iter()
+            .filter(|b| b.admin != Admin::Draining && b.spec.group.as_deref() == Some(&group.name))
+            .map(|b| b.spec.addr)
+            .collect();
+        let (add, gone) = super::resolver::diff(&members, addrs);
+        let mut changed = false;
+        for addr in add {
+            if self.list.iter().any(|b| b.spec.addr == addr) {
+                continue; // listed under another name, or still draining
+            }
+            let spec = group_member(group, addr);
+            let name = spec.name.clone();
+            if let Err(err) = self.add_checked(spec, table, applied_everywhere) {
+                tracing::warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");
+                continue;
+            }
+            tracing::info!(name = %group.name, backend = %name, "backend discovered");
+            changed = true;
+        }
+        for addr in gone {
+            let Some(i) = self.list.iter().position(|b| {
+                b.admin != Admin::Draining
+                    && b.spec.addr == addr
+                    && b.spec.group.as_deref() == Some(&group.name)
+            }) else {
+                continue;
+            };
+            if self.serving() <= 1 {
+                tracing::warn!(name = %group.name, backend = %addr, "address gone from the name, but it is the last backend; keeping it");
+                continue;
+            }
+            self.set_admin(i, Admin::Draining);
+            tracing::info!(name = %group.name, backend = %addr, "backend gone from the name; draining");
+            changed = true;
+        }
+        changed
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backends::{Admin, Backends};
 use crate::acl::{Action, Cidr};
+use crate::channel::{BackendEntry, Down};
 use crate::config::{Config, Flags, Limits, MAX_BACKENDS};
 use crate::policy::PolicyName;
 
@@ -147,6 +148,64 @@ impl Settings {
             return Err("nothing to reload: this proxy was started without --config (its flags are fixed; restart it to change them)".into());
         }
         Ok(flags.clone())
+    }
+
+    /// How long a draining worker may take before it is killed: the drain
+    /// timeout and a grace.
+    pub fn drain_wait(&self) -> std::time::Duration {
+        self.get().drain_timeout + crate::supervisor::KILL_GRACE
+    }
+
+    /// The frame that tells a worker to finish and exit.
+    pub fn drain_frame(&self) -> Vec<u8> {
+        let timeout = self.get().drain_timeout;
+        let mut frame = Vec::new();
+        if let Err(err) = (Down::Drain { timeout }).encode(&mut frame) {
+            tracing::warn!(cause = %err, "cannot encode drain");
+        }
+        frame
+    }
+
+    /// The worker config frame: these settings with the backend table
+    /// `backends`, numbered `seq`; `None` (logged) if it cannot be
+    /// encoded, which the backend limit is there to prevent.
+    pub fn config_frame(&self, seq: u64, backends: Vec<BackendEntry>) -> Option<Vec<u8>> {
+        let cfg = self.get();
+        let msg = Down::Config(crate::channel::WorkerConfig {
+            seq,
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.idle_timeout,
+            drain_timeout: cfg.drain_timeout,
+            first_byte_timeout: cfg.client_first_byte_timeout,
+            splice: cfg.splice,
+            report_closes: cfg.limits.per_ip().is_some(),
+            backends,
+        });
+        let mut frame = Vec::new();
+        match msg.encode(&mut frame) {
+            Ok(()) => Some(frame),
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot encode the worker config; workers keep the previous one");
+                None
+            }
+        }
+    }
+
+    /// The frame that tells a worker where the access log goes (`json`:
+    /// its lines in JSON).
+    pub fn access_log_frame(&self, json: bool) -> Option<Vec<u8>> {
+        let msg = Down::AccessLog {
+            target: self.get().access_log.clone(),
+            json,
+        };
+        let mut frame = Vec::new();
+        match msg.encode(&mut frame) {
+            Ok(()) => Some(frame),
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot encode the access log setting");
+                None
+            }
+        }
     }
 
     /// Schedule a config broadcast for the end of this loop turn; false if

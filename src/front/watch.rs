@@ -71,6 +71,26 @@ async fn read_events(
     }
 }
 
+/// The reports still queued on a channel whose worker is gone (read now,
+/// bounded: a dead worker adds nothing).
+pub(super) fn queued_reports(channel: &Channel) -> Vec<Up> {
+    let mut buf = Box::new([0u8; MAX_FRAME]);
+    let mut fds = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        match channel.try_recv(&mut buf, &mut fds) {
+            Ok(Received::Frame(n)) => {
+                fds.clear();
+                if let Ok(up @ Up::Events(_)) = Up::decode(&buf[..n]) {
+                    out.push(up);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 /// Wait for a worker's end (after any freeze), then tell the front.
 async fn wait_exit(
     front: Weak<std::cell::RefCell<Front>>,

@@ -28,14 +28,13 @@ use super::{
     ReloadReport, Routing, access, notify, refuse, upkeep,
 };
 use crate::acl::Action as AclAction;
-use crate::channel::{AccessLog, Down, Event as WorkerEvent, Handoff, MAX_FDS, Up};
-use crate::config::{BackendSpec, Config, MAX_BACKENDS, ResolveGroup, group_member};
+use crate::channel::{AccessLog, Event as WorkerEvent, Handoff, MAX_FDS, Up};
+use crate::config::{BackendSpec, Config, ResolveGroup};
 use crate::policy::{PolicyName, WorkerView};
 use crate::stats::{Col, FrontWord, ProcWord, SlotWord};
 use crate::supervisor::respawn::{AfterCrash, CRASH_WINDOW};
 use crate::supervisor::{
-    KILL_GRACE, MAX_UNREAD, READY_TIMEOUT, Refused, Role, SpawnError, UNREAD_PATIENCE, WorkerProc,
-    Workers,
+    MAX_UNREAD, READY_TIMEOUT, Refused, Role, SpawnError, WorkerProc, Workers,
 };
 
 pub type Shared = Rc<RefCell<Front>>;
@@ -730,19 +729,8 @@ impl Front {
         else {
             return;
         };
-        let mut buf = Box::new([0u8; crate::channel::MAX_FRAME]);
-        let mut fds = Vec::new();
-        // Bounded: a dead worker cannot add frames.
-        for _ in 0..100_000 {
-            match channel.try_recv(&mut buf, &mut fds) {
-                Ok(crate::channel::fdpass::Received::Frame(n)) => {
-                    fds.clear();
-                    if let Ok(Up::Events(events)) = Up::decode(&buf[..n]) {
-                        self.on_up(slot, id, Up::Events(events));
-                    }
-                }
-                _ => break,
-            }
+        for up in super::watch::queued_reports(&channel) {
+            self.on_up(slot, id, up);
         }
     }
 
@@ -787,19 +775,12 @@ impl Front {
         }
     }
 
-    /// The frame that tells a worker to finish and exit.
     fn drain_frame(&self) -> Vec<u8> {
-        let timeout = self.settings.get().drain_timeout;
-        let mut frame = Vec::new();
-        if let Err(err) = (Down::Drain { timeout }).encode(&mut frame) {
-            warn!(cause = %err, "cannot encode drain");
-        }
-        frame
+        self.settings.drain_frame()
     }
 
-    /// How long a draining worker may take before it is killed.
     fn drain_wait(&self) -> Duration {
-        self.settings.get().drain_timeout + KILL_GRACE
+        self.settings.drain_wait()
     }
 
     // ---- The lifecycle: events through the phase machine.
@@ -951,22 +932,12 @@ impl Front {
 
     /// Recompute what the policy sees of `slot`.
     fn refresh_view(&mut self, slot: usize) {
-        let cap = self.workers.per_proc_cap();
-        let s = self.workers.slot(slot);
-        let mut active = 0;
-        let mut routable = false;
-        for p in s.procs() {
-            let cell = self.counters.cell(p.cell());
-            let (held, unread) = p.load(cell.get(ProcWord::Finished), cell.get(ProcWord::Received));
-            active += held;
-            routable |= p.role() == Role::Serving
-                && !p.is_full()
-                && p.outbox_empty()
-                && held < cap
-                && unread < MAX_UNREAD
-                && !p.stuck(unread, UNREAD_PATIENCE);
-        }
-        let routable = routable && !self.stopping() && !self.frozen() && !s.parked();
+        let counters = &self.counters;
+        let (active, routable) = self.workers.view(slot, |cell| {
+            let c = counters.cell(cell);
+            (c.get(ProcWord::Finished), c.get(ProcWord::Received))
+        });
+        let routable = routable && !self.stopping() && !self.frozen();
         self.routing.set(slot, WorkerView { routable, active });
     }
 
@@ -1050,27 +1021,20 @@ impl Front {
             return;
         }
         let cap = self.workers.per_proc_cap();
-        let serving: Vec<&WorkerProc> = self
-            .workers
-            .slots()
-            .iter()
-            .filter_map(|s| s.serving())
-            .collect();
-        let at_cap = |p: &WorkerProc| {
-            let cell = self.counters.cell(p.cell());
-            p.load(cell.get(ProcWord::Finished), cell.get(ProcWord::Received))
-                .0
-                >= cap
-        };
+        let counters = &self.counters;
+        let all_at_cap = self.workers.all_at_cap(|cell| {
+            let c = counters.cell(cell);
+            (c.get(ProcWord::Finished), c.get(ProcWord::Received))
+        });
         let reason = if self.ledger.pending() > 0 && self.routing.routable_slots() > 0 {
             "connections are waiting to be handed out"
         } else if self.at_global_limit() {
             "--max-conns reached"
         } else if self.access.full() {
             "4096 connections from --accept-proxy sources are waiting for their PROXY header"
-        } else if serving.is_empty() {
+        } else if !self.workers.any_serving() {
             "no worker is ready"
-        } else if serving.iter().all(|p| at_cap(p)) {
+        } else if all_at_cap {
             "every worker is at its connection limit (--max-conns-per-worker or its descriptor budget)"
         } else {
             "every worker has a full channel or 512 handoffs it has not read yet (busy, or stalled)"
@@ -1142,29 +1106,11 @@ impl Front {
         self.publish();
     }
 
-    /// The current worker config, encoded, with a new sequence number;
-    /// `None` (logged) if it cannot be encoded, which the backend limit
-    /// is there to prevent.
+    /// The current worker config, encoded, with a new sequence number.
     fn config_frame(&mut self) -> Option<Vec<u8>> {
-        let cfg = self.settings.get();
-        let msg = Down::Config(crate::channel::WorkerConfig {
-            seq: self.backends.next_table_seq(),
-            connect_timeout: cfg.connect_timeout,
-            idle_timeout: cfg.idle_timeout,
-            drain_timeout: cfg.drain_timeout,
-            first_byte_timeout: cfg.client_first_byte_timeout,
-            splice: cfg.splice,
-            report_closes: cfg.limits.per_ip().is_some(),
-            backends: self.backends.worker_table(),
-        });
-        let mut frame = Vec::new();
-        match msg.encode(&mut frame) {
-            Ok(()) => Some(frame),
-            Err(err) => {
-                error!(cause = %err, "cannot encode the worker config; workers keep the previous one");
-                None
-            }
-        }
+        let seq = self.backends.next_table_seq();
+        self.settings
+            .config_frame(seq, self.backends.worker_table())
     }
 
     /// Switch the balancing policy (by `ctl`). Returns the previous one.
@@ -1209,26 +1155,16 @@ impl Front {
     }
 
     fn add_spec(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
-        if self.backends.list().len() >= MAX_BACKENDS {
-            return Err(AdminError::TooMany(MAX_BACKENDS));
-        }
         let applied = self.table_applied_everywhere();
         self.backends
-            .add(spec, self.counters.table(), applied)
+            .add_checked(spec, self.counters.table(), applied)
             .map(|_| ())
-            .ok_or(AdminError::TooMany(MAX_BACKENDS))
     }
 
     /// Add a backend (by `ctl`).
     pub fn add_backend(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
         self.handle(Event::Change).map_err(AdminError::Refused)?;
-        if let Some(i) = self.backends.find(&spec.name) {
-            return Err(if self.backends.get(i).admin() == Admin::Draining {
-                AdminError::Draining(spec.name)
-            } else {
-                AdminError::Exists(spec.name)
-            });
-        }
+        self.backends.may_add(&spec.name)?;
         info!(backend = %spec, "backend added");
         let name = spec.name.clone();
         self.add_spec(spec)?;
@@ -1241,7 +1177,7 @@ impl Front {
     /// when its last connection ends.
     pub fn remove_backend(&mut self, name: &str) -> Result<(), AdminError> {
         self.handle(Event::Change).map_err(AdminError::Refused)?;
-        let i = self.find_backend(name)?;
+        let i = self.backends.target(name)?;
         if self.backends.serving() <= 1 {
             return Err(AdminError::LastBackend(name.into()));
         }
@@ -1257,7 +1193,7 @@ impl Front {
     /// `enable` or `disable` a backend (kept in the list either way).
     pub fn set_backend_enabled(&mut self, name: &str, enabled: bool) -> Result<(), AdminError> {
         self.handle(Event::Change).map_err(AdminError::Refused)?;
-        let i = self.find_backend(name)?;
+        let i = self.backends.target(name)?;
         let admin = if enabled {
             Admin::Enabled
         } else {
@@ -1268,17 +1204,6 @@ impl Front {
         self.config_changed();
         self.publish();
         Ok(())
-    }
-
-    fn find_backend(&self, name: &str) -> Result<usize, AdminError> {
-        let i = self
-            .backends
-            .find(name)
-            .ok_or_else(|| AdminError::NoSuchBackend(name.into()))?;
-        if self.backends.get(i).admin() == Admin::Draining {
-            return Err(AdminError::Draining(name.into()));
-        }
-        Ok(i)
     }
 
     /// `ctl acl allow|deny CIDR` (`action` given) or `ctl acl remove CIDR`
@@ -1297,56 +1222,18 @@ impl Front {
         Ok(edit.msg)
     }
 
-    /// Bring a `resolve` name's backends in line with a fresh look-up: add
-    /// the new addresses, drain the vanished ones (never the last backend
-    /// standing). An address already listed under another name is left to
-    /// that one. Skipped while frozen or stopping (the next look-up
-    /// applies it).
+    /// Bring a `resolve` name's backends in line with a fresh look-up
+    /// (see `Backends::apply_resolved`). Skipped while frozen or stopping
+    /// (the next look-up applies it).
     pub fn apply_resolved(&mut self, group: &ResolveGroup, addrs: &[SocketAddr]) {
         if addrs.is_empty() || self.frozen() || self.stopping() {
             return;
         }
-        let members: Vec<SocketAddr> = self
+        let applied = self.table_applied_everywhere();
+        if self
             .backends
-            .list()
-            .iter()
-            .filter(|b| {
-                b.admin() != Admin::Draining && b.spec().group.as_deref() == Some(&group.name)
-            })
-            .map(|b| b.spec().addr)
-            .collect();
-        let (add, gone) = super::resolver::diff(&members, addrs);
-        let mut changed = false;
-        for addr in add {
-            if self.backends.list().iter().any(|b| b.spec().addr == addr) {
-                continue; // listed under another name, or still draining
-            }
-            let spec = group_member(group, addr);
-            let name = spec.name.clone();
-            if let Err(err) = self.add_spec(spec) {
-                warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");
-                continue;
-            }
-            info!(name = %group.name, backend = %name, "backend discovered");
-            changed = true;
-        }
-        for addr in gone {
-            let Some(i) = self.backends.list().iter().position(|b| {
-                b.admin() != Admin::Draining
-                    && b.spec().addr == addr
-                    && b.spec().group.as_deref() == Some(&group.name)
-            }) else {
-                continue;
-            };
-            if self.backends.serving() <= 1 {
-                warn!(name = %group.name, backend = %addr, "address gone from the name, but it is the last backend; keeping it");
-                continue;
-            }
-            self.backends.set_admin(i, Admin::Draining);
-            info!(name = %group.name, backend = %addr, "backend gone from the name; draining");
-            changed = true;
-        }
-        if changed {
+            .apply_resolved(group, addrs, self.counters.table(), applied)
+        {
             self.backends_changed();
             self.reap_drained();
         }
@@ -1402,32 +1289,11 @@ impl Front {
             }
         }
         self.settings.clear_overrides();
-        for i in 0..self.backends.list().len() {
-            let b = self.backends.get(i);
-            if b.admin() != Admin::Draining
-                && !config.backends.iter().any(|s| s.name == b.spec().name)
-            {
-                info!(backend = %b.spec().name, "backend removed by reload; draining");
-                self.backends.set_admin(i, Admin::Draining);
-            }
-        }
-        for spec in &config.backends {
-            match self.backends.find(&spec.name) {
-                Some(i) if self.backends.get(i).admin() != Admin::Draining => {
-                    if self.backends.get(i).spec() != spec {
-                        self.backends.set_spec(i, spec.clone());
-                    }
-                }
-                _ => {
-                    if let Err(err) = self.add_spec(spec.clone()) {
-                        warn!(backend = %spec, cause = %err, "backend not added by reload");
-                        notes.push(format!("backend {spec} not added: {err}"));
-                        continue;
-                    }
-                    info!(backend = %spec, "backend added by reload");
-                }
-            }
-        }
+        let applied = self.table_applied_everywhere();
+        notes.extend(
+            self.backends
+                .reconcile(&config.backends, self.counters.table(), applied),
+        );
         let policy = config.policy;
         let access_log_changed = cur.access_log != config.access_log;
         self.settings.replace(Config {
@@ -1460,18 +1326,8 @@ impl Front {
 
     /// The frame that tells a worker where the access log goes now.
     fn access_log_frame(&self) -> Option<Vec<u8>> {
-        let msg = Down::AccessLog {
-            target: self.settings.get().access_log.clone(),
-            json: self.workers.plan().log.format == crate::logging::LogFormat::Json,
-        };
-        let mut frame = Vec::new();
-        match msg.encode(&mut frame) {
-            Ok(()) => Some(frame),
-            Err(err) => {
-                warn!(cause = %err, "cannot encode the access log setting");
-                None
-            }
-        }
+        let json = self.workers.plan().log.format == crate::logging::LogFormat::Json;
+        self.settings.access_log_frame(json)
     }
 
     /// Send the access log setting to every worker process (each opens
