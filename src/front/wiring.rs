@@ -246,6 +246,10 @@ impl Front {
     /// the client's per-IP limit says so, else dispatched (or, if no
     /// worker can take it now, queued behind the others).
     fn admit(&mut self, conn: Conn) {
+        if self.stopping() {
+            // (A PROXY header read that ended during the drain.)
+            return;
+        }
         if !self.access.admits(&conn, &self.counters) {
             return;
         }
