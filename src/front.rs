@@ -120,6 +120,9 @@ pub enum AdminError {
     TooMany(usize),
     #[error("{0}")]
     Refused(&'static str),
+    /// The backend cannot be added as given (its source addresses).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What applying the config file did, line by line, for the log and the

@@ -100,8 +100,9 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
+            let global = front.borrow().config().source.clone();
             // Resolve off the event loop: a slow DNS server must not stall it.
-            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec))
+            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
                 .map_err(|e| e.to_string())??;
             let name = parsed.to_string();

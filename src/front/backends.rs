@@ -8,6 +8,12 @@
 //! (`inflight`) plus what the workers hold on it (their statistics cells),
 //! refreshed by [`Backends::refresh_active`].
 //!
+//! Slow start: a backend that comes up while the proxy runs (health, `ctl
+//! backend enable`, added) has its view's `ramp` raised from
+//! [`RAMP_FLOOR`] to full over its slow-start duration
+//! ([`Backends::refresh_ramps`], on every change and a few times a
+//! second), so the policies see its effective weight rise.
+//!
 //! Columns: each backend has a column of the statistics table. A column
 //! is freed when its backend leaves, and reused only once every worker
 //! has applied a backend table without it (the worker zeroes its cells of
@@ -25,12 +31,13 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 use super::AdminError;
 use crate::channel::BackendEntry;
 use crate::config::{BackendSpec, Health, MAX_BACKENDS, ResolveGroup, group_member};
 use crate::metrics::BackendLabel;
-use crate::policy::{BackendView, backend_key};
+use crate::policy::{BackendView, RAMP_FULL, backend_key};
 use crate::proxy_protocol::Version;
 use crate::stats::{Col, ColCell, Table};
 
@@ -39,6 +46,9 @@ pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
 /// Without active checks, a passively failed backend is tried again after
 /// this long.
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Where a slow start begins: 5% of the full share.
+pub const RAMP_FLOOR: u32 = RAMP_FULL / 20;
 
 /// What an operator asked of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +62,7 @@ pub enum Admin {
 }
 
 /// Per-backend check state.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct CheckState {
     consecutive_ok: u32,
     consecutive_fail: u32,
@@ -63,6 +73,12 @@ struct CheckState {
     conns_seen: u64,
     /// Marked down by traffic (not by checks), at this time.
     passive_down: Option<Instant>,
+    /// The last active check: passed, or why not; `None` before the first.
+    last: Option<Result<(), String>>,
+    /// Came up (health, enable, added) while running, at this time: slow
+    /// start ramps from here (see `Backends::refresh_ramps`). `None` at
+    /// start, and once the ramp is over.
+    up_since: Option<Instant>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,17 +248,23 @@ impl Backends {
     /// Add a backend unless the table is full (counting those draining).
     /// `applied_everywhere`: the oldest backend table every live worker
     /// has applied (a freed column is reused only after it).
+    /// Added while running, it starts with its slow start (`slow_start`:
+    /// `--slow-start`), if it has one.
     pub fn add_checked(
         &mut self,
         spec: BackendSpec,
         table: &Table,
         applied_everywhere: u64,
+        slow_start: Option<Duration>,
     ) -> Result<u32, AdminError> {
         if self.list.len() >= MAX_BACKENDS {
             return Err(AdminError::TooMany(MAX_BACKENDS));
         }
-        self.add(spec, table, applied_everywhere)
-            .ok_or(AdminError::TooMany(MAX_BACKENDS))
+        let id = self
+            .add(spec, table, applied_everywhere)
+            .ok_or(AdminError::TooMany(MAX_BACKENDS))?;
+        self.start_ramp(self.list.len() - 1, slow_start);
+        Ok(id)
     }
 
     /// Whether a backend named `name` may be added (`ctl backend add`).
@@ -275,6 +297,7 @@ impl Backends {
         specs: &[BackendSpec],
         table: &Table,
         applied_everywhere: u64,
+        slow_start: Option<Duration>,
     ) -> Vec<String> {
         let mut notes = Vec::new();
         for b in &mut self.list {
@@ -291,7 +314,7 @@ impl Backends {
                         self.set_spec(i, spec.clone());
                     }
                 }
-                _ => match self.add_checked(spec.clone(), table, applied_everywhere) {
+                _ => match self.add_checked(spec.clone(), table, applied_everywhere, slow_start) {
                     Ok(_) => tracing::info!(backend = %spec, "backend added by reload"),
                     Err(err) => {
                         tracing::warn!(backend = %spec, cause = %err, "backend not added by reload");
@@ -306,13 +329,16 @@ impl Backends {
     /// Bring a `resolve` name's backends in line with a fresh look-up
     /// (`addrs`, not empty): add the new addresses, drain the vanished ones
     /// (never the last backend standing). An address already listed under
-    /// another name is left to that one. Returns whether anything changed.
+    /// another name is left to that one, and one of a family the source
+    /// addresses (`config`'s) cannot reach is not added. Returns whether
+    /// anything changed.
     pub fn apply_resolved(
         &mut self,
         group: &ResolveGroup,
         addrs: &[SocketAddr],
         table: &Table,
         applied_everywhere: u64,
+        config: &crate::config::Config,
     ) -> bool {
         let members: Vec<SocketAddr> = self
             .list
@@ -327,8 +353,12 @@ impl Backends {
                 continue; // listed under another name, or still draining
             }
             let spec = group_member(group, addr);
+            if let Err(why) = crate::config::sources::check_family(&spec, &config.source) {
+                tracing::warn!(name = %group.name, backend = %spec.name, cause = %why, "not adding this address");
+                continue;
+            }
             let name = spec.name.clone();
-            if let Err(err) = self.add_checked(spec, table, applied_everywhere) {
+            if let Err(err) = self.add_checked(spec, table, applied_everywhere, config.slow_start) {
                 tracing::warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");
                 continue;
             }
@@ -424,11 +454,84 @@ impl Backends {
             .collect();
     }
 
+    /// Backend `i` came up just now: its slow start (if it has one) begins.
+    pub fn start_ramp(&mut self, i: usize, global: Option<Duration>) {
+        self.list[i].check.up_since = Some(Instant::now());
+        self.refresh_ramps(global);
+    }
+
+    /// Set every view's ramp for now: `RAMP_FLOOR` + the time since it
+    /// came up over its slow-start duration (its `slow-start=`, else
+    /// `global`), full once that has passed or with no slow start.
+    pub fn refresh_ramps(&mut self, global: Option<Duration>) {
+        let now = Instant::now();
+        for (b, v) in self.list.iter_mut().zip(self.views.iter_mut()) {
+            let span = b.spec.slow_start.or(global).filter(|d| !d.is_zero());
+            v.ramp = match (b.check.up_since, span) {
+                (Some(t), Some(span)) if now.duration_since(t) < span => {
+                    let frac = now.duration_since(t).as_secs_f64() / span.as_secs_f64();
+                    ((frac * f64::from(RAMP_FULL)) as u32).clamp(RAMP_FLOOR, RAMP_FULL)
+                }
+                (Some(_), Some(span)) => {
+                    info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+                _ => {
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+            };
+        }
+    }
+
+    /// How far backend `i` has ramped up, in percent, while it ramps.
+    pub fn ramp_percent(&self, i: usize) -> Option<u8> {
+        let r = self.views[i].ramp;
+        (r < RAMP_FULL)
+            .then(|| ((u64::from(r) * 100 + u64::from(RAMP_FULL / 2)) / u64::from(RAMP_FULL)) as u8)
+    }
+
     /// Recompute the routable flags from admin and health state.
     fn refresh_routable(&mut self) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
             v.routable = b.routable();
         }
+    }
+
+    /// Backend `i`'s health just changed: a backend that came up begins
+    /// its slow start (`global`: `--slow-start`), one that went down stops
+    /// ramping. Returns why it is down, for the log.
+    pub fn health_changed(&mut self, i: usize, source: &str, global: Option<Duration>) -> &str {
+        let b = &mut self.list[i];
+        b.check.up_since = b.healthy.then(Instant::now);
+        self.refresh_ramps(global);
+        let b = &self.list[i];
+        match (&b.check.last, source) {
+            (Some(Err(why)), "check") => why.as_str(),
+            _ => "connects from workers failed",
+        }
+    }
+
+    /// The last active check of backend `i`: `ok`, or why it failed;
+    /// `None` before the first.
+    pub fn last_check(&self, i: usize) -> Option<String> {
+        self.list[i].check.last.as_ref().map(|r| match r {
+            Ok(()) => "ok".to_string(),
+            Err(why) => why.clone(),
+        })
+    }
+
+    /// Whether `spec`'s source addresses fit the workers' table beside the
+    /// other backends' (`global`: `--source`).
+    pub fn check_sources(
+        &self,
+        spec: &BackendSpec,
+        global: &[std::net::IpAddr],
+    ) -> Result<(), String> {
+        let mut specs: Vec<BackendSpec> = self.list.iter().map(|b| b.spec.clone()).collect();
+        specs.push(spec.clone());
+        crate::config::sources::check_lists(&specs, global)
     }
 
     /// Set backend `i`'s admin state.
@@ -485,18 +588,37 @@ impl Backends {
     }
 
     /// The table a worker needs: every listed backend, routable or not
-    /// (so it can account for connections still on a drained one).
-    pub fn worker_table(&self) -> Vec<BackendEntry> {
-        self.list
+    /// (so it can account for connections still on a drained one), and
+    /// the source address lists they use (`global`: `--source`), each
+    /// list once.
+    pub fn worker_table(
+        &self,
+        global: &[std::net::IpAddr],
+    ) -> (Vec<BackendEntry>, Vec<Vec<std::net::IpAddr>>) {
+        let mut lists: Vec<Vec<std::net::IpAddr>> = Vec::new();
+        let entries = self
+            .list
             .iter()
-            .map(|b| BackendEntry {
-                id: b.id,
-                column: b.column as u16,
-                addr: b.spec.addr,
-                routable: b.routable(),
-                send_proxy: b.spec.send_proxy,
+            .map(|b| {
+                let from = crate::config::sources::of(&b.spec, global);
+                let source = (!from.is_empty()).then(|| {
+                    let i = lists.iter().position(|l| *l == from).unwrap_or_else(|| {
+                        lists.push(from);
+                        lists.len() - 1
+                    });
+                    i as u16
+                });
+                BackendEntry {
+                    id: b.id,
+                    column: b.column as u16,
+                    addr: b.spec.addr,
+                    routable: b.routable(),
+                    send_proxy: b.spec.send_proxy,
+                    source,
+                }
             })
-            .collect()
+            .collect();
+        (entries, lists)
     }
 
     /// The specs of every backend not being removed (what the config in
@@ -536,34 +658,44 @@ impl Backends {
             .collect()
     }
 
-    /// Apply one active check of backend `id`; a failed one is counted in
-    /// its column. Returns the backend's index if its health changed.
+    /// Apply one active check of backend `id` (`Err`: why it failed); a
+    /// failed one is counted in its column, and the first failure after a
+    /// success is logged with its reason. Returns the backend's index if
+    /// its health changed.
     pub fn record_check(
         &mut self,
         id: u32,
-        ok: bool,
+        result: Result<(), String>,
         health: &Health,
         table: &Table,
     ) -> Option<usize> {
         let i = self.index_of(id)?;
         let b = &mut self.list[i];
         let was = b.healthy;
-        if ok {
-            b.check.consecutive_fail = 0;
-            b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
-            if !b.healthy && b.check.consecutive_ok >= health.rise {
-                b.healthy = true;
-                b.check.passive_down = None;
+        match result {
+            Ok(()) => {
+                b.check.consecutive_fail = 0;
+                b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
+                b.check.last = Some(Ok(()));
+                if !b.healthy && b.check.consecutive_ok >= health.rise {
+                    b.healthy = true;
+                    b.check.passive_down = None;
+                }
             }
-        } else {
-            b.check.consecutive_ok = 0;
-            b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
-            crate::stats::bump(
-                ColCell::of(table.base(b.column)).word(Col::CheckFailures),
-                1,
-            );
-            if b.healthy && b.check.consecutive_fail >= health.fall {
-                b.healthy = false;
+            Err(why) => {
+                b.check.consecutive_ok = 0;
+                b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
+                crate::stats::bump(
+                    ColCell::of(table.base(b.column)).word(Col::CheckFailures),
+                    1,
+                );
+                if b.check.consecutive_fail == 1 && b.healthy {
+                    info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
+                }
+                b.check.last = Some(Err(why));
+                if b.healthy && b.check.consecutive_fail >= health.fall {
+                    b.healthy = false;
+                }
             }
         }
         let changed = b.healthy != was;
@@ -616,6 +748,7 @@ impl Backends {
                 if !b.healthy && now.duration_since(t) >= PASSIVE_COOLDOWN {
                     b.healthy = true;
                     b.check.passive_down = None;
+                    info!(backend = %b.spec.name, after = ?PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
                     back.push(i);
                 }
             }
@@ -633,6 +766,7 @@ fn view_of(b: &Backend) -> BackendView {
         weight: b.spec.weight,
         routable: b.routable(),
         active: 0,
+        ramp: RAMP_FULL,
     }
 }
 

@@ -18,38 +18,67 @@
 //! A check of a `send-proxy` backend writes a PROXY header saying "no
 //! client" (v2 `LOCAL`, v1 `PROXY UNKNOWN`) after connecting, as HAProxy
 //! does, so a backend that requires the header neither logs an error nor
-//! drops the check; the check passes once the header is written.
+//! drops the check. Then `--health-send` is written and `--health-expect`
+//! read (see `probe`); with neither, the check passes once connected and
+//! the header written. Checks leave from the backend's source addresses
+//! (`config::sources`), one after the other round by round.
+//!
+//! A failed check says why: the first failure after a success is logged
+//! with its reason, the reason goes with the "backend down" line, and
+//! `ctl backends` shows the last check's result.
 
-use std::net::SocketAddr;
+mod probe;
+
 use std::time::Duration;
 
 use super::Shared;
-use crate::proxy_protocol::{Header, Version};
+use crate::config::sources;
 
-pub use super::backends::PASSIVE_COOLDOWN;
+pub use probe::{Failure, Plan};
 
 /// Run active checks until the front shuts down.
 pub async fn run(front: Shared) {
+    // Round by round, each backend's checks take its source addresses in
+    // turn.
+    let mut round: usize = 0;
     loop {
         let plan = {
             let f = front.borrow();
             if f.stopping() {
                 return;
             }
-            f.health_plan()
+            let cfg = f.config();
+            cfg.health.interval.map(|interval| {
+                let targets: Vec<(u32, Plan)> = f
+                    .backends()
+                    .list()
+                    .iter()
+                    .map(|b| {
+                        let from = sources::of(b.spec(), &cfg.source);
+                        let plan = Plan {
+                            addr: b.spec().addr,
+                            source: (!from.is_empty()).then(|| from[round % from.len()]),
+                            send_proxy: b.spec().send_proxy,
+                            send: cfg.probe.send.clone(),
+                            expect: cfg.probe.expect.clone(),
+                            timeout: cfg.health.timeout,
+                        };
+                        (b.id(), plan)
+                    })
+                    .collect();
+                (interval, targets)
+            })
         };
-        let Some((interval, timeout, targets)) = plan else {
+        let Some((interval, targets)) = plan else {
             // Checks are off; look again later in case a reload turns them
             // on.
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let checks =
-            targets
-                .into_iter()
-                .map(|(id, addr, send_proxy)| async move {
-                    (id, check(addr, timeout, send_proxy).await)
-                });
+        round = round.wrapping_add(1);
+        let checks = targets
+            .into_iter()
+            .map(|(id, plan)| async move { (id, probe::check(&plan).await) });
         let results = join_all(checks).await;
         front.borrow_mut().check_results(results);
         tokio::time::sleep(interval).await;
@@ -69,18 +98,4 @@ where
         }
     }
     out
-}
-
-/// Connect (and, for a `send-proxy` backend, write a header with no
-/// client) within `timeout`.
-async fn check(addr: SocketAddr, timeout: Duration, send_proxy: Option<Version>) -> bool {
-    use tokio::io::AsyncWriteExt;
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        if let Some(v) = send_proxy {
-            stream.write_all(&Header::Local.encode(v)).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(())))
 }

@@ -65,9 +65,16 @@ pub struct BackendRow {
     pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub state: &'static str,
     pub weight: u32,
+    /// While slow start ramps it up: how far, in percent of its weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
     pub active: u64,
     pub total: u64,
     pub failures: u64,
+    /// The last active health check: `ok`, or why it failed; absent
+    /// before the first (or with checks off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 pub(super) fn short(build: &str) -> String {
@@ -133,9 +140,11 @@ pub(super) fn backends(
                 send_proxy: b.spec().send_proxy,
                 state: b.state(),
                 weight: b.spec().weight,
+                slow_start_percent: backends.ramp_percent(i).filter(|_| b.routable()),
                 active: backends.active(i, table, cells),
                 total: total(Col::Conns),
                 failures: total(Col::FailRefused) + total(Col::FailTimeout) + total(Col::FailOther),
+                check: backends.last_check(i),
             }
         })
         .collect()

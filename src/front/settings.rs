@@ -167,9 +167,14 @@ impl Settings {
     }
 
     /// The worker config frame: these settings with the backend table
-    /// `backends`, numbered `seq`; `None` (logged) if it cannot be
+    /// `backends` and the source address lists it refers to, numbered `seq`; `None` (logged) if it cannot be
     /// encoded, which the backend limit is there to prevent.
-    pub fn config_frame(&self, seq: u64, backends: Vec<BackendEntry>) -> Option<Vec<u8>> {
+    pub fn config_frame(
+        &self,
+        seq: u64,
+        backends: Vec<BackendEntry>,
+        sources: Vec<Vec<std::net::IpAddr>>,
+    ) -> Option<Vec<u8>> {
         let cfg = self.get();
         let msg = Down::Config(crate::channel::WorkerConfig {
             seq,
@@ -180,6 +185,7 @@ impl Settings {
             splice: cfg.splice,
             report_closes: cfg.limits.per_ip().is_some(),
             backends,
+            sources,
         });
         let mut frame = Vec::new();
         match msg.encode(&mut frame) {

@@ -2,8 +2,8 @@
 //! (in-flight handoffs trimmed, drained backends dropped), processes past
 //! their deadline (not ready in time, not drained in time) or hung (not
 //! reading their channel) killed, slots without a worker given one,
-//! passively failed backends brought back when no health check will, and
-//! connections still waiting handed out.
+//! passively failed backends brought back when no health check will,
+//! slow starts moved along, and connections still waiting handed out.
 //!
 //! Workers send nothing per connection, so this is where slow-moving
 //! consequences of their counts are noticed; anything urgent (a worker

@@ -113,6 +113,10 @@ impl Front {
         &self.counters
     }
 
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
     pub fn phase(&self) -> &Phase {
         self.life.phase()
     }
@@ -1113,8 +1117,8 @@ impl Front {
     /// The current worker config, encoded, with a new sequence number.
     fn config_frame(&mut self) -> Option<Vec<u8>> {
         let seq = self.backends.next_table_seq();
-        self.settings
-            .config_frame(seq, self.backends.worker_table())
+        let (table, sources) = self.backends.worker_table(&self.settings.get().source);
+        self.settings.config_frame(seq, table, sources)
     }
 
     /// Switch the balancing policy (by `ctl`). Returns the previous one.
@@ -1160,8 +1164,9 @@ impl Front {
 
     fn add_spec(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
         let applied = self.table_applied_everywhere();
+        let slow_start = self.settings.get().slow_start;
         self.backends
-            .add_checked(spec, self.counters.table(), applied)
+            .add_checked(spec, self.counters.table(), applied, slow_start)
             .map(|_| ())
     }
 
@@ -1169,6 +1174,10 @@ impl Front {
     pub fn add_backend(&mut self, spec: BackendSpec) -> Result<(), AdminError> {
         self.handle(Event::Change).map_err(AdminError::Refused)?;
         self.backends.may_add(&spec.name)?;
+        // Its source list must fit the workers' table with the others.
+        self.backends
+            .check_sources(&spec, &self.settings.get().source)
+            .map_err(|why| AdminError::Invalid(format!("invalid backend '{spec}': {why}")))?;
         info!(backend = %spec, "backend added");
         let name = spec.name.clone();
         self.add_spec(spec)?;
@@ -1203,7 +1212,12 @@ impl Front {
         } else {
             Admin::Disabled
         };
+        let was = self.backends.get(i).admin();
         self.backends.set_admin(i, admin);
+        if enabled && was == Admin::Disabled {
+            // Back in rotation: slow start, if it has one.
+            self.backends.start_ramp(i, self.settings.get().slow_start);
+        }
         info!(backend = %name, enabled, "backend admin state changed");
         self.config_changed();
         self.publish();
@@ -1234,10 +1248,13 @@ impl Front {
             return;
         }
         let applied = self.table_applied_everywhere();
-        if self
-            .backends
-            .apply_resolved(group, addrs, self.counters.table(), applied)
-        {
+        if self.backends.apply_resolved(
+            group,
+            addrs,
+            self.counters.table(),
+            applied,
+            &self.settings.get(),
+        ) {
             self.backends_changed();
             self.reap_drained();
         }
@@ -1294,10 +1311,12 @@ impl Front {
         }
         self.settings.clear_overrides();
         let applied = self.table_applied_everywhere();
-        notes.extend(
-            self.backends
-                .reconcile(&config.backends, self.counters.table(), applied),
-        );
+        notes.extend(self.backends.reconcile(
+            &config.backends,
+            self.counters.table(),
+            applied,
+            config.slow_start,
+        ));
         let policy = config.policy;
         let access_log_changed = cur.access_log != config.access_log;
         self.settings.replace(Config {
@@ -1394,15 +1413,16 @@ impl Front {
     }
 
     /// Apply a round of active checks (dropped while frozen).
-    pub fn check_results(&mut self, results: Vec<(u32, bool)>) {
+    pub fn check_results(&mut self, results: Vec<(u32, Result<(), super::health::Failure>)>) {
         if self.frozen() {
             return;
         }
         let health = self.settings.get().health;
-        for (id, ok) in results {
+        for (id, result) in results {
+            let result = result.map_err(|why| why.to_string());
             if let Some(i) = self
                 .backends
-                .record_check(id, ok, &health, self.counters.table())
+                .record_check(id, result, &health, self.counters.table())
             {
                 self.health_changed(i, "check");
             }
@@ -1428,12 +1448,16 @@ impl Front {
     }
 
     fn health_changed(&mut self, i: usize, source: &'static str) {
-        let health = self.settings.get().health;
+        let cfg = self.settings.get();
+        let reason = self
+            .backends
+            .health_changed(i, source, cfg.slow_start)
+            .to_string();
         let b = self.backends.get(i);
         if b.healthy() {
-            info!(backend = %b.spec().name, rise = health.rise, source, "backend up");
+            info!(backend = %b.spec().name, rise = cfg.health.rise, source, "backend up");
         } else {
-            warn!(backend = %b.spec().name, fall = health.fall, source, "backend down");
+            warn!(backend = %b.spec().name, fall = cfg.health.fall, source, reason, "backend down");
         }
         if !self.backends.any_routable() {
             warn!("every backend is down: failing open (connections are still tried)");
@@ -1449,6 +1473,7 @@ impl Front {
         if self.frozen() {
             return;
         }
+        self.backends.refresh_ramps(self.settings.get().slow_start);
         self.refresh_all_views();
         self.reap_drained();
         let now = Instant::now();
@@ -1470,8 +1495,6 @@ impl Front {
         }
         if self.settings.get().health.interval.is_none() {
             for i in self.backends.cooldowns(now) {
-                let name = &self.backends.get(i).spec().name;
-                info!(backend = %name, after = ?super::health::PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
                 self.health_changed(i, "cooldown");
             }
         }

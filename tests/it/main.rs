@@ -14,6 +14,7 @@ mod lifecycle;
 mod observability;
 mod peers;
 mod policies;
+mod protect;
 mod shims;
 mod supervision;
 mod support;
