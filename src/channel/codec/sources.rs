@@ -7,7 +7,7 @@
 
 use super::{FrameError, Reader, put_ip};
 use crate::channel::{BackendEntry, WorkerConfig};
-use crate::config::options::MAX_SOURCES;
+use crate::channel::MAX_SOURCES;
 
 pub(super) fn put(out: &mut Vec<u8>, cfg: &WorkerConfig) -> Result<(), FrameError> {
     if cfg.backends.iter().all(|b| b.source.is_none()) {
