@@ -37,7 +37,7 @@
 //!
 //! Dependencies point one way. The layers, top to bottom, as [`LAYERS`]
 //! lists them: a module imports only modules below it, so there is no
-//! cycle (the `layering` test reads every `crate::` path in `src/`). One
+//! cycle (the `layers` test reads every `crate::` path in `src/`). One
 //! exception is known and being removed: `access_log` uses
 //! `worker::pump`'s byte counts.
 
@@ -91,7 +91,7 @@ pub const LAYERS: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod layering {
+mod layers {
     use std::path::Path;
 
     use super::LAYERS;
