@@ -11,9 +11,11 @@
 //!   forward signals, follow upgrades, restart a front that died.
 //! - [`proxy`]: the proxy as a program: start-up (or take-over), signals,
 //!   reload, shutdown; wires the front to the control socket and metrics.
-//! - [`front`]: the front's state in named parts and what it does with it:
+//! - [`front`]: the front's state in named parts (each owning its fields),
+//!   the wiring between them, and the proxy's phases as one state machine:
 //!   accept and dispatch, supervise workers, backends, upgrades.
-//! - [`supervisor`]: worker slots and processes: spawning, respawn backoff.
+//! - [`supervisor`]: worker slots and processes: spawning, deadlines,
+//!   statistics cells, respawn backoff, the rolling restart.
 //! - [`channel`]: the front ↔ worker messages, framing and fd passing.
 //! - [`handover`]: the old ↔ new front link during an upgrade.
 //! - [`stats`]: the shared-memory statistics table every process counts in.
