@@ -217,7 +217,7 @@ pub fn render_status(s: &Status) -> String {
         wu = s.workers_up,
         w = s.workers,
         rolling = if s.rolling_restart {
-            " (being replaced one at a time)"
+            " (being replaced)"
         } else {
             ""
         },
