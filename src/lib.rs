@@ -89,6 +89,7 @@ pub const LAYERS: &[&str] = &[
     "stats",
     "channel",
     "proxy_protocol",
+    "sni",
     "logging",
     "signals",
     "privileges",
