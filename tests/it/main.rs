@@ -20,6 +20,7 @@ mod protect;
 mod shims;
 mod supervision;
 mod support;
+mod tls;
 mod unprivileged;
 mod upgrade;
 mod usage;
