@@ -21,11 +21,11 @@ use std::time::Duration;
 pub use error::{BadValue, ConfigError, Invalid, Origin};
 pub use file::{FileConfig, LoadedFile};
 pub use flags::{AccessFlags, Flags, RunFlags, Spelling, TuningFlags};
-pub use services::{DEFAULT_SERVICE, MAX_SERVICES, Service};
 pub use parse::{
     BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,
     parse_backend_arg, resolve, resolve_all,
 };
+pub use services::{DEFAULT_SERVICE, MAX_SERVICES, Service};
 
 use crate::acl::{Acl, Networks};
 use crate::channel::{AccessLog, Splice};

@@ -331,8 +331,14 @@ fn check(
                 .filter_map(move |p| Pattern::parse(p).ok().map(|p| (c.name.to_string(), p)))
         });
         if let Some(o) = crate::sni::names::overlaps(patterns).first() {
-            let i = services.iter().position(|s| s.name == o.second).unwrap_or(0);
-            let span = tables[i].sni.as_ref().map_or(tables[i].name.span(), |l| l.span());
+            let i = services
+                .iter()
+                .position(|s| s.name == o.second)
+                .unwrap_or(0);
+            let span = tables[i]
+                .sni
+                .as_ref()
+                .map_or(tables[i].name.span(), |l| l.span());
             return Err(ConfigError::Rule {
                 origin: file.origin("sni", span),
                 message: format!("{o} ({addr})"),

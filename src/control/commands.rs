@@ -27,7 +27,10 @@ pub async fn execute(front: &Shared, line: &str) -> Reply {
         words.pop();
     }
     let upgrade = matches!(words.first(), Some(&"upgrade") | Some(&"reload"));
-    let result = run(front, &words, json).await;
+    let result = match take_service(&mut words) {
+        Ok(service) => run(front, &words, json, service.as_deref()).await,
+        Err(e) => Err(e),
+    };
     let handed_over = upgrade && result.is_ok();
     let text = match (result, json) {
         (Ok(text), _) => text,
@@ -49,8 +52,64 @@ fn ok_json(json: bool, msg: String) -> Result<String, String> {
     }
 }
 
-async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, String> {
+/// Take `--service NAME` (or `--service=NAME`) out of `words`.
+fn take_service(words: &mut Vec<&str>) -> Result<Option<String>, String> {
+    let Some(at) = words
+        .iter()
+        .position(|w| *w == "--service" || w.starts_with("--service="))
+    else {
+        return Ok(None);
+    };
+    let name = match words[at].strip_prefix("--service=") {
+        Some(name) => {
+            let name = name.to_string();
+            words.remove(at);
+            name
+        }
+        None => {
+            let Some(name) = words.get(at + 1).map(|n| n.to_string()) else {
+                return Err("--service needs a service name (see `services`)".into());
+            };
+            words.drain(at..at + 2);
+            name
+        }
+    };
+    if words.iter().any(|w| w.starts_with("--service")) {
+        return Err("--service is given twice".into());
+    }
+    Ok(Some(name))
+}
+
+/// Whether `action` acts on one service (and so takes `--service`).
+fn per_service(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Backends
+            | Action::Policy
+            | Action::BackendAdd
+            | Action::BackendRemove
+            | Action::BackendEnable
+            | Action::BackendDisable
+            | Action::Acl
+            | Action::AclAllow
+            | Action::AclDeny
+            | Action::AclRemove
+    )
+}
+
+async fn run(
+    front: &Shared,
+    words: &[&str],
+    json: bool,
+    service: Option<&str>,
+) -> Result<String, String> {
     let (spec, action, args) = table::lookup(words)?;
+    if service.is_some() && !per_service(action) {
+        return Err(format!(
+            "`{}` does not take --service (it is about the whole proxy)",
+            spec.name
+        ));
+    }
     match (action, args) {
         (Action::Help, _) if json => to_json(&table::help_rows()),
         (Action::Help, _) => Ok(table::help()),
@@ -75,15 +134,24 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::Backends, _) => {
             front.borrow_mut().refresh_all_views();
-            let rows = front.borrow().backend_rows();
+            let rows = front.borrow().backend_rows(service)?;
             if json {
                 to_json(&rows)
             } else {
                 Ok(super::client::render_backends(&rows))
             }
         }
+        (Action::Services, _) => {
+            front.borrow_mut().refresh_all_views();
+            let rows = front.borrow().service_rows();
+            if json {
+                to_json(&rows)
+            } else {
+                Ok(super::client::render_services(&rows))
+            }
+        }
         (Action::Policy, []) => {
-            let name = front.borrow().policy();
+            let name = front.borrow().policy(service)?;
             if json {
                 to_json(&serde_json::json!({ "policy": name }))
             } else {
@@ -94,13 +162,17 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let name: PolicyName = name.parse()?;
             let old = front
                 .borrow_mut()
-                .set_policy(name)
+                .set_policy(service, name)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("policy {old} -> {name}"))
         }
         (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
-            let global = front.borrow().config().source.clone();
+            let global = {
+                let f = front.borrow();
+                let i = f.services().named(service)?;
+                f.services().get(i).config().source.clone()
+            };
             // Resolve off the event loop: a slow DNS server must not stall it.
             let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
@@ -108,14 +180,14 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let name = parsed.to_string();
             front
                 .borrow_mut()
-                .add_backend(parsed)
+                .add_backend(service, parsed)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("backend {name} added"))
         }
         (Action::BackendRemove, [name, ..]) => {
             front
                 .borrow_mut()
-                .remove_backend(name)
+                .remove_backend(service, name)
                 .map_err(|e| e.to_string())?;
             ok_json(
                 json,
@@ -125,14 +197,14 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         (Action::BackendEnable, [name, ..]) => {
             front
                 .borrow_mut()
-                .set_backend_enabled(name, true)
+                .set_backend_enabled(service, name, true)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("backend {name} enabled"))
         }
         (Action::BackendDisable, [name, ..]) => {
             front
                 .borrow_mut()
-                .set_backend_enabled(name, false)
+                .set_backend_enabled(service, name, false)
                 .map_err(|e| e.to_string())?;
             ok_json(
                 json,
@@ -163,7 +235,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             ok_json(json, msg)
         }
         (Action::Acl, _) => {
-            let view = front.borrow().acl_view();
+            let view = front.borrow().acl_view(service)?;
             if json {
                 to_json(&view)
             } else {
@@ -176,7 +248,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Action::AclDeny => Some(crate::acl::Action::Deny),
                 _ => None,
             };
-            let msg = front.borrow_mut().acl_edit(list, cidr)?;
+            let msg = front.borrow_mut().acl_edit(service, list, cidr)?;
             ok_json(json, msg)
         }
         (Action::LogReopen, _) => {

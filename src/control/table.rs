@@ -16,6 +16,7 @@ pub enum Action {
     Status,
     Workers,
     Backends,
+    Services,
     Policy,
     BackendAdd,
     BackendRemove,
@@ -78,9 +79,15 @@ pub const COMMANDS: &[Spec] = &[
         Run(Backends),
     ),
     row(
+        "services",
+        "",
+        "services: listeners, server names, policy, backends up/total, connections",
+        Run(Services),
+    ),
+    row(
         "policy",
         "[NAME]",
-        "show, or switch to round-robin|least-conn|sticky",
+        "show, or switch to round-robin|least-conn|sticky (--service NAME: of that service)",
         Run(Policy),
     ),
     row(

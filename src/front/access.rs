@@ -107,8 +107,7 @@ impl Access {
     /// The access list's decision for `conn`'s client; a refused client is
     /// reset, counted and (at most once a second) logged. Nothing has been
     /// handed to a worker or a backend touched for a refused one.
-    pub fn admits(&mut self, conn: &Conn, counters: &Counters) -> bool {
-        let acl = &self.acl;
+    pub fn admits(&mut self, acl: &Acl, conn: &Conn, counters: &Counters) -> bool {
         if acl.is_empty() {
             return true;
         }

@@ -50,7 +50,10 @@ defer-accept = false
 #[test]
 fn the_issue_example_builds_three_services_inheriting_the_top_level() {
     let c = load(ISSUE, Flags::default()).unwrap();
-    assert!(c.backends.is_empty() && c.listen.is_empty(), "no default service");
+    assert!(
+        c.backends.is_empty() && c.listen.is_empty(),
+        "no default service"
+    );
     let names: Vec<&str> = c.service_list().iter().map(|s| s.0).collect();
     assert_eq!(names, ["web", "other", "redis"]);
     let web = &c.services[0];
@@ -59,7 +62,10 @@ fn the_issue_example_builds_three_services_inheriting_the_top_level() {
     assert_eq!(web.config.backends[1].weight, 2);
     // Inherited from the top level, overridden by its own key.
     assert_eq!(web.config.connect_timeout, Duration::from_secs(2));
-    assert_eq!(c.services[1].config.connect_timeout, Duration::from_millis(300));
+    assert_eq!(
+        c.services[1].config.connect_timeout,
+        Duration::from_millis(300)
+    );
     assert_eq!(c.services[2].config.policy, PolicyName::LeastConn);
     assert!(!c.services[2].config.acl.is_empty(), "allow is inherited");
     // An SNI listener defaults to defer-accept, for each of its services.
@@ -71,7 +77,8 @@ fn the_issue_example_builds_three_services_inheriting_the_top_level() {
 
 #[test]
 fn flags_are_the_default_service_and_what_services_inherit() {
-    let body = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7100\"\nbackends = \"127.0.0.1:7101\"\n";
+    let body =
+        "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7100\"\nbackends = \"127.0.0.1:7101\"\n";
     let mut f = args(&["127.0.0.1:7200"]);
     f.listen = vec!["127.0.0.1:7201".into()];
     f.tuning.idle_timeout = Some(Duration::from_secs(9));
@@ -80,7 +87,10 @@ fn flags_are_the_default_service_and_what_services_inherit() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].0, "default");
     assert_eq!(c.listen, ["127.0.0.1:7201".parse().unwrap()]);
-    assert_eq!(c.services[0].config.listen, ["127.0.0.1:7100".parse().unwrap()]);
+    assert_eq!(
+        c.services[0].config.listen,
+        ["127.0.0.1:7100".parse().unwrap()]
+    );
     assert_eq!(c.services[0].config.backends.len(), 1);
     assert_eq!(c.services[0].config.idle_timeout, Duration::from_secs(9));
 }
@@ -103,7 +113,9 @@ fn bad_services_are_refused_with_their_position() {
             "x.toml:2:8: invalid value 'Web' for 'name': expected 1 to 32 characters",
         ),
         (
-            format!("{S}name = \"default\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\n"),
+            format!(
+                "{S}name = \"default\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\n"
+            ),
             "x.toml:2:8: invalid value 'default' for 'name'",
         ),
         (
@@ -121,7 +133,9 @@ fn bad_services_are_refused_with_their_position() {
             "service 'a' has no `backends`",
         ),
         (
-            format!("{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nworkers = 3\n"),
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nworkers = 3\n"
+            ),
             "unknown field `workers`",
         ),
         (
@@ -137,7 +151,9 @@ fn bad_services_are_refused_with_their_position() {
             "x.toml:10:7: invalid 'sni': sni name \"*.x.org\" is claimed by both service a and service b on the same listener (127.0.0.1:1)",
         ),
         (
-            format!("{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nsni = [\"bad name\"]\n"),
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nsni = [\"bad name\"]\n"
+            ),
             "x.toml:5:8: invalid value 'bad name' for 'sni'",
         ),
         (
@@ -153,7 +169,9 @@ fn bad_services_are_refused_with_their_position() {
             "x.toml:1:10: invalid value '127.0.0.1:1' for 'listen': the top-level `listen` is the default service's, which has no backends",
         ),
         (
-            format!("{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nconnect-timeout = \"soon\"\n"),
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nconnect-timeout = \"soon\"\n"
+            ),
             "x.toml:5:19: invalid value 'soon' for 'connect-timeout'",
         ),
     ] {

@@ -147,6 +147,7 @@ impl Access {
             stream,
             peer,
             destination,
+            service: None,
         })
     }
 
