@@ -65,8 +65,6 @@ pub struct ServiceTable {
     pub deny: Option<Spanned<List>>,
     pub accept_proxy: Option<Spanned<List>>,
     pub proxy_header_timeout: Option<Raw>,
-    pub max_conns_per_ip: Option<Raw>,
-    pub per_ip_ipv6_prefix: Option<Raw>,
     pub defer_accept: Option<Raw>,
     pub backlog: Option<Raw>,
     pub health_interval: Option<Raw>,
@@ -113,8 +111,6 @@ fn merged(top: &FileConfig, flags: &Flags, t: &ServiceTable) -> (FileConfig, Fla
         deny => |f| f.access.deny.clear();
         accept_proxy => |f| f.access.accept_proxy.clear();
         proxy_header_timeout => |f| f.access.proxy_header_timeout = None;
-        max_conns_per_ip => |f| f.tuning.max_conns_per_ip = None;
-        per_ip_ipv6_prefix => |f| f.tuning.per_ip_ipv6_prefix = None;
         defer_accept => |f| f.tuning.defer_accept = false;
         backlog => |f| f.tuning.backlog = None;
         health_interval => |f| f.tuning.health_interval = None;
