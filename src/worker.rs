@@ -150,11 +150,11 @@ impl Worker {
     /// Count `n` finished connections and say so if the front asked.
     pub fn finished(&self, n: u64) {
         let cell = self.cell();
-        cell.bump(ProcWord::Finished, n);
         // Lines the log queue dropped: a relaxed load and store, here
         // rather than on a timer of its own.
         cell.set(ProcWord::LogDropped, crate::logging::dropped_lines());
-        if cell.take_wake() {
+        // (Counts, fences, then looks at `Wake`: see `ProcCell::finish`.)
+        if cell.finish(n) {
             self.reporter.push(Event::Wake);
         }
     }

@@ -123,6 +123,9 @@ impl Front {
                 self.counters.cell(p.cell).request_wake();
             }
         }
+        // Orders the stores of `Wake` above before the loads of `Finished`
+        // and `Received` in `refresh_view` below; pairs with the worker's
+        // fence in `ProcCell::finish` (a Dekker pattern: see there).
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         for slot in 0..self.workers.slots.len() {
             self.refresh_view(slot);

@@ -143,3 +143,83 @@ fn every_header_error_reason_has_its_word() {
         );
     }
 }
+
+/// The wake-up handshake as a litmus test, with the real methods on a real
+/// shared table: in every round the worker counts a finished connection
+/// and looks for a wake-up request while the front requests one and looks
+/// at `Finished`; at least one of them must see the other. Without the
+/// fence in `ProcCell::finish` both miss now and then (store-buffer
+/// reordering): here hundreds to thousands of times in the three seconds
+/// this runs, whenever the two threads get a core each at the same time
+/// (on a loaded two-core machine they may not, and then it cannot show).
+#[test]
+fn a_wake_up_request_and_a_finished_connection_never_miss_each_other() {
+    use std::sync::atomic::{AtomicBool, fence};
+    const MAX_ROUNDS: u64 = 1_000_000;
+    const BUDGET: Duration = Duration::from_secs(3);
+    let t = Table::create(1, 1, 1).unwrap();
+    // Each side says which round it reached; the other waits for it.
+    let (worker_at, front_at) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stop = AtomicBool::new(false);
+    let wait = |at: &dyn Fn() -> u64, round: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut spins = 0u32;
+        while at() < round {
+            spins += 1;
+            if spins % 256 == 0 {
+                assert!(std::time::Instant::now() < deadline, "litmus stalled");
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+    };
+    let (rounds, missed) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let cell = t.cell(0);
+            let mut saw = Vec::new();
+            for round in 1..=MAX_ROUNDS {
+                front_at.store(round, Ordering::Release);
+                wait(&|| worker_at.load(Ordering::Acquire), round);
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                saw.push(cell.finish(1));
+            }
+            saw
+        });
+        let cell = t.cell(0);
+        let started = std::time::Instant::now();
+        let mut saw = Vec::new();
+        for round in 1..=MAX_ROUNDS {
+            wait(&|| front_at.load(Ordering::Acquire), round);
+            if started.elapsed() > BUDGET {
+                stop.store(true, Ordering::Release);
+                worker_at.store(round, Ordering::Release);
+                break;
+            }
+            // The last round's request, if the worker did not take it.
+            cell.word(ProcWord::Wake).store(0, Ordering::Relaxed);
+            worker_at.store(round, Ordering::Release);
+            // The worker sees the round start a cache transfer later:
+            // start after it by a varying few cycles, so the two sides'
+            // stores and loads overlap in every alignment.
+            for _ in 0..round % 16 {
+                std::hint::spin_loop();
+            }
+            cell.request_wake();
+            fence(Ordering::SeqCst);
+            saw.push(cell.get(ProcWord::Finished) >= round);
+            // The worker ends this round before the next reset.
+            wait(&|| cell.get(ProcWord::Finished), round);
+        }
+        let worker_saw = worker.join().unwrap();
+        let missed = saw
+            .iter()
+            .zip(&worker_saw)
+            .filter(|(front, worker)| !**front && !**worker)
+            .count();
+        (saw.len(), missed)
+    });
+    assert!(rounds > 1000, "only {rounds} rounds ran");
+    assert_eq!(missed, 0, "rounds (of {rounds}) in which both missed");
+}
