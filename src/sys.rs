@@ -78,14 +78,17 @@ pub fn raw(fd: &impl AsRawFd) -> RawFd {
 /// Take ownership of a descriptor this process inherited at `exec` (a
 /// worker's channel end, whose number came on the command line).
 ///
-/// The caller must have checked that `fd` is open (see `worker::run`), and
-/// nothing else in the process may own it: it was passed for this purpose
-/// only and is adopted exactly once, at start.
+/// The caller must have checked that `fd` is open and is not a standard
+/// descriptor (0..=2, which `std` owns; see `worker::run`), and nothing
+/// else in the process may own it: it was passed for this purpose only and
+/// is adopted exactly once, at start.
 pub fn adopt_inherited_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is open (checked by the caller through /proc/self/fd) and
-    // was inherited for this single owner; no other object in the process
-    // refers to it, so creating the unique `OwnedFd` for it is sound.
+    // SAFETY: `fd` is open and above 2 (checked by the caller, through
+    // /proc/self/fd) and was inherited for this single owner; no other
+    // object in the process refers to it (stdin, stdout and stderr, which
+    // `std` uses, are excluded), so creating the unique `OwnedFd` for it is
+    // sound.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
