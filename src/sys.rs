@@ -162,12 +162,27 @@ unsafe impl Sync for SharedWords {}
 impl SharedWords {
     /// Map the first `words` 64-bit words of `fd` (which must be at least
     /// that long) read-write and shared.
+    ///
+    /// The file must be sealed against shrinking (`F_SEAL_SHRINK`; the seal
+    /// is added here if the file allows sealing and has not got it yet):
+    /// a file that could be cut shorter after the size check would turn
+    /// reads of the mapping into `SIGBUS`. A file that cannot be sealed is
+    /// refused.
     pub fn map(fd: BorrowedFd<'_>, words: usize) -> std::io::Result<SharedWords> {
+        use rustix::fs::{SealFlags, fcntl_add_seals, fcntl_get_seals};
         use rustix::mm::{MapFlags, ProtFlags, mmap};
         let len = words
             .checked_mul(8)
             .filter(|&l| l > 0)
             .ok_or_else(|| std::io::Error::other("invalid mapping size"))?;
+        let sealed = fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if !sealed {
+            fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+                std::io::Error::other(format!(
+                    "memory file cannot be sealed against shrinking: {e}"
+                ))
+            })?;
+        }
         let size = rustix::fs::fstat(fd)?.st_size;
         if u64::try_from(size).map_or(true, |s| s < len as u64) {
             return Err(std::io::Error::other(format!(
@@ -175,8 +190,9 @@ impl SharedWords {
             )));
         }
         // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
-        // file we checked is at least `len` bytes long, so every byte of
-        // the range is backed; it aliases no Rust object. Only the returned
+        // file we checked is at least `len` bytes long and sealed against
+        // shrinking (above), so every byte of the range is backed for the
+        // mapping's whole life; it aliases no Rust object. Only the returned
         // pointer refers to it, owned by the `SharedWords` built below.
         let ptr = unsafe {
             mmap(
@@ -197,7 +213,8 @@ impl SharedWords {
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: `ptr` is page-aligned (so aligned for `AtomicU64`) and
         // points to `words * 8` mapped, readable and writable bytes that
-        // stay mapped until `self` is dropped, which the returned borrow
+        // stay mapped, and backed (the file is sealed against shrinking,
+        // see `map`), until `self` is dropped, which the returned borrow
         // cannot outlive. `AtomicU64` has the layout of `u64` and any bit
         // pattern is valid; other processes change the words only through
         // atomic operations too.

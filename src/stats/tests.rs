@@ -98,9 +98,16 @@ fn the_wake_flag_is_taken_once() {
 
 #[test]
 fn a_foreign_file_is_refused() {
-    let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
     rustix::fs::ftruncate(&fd, 4096).unwrap();
     assert!(matches!(Table::open(fd), Err(StatsError::Magic)));
+    // One that could shrink under the mapping is not even looked at.
+    let unsealable = rustix::fs::memfd_create("z", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealable, 4096).unwrap();
+    let err = Table::open(unsealable).unwrap_err().to_string();
+    assert!(err.contains("cannot be sealed against shrinking"), "{err}");
     let t = Table::create(1, 1, 1).unwrap();
     set(&t.words()[1], LAYOUT + 1);
     assert!(matches!(
@@ -222,4 +229,39 @@ fn a_wake_up_request_and_a_finished_connection_never_miss_each_other() {
     });
     assert!(rounds > 1000, "only {rounds} rounds ran");
     assert_eq!(missed, 0, "rounds (of {rounds}) in which both missed");
+}
+
+#[test]
+fn the_table_cannot_change_size_or_lose_its_seals() {
+    use rustix::fs::{SealFlags, fcntl_add_seals, fcntl_get_seals, ftruncate};
+    let t = Table::create(2, 4, 3).unwrap();
+    let size = rustix::fs::fstat(t.fd()).unwrap().st_size as u64;
+    let seals = fcntl_get_seals(t.fd()).unwrap();
+    assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+    assert_eq!(ftruncate(t.fd(), size - 8), Err(rustix::io::Errno::PERM));
+    assert_eq!(ftruncate(t.fd(), 0), Err(rustix::io::Errno::PERM));
+    assert_eq!(ftruncate(t.fd(), size + 4096), Err(rustix::io::Errno::PERM));
+    assert_eq!(
+        fcntl_add_seals(t.fd(), SealFlags::WRITE),
+        Err(rustix::io::Errno::PERM)
+    );
+    // Clearing a cell punches holes: still allowed, still the same size.
+    t.cell(2).bump(ProcWord::Finished, 5);
+    t.clear_cell(2);
+    assert_eq!(t.cell(2).get(ProcWord::Finished), 0);
+    assert_eq!(rustix::fs::fstat(t.fd()).unwrap().st_size as u64, size);
+    // A table handed over by a front that did not seal it gets the seal
+    // from the process that opens it.
+    let fd = rustix::fs::memfd_create(
+        "old",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    ftruncate(&fd, size).unwrap();
+    let copy = Table::open(t.dup_fd().unwrap()).unwrap();
+    drop(copy);
+    let old = SharedWords::map(fd.as_fd(), 16).unwrap();
+    drop(old);
+    assert!(fcntl_get_seals(&fd).unwrap().contains(SealFlags::SHRINK));
+    assert_eq!(ftruncate(&fd, 8), Err(rustix::io::Errno::PERM));
 }
