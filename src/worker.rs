@@ -495,7 +495,9 @@ fn check_fd(fd: i32) -> std::io::Result<()> {
         ));
     }
     if fd < 0 {
-        return Err(std::io::Error::other("a descriptor number cannot be negative"));
+        return Err(std::io::Error::other(
+            "a descriptor number cannot be negative",
+        ));
     }
     std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|_| ())
 }

@@ -36,6 +36,9 @@ pub struct Status {
     pub last_restart: Option<String>,
     /// Worker processes by build id (more than one while an upgrade rolls).
     pub builds: Vec<String>,
+    /// `--drain-timeout` (how long a restart of the workers may take
+    /// depends on it).
+    pub drain_timeout_seconds: f64,
 }
 
 /// One row of `workers`.
@@ -115,6 +118,7 @@ pub fn status(f: &Front) -> Status {
             Err(m) => format!("failed: {m}"),
         }),
         builds,
+        drain_timeout_seconds: cfg.drain_timeout.as_secs_f64(),
     }
 }
 

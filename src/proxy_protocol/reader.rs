@@ -101,17 +101,13 @@ async fn read(stream: &TcpStream) -> Result<Parsed, HeaderError> {
 fn take(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let (n, _) = rustix::net::recv(
-            stream,
-            &mut buf[filled..],
-            rustix::net::RecvFlags::empty(),
-        )
-        // Not "would block": the caller would then wait and peek again
-        // with part of the header gone.
-        .map_err(|e| match e {
-            rustix::io::Errno::AGAIN => io::Error::other("queued header bytes vanished"),
-            e => e.into(),
-        })?;
+        let (n, _) = rustix::net::recv(stream, &mut buf[filled..], rustix::net::RecvFlags::empty())
+            // Not "would block": the caller would then wait and peek again
+            // with part of the header gone.
+            .map_err(|e| match e {
+                rustix::io::Errno::AGAIN => io::Error::other("queued header bytes vanished"),
+                e => e.into(),
+            })?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }

@@ -99,8 +99,8 @@ fn the_wake_flag_is_taken_once() {
 #[test]
 fn a_foreign_file_is_refused() {
     use rustix::fs::MemfdFlags;
-    let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-        .unwrap();
+    let fd =
+        rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, 4096).unwrap();
     assert!(matches!(Table::open(fd), Err(StatsError::Magic)));
     // One that could shrink under the mapping is not even looked at.

@@ -285,9 +285,16 @@ fn an_upgrade_keeps_the_lists_and_the_connections_waiting_for_a_header() {
     long.extend(std::iter::repeat_n(0u8, 600));
     let mut half_sent = proxy.connect();
     half_sent.write_all(&long[..300]).unwrap();
-    wait_until(Duration::from_secs(10), "the long header's connection accepted", || {
-        proxy.scrape().get("rrproxy_accepted_connections_total", &[]) == Some(2.0)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the long header's connection accepted",
+        || {
+            proxy
+                .scrape()
+                .get("rrproxy_accepted_connections_total", &[])
+                == Some(2.0)
+        },
+    );
     let old = proxy.ctl_json("status")["pid"].as_u64().unwrap();
     let reply = proxy.ctl("upgrade");
     assert!(reply.contains("front upgraded"), "{reply}");

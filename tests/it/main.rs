@@ -5,6 +5,7 @@ mod access;
 mod accesslog;
 mod client_address;
 mod control;
+mod ctl;
 mod defer_accept;
 mod discovery;
 mod faults;
