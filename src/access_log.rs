@@ -41,7 +41,6 @@ use tracing::{info, warn};
 
 pub use crate::channel::AccessLog as Target;
 use crate::stats::{ProcWord, Table};
-use crate::worker::pump::ConnBytes;
 
 /// Records that may wait for the writer before new ones are dropped.
 pub const QUEUE_RECORDS: usize = 4096;
@@ -381,6 +380,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// Bytes one connection moved, each way: counted by the worker's pump as
+/// they move, read here when the entry drops. (Defined here, below the
+/// worker, so the log needs nothing from it.)
+#[derive(Debug, Default)]
+pub struct ConnBytes {
+    /// From the client to the backend.
+    pub up: Cell<u64>,
+    /// From the backend to the client.
+    pub down: Cell<u64>,
 }
 
 /// One connection's access log entry, filled in as the connection goes;

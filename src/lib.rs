@@ -36,8 +36,9 @@
 //!   shared memory mapping).
 //!
 //! Dependencies point one way: `proxy` → `control` → `front` →
-//! `supervisor`, `channel`, `stats`; nothing below depends on what is
-//! above it.
+//! `supervisor`, `channel`, `stats`; and `worker` → `access_log` →
+//! `channel`, `stats`; nothing below depends on what is above it (the
+//! `layering` test checks it).
 
 pub mod access_log;
 pub mod acl;
@@ -49,6 +50,8 @@ pub mod demo;
 pub mod front;
 pub mod handover;
 pub mod init;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
