@@ -11,6 +11,8 @@
 //!   forward signals, follow upgrades, restart a front that died.
 //! - [`proxy`]: the proxy as a program: start-up (or take-over), signals,
 //!   reload, shutdown; wires the front to the control socket and metrics.
+//! - [`preflight`]: `rrproxy check`: every check starting makes, short of
+//!   binding.
 //! - [`front`]: the front's state in named parts and what it does with it:
 //!   accept and dispatch, supervise workers, backends, upgrades.
 //! - [`supervisor`]: worker slots and processes: spawning, respawn backoff.
@@ -55,6 +57,7 @@ mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod preflight;
 pub mod privileges;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -126,7 +126,8 @@ fn table_for(workers: usize) -> Result<Table, FrontError> {
 }
 
 /// Run the front with `config` on the current LocalSet until shutdown.
-/// `args` (if any) is re-read on SIGHUP.
+/// `args` (if any) is re-read on SIGHUP. (`rrproxy check` makes the same
+/// checks short of binding: a check added here belongs in `preflight`.)
 pub async fn serve(
     config: Config,
     args: Option<ProxyArgs>,
