@@ -61,7 +61,7 @@ pub enum FrontError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {source}{}", metrics_tip(.source))]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -87,6 +87,16 @@ pub enum FrontError {
     Upgrade(String),
     #[error("{0}")]
     Fatal(String),
+}
+
+/// What to do about a metrics address in use (the default one is the same
+/// for every instance on the host).
+fn metrics_tip(err: &std::io::Error) -> &'static str {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        " (another rrproxy? give this one --metrics HOST:PORT with a free port, or --metrics off)"
+    } else {
+        ""
+    }
 }
 
 /// Start the front's background tasks: health checks, DNS discovery and

@@ -355,3 +355,26 @@ fn check_refuses_what_starting_refuses_with_the_same_line() {
     assert!(!log.exists() && !dir.join("ctl.sock").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A second instance on a metrics port already taken (the default one is
+/// the same for every instance) fails in one line that says what to do.
+#[test]
+fn a_metrics_port_in_use_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut start = Command::new(BIN);
+    start.args(["-b", "127.0.0.1:9", "-l", "127.0.0.1:0", "--control", "off"]);
+    start.args(["--metrics", &addr]);
+    let (status, err) = run_to_exit(start, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("rrproxy: error: "))
+        .unwrap_or("");
+    assert_eq!(
+        line,
+        format!(
+            "rrproxy: error: cannot serve metrics on {addr}: Address already in use (os error 98) (another rrproxy? give this one --metrics HOST:PORT with a free port, or --metrics off)"
+        )
+    );
+}
