@@ -159,7 +159,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "top",
         "[FRAMES]",
-        "live view of workers and backends (rrproxy ctl only)",
+        "live view of workers and backends; q quits (rrproxy ctl only)",
         Run(Top),
     ),
     row("help", "", "this list", Run(Help)),

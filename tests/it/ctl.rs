@@ -2,6 +2,7 @@
 //! with an error that says what it last saw.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,4 +87,121 @@ fn ctl_upgrade_gives_up_when_the_proxy_is_killed_mid_way() {
                 || line.contains("the workers are being replaced")),
         "{line}"
     );
+}
+
+/// A pseudo-terminal: the test holds the master, a program gets the
+/// slave as its terminal.
+struct Pty {
+    master: std::os::fd::OwnedFd,
+    slave: std::fs::File,
+    seen: Vec<u8>,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        Pty {
+            master,
+            slave,
+            seen: Vec::new(),
+        }
+    }
+
+    fn stdio(&self) -> Stdio {
+        Stdio::from(self.slave.try_clone().unwrap())
+    }
+
+    /// Read what the program wrote, for up to `d`.
+    fn drain(&mut self, d: Duration) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let timeout = Timespec::try_from(d).unwrap();
+        let mut fds = [PollFd::new(&self.master, PollFlags::IN)];
+        if poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = rustix::io::read(&self.master, &mut buf) {
+                self.seen.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Keys one at a time (not a line at a time), as `top` sets them.
+    fn keys_mode(&self) -> bool {
+        let t = rustix::termios::tcgetattr(&self.slave).unwrap();
+        !t.local_modes.contains(rustix::termios::LocalModes::ICANON)
+    }
+
+    fn line_mode_with_echo(&self) -> bool {
+        use rustix::termios::LocalModes;
+        let t = rustix::termios::tcgetattr(&self.slave).unwrap();
+        t.local_modes
+            .contains(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG)
+    }
+}
+
+/// Promise: `ctl top` in a terminal says how to quit, takes keys one at a
+/// time while it runs, ends at once on `q` (or Ctrl-C, which it reads as
+/// a key) with success, and leaves the terminal as it found it.
+#[test]
+fn ctl_top_quits_on_q_and_puts_the_terminal_back() {
+    let echo = echo_backend();
+    let proxy = ProxyCmd::new(&[echo.addr]).workers(1).start();
+    for key in [&b"q"[..], b"\x03"] {
+        let mut pty = Pty::open();
+        assert!(pty.line_mode_with_echo());
+        let mut top = Command::new(BIN)
+            .args(["ctl", "--control"])
+            .arg(&proxy.control)
+            .arg("top")
+            .stdin(pty.stdio())
+            .stdout(pty.stdio())
+            .stderr(pty.stdio())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(pty.text().contains("q to quit") && pty.keys_mode()) {
+            assert!(
+                Instant::now() < deadline,
+                "no frame with the hint: {}",
+                pty.text()
+            );
+            assert!(top.try_wait().unwrap().is_none(), "{}", pty.text());
+            pty.drain(Duration::from_millis(50));
+        }
+        rustix::io::write(&pty.master, key).unwrap();
+        let pressed = Instant::now();
+        let status = loop {
+            if let Some(st) = top.try_wait().unwrap() {
+                break st;
+            }
+            if pressed.elapsed() > Duration::from_secs(10) {
+                let _ = top.kill();
+                let _ = top.wait();
+                panic!("ctl top still running 10 s after {key:?}");
+            }
+            pty.drain(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}: {}", pty.text());
+        assert!(
+            pressed.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            pressed.elapsed()
+        );
+        assert!(pty.line_mode_with_echo(), "terminal left in keys mode");
+    }
 }
