@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{BadValue, ConfigError, Invalid, Origin};
+pub use error::{BadValue, ConfigError, Invalid, Origin, closest};
 pub use file::{FileConfig, LoadedFile};
 pub use parse::{
     BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,

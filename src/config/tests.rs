@@ -310,6 +310,18 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
             "workers = [2]\n",
             "x.toml:2:11: invalid value '[2]' for 'workers': expected a number 1..=256 or auto",
         ),
+        (
+            "max-conn = 5\n",
+            "x.toml:2:1: unknown key 'max-conn'\n  tip: a similar key exists: 'max-conns'",
+        ),
+        (
+            "helth-interval = \"5s\"\n",
+            "x.toml:2:1: unknown key 'helth-interval'\n  tip: a similar key exists: 'health-interval'",
+        ),
+        (
+            "zzz = 1\n",
+            "x.toml:2:1: unknown key 'zzz' (the keys are the flags' long names: see rrproxy --help)",
+        ),
     ] {
         assert_eq!(file_err(&format!("{B}{body}")), want, "{body}");
     }

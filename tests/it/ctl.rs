@@ -205,3 +205,61 @@ fn ctl_top_quits_on_q_and_puts_the_terminal_back() {
         assert!(pty.line_mode_with_echo(), "terminal left in keys mode");
     }
 }
+
+/// Promise: a mistyped control command or argument gets a one-line error
+/// with the name probably meant (as flags and config keys do), from the
+/// socket and through `rrproxy ctl` (exit 1).
+#[test]
+fn mistyped_ctl_commands_and_arguments_say_what_was_meant() {
+    let a = echo_backend();
+    let b = echo_backend();
+    let proxy = ProxyCmd::new(&[a.addr, b.addr]).workers(1).start();
+    let b_typo = {
+        let s = b.addr.to_string();
+        format!(
+            "{}{}",
+            &s[..s.len() - 1],
+            if s.ends_with('9') { '8' } else { '9' }
+        )
+    };
+    let cases = [
+        (
+            "policy lest-conn".to_string(),
+            "unknown policy 'lest-conn': expected round-robin, least-conn or sticky (did you mean 'least-conn'?)".to_string(),
+        ),
+        (
+            "statsu".to_string(),
+            "unknown command 'statsu' (did you mean 'status'?) (try help)".to_string(),
+        ),
+        (
+            format!("backend enabel {}", a.addr),
+            "(did you mean 'backend enable'?)".to_string(),
+        ),
+        (
+            format!("backend disable {b_typo}"),
+            format!("no backend named '{b_typo}' (see `backends`) (did you mean '{}'?)", b.addr),
+        ),
+    ];
+    for (line, want) in &cases {
+        let reply = proxy.ctl(line);
+        assert!(
+            reply.starts_with("error: ") && reply.ends_with(want.as_str()),
+            "{line}: {reply}"
+        );
+        assert_eq!(reply.lines().count(), 1, "{reply}");
+        let out = Command::new(BIN)
+            .args(["ctl", "--control"])
+            .arg(&proxy.control)
+            .args(line.split(' '))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{line}: {err}");
+        assert!(
+            err.trim_end().starts_with("rrproxy ctl: error: ")
+                && err.trim_end().ends_with(want.as_str()),
+            "{line}: {err}"
+        );
+    }
+    assert_eq!(proxy.ctl("policy"), "round-robin", "nothing changed");
+}
