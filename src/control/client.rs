@@ -366,13 +366,31 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                 r.active.to_string(),
                 r.total.to_string(),
                 r.failures.to_string(),
+                check_failures(r.check_failures, r.check_failures_in_a_row),
             ]
         })
         .collect();
     table(
-        &["BACKEND", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES"],
+        &[
+            "BACKEND",
+            "STATE",
+            "WEIGHT",
+            "ACTIVE",
+            "TOTAL",
+            "CONNECT-FAILS",
+            "CHECK-FAILS",
+        ],
         &body,
     )
+}
+
+/// Failed health checks in all, and how many of the last ones in a row.
+pub fn check_failures(total: u64, in_a_row: u32) -> String {
+    if in_a_row == 0 {
+        total.to_string()
+    } else {
+        format!("{total} (last {in_a_row} in a row)")
+    }
 }
 
 #[cfg(test)]

@@ -71,7 +71,13 @@ pub struct BackendRow {
     pub weight: u32,
     pub active: u64,
     pub total: u64,
+    /// Connects to it that failed (refused, timed out, other), in all.
     pub failures: u64,
+    /// Active health checks of it that failed, in all.
+    pub check_failures: u64,
+    /// Of those, how many in a row up to the last check (0 once one
+    /// passes).
+    pub check_failures_in_a_row: u32,
 }
 
 fn short(build: &str) -> String {
@@ -181,6 +187,9 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
             failures: total(b.column, Col::FailRefused)
                 + total(b.column, Col::FailTimeout)
                 + total(b.column, Col::FailOther),
+            // (The front's own count: in the base only.)
+            check_failures: ColCell::of(table.base(b.column)).get(Col::CheckFailures),
+            check_failures_in_a_row: b.check.consecutive_fail,
         })
         .collect()
 }

@@ -74,7 +74,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections, failures",
+        "backends: state, weight, connections, failed connects and checks",
         Run(Backends),
     ),
     row(

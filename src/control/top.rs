@@ -251,26 +251,33 @@ fn render(
         .max()
         .unwrap_or(0);
     out.push_str(&format!(
-        "\n{:<24} {:<9} {:<w$}  {:>7} {:>9} {:>8}\n",
+        "\n{:<24} {:<9} {:<w$}  {:>7} {:>9} {:>13}  {}\n",
         "BACKEND",
         "STATE",
         "ACTIVE",
         "",
         "RATE",
-        "FAILURES",
+        "CONNECT-FAILS",
+        "CHECK-FAILS",
         w = BAR_WIDTH
     ));
     for b in &bs {
         let active = b["active"].as_u64().unwrap_or(0);
         let address = b["address"].as_str().unwrap_or("?");
         out.push_str(&format!(
-            "{:<24} {:<9} {} {:>7} {:>9} {:>8}\n",
+            "{:<24} {:<9} {} {:>7} {:>9} {:>13}  {}\n",
             address,
             b["state"].as_str().unwrap_or("?"),
             bar(active, bmax),
             active,
             rate(rates, &format!("b{}", b["address"])),
             b["failures"].to_string(),
+            super::client::check_failures(
+                b["check_failures"].as_u64().unwrap_or(0),
+                b["check_failures_in_a_row"]
+                    .as_u64()
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            ),
         ));
     }
     out

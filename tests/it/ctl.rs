@@ -263,3 +263,54 @@ fn mistyped_ctl_commands_and_arguments_say_what_was_meant() {
     }
     assert_eq!(proxy.ctl("policy"), "round-robin", "nothing changed");
 }
+
+/// Promise: `ctl backends` counts a backend's failed health checks (in
+/// all, and how many in a row now) apart from its failed connects, so a
+/// backend failing every check never shows zero failures.
+#[test]
+fn ctl_backends_shows_failed_health_checks() {
+    let good = echo_backend();
+    let dead = refused_addr();
+    let proxy = ProxyCmd::new(&[good.addr, dead])
+        .workers(1)
+        .args(["--health-interval", "100ms", "--fall", "2"])
+        .start();
+    let dead_name = dead.to_string();
+    let row = wait_for(Duration::from_secs(20), "three failed checks", || {
+        let rows = proxy.ctl_json("backends");
+        let row = rows
+            .as_array()?
+            .iter()
+            .find(|r| r["address"] == dead_name.as_str())?
+            .clone();
+        (row["check_failures"].as_u64()? >= 3).then_some(row)
+    });
+    assert_eq!(row["state"], "down", "{row}");
+    assert_eq!(row["failures"], 0, "no connect was tried: {row}");
+    assert!(
+        row["check_failures_in_a_row"].as_u64().unwrap() >= 3,
+        "{row}"
+    );
+    let text = proxy.ctl("backends");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "BACKEND",
+            "STATE",
+            "WEIGHT",
+            "ACTIVE",
+            "TOTAL",
+            "CONNECT-FAILS",
+            "CHECK-FAILS"
+        ]
+    );
+    let dead_line = lines.clone().find(|l| l.starts_with(&dead_name)).unwrap();
+    assert!(dead_line.contains(" in a row)"), "{text}");
+    let good_line = lines
+        .find(|l| l.starts_with(&good.addr.to_string()))
+        .unwrap();
+    let cells: Vec<&str> = good_line.split_whitespace().collect();
+    assert_eq!(cells[1..], ["up", "1", "0", "0", "0", "0"], "{text}");
+}
