@@ -315,6 +315,13 @@ pub struct RunArgs {
     /// With --user: the group to run as. [default: the user's primary group]
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+
+    /// Write the front's pid to PATH once it serves; rewritten by the new
+    /// front after an upgrade (the pid changes), removed at stop if it
+    /// still holds the front's pid. Written as --user: its directory must
+    /// let that user create files. [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

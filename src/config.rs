@@ -120,6 +120,10 @@ pub struct Config {
     /// Whom to run as after binding (`--user`, `--group`).
     #[serde(default)]
     pub run_as: Option<crate::privileges::RunAs>,
+    /// `--pid-file`, absolute. (Absent from the handover of a build
+    /// before it: none.)
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
     /// Which clients are served (`--allow`, `--deny`; `ctl acl` edits the

@@ -79,6 +79,11 @@ pub enum FrontError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Privileges(String),
     #[error("cannot create the statistics table: {0}")]

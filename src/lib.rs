@@ -30,6 +30,7 @@
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
 //! - [`metrics`]: metric names and the Prometheus endpoint.
+//! - [`pidfile`]: `--pid-file`, written by the front that serves.
 //! - [`signals`]: catching the signals a process has no use for.
 //! - [`privileges`]: becoming `--user` after binding, for good.
 //! - [`version`]: the version and build id of this binary.
@@ -56,6 +57,7 @@ pub mod init;
 mod layering;
 pub mod logging;
 pub mod metrics;
+pub mod pidfile;
 pub mod policy;
 pub mod preflight;
 pub mod privileges;

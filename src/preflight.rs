@@ -9,7 +9,8 @@
 //! socket's place (as this user: starting binds it before the switch);
 //! the statistics table; this program's own executable (workers start
 //! from it); then, as `--user` (starting makes them after the switch),
-//! the access log file. A check added to starting belongs here too.
+//! the access log file and the pid file's directory. A check added to
+//! starting belongs here too.
 
 use std::path::PathBuf;
 
@@ -36,7 +37,14 @@ pub fn check(config: &Config) -> Result<(), FrontError> {
                 },
                 source,
             }
-        })
+        })?;
+        if let Some(path) = &config.pid_file {
+            crate::pidfile::check(path).map_err(|source| FrontError::PidFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     };
     match &config.run_as {
         Some(who) => crate::privileges::as_user(who, as_user).map_err(FrontError::Privileges)?,

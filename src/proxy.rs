@@ -62,7 +62,10 @@ pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
         .map_err(FrontError::Runtime)?;
     let local = tokio::task::LocalSet::new();
     match takeover {
-        Some(fd) => local.block_on(&runtime, serve_upgraded(args, log, fd, config.run_as)),
+        Some(fd) => local.block_on(
+            &runtime,
+            serve_upgraded(args, log, fd, config.run_as, config.pid_file),
+        ),
         None => local.block_on(&runtime, serve(config, Some(args), log, None)),
     }
 }
@@ -73,6 +76,7 @@ async fn serve_upgraded(
     log: LogArgs,
     fd: OwnedFd,
     run_as: Option<RunAs>,
+    pid_file: Option<PathBuf>,
 ) -> Result<(), FrontError> {
     // Started by a front that had dropped to --user: that user already.
     if let Some(who) = &run_as {
@@ -103,6 +107,13 @@ async fn serve_upgraded(
         .transpose()
         .map_err(FrontError::Runtime)?;
     front::upgrade::commit(&front);
+    // This front's pid from now on (the upgrade is done: a failure here
+    // cannot undo it).
+    if let Some(path) = &pid_file {
+        if let Err(err) = crate::pidfile::write(path) {
+            warn!(path = %path.display(), cause = %err, "cannot rewrite the pid file");
+        }
+    }
     info!(version = %crate::version::describe(), "rrproxy took over from the previous front");
     run_front(&front, control, None).await
 }
@@ -203,6 +214,7 @@ pub async fn serve(
     let cpus = cpu_plan(&config);
     let cap = front::proc_cap(&config, nofile);
     let summary = config.summary();
+    let pid_file = config.pid_file.clone();
     let workers = Workers::new(
         config.workers,
         table.procs(),
@@ -235,6 +247,9 @@ pub async fn serve(
                 .map_err(|source| FrontError::Spawn { slot, source })?;
         }
         f.publish();
+    }
+    if let Some(path) = pid_file {
+        crate::pidfile::write(&path).map_err(|source| FrontError::PidFile { path, source })?;
     }
     info!(config = %summary, nofile, per_worker_limit = cap, version = %crate::version::describe(), "rrproxy starting");
     run_front(&front, control, started).await
@@ -287,6 +302,7 @@ pub(crate) async fn run_front(
     if let Some(path) = &control_path {
         crate::control::unlink(path);
     }
+    crate::pidfile::remove();
     info!("rrproxy stopped");
     outcome
 }

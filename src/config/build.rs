@@ -400,6 +400,22 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         },
         None => AccessLog::Off,
     };
+    let pid_file = match src.one(
+        "pid_file",
+        "pid-file",
+        r.pid_file.as_deref(),
+        &keys.pid_file,
+    ) {
+        Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.pid_file) => {
+            return Err(src.bad(&g, Invalid::new("expected a file path")));
+        }
+        // (A new front after an upgrade rewrites the same file whatever
+        // its working directory.)
+        Some(g) => src
+            .check(&g, values::pid_file)?
+            .map(|p| std::path::absolute(&p).unwrap_or(p)),
+        None => None,
+    };
     let user_given = src.one("user", "user", r.user.as_deref(), &keys.user);
     let group_given = src.one("group", "group", r.group.as_deref(), &keys.group);
     let user_name = user_given
@@ -473,6 +489,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         cpu_affinity,
         access_log,
         run_as,
+        pid_file,
         file: file.map(|f| f.path.clone()),
         acl: Arc::new(acl),
         accept_proxy: Arc::new(accept_proxy),

@@ -56,6 +56,7 @@ pub struct FileConfig {
     pub access_log: Option<Raw>,
     pub user: Option<Raw>,
     pub group: Option<Raw>,
+    pub pid_file: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep

@@ -228,6 +228,15 @@ fn address(text: &str, expected: &str) -> Result<String, Invalid> {
     })
 }
 
+/// `--pid-file`: a file path (made absolute when the config is built).
+pub fn pid_file(text: &str) -> Result<Option<PathBuf>, Invalid> {
+    match text {
+        "" => Err(Invalid::new("expected a file path")),
+        path if path.contains('\0') => Err(Invalid::new("a path cannot contain a NUL byte")),
+        path => Ok(Some(PathBuf::from(path))),
+    }
+}
+
 /// `--access-log`: `off`, `stderr`, or a file path (made absolute when
 /// the config is built).
 pub fn access_log(text: &str) -> Result<AccessLog, Invalid> {

@@ -305,6 +305,7 @@ impl Front {
             ("backlog", cur.backlog != new.backlog),
             ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
             ("user", cur.run_as != new.run_as),
+            ("pid-file", cur.pid_file != new.pid_file),
         ] {
             if changed {
                 warn!(
@@ -376,6 +377,7 @@ impl Front {
             defer_accept,
             cpu_affinity: cur.cpu_affinity,
             run_as: cur.run_as.clone(),
+            pid_file: cur.pid_file.clone(),
             ..new
         };
         let access_log_changed = cur.access_log != keep.access_log;

@@ -13,6 +13,7 @@ mod foundation;
 mod init;
 mod observability;
 mod peers;
+mod pidfile;
 mod policies;
 mod shims;
 mod supervision;

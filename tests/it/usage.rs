@@ -297,6 +297,8 @@ fn check_refuses_what_starting_refuses_with_the_same_line() {
         vec!["--access-log".into(), d.clone()],
         vec!["--control".into(), format!("{d}/missing/ctl.sock")],
         vec!["--control".into(), f.clone()],
+        vec!["--pid-file".into(), format!("{d}/missing/rrproxy.pid")],
+        vec!["--pid-file".into(), d.clone()],
     ];
     if rustix::process::geteuid().is_root() {
         // Root may write there; the --user the workers run as may not.
