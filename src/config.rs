@@ -55,13 +55,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The per-IP limit in force: the one given, or half of `max_conns`
-    /// (so one client can never stop the proxy accepting for everyone).
+    /// The per-IP limit in force: the one given, if any (never derived
+    /// from `max_conns`: a limit nobody set refuses nobody).
     pub fn per_ip(&self) -> Option<u32> {
-        self.max_conns_per_ip.or_else(|| {
-            self.max_conns
-                .map(|m| u32::try_from(m.div_ceil(2)).unwrap_or(u32::MAX))
-        })
+        self.max_conns_per_ip
     }
 }
 

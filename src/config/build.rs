@@ -311,20 +311,29 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
     let backlog = src
         .typed("backlog", t.backlog, &keys.backlog, values::backlog)?
         .unwrap_or(1024);
+    // Each limit is what was given for it, or none: none is derived from
+    // another.
     let limits = Limits {
-        max_conns: src.typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?,
-        max_conns_per_worker: src.typed(
-            "max-conns-per-worker",
-            t.max_conns_per_worker,
-            &keys.max_conns_per_worker,
-            values::limit_u64,
-        )?,
-        max_conns_per_ip: src.typed(
-            "max-conns-per-ip",
-            t.max_conns_per_ip,
-            &keys.max_conns_per_ip,
-            values::limit_u32,
-        )?,
+        max_conns: src
+            .typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?
+            .and_then(|l| l.0),
+        max_conns_per_worker: src
+            .typed(
+                "max-conns-per-worker",
+                t.max_conns_per_worker,
+                &keys.max_conns_per_worker,
+                values::limit_u64,
+            )?
+            .and_then(|l| l.0),
+        max_conns_per_ip: src
+            .typed(
+                "max-conns-per-ip",
+                t.max_conns_per_ip,
+                &keys.max_conns_per_ip,
+                values::limit_u32,
+            )?
+            .and_then(|l| l.0)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         per_ip_ipv6_prefix: src
             .typed(
                 "per-ip-ipv6-prefix",

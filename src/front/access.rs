@@ -9,6 +9,9 @@
 //!   [`Config`] (so an upgrade keeps `ctl` edits, and a reload reports the
 //!   ones it undoes); this part holds a copy for the hot path, refreshed
 //!   whenever the config changes ([`Access::configure`]).
+//! - The per-IP limit (`--max-conns-per-ip`): a client over it is reset,
+//!   counted in `rrproxy_refused_connections_total` and logged like a
+//!   denial.
 //! - PROXY headers from `--accept-proxy` sources (see `header`): the
 //!   header's source is the client from then on, for the access list, the
 //!   per-IP limit, the policy, the logs and `send-proxy`.
@@ -42,6 +45,7 @@ pub struct Access {
     next_wait: u64,
     denied_log: Throttle,
     header_log: Throttle,
+    limit_log: Throttle,
 }
 
 impl Access {
@@ -54,6 +58,7 @@ impl Access {
             next_wait: 0,
             denied_log: Throttle::default(),
             header_log: Throttle::default(),
+            limit_log: Throttle::default(),
         }
     }
 
@@ -114,6 +119,15 @@ impl Front {
         if !self.admit_ip(ip) {
             self.counters.bump(FrontWord::RefusedPerIp, 1);
             refuse(&conn.stream);
+            // Logged like a denial: at most a line a second.
+            if let Some(held) = self.access.limit_log.pass() {
+                warn!(
+                    client.addr = %conn.peer,
+                    limit = self.limits.per_ip().unwrap_or(0),
+                    also_refused_since_last_line = held,
+                    "client refused: at --max-conns-per-ip"
+                );
+            }
             return;
         }
         self.dispatch(conn);

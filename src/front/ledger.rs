@@ -5,9 +5,8 @@
 //! - per worker process, `inflight`: handed (sent on its channel), not yet
 //!   received; each one is counted on its planned backend (`Backends`
 //!   keeps the per-backend sum for least-conn and for reaping);
-//! - per client (only with a per-IP limit: `--max-conns-per-ip`, or half
-//!   of `--max-conns`): open connections, released by the workers'
-//!   `Closed` events. A client is an IPv4 address, or an IPv6 address's
+//! - per client (only with a per-IP limit, `--max-conns-per-ip`): open
+//!   connections, released by the workers' `Closed` events. A client is an IPv4 address, or an IPv6 address's
 //!   leading `--per-ip-ipv6-prefix` bits (a /64 by default: one host
 //!   usually owns a whole /64 and could walk it).
 //!
