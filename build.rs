@@ -7,6 +7,8 @@
 //! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
 //! - `has_nginx`, `has_haproxy`: on `PATH` or in `/usr/sbin` (the PROXY
 //!   protocol tests run them as real backends and upstreams);
+//! - `has_redis`: `redis-server` on `PATH` or in `/usr/bin` (the protocol
+//!   health check tests run it as a real backend);
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
 //!   a private mount namespace (the DNS discovery tests);
 //! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
@@ -22,7 +24,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 8] = [
+const CFGS: [&str; 9] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
@@ -30,6 +32,7 @@ const CFGS: [&str; 8] = [
     "has_pid_namespaces",
     "has_nginx",
     "has_haproxy",
+    "has_redis",
     "is_root",
 ];
 
@@ -52,6 +55,7 @@ fn main() {
         pid_namespaces(),
         on_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
         on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
+        on_path("redis-server") || Path::new("/usr/bin/redis-server").is_file(),
         is_root(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {

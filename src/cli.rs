@@ -118,9 +118,20 @@ pub struct ProxyArgs {
     /// ",resolve" every address of the name is a backend, kept up to date
     /// (see --resolve-interval): DNS service discovery. ",send-proxy=v1"
     /// or ",send-proxy=v2" writes a PROXY protocol header (the client's
-    /// address) to the backend before anything else.
+    /// address) to the backend before anything else. ",source=IP[;IP...]"
+    /// and ",slow-start=D|off" are this backend's own --source and
+    /// --slow-start.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backend: Vec<String>,
+
+    /// Connect to backends from this local address, or from several in
+    /// turn ("IP;IP;..."; at most 16), each connection's port chosen when
+    /// it connects (IP_BIND_ADDRESS_NO_PORT): more addresses, more
+    /// connections to one backend. Health checks use them too. A backend
+    /// uses the addresses of its own family; ",source=IP[;IP...]" on a
+    /// backend overrides it. [default: the system's choice]
+    #[arg(long, value_name = "IP[;IP...]")]
+    pub source: Option<String>,
 
     /// Number of worker processes, or "auto" for one per available core. [default: auto]
     #[arg(short, long, value_name = "N|auto")]
@@ -245,6 +256,26 @@ pub struct TuningArgs {
     /// A health check connect that takes longer than this fails. [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
     pub health_timeout: Option<Duration>,
+
+    /// What a health check writes after connecting (after the PROXY
+    /// header of a send-proxy backend), e.g. 'PING\r\n' for Redis.
+    /// Escapes: \r \n \t \0 \\ \xNN. [default: nothing]
+    #[arg(long, value_name = "STRING")]
+    pub health_send: Option<String>,
+
+    /// What the backend's first bytes must be, within --health-timeout,
+    /// for a check to pass, e.g. '+PONG' (a prefix match; escapes as for
+    /// --health-send). Alone, it checks a server that speaks first (a
+    /// greeting). [default: connecting is enough]
+    #[arg(long, value_name = "STRING")]
+    pub health_expect: Option<String>,
+
+    /// A backend that comes up again (health, `ctl backend enable`, or
+    /// added while running; not at start) gets a share that ramps from 5%
+    /// to its full weight over this long, or "off". Per backend:
+    /// ",slow-start=D|off". [default: off]
+    #[arg(long, value_name = "DURATION|off")]
+    pub slow_start: Option<String>,
 
     /// Consecutive good checks that bring a down backend back up. [default: 2]
     #[arg(long, value_name = "N", value_parser = values::checks)]

@@ -4,8 +4,11 @@
 
 mod build;
 mod error;
+pub mod escape;
 mod file;
+pub mod options;
 mod parse;
+pub mod sources;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -72,6 +75,16 @@ pub struct Health {
     pub fall: u32,
 }
 
+/// What an active health check writes and expects
+/// (`--health-send`, `--health-expect`); both empty: a plain connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Written after connecting (and after a `send-proxy` header).
+    pub send: Vec<u8>,
+    /// What the backend's first bytes must be, within the check timeout.
+    pub expect: Vec<u8>,
+}
+
 /// Everything the running proxy is configured with. Serializable: an
 /// upgrade hands the running value (with its run-time changes) to the new
 /// front.
@@ -106,6 +119,18 @@ pub struct Config {
     pub defer_accept: bool,
     pub limits: Limits,
     pub health: Health,
+    /// What a health check says and expects. (Absent from the handover
+    /// of a build before it: a plain connect.)
+    #[serde(default)]
+    pub probe: Probe,
+    /// `--source`: local addresses backend connections leave from, for
+    /// backends without a `source=` of their own (see `sources`).
+    #[serde(default)]
+    pub source: Vec<std::net::IpAddr>,
+    /// `--slow-start`: a backend that comes up ramps to its full weight
+    /// over this long; `None`: off.
+    #[serde(default)]
+    pub slow_start: Option<Duration>,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
@@ -182,6 +207,25 @@ impl Config {
         }
         if self.defer_accept {
             out.push_str(", defer-accept");
+        }
+        if !self.probe.send.is_empty() || !self.probe.expect.is_empty() {
+            out.push_str(", health check");
+            if !self.probe.send.is_empty() {
+                out.push_str(&format!(" send '{}'", escape::show(&self.probe.send, 64)));
+            }
+            if !self.probe.expect.is_empty() {
+                out.push_str(&format!(
+                    " expect '{}'",
+                    escape::show(&self.probe.expect, 64)
+                ));
+            }
+        }
+        if !self.source.is_empty() {
+            let ips: Vec<String> = self.source.iter().map(|ip| ip.to_string()).collect();
+            out.push_str(&format!(", source {}", ips.join(";")));
+        }
+        if let Some(d) = self.slow_start {
+            out.push_str(&format!(", slow start {}", humantime::format_duration(d)));
         }
         out
     }

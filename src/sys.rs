@@ -7,7 +7,7 @@
 //! The file descriptor limit helpers are here too because they describe the
 //! process's relationship with the kernel, not any one role.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use rustix::io::FdFlags;
@@ -309,6 +309,33 @@ pub fn set_defer_accept(listener: BorrowedFd<'_>, on: bool) -> std::io::Result<(
     }
 }
 
+/// Bind `socket` (TCP, not yet connected) to `ip` for an outgoing
+/// connection, with `IP_BIND_ADDRESS_NO_PORT` set first: the port is
+/// chosen at `connect`, per destination, so one source address is not
+/// limited to one ephemeral port range across every backend. Neither
+/// rustix nor socket2 exposes this option.
+pub fn bind_source(socket: &impl AsFd, ip: std::net::IpAddr) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    let fd = socket.as_fd();
+    // SAFETY: `fd` is borrowed for the duration of the call; the option
+    // value points at a live `c_int` on this stack frame and the length
+    // passed is exactly its size. setsockopt only reads it. (The option is
+    // at the IP level and applies to IPv6 sockets too.)
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket2::SockRef::from(&fd).bind(&std::net::SocketAddr::new(ip, 0).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +346,29 @@ mod tests {
         assert_eq!(cpu_plan(&[2, 3, 5, 7], 3), Some((2, vec![3, 5, 7])));
         assert_eq!(cpu_plan(&[4], 2), Some((4, vec![4, 4])));
         assert_eq!(cpu_plan(&[], 2), None);
+    }
+
+    #[test]
+    fn a_bound_source_takes_no_port_until_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        bind_source(&socket, "127.0.0.3".parse().unwrap()).unwrap();
+        let before = socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(before, "127.0.0.3:0".parse().unwrap());
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), "127.0.0.3".parse::<std::net::IpAddr>().unwrap());
+        assert_ne!(peer.port(), 0);
+        // The option is an IP-level one; IPv6 sockets take it too.
+        let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        bind_source(&v6, "::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            v6.local_addr().unwrap().as_socket().unwrap(),
+            "[::1]:0".parse().unwrap()
+        );
     }
 
     #[test]

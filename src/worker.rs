@@ -72,6 +72,9 @@ pub enum WorkerError {
 pub(crate) struct Routes {
     pub config: WorkerConfig,
     by_id: HashMap<u32, usize>,
+    /// Per backend: connections begun, to take its source addresses in
+    /// turn.
+    turns: Vec<Cell<u32>>,
 }
 
 impl Routes {
@@ -82,7 +85,25 @@ impl Routes {
             .enumerate()
             .map(|(i, b)| (b.id, i))
             .collect();
-        Routes { config, by_id }
+        let turns = config.backends.iter().map(|_| Cell::new(0)).collect();
+        Routes {
+            config,
+            by_id,
+            turns,
+        }
+    }
+
+    /// The address the next connection to backend `id` leaves from (its
+    /// source list in turn), or `None`: the system's choice.
+    pub fn next_source(&self, id: u32) -> Option<std::net::IpAddr> {
+        let i = self.index_of(id)?;
+        let list = self
+            .config
+            .sources
+            .get(usize::from(self.config.backends[i].source?))?;
+        let turn = self.turns[i].get();
+        self.turns[i].set(turn.wrapping_add(1));
+        list.get(turn as usize % list.len().max(1)).copied()
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {

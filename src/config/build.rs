@@ -4,12 +4,14 @@
 //! file's `path:line:column` and key). Every value's syntax is checked
 //! first; host names are looked up last.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
+
+mod protect;
 
 use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
@@ -356,6 +358,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             .typed("fall", t.fall, &keys.fall, values::checks)?
             .unwrap_or(3),
     };
+    let protect = protect::read(&src, args, keys)?;
     let splice = src
         .typed("splice", t.splice, &keys.splice, values::splice)?
         .unwrap_or(Splice::Auto);
@@ -460,7 +463,8 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
-    let (backends, resolve) = expand(&src, &backend_given, &parsed)?;
+    let source = protect.local_sources(&src)?;
+    let (backends, resolve) = expand(&src, &backend_given, &parsed, &source)?;
     let run_as = match (&user_given, user_name) {
         (Some(ug), Some(user)) => Some(
             crate::privileges::look_up(&user, group_name.as_deref()).map_err(
@@ -494,6 +498,9 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         defer_accept,
         limits,
         health,
+        probe: protect.probe,
+        source,
+        slow_start: protect.slow_start,
         splice,
         cpu_affinity,
         access_log,
@@ -532,28 +539,30 @@ fn backend_items<'a>(
 
 /// Resolve the backends: named ones first, so an address a `resolve` name
 /// also returns stays the named one.
+/// Each backend's sources are checked here, where its origin is known
+/// (`protect::usable`).
 fn expand(
     src: &Sources,
     given: &[Given],
     parsed: &[BackendArg],
+    global: &[IpAddr],
 ) -> Result<(Vec<BackendSpec>, Vec<ResolveGroup>), ConfigError> {
+    let usable = |g: &Given, specs| protect::usable(src, g, specs, global);
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(parsed.len());
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| !a.resolve) {
-        backends.extend(expand_backend(a).map_err(|why| resolve_error(src, g, why))?);
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        backends.extend(usable(g, specs)?);
     }
     let mut resolve = Vec::new();
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| a.resolve) {
-        for b in expand_backend(a).map_err(|why| resolve_error(src, g, why))? {
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        for b in usable(g, specs)? {
             // (A member is named by its address: the address decides.)
             if !backends.iter().any(|o| o.addr == b.addr) {
                 backends.push(b);
             }
         }
-        resolve.push(ResolveGroup {
-            name: a.name.clone(),
-            weight: a.weight,
-            send_proxy: a.send_proxy,
-        });
+        resolve.push(ResolveGroup::of(a));
     }
     if backends.len() > MAX_BACKENDS {
         return Err(ConfigError::Rule {
@@ -564,5 +573,6 @@ fn expand(
             ),
         });
     }
+    protect::check_lists(src, &given[0], &backends, global)?;
     Ok((backends, resolve))
 }

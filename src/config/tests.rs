@@ -2,6 +2,7 @@
 
 mod access;
 mod props;
+mod protect;
 
 use std::path::Path;
 
@@ -74,11 +75,11 @@ fn limits_are_off_unless_set_and_off_is_a_value() {
 
 #[test]
 fn backend_forms() {
-    let b = parse_backend("10.0.0.5:80,weight=3").unwrap();
+    let b = parse_backend("10.0.0.5:80,weight=3", &[]).unwrap();
     assert_eq!((b.name.as_str(), b.weight), ("10.0.0.5:80", 3));
-    let b = parse_backend("[::1]:8080").unwrap();
+    let b = parse_backend("[::1]:8080", &[]).unwrap();
     assert_eq!(b.addr, "[::1]:8080".parse().unwrap());
-    let b = parse_backend("localhost:9000").unwrap();
+    let b = parse_backend("localhost:9000", &[]).unwrap();
     assert_eq!(b.addr.port(), 9000);
     assert_eq!(b.name, "localhost:9000");
 }
@@ -133,9 +134,16 @@ fn bad_backends_name_the_problem() {
             "localhost:80,resolve",
             "resolve is for --backend and the config file",
         ),
-        ("localhost:80,resolve=yes", "unknown option 'resolve'"),
+        (
+            "localhost:80,resolve=yes",
+            "option 'resolve' takes no value",
+        ),
+        (
+            "10.0.0.5:80,weight=2,weight=3",
+            "option 'weight' is given twice",
+        ),
     ] {
-        let e = parse_backend(spec).unwrap_err().to_string();
+        let e = parse_backend(spec, &[]).unwrap_err().to_string();
         assert!(e.contains(spec), "{e}");
         assert!(e.contains(needle), "{spec}: {e}");
     }
@@ -369,7 +377,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
     for (body, want) in [
         (
             "backends = [\"127.0.0.1:80\", { address = \"127.0.0.1:81\", wieght = 2 }]\n",
-            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy)\n  tip: a similar key exists: 'weight'",
+            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy, source, slow-start)\n  tip: a similar key exists: 'weight'",
         ),
         (
             "backends = [\"127.0.0.1:80\",\n  \"127.0.0.1:80,weight=0\"]\n",
@@ -377,7 +385,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [3]\n",
-            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
+            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "backends = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
@@ -385,7 +393,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [true]\n",
-            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
+            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "workers = 2\n",

@@ -361,12 +361,16 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                     (None, Some(v)) => format!("{} (send-proxy={v})", r.address),
                     (None, None) => r.address.clone(),
                 },
-                r.state.to_string(),
+                match r.slow_start_percent {
+                    Some(p) => format!("{} (slow start {p}%)", r.state),
+                    None => r.state.to_string(),
+                },
                 r.weight.to_string(),
                 r.active.to_string(),
                 r.total.to_string(),
                 r.failures.to_string(),
                 check_failures(r.check_failures, r.check_failures_in_a_row),
+                r.check.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -379,6 +383,7 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
             "TOTAL",
             "CONNECT-FAILS",
             "CHECK-FAILS",
+            "CHECK",
         ],
         &body,
     )

@@ -69,6 +69,9 @@ pub struct BackendRow {
     pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub state: &'static str,
     pub weight: u32,
+    /// While slow start ramps it up: how far, in percent of its weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
     pub active: u64,
     pub total: u64,
     /// Connects to it that failed (refused, timed out, other), in all.
@@ -78,6 +81,10 @@ pub struct BackendRow {
     /// Of those, how many in a row up to the last check (0 once one
     /// passes).
     pub check_failures_in_a_row: u32,
+    /// The last active health check: `ok`, or why it failed; absent
+    /// before the first (or with checks off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 fn short(build: &str) -> String {
@@ -182,6 +189,7 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
                 (Admin::Enabled, false) => "down",
             },
             weight: b.spec.weight,
+            slow_start_percent: f.backends.ramp_percent(i).filter(|_| b.routable()),
             active: f.backends.active(i, table, &cells),
             total: total(b.column, Col::Conns),
             failures: total(b.column, Col::FailRefused)
@@ -190,6 +198,10 @@ pub fn backends(f: &Front) -> Vec<BackendRow> {
             // (The front's own count: in the base only.)
             check_failures: ColCell::of(table.base(b.column)).get(Col::CheckFailures),
             check_failures_in_a_row: b.check.consecutive_fail,
+            check: b.check.last.as_ref().map(|r| match r {
+                Ok(()) => "ok".to_string(),
+                Err(why) => why.clone(),
+            }),
         })
         .collect()
 }
@@ -294,10 +306,19 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
+            let global = front.borrow().config.load().source.clone();
             // Resolve off the event loop: a slow DNS server must not stall it.
-            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec))
+            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
                 .map_err(|e| e.to_string())??;
+            {
+                // Its source list must fit the workers' table with the others.
+                let f = front.borrow();
+                let mut specs: Vec<_> = f.backends.list.iter().map(|b| b.spec.clone()).collect();
+                specs.push(parsed.clone());
+                crate::config::sources::check_lists(&specs, &f.config.load().source)
+                    .map_err(|why| format!("invalid backend '{parsed}': {why}"))?;
+            }
             let name = parsed.to_string();
             front
                 .borrow_mut()

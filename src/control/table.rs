@@ -86,7 +86,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backend add",
         "ADDR[,weight=N]",
-        "add a backend (also ,send-proxy=v1|v2)",
+        "add a backend (options as for --backend)",
         Run(BackendAdd),
     ),
     row(

@@ -127,8 +127,12 @@ impl Front {
         let applied = self.table_applied_everywhere();
         self.backends
             .add(spec, &self.counters.table, applied)
-            .map(|_| ())
-            .ok_or(AdminError::TooMany(MAX_BACKENDS))
+            .ok_or(AdminError::TooMany(MAX_BACKENDS))?;
+        // Added while running: slow start, if it has one.
+        let last = self.backends.list.len() - 1;
+        self.backends
+            .start_ramp(last, self.config.load().slow_start);
+        Ok(())
     }
 
     /// Add a backend (by `ctl`).
@@ -173,12 +177,16 @@ impl Front {
     pub fn set_backend_enabled(&mut self, name: &str, enabled: bool) -> Result<(), AdminError> {
         let i = self.find_backend(name)?;
         let b = &mut self.backends.list[i];
+        let was = b.admin;
         b.admin = if enabled {
             Admin::Enabled
         } else {
             Admin::Disabled
         };
         info!(backend = %name, enabled, "backend admin state changed");
+        if enabled && was == Admin::Disabled {
+            self.backends.start_ramp(i, self.config.load().slow_start);
+        }
         self.backends.refresh_routable();
         self.config_changed();
         self.publish();
@@ -217,6 +225,12 @@ impl Front {
             let spec = group_member(group, addr);
             if self.backends.list.iter().any(|b| b.spec.addr == addr) {
                 continue; // listed under another name, or still draining
+            }
+            if let Err(why) =
+                crate::config::sources::check_family(&spec, &self.config.load().source)
+            {
+                warn!(name = %group.name, backend = %spec.name, cause = %why, "not adding this address");
+                continue;
             }
             let name = spec.name.clone();
             if let Err(err) = self.add_spec(spec) {

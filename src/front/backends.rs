@@ -8,19 +8,31 @@
 //! (`inflight`) plus what the workers hold on it (their statistics cells),
 //! refreshed by [`Backends::refresh_active`].
 //!
+//! Slow start: a backend that comes up while the proxy runs (health, `ctl
+//! backend enable`, added) has its view's `ramp` raised from
+//! [`RAMP_FLOOR`] to full over its slow-start duration
+//! ([`Backends::refresh_ramps`], on every change and a few times a
+//! second), so the policies see its effective weight rise.
+//!
 //! Columns: each backend has a column of the statistics table. A column
 //! is freed when its backend leaves, and reused only once every worker
 //! has applied a backend table without it (the worker zeroes its cells of
 //! a column when it does), so a new backend never inherits old counts.
 
+use std::time::{Duration, Instant};
+
 use hashbrown::HashMap;
 use serde::Serialize;
+use tracing::info;
 
 use super::health::CheckState;
 use crate::channel::BackendEntry;
 use crate::config::BackendSpec;
-use crate::policy::{BackendView, backend_key};
+use crate::policy::{BackendView, RAMP_FULL, backend_key};
 use crate::stats::{Col, ColCell, Table};
+
+/// Where a slow start begins: 5% of the full share.
+pub const RAMP_FLOOR: u32 = RAMP_FULL / 20;
 
 /// What an operator asked of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -125,6 +137,7 @@ impl Backends {
             weight: spec.weight,
             routable: true,
             active: 0,
+            ramp: RAMP_FULL,
         });
         self.list.push(Backend {
             id,
@@ -147,6 +160,7 @@ impl Backends {
             weight: b.spec.weight,
             routable: b.routable(),
             active: 0,
+            ramp: RAMP_FULL,
         });
         self.list.push(b);
         self.reindex();
@@ -206,6 +220,44 @@ impl Backends {
             .collect();
     }
 
+    /// Backend `i` came up just now: its slow start (if it has one) begins.
+    pub fn start_ramp(&mut self, i: usize, global: Option<Duration>) {
+        self.list[i].check.up_since = Some(Instant::now());
+        self.refresh_ramps(global);
+    }
+
+    /// Set every view's ramp for now: `RAMP_FLOOR` + the time since it
+    /// came up over its slow-start duration (its `slow-start=`, else
+    /// `global`), full once that has passed or with no slow start.
+    pub fn refresh_ramps(&mut self, global: Option<Duration>) {
+        let now = Instant::now();
+        for (b, v) in self.list.iter_mut().zip(self.views.iter_mut()) {
+            let span = b.spec.slow_start.or(global).filter(|d| !d.is_zero());
+            v.ramp = match (b.check.up_since, span) {
+                (Some(t), Some(span)) if now.duration_since(t) < span => {
+                    let frac = now.duration_since(t).as_secs_f64() / span.as_secs_f64();
+                    ((frac * f64::from(RAMP_FULL)) as u32).clamp(RAMP_FLOOR, RAMP_FULL)
+                }
+                (Some(_), Some(span)) => {
+                    info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+                _ => {
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+            };
+        }
+    }
+
+    /// How far backend `i` has ramped up, in percent, while it ramps.
+    pub fn ramp_percent(&self, i: usize) -> Option<u8> {
+        let r = self.views[i].ramp;
+        (r < RAMP_FULL)
+            .then(|| ((u64::from(r) * 100 + u64::from(RAMP_FULL / 2)) / u64::from(RAMP_FULL)) as u8)
+    }
+
     /// Recompute the routable flags from admin and health state.
     pub fn refresh_routable(&mut self) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
@@ -254,18 +306,37 @@ impl Backends {
     }
 
     /// The table a worker needs: every listed backend, routable or not
-    /// (so it can account for connections still on a drained one).
-    pub fn worker_table(&self) -> Vec<BackendEntry> {
-        self.list
+    /// (so it can account for connections still on a drained one), and
+    /// the source address lists they use (`global`: `--source`), each
+    /// list once.
+    pub fn worker_table(
+        &self,
+        global: &[std::net::IpAddr],
+    ) -> (Vec<BackendEntry>, Vec<Vec<std::net::IpAddr>>) {
+        let mut lists: Vec<Vec<std::net::IpAddr>> = Vec::new();
+        let entries = self
+            .list
             .iter()
-            .map(|b| BackendEntry {
-                id: b.id,
-                column: b.column as u16,
-                addr: b.spec.addr,
-                routable: b.routable(),
-                send_proxy: b.spec.send_proxy,
+            .map(|b| {
+                let from = crate::config::sources::of(&b.spec, global);
+                let source = (!from.is_empty()).then(|| {
+                    let i = lists.iter().position(|l| *l == from).unwrap_or_else(|| {
+                        lists.push(from);
+                        lists.len() - 1
+                    });
+                    i as u16
+                });
+                BackendEntry {
+                    id: b.id,
+                    column: b.column as u16,
+                    addr: b.spec.addr,
+                    routable: b.routable(),
+                    send_proxy: b.spec.send_proxy,
+                    source,
+                }
             })
-            .collect()
+            .collect();
+        (entries, lists)
     }
 }
 

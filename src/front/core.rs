@@ -506,6 +506,7 @@ impl Front {
     /// is there to prevent.
     pub fn config_frame(&mut self) -> Option<Vec<u8>> {
         let cfg = self.config.load();
+        let (backends, sources) = self.backends.worker_table(&cfg.source);
         let msg = Down::Config(crate::channel::WorkerConfig {
             seq: self.backends.next_table_seq(),
             connect_timeout: cfg.connect_timeout,
@@ -514,7 +515,8 @@ impl Front {
             first_byte_timeout: cfg.client_first_byte_timeout,
             splice: cfg.splice,
             report_closes: cfg.limits.per_ip().is_some(),
-            backends: self.backends.worker_table(),
+            backends,
+            sources,
         });
         let mut frame = Vec::new();
         match msg.encode(&mut frame) {

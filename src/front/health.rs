@@ -18,16 +18,25 @@
 //! A check of a `send-proxy` backend writes a PROXY header saying "no
 //! client" (v2 `LOCAL`, v1 `PROXY UNKNOWN`) after connecting, as HAProxy
 //! does, so a backend that requires the header neither logs an error nor
-//! drops the check; the check passes once the header is written.
+//! drops the check. Then `--health-send` is written and `--health-expect`
+//! read (see `probe`); with neither, the check passes once connected and
+//! the header written. Checks leave from the backend's source addresses
+//! (`config::sources`), one after the other round by round.
+//!
+//! A failed check says why: the first failure after a success is logged
+//! with its reason, the reason goes with the "backend down" line, and
+//! `ctl backends` shows the last check's result.
 
-use std::net::SocketAddr;
+mod probe;
+
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::{Front, Shared};
-use crate::proxy_protocol::{Header, Version};
+use crate::config::sources;
 use crate::stats::{Col, ColCell};
+use probe::{Failure, Plan};
 
 /// Failed connects must fall within this window to mark a backend down.
 pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
@@ -36,7 +45,7 @@ pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// Per-backend check state.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct CheckState {
     pub consecutive_ok: u32,
     pub consecutive_fail: u32,
@@ -47,10 +56,19 @@ pub struct CheckState {
     pub conns_seen: u64,
     /// Marked down by traffic (not by checks), at this time.
     pub passive_down: Option<Instant>,
+    /// The last active check: passed, or why not; `None` before the first.
+    pub last: Option<Result<(), String>>,
+    /// Came up (health, enable, added) while running, at this time: slow
+    /// start ramps from here (see `Backends::refresh_ramps`). `None` at
+    /// start, and once the ramp is over.
+    pub up_since: Option<Instant>,
 }
 
 /// Run active checks until the front shuts down.
 pub async fn run(front: Shared) {
+    // Round by round, each backend's checks take its source addresses in
+    // turn.
+    let mut round: usize = 0;
     loop {
         let plan = {
             let f = front.borrow();
@@ -59,33 +77,42 @@ pub async fn run(front: Shared) {
             }
             let cfg = f.config.load();
             cfg.health.interval.map(|interval| {
-                let targets: Vec<(u32, SocketAddr, Option<Version>)> = f
+                let targets: Vec<(u32, Plan)> = f
                     .backends
                     .list
                     .iter()
-                    .map(|b| (b.id, b.spec.addr, b.spec.send_proxy))
+                    .map(|b| {
+                        let from = sources::of(&b.spec, &cfg.source);
+                        let plan = Plan {
+                            addr: b.spec.addr,
+                            source: (!from.is_empty()).then(|| from[round % from.len()]),
+                            send_proxy: b.spec.send_proxy,
+                            send: cfg.probe.send.clone(),
+                            expect: cfg.probe.expect.clone(),
+                            timeout: cfg.health.timeout,
+                        };
+                        (b.id, plan)
+                    })
                     .collect();
-                (interval, cfg.health.timeout, targets)
+                (interval, targets)
             })
         };
-        let Some((interval, timeout, targets)) = plan else {
+        let Some((interval, targets)) = plan else {
             // Checks are off; look again later in case a reload turns them
             // on.
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let checks =
-            targets
-                .into_iter()
-                .map(|(id, addr, send_proxy)| async move {
-                    (id, check(addr, timeout, send_proxy).await)
-                });
+        round = round.wrapping_add(1);
+        let checks = targets
+            .into_iter()
+            .map(|(id, plan)| async move { (id, probe::check(&plan).await) });
         let results = join_all(checks).await;
         {
             let mut f = front.borrow_mut();
             if !f.state.frozen {
-                for (id, ok) in results {
-                    f.check_result(id, ok);
+                for (id, result) in results {
+                    f.check_result(id, result);
                 }
             }
         }
@@ -108,45 +135,40 @@ where
     out
 }
 
-/// Connect (and, for a `send-proxy` backend, write a header with no
-/// client) within `timeout`.
-async fn check(addr: SocketAddr, timeout: Duration, send_proxy: Option<Version>) -> bool {
-    use tokio::io::AsyncWriteExt;
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        if let Some(v) = send_proxy {
-            stream.write_all(&Header::Local.encode(v)).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(())))
-}
-
 impl Front {
     /// Apply one active check of backend `id`.
-    pub fn check_result(&mut self, id: u32, ok: bool) {
+    pub fn check_result(&mut self, id: u32, result: Result<(), Failure>) {
         let health = self.config.load().health;
         let Some(i) = self.backends.index_of(id) else {
             return;
         };
         let b = &mut self.backends.list[i];
         let was = b.healthy;
-        if ok {
-            b.check.consecutive_fail = 0;
-            b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
-            if !b.healthy && b.check.consecutive_ok >= health.rise {
-                b.healthy = true;
-                b.check.passive_down = None;
+        match result {
+            Ok(()) => {
+                b.check.consecutive_fail = 0;
+                b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
+                b.check.last = Some(Ok(()));
+                if !b.healthy && b.check.consecutive_ok >= health.rise {
+                    b.healthy = true;
+                    b.check.passive_down = None;
+                }
             }
-        } else {
-            b.check.consecutive_ok = 0;
-            b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
-            crate::stats::bump(
-                ColCell::of(self.counters.table.base(b.column)).word(Col::CheckFailures),
-                1,
-            );
-            if b.healthy && b.check.consecutive_fail >= health.fall {
-                b.healthy = false;
+            Err(why) => {
+                let why = why.to_string();
+                b.check.consecutive_ok = 0;
+                b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
+                crate::stats::bump(
+                    ColCell::of(self.counters.table.base(b.column)).word(Col::CheckFailures),
+                    1,
+                );
+                if b.check.consecutive_fail == 1 && b.healthy {
+                    info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
+                }
+                b.check.last = Some(Err(why));
+                if b.healthy && b.check.consecutive_fail >= health.fall {
+                    b.healthy = false;
+                }
             }
         }
         if b.healthy != was {
@@ -217,12 +239,20 @@ impl Front {
 
     fn health_changed(&mut self, i: usize, source: &'static str) {
         let health = self.config.load().health;
-        let b = &self.backends.list[i];
+        let b = &mut self.backends.list[i];
         if b.healthy {
             info!(backend = %b.spec.name, rise = health.rise, source, "backend up");
+            b.check.up_since = Some(Instant::now());
         } else {
-            warn!(backend = %b.spec.name, fall = health.fall, source, "backend down");
+            let reason = match (&b.check.last, source) {
+                (Some(Err(why)), "check") => why.as_str(),
+                _ => "connects from workers failed",
+            };
+            warn!(backend = %b.spec.name, fall = health.fall, source, reason, "backend down");
+            b.check.up_since = None;
         }
+        // Slow start, if it has one, begins now.
+        self.backends.refresh_ramps(self.config.load().slow_start);
         self.backends.refresh_routable();
         if !self.backends.any_routable() {
             warn!("every backend is down: failing open (connections are still tried)");

@@ -1,7 +1,7 @@
 //! The front's periodic look at what workers counted, a few times a
 //! second: trim in-flight handoffs, drop drained backends, replace a hung
 //! worker, bring passively failed backends back when no health check
-//! will, and hand out connections still waiting.
+//! will, move slow starts along, and hand out connections still waiting.
 //!
 //! Workers send nothing per connection, so this is where slow-moving
 //! consequences of their counts are noticed; anything urgent (a worker
@@ -41,6 +41,7 @@ pub async fn run(front: Shared) {
 
 impl Front {
     fn upkeep(&mut self) {
+        self.backends.refresh_ramps(self.config.load().slow_start);
         self.refresh_all_views();
         self.reap_drained();
         self.watchdog();

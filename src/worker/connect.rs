@@ -202,7 +202,15 @@ async fn connect_any(
     for backend in order {
         let began = Instant::now();
         let preface = backend.send_proxy.map(|v| header.encode(v));
-        match connect_one(backend.addr, config.connect_timeout, preface.as_deref()).await {
+        let source = routes.next_source(backend.id);
+        match connect_one(
+            backend.addr,
+            source,
+            config.connect_timeout,
+            preface.as_deref(),
+        )
+        .await
+        {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
@@ -219,10 +227,11 @@ async fn connect_any(
     None
 }
 
-/// Connect to `addr` and write `preface` (a PROXY header) if any, all
-/// within `timeout`.
+/// Connect to `addr` (from `source`, if given) and write `preface` (a
+/// PROXY header) if any, all within `timeout`.
 async fn connect_one(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     timeout: Duration,
     preface: Option<&[u8]>,
 ) -> Result<TcpStream, FailReason> {
@@ -233,6 +242,9 @@ async fn connect_one(
             TcpSocket::new_v6()
         }?;
         socket.set_nodelay(true)?;
+        if let Some(ip) = source {
+            crate::sys::bind_source(&socket, ip)?;
+        }
         let mut stream = socket.connect(addr).await?;
         if let Some(bytes) = preface {
             stream.write_all(bytes).await?;

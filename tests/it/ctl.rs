@@ -303,7 +303,8 @@ fn ctl_backends_shows_failed_health_checks() {
             "ACTIVE",
             "TOTAL",
             "CONNECT-FAILS",
-            "CHECK-FAILS"
+            "CHECK-FAILS",
+            "CHECK"
         ]
     );
     let dead_line = lines.clone().find(|l| l.starts_with(&dead_name)).unwrap();
@@ -312,5 +313,5 @@ fn ctl_backends_shows_failed_health_checks() {
         .find(|l| l.starts_with(&good.addr.to_string()))
         .unwrap();
     let cells: Vec<&str> = good_line.split_whitespace().collect();
-    assert_eq!(cells[1..], ["up", "1", "0", "0", "0", "0"], "{text}");
+    assert_eq!(cells[1..], ["up", "1", "0", "0", "0", "0", "ok"], "{text}");
 }

@@ -15,6 +15,7 @@ mod observability;
 mod peers;
 mod pidfile;
 mod policies;
+mod protect;
 mod shims;
 mod supervision;
 mod support;

@@ -151,6 +151,19 @@ pub fn haproxy(config: &str, ready: SocketAddr) -> Peer {
     Peer::start("haproxy", cmd, dir, ready)
 }
 
+/// redis-server on 127.0.0.1:`port`, in the foreground, with no
+/// persistence (nothing is written but its output).
+pub fn redis(port: u16) -> Peer {
+    let dir = temp_dir("redis");
+    let mut cmd = Command::new(tool("redis-server"));
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--protected-mode", "no"])
+        .arg("--dir")
+        .arg(&dir);
+    Peer::start("redis", cmd, dir, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// One HTTP/1.0 GET through `to` from the local address `from` (port 0:
 /// any); the status line.
 pub fn http_get_from(from: SocketAddr, to: SocketAddr) -> String {

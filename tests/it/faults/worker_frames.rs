@@ -195,7 +195,9 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             addr: echo.addr,
             routable: true,
             send_proxy: None,
+            source: None,
         }],
+        sources: Vec::new(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
 
