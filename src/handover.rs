@@ -63,7 +63,7 @@ impl Hello {
             build: crate::version::build_id().to_string(),
             handover: VERSION,
             channel: crate::channel::VERSION,
-            stats: crate::stats::LAYOUT,
+            stats: crate::stats::layout(),
         }
     }
 

@@ -70,6 +70,15 @@ pub fn open_fd_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }
 
+/// Read a static as the loaded file holds it, never what the compiler
+/// knows of it: for data a copy of the binary may carry other bytes for
+/// (see `stats::layout`).
+pub fn read_static<T: Copy>(value: &'static T) -> T {
+    // SAFETY: a reference is valid, aligned and initialised for reads,
+    // and a static lives for the whole process.
+    unsafe { std::ptr::read_volatile(value) }
+}
+
 /// The raw number of a descriptor, for passing on a command line.
 pub fn raw(fd: &impl AsRawFd) -> RawFd {
     fd.as_raw_fd()

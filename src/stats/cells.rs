@@ -7,10 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{
-    COL_WORDS, CONNECT_BOUNDS, Col, DURATION_BOUNDS, PROC_HEAD_WORDS, ProcWord, bucket, bump, get,
-    nanos, set,
-};
+use super::{COL_WORDS, CONNECT, Col, DURATION, Hist, PROC_HEAD_WORDS, ProcWord, bump, get, set};
 use crate::channel::FailReason;
 
 /// One process cell.
@@ -51,13 +48,16 @@ impl<'a> ProcCell<'a> {
         &self.words[ProcWord::DurationBucket0 as usize + i]
     }
 
+    /// The connection-duration histogram's words: sum, then buckets.
+    pub fn duration(&self) -> &'a [AtomicU64] {
+        let start = ProcWord::DurationSumNs as usize;
+        &self.words[start..start + Hist::<{ DURATION.bounds_ns.len() }>::WORDS]
+    }
+
     /// A connection lasted `d`.
+    #[inline]
     pub fn record_duration(&self, d: Duration) {
-        bump(self.word(ProcWord::DurationSumNs), nanos(d));
-        bump(
-            self.duration_bucket(bucket(&DURATION_BOUNDS, d.as_secs_f64())),
-            1,
-        );
+        DURATION.record(self.duration(), d);
     }
 
     /// Backend column `col` of this cell, if the table has it.
@@ -148,14 +148,17 @@ impl<'a> ColCell<'a> {
         set(w, get(w).saturating_sub(1));
     }
 
+    /// The connect-time histogram's words: sum, then buckets.
+    pub fn connect(&self) -> &'a [AtomicU64] {
+        let start = Col::ConnectSumNs as usize;
+        &self.words[start..start + Hist::<{ CONNECT.bounds_ns.len() }>::WORDS]
+    }
+
     /// Connected, after `connect_time`.
+    #[inline]
     pub fn opened(&self, connect_time: Duration) {
         bump(self.word(Col::Conns), 1);
-        bump(self.word(Col::ConnectSumNs), nanos(connect_time));
-        bump(
-            self.connect_bucket(bucket(&CONNECT_BOUNDS, connect_time.as_secs_f64())),
-            1,
-        );
+        CONNECT.record(self.connect(), connect_time);
     }
 
     pub fn failed(&self, reason: FailReason) {

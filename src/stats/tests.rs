@@ -20,9 +20,9 @@ fn a_second_mapping_sees_every_write() {
     let seen = other.cell(5);
     assert_eq!(seen.get(ProcWord::Finished), 7);
     assert_eq!(
-        get(seen.duration_bucket(3)),
+        get(seen.duration_bucket(4)),
         1,
-        "20 ms falls in (10 ms, 50 ms]"
+        "20 ms falls in (10 ms, 25 ms]"
     );
     assert_eq!(seen.get(ProcWord::DurationSumNs), 20_000_000);
     let c = seen.col(7).unwrap();
@@ -97,6 +97,15 @@ fn the_wake_flag_is_taken_once() {
 }
 
 #[test]
+fn the_build_declares_its_layout() {
+    assert_eq!(layout(), LAYOUT);
+    assert_eq!(&layout_tag(2)[LAYOUT_MARKER.len()..], b"00000002");
+    assert_eq!(&layout_tag(12345)[LAYOUT_MARKER.len()..], b"00012345");
+    let t = Table::create(1, 1, 1).unwrap();
+    assert_eq!(get(&t.words()[1]), LAYOUT, "the header says so");
+}
+
+#[test]
 fn a_foreign_file_is_refused() {
     use rustix::fs::MemfdFlags;
     let fd =
@@ -123,9 +132,59 @@ fn a_foreign_file_is_refused() {
 
 #[test]
 fn buckets_are_upper_inclusive() {
-    assert_eq!(bucket(&DURATION_BOUNDS, 0.001), 0);
-    assert_eq!(bucket(&DURATION_BOUNDS, 0.0011), 1);
-    assert_eq!(bucket(&DURATION_BOUNDS, 1e9), DURATION_BOUNDS.len());
+    fn check<const N: usize>(h: Hist<N>) {
+        assert_eq!(h.bucket(0), 0);
+        for (i, &b) in h.bounds_ns.iter().enumerate() {
+            assert_eq!(h.bucket(b), i, "{b} ns is in the bucket it bounds");
+            assert_eq!(h.bucket(b + 1), i + 1, "{b} + 1 ns is in the next");
+        }
+        assert_eq!(h.bucket(u64::MAX), N, "+Inf");
+        assert!(h.bounds_ns.is_sorted_by(|a, b| a < b), "ascending");
+    }
+    check(CONNECT);
+    check(DURATION);
+}
+
+#[test]
+fn bounds_read_as_prometheus_writes_them() {
+    assert_eq!(
+        CONNECT.le(),
+        [
+            "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+            "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30"
+        ]
+    );
+    assert_eq!(
+        DURATION.le(),
+        [
+            "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+            "5", "10", "30", "60", "300", "900", "3600"
+        ]
+    );
+}
+
+#[test]
+fn a_recorded_duration_adds_to_its_bucket_and_the_sum() {
+    let t = Table::create(1, 1, 2).unwrap();
+    let cell = t.cell(1);
+    for ms in [1, 2, 7, 7, 4_000_000] {
+        cell.record_duration(Duration::from_millis(ms));
+    }
+    // Over 584 years saturates the sum's nanoseconds rather than wrap.
+    assert_eq!(nanos(Duration::MAX), u64::MAX);
+    let mut h = Counts::new(Hist::<18>::BUCKETS);
+    h.add(cell.duration());
+    let mut want = vec![0; 19];
+    (want[0], want[1], want[3], want[18]) = (1, 1, 2, 1);
+    assert_eq!(h.buckets, want);
+    assert_eq!(h.sum_ns, 4_000_017 * 1_000_000);
+    assert_eq!(h.count(), 5);
+    // The base and a cell add up.
+    let base = Counts::new(19);
+    let mut both = base.clone();
+    both.add(t.duration_base());
+    both.add(cell.duration());
+    assert_eq!(both, h, "an empty base adds nothing");
 }
 
 #[test]
@@ -264,4 +323,38 @@ fn the_table_cannot_change_size_or_lose_its_seals() {
     drop(old);
     assert!(fcntl_get_seals(&fd).unwrap().contains(SealFlags::SHRINK));
     assert_eq!(ftruncate(&fd, 8), Err(rustix::io::Errno::PERM));
+}
+
+mod buckets_match_the_float_definition {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Prometheus's definition: the first bucket whose bound is at least
+    /// the value, in seconds.
+    fn by_float<const N: usize>(h: Hist<N>, d: Duration) -> usize {
+        let secs = d.as_secs_f64();
+        h.bounds_ns
+            .iter()
+            .position(|&b| secs <= b as f64 / 1e9)
+            .unwrap_or(N)
+    }
+
+    proptest! {
+        #[test]
+        fn for_any_duration(ns in 0u64..100_000_000_000_000) {
+            let d = Duration::from_nanos(ns);
+            prop_assert_eq!(CONNECT.bucket(nanos(d)), by_float(CONNECT, d));
+            prop_assert_eq!(DURATION.bucket(nanos(d)), by_float(DURATION, d));
+        }
+
+        #[test]
+        fn next_to_a_bound(i in 0usize..18, delta in -2i64..=2) {
+            for b in [CONNECT.bounds_ns.get(i), DURATION.bounds_ns.get(i)].into_iter().flatten() {
+                let d = Duration::from_nanos(b.saturating_add_signed(delta));
+                prop_assert_eq!(CONNECT.bucket(nanos(d)), by_float(CONNECT, d));
+                prop_assert_eq!(DURATION.bucket(nanos(d)), by_float(DURATION, d));
+            }
+        }
+    }
 }

@@ -44,7 +44,7 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_backend_received_bytes_total",
     "rrproxy_backend_sent_bytes_total",
     "rrproxy_backend_weight",
-    "rrproxy_backend_connect_duration_seconds_bucket",
+    "rrproxy_backend_connect_seconds_bucket",
     "rrproxy_connection_duration_seconds_bucket",
     "rrproxy_accepted_connections_total",
     "rrproxy_accept_errors_total",
@@ -122,10 +122,7 @@ fn a_known_workload_shows_in_every_metric() {
         Some(5.0)
     );
     assert_eq!(
-        m.get(
-            "rrproxy_backend_connect_duration_seconds_count",
-            &[("backend", &e)]
-        ),
+        m.get("rrproxy_backend_connect_seconds_count", &[("backend", &e)]),
         Some(10.0)
     );
     assert_eq!(m.get("rrproxy_accepted_connections_total", &[]), Some(10.0));

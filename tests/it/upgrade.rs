@@ -184,6 +184,7 @@ fn an_upgrade_to_another_build_under_load_fails_nothing_and_counters_go_on() {
         "rrproxy_backend_connections_total",
         "rrproxy_backend_received_bytes_total",
         "rrproxy_connection_duration_seconds_count",
+        "rrproxy_backend_connect_seconds_count",
     ] {
         assert!(
             counter(&after, name) >= counter(&before, name) + 1.0,
