@@ -149,6 +149,10 @@ pub struct BackendEntry {
 /// Most backends a handoff names to fall back on (`--retries`).
 pub const MAX_FALLBACKS: usize = 4;
 
+/// Most source addresses one list of the worker table holds (one
+/// backend's `source=`, or `--source`).
+pub const MAX_SOURCES: usize = 16;
+
 /// Backends to try, in order, when the chosen one cannot be reached: the
 /// policy's next choices, at most `--retries` of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

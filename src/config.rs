@@ -6,6 +6,7 @@ mod build;
 mod error;
 pub mod escape;
 mod file;
+mod flags;
 pub mod options;
 mod parse;
 pub mod sources;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use error::{BadValue, ConfigError, Invalid, Origin, closest};
 pub use file::{FileConfig, LoadedFile};
+pub use flags::{AccessFlags, Flags, RunFlags, Spelling, TuningFlags};
 pub use parse::{
     BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,
     parse_backend_arg, resolve, resolve_all,
@@ -25,7 +27,6 @@ pub use parse::{
 
 use crate::acl::{Acl, Networks};
 use crate::channel::{AccessLog, Splice};
-use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
 /// Most backends one proxy accepts (bounded so the worker table always fits
@@ -164,7 +165,7 @@ pub struct Config {
 
 impl Config {
     /// Build from flags, reading `--config` if given. Resolves host names.
-    pub fn load(args: &ProxyArgs) -> Result<Config, ConfigError> {
+    pub fn load(args: &Flags) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => Some(LoadedFile::read(path)?),
             None => None,
@@ -174,7 +175,7 @@ impl Config {
 
     /// Re-read the config file for a reload, keeping the command-line
     /// overrides that were given at start. Errors read exactly as at start.
-    pub fn reload(args: &ProxyArgs) -> Result<Config, ConfigError> {
+    pub fn reload(args: &Flags) -> Result<Config, ConfigError> {
         Config::load(args)
     }
 

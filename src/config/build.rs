@@ -19,7 +19,6 @@ use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_
 use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
 use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::{AccessLog, Splice};
-use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
 /// One value as given: its text, how an error shows it, where it is.
@@ -39,7 +38,7 @@ enum At<'a> {
 
 /// Where values come from: the flags, then the file.
 struct Sources<'a> {
-    args: &'a ProxyArgs,
+    args: &'a super::Flags,
     file: Option<&'a LoadedFile>,
 }
 
@@ -177,7 +176,7 @@ fn resolve_error(src: &Sources, given: &Given, why: String) -> ConfigError {
     }))
 }
 
-pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
+pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
     let src = Sources { args, file };
     let empty = FileConfig::default();
     let keys = file.map_or(&empty, |f| &f.keys);
@@ -522,7 +521,7 @@ fn is_string(raw: &Option<Raw>) -> bool {
 /// tables spelled out as `--backend` text.
 fn backend_items<'a>(
     src: &Sources<'a>,
-    args: &ProxyArgs,
+    args: &super::Flags,
     keys: &'a FileConfig,
 ) -> Result<Vec<Given<'a>>, ConfigError> {
     let mut items = src.list("backend", "backends", &args.backend, &keys.backends);

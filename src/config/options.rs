@@ -15,8 +15,9 @@ use super::parse::{BackendArg, MAX_WEIGHT};
 use super::values;
 use crate::proxy_protocol::Version;
 
-/// Most source addresses one backend (or `--source`) lists.
-pub const MAX_SOURCES: usize = 16;
+/// Most source addresses one backend (or `--source`) lists (a bound of
+/// the worker channel's table, which config sits above).
+pub use crate::channel::MAX_SOURCES;
 
 /// One option of a backend.
 pub struct BackendOption {

@@ -7,16 +7,16 @@ mod protect;
 use std::path::Path;
 
 use super::*;
-use crate::cli::ProxyArgs;
+use crate::config::Flags;
 
-pub(super) fn args(backends: &[&str]) -> ProxyArgs {
-    ProxyArgs {
+pub(super) fn args(backends: &[&str]) -> Flags {
+    Flags {
         backend: backends.iter().map(|s| s.to_string()).collect(),
-        ..ProxyArgs::default()
+        ..Flags::default()
     }
 }
 
-pub(super) fn err(a: &ProxyArgs) -> String {
+pub(super) fn err(a: &Flags) -> String {
     // (The message, as `rrproxy` prints it after `rrproxy: error: `.)
     Config::load(a).unwrap_err().to_string()
 }
@@ -212,9 +212,9 @@ pub(super) fn file_err(body: &str) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("x.toml");
     std::fs::write(&path, body).unwrap();
-    let a = ProxyArgs {
+    let a = Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     };
     let e = Config::load(&a).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -242,9 +242,9 @@ splice = false
 "#,
     )
     .unwrap();
-    let mut a = ProxyArgs {
+    let mut a = Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     };
     let c = Config::load(&a).unwrap();
     assert_eq!(c.workers, 2);

@@ -56,15 +56,16 @@ pub const UNREACHABLE_LIMIT: Duration =
 /// Reply time allowed for a status poll while following an upgrade.
 const POLL_REPLY_LIMIT: Duration = Duration::from_secs(10);
 
-/// The longest a restart of the workers may take, as the front bounds it:
-/// per slot, a replacement ready within `READY_TIMEOUT`, then the old
-/// process drained within the drain timeout and killed after the kill
-/// grace (and two more seconds to see it gone); plus a margin for the
-/// hand-over itself.
+/// The longest a restart of the workers may take, as the front bounds it,
+/// counted as if the slots went one after another (they go together, so
+/// this is loose, but finite): per slot, a replacement ready within
+/// `READY_TIMEOUT`, then the old process drained within the drain timeout
+/// and killed after the kill grace (and two more seconds to see it gone);
+/// plus a margin for the hand-over itself.
 pub fn roll_bound(workers: u64, drain: Duration) -> Duration {
-    let per_slot = crate::front::rolling::READY_TIMEOUT
+    let per_slot = crate::supervisor::READY_TIMEOUT
         + drain
-        + crate::front::lifecycle::KILL_GRACE
+        + crate::supervisor::KILL_GRACE
         + Duration::from_secs(2);
     per_slot * u32::try_from(workers.max(1)).unwrap_or(u32::MAX)
         + crate::front::upgrade::START_TIMEOUT
@@ -304,7 +305,7 @@ pub fn render_status(s: &Status) -> String {
         wu = s.workers_up,
         w = s.workers,
         rolling = if s.rolling_restart {
-            " (being replaced one at a time)"
+            " (being replaced)"
         } else {
             ""
         },

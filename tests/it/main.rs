@@ -13,6 +13,7 @@ mod foundation;
 mod histograms;
 mod init;
 mod layout;
+mod lifecycle;
 mod observability;
 mod peers;
 mod pidfile;

@@ -313,6 +313,8 @@ fn json_logs_are_json_and_connections_are_not_logged_by_default() {
     for _ in 0..5 {
         fetch_name(&proxy);
     }
+    // (Log lines are written asynchronously.)
+    proxy.wait_log("\"worker up\"");
     let log = proxy.stderr();
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() >= 3, "{log}");

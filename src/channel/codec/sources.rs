@@ -6,8 +6,8 @@
 //! with them decodes (an entry's index would point past the lists).
 
 use super::{FrameError, Reader, put_ip};
+use crate::channel::MAX_SOURCES;
 use crate::channel::{BackendEntry, WorkerConfig};
-use crate::config::options::MAX_SOURCES;
 
 pub(super) fn put(out: &mut Vec<u8>, cfg: &WorkerConfig) -> Result<(), FrameError> {
     if cfg.backends.iter().all(|b| b.source.is_none()) {

@@ -57,7 +57,7 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         );
     let ip = socket_addr().prop_map(|a| a.ip());
     let sources = prop::collection::vec(
-        prop::collection::vec(ip, 1..=crate::config::options::MAX_SOURCES),
+        prop::collection::vec(ip, 1..=crate::channel::MAX_SOURCES),
         0..4,
     );
     (

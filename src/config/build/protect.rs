@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{Given, Sources};
-use crate::cli::ProxyArgs;
+use crate::config::Flags;
 use crate::config::error::{ConfigError, Invalid};
 use crate::config::file::FileConfig;
 use crate::config::parse::BackendSpec;
@@ -26,7 +26,7 @@ pub(super) struct Protect<'a> {
 /// `--source` (syntax: no repeats, at most `MAX_SOURCES`).
 pub(super) fn read<'a>(
     src: &Sources<'a>,
-    args: &ProxyArgs,
+    args: &Flags,
     keys: &'a FileConfig,
 ) -> Result<Protect<'a>, ConfigError> {
     let t = &args.tuning;

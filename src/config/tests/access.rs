@@ -86,9 +86,9 @@ fn access_lists_from_flags_and_the_file() {
         "backends = \"127.0.0.1:80\"\nallow = [\"10.0.0.0/8\"]\ndeny = \"10.9.0.0/16\"\naccept-proxy = [\"127.0.0.1\", \"::1\"]\nproxy-header-timeout = \"1s\"\n",
     )
     .unwrap();
-    let c = Config::load(&ProxyArgs {
+    let c = Config::load(&Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     })
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

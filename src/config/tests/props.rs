@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use proptest::prelude::*;
 
 use super::super::*;
-use crate::cli::ProxyArgs;
+use crate::config::Flags;
 
 /// Every key `FileConfig` knows, but those that hold addresses.
 const KEYS: &[&str] = &[
@@ -217,10 +217,10 @@ proptest! {
                 // Validation too: the file with one safe backend given as a
                 // flag (which replaces the file's backends).
                 let file = TempFile::new(&text);
-                let args = ProxyArgs {
+                let args = Flags {
                     backend: vec!["127.0.0.1:9".into()],
                     config: Some(file.0.clone()),
-                    ..ProxyArgs::default()
+                    ..Flags::default()
                 };
                 if let Err(err) = Config::load(&args) {
                     // One line, then at most a `tip:` line or two.

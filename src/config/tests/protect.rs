@@ -17,9 +17,9 @@ fn file_ok(body: &str) -> Config {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("x.toml");
     std::fs::write(&path, body).unwrap();
-    let a = ProxyArgs {
+    let a = Flags {
         config: Some(path),
-        ..ProxyArgs::default()
+        ..Flags::default()
     };
     let c = Config::load(&a);
     std::fs::remove_dir_all(&dir).unwrap();
