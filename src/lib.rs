@@ -27,6 +27,9 @@
 //! - [`policy`]: round-robin, least-conn and sticky balancing.
 //! - [`proxy_protocol`]: HAProxy PROXY protocol v1/v2 headers: encode,
 //!   incremental decode, and a non-blocking reader for accepted sockets.
+//! - [`sni`]: TLS passthrough routing by server name: the ClientHello
+//!   parser (incremental, non-consuming), the config's name patterns and
+//!   their matching, and a non-blocking peek reader for accepted sockets.
 //! - [`acl`]: CIDR parsing, allow/deny lists of client networks, per-IP
 //!   limit keys.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
@@ -63,6 +66,7 @@ pub mod privileges;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod signals;
+pub mod sni;
 pub mod stats;
 pub mod supervisor;
 pub mod sys;
@@ -89,6 +93,7 @@ pub const LAYERS: &[&str] = &[
     "stats",
     "channel",
     "proxy_protocol",
+    "sni",
     "logging",
     "signals",
     "privileges",

@@ -22,6 +22,7 @@ mod protect;
 mod shims;
 mod supervision;
 mod support;
+mod tls;
 mod unprivileged;
 mod upgrade;
 mod usage;

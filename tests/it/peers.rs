@@ -54,7 +54,7 @@ pub struct Peer {
 impl Peer {
     /// Run `cmd` (already configured) in its own process group, output to
     /// `dir/NAME.out`, and wait until it accepts on `ready`.
-    fn start(name: &'static str, mut cmd: Command, dir: PathBuf, ready: SocketAddr) -> Peer {
+    pub fn start(name: &'static str, mut cmd: Command, dir: PathBuf, ready: SocketAddr) -> Peer {
         let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
