@@ -74,7 +74,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections, failures, last check",
+        "backends: state, weight, connections, failed connects and checks",
         Run(Backends),
     ),
     row(
@@ -159,7 +159,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "top",
         "[FRAMES]",
-        "live view of workers and backends (rrproxy ctl only)",
+        "live view of workers and backends; q quits (rrproxy ctl only)",
         Run(Top),
     ),
     row("help", "", "this list", Run(Help)),
@@ -190,9 +190,27 @@ pub fn lookup<'w, 'a>(
             .map(usage)
             .collect();
         if group.is_empty() {
-            return Err(format!("unknown command '{}' (try help)", truncate(first)));
+            return Err(format!(
+                "unknown command '{}'{} (try help)",
+                truncate(first),
+                did_you_mean(
+                    first,
+                    COMMANDS.iter().map(|s| s.name).filter(|n| !n.contains(' '))
+                )
+            ));
         }
-        return Err(format!("usage: {}", group.join(" | ")));
+        // `backend enabel`: the two-word command probably meant.
+        let meant = match words {
+            [_, second, ..] => did_you_mean(
+                &format!("{first} {second}"),
+                COMMANDS
+                    .iter()
+                    .map(|s| s.name)
+                    .filter(|n| n.starts_with(&format!("{first} "))),
+            ),
+            _ => String::new(),
+        };
+        return Err(format!("usage: {}{meant}", group.join(" | ")));
     };
     let args = &words[spec.name.split(' ').count()..];
     let (min, max) = arity(spec.args);
@@ -216,6 +234,15 @@ pub fn lookup<'w, 'a>(
         });
     }
     Ok((spec, action(spec), args))
+}
+
+/// ` (did you mean 'X'?)` when `typed` is close to one of `choices`, else
+/// nothing: for one-line replies.
+pub fn did_you_mean<'a>(typed: &str, choices: impl IntoIterator<Item = &'a str>) -> String {
+    match crate::config::closest(typed, choices) {
+        Some(c) => format!(" (did you mean '{c}'?)"),
+        None => String::new(),
+    }
 }
 
 /// What a row does, following aliases (a bounded chain).
@@ -348,10 +375,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("usage: backend add ADDR[,weight=N] | backend remove ADDR")
         );
+        assert_eq!(
+            lookup(&["frob"]).unwrap_err(),
+            "unknown command 'frob' (try help)"
+        );
+        assert_eq!(
+            lookup(&["statsu"]).unwrap_err(),
+            "unknown command 'statsu' (did you mean 'status'?) (try help)"
+        );
         assert!(
-            lookup(&["frob"])
+            lookup(&["backend", "enabel", "10.0.0.1:80"])
                 .unwrap_err()
-                .contains("unknown command 'frob'")
+                .ends_with("(did you mean 'backend enable'?)")
         );
         assert!(lookup(&[]).is_err());
         assert_eq!(lookup(&["acl"]).unwrap().1, Acl);
