@@ -167,9 +167,14 @@ fn wait_for_workers(path: &Path, reply: &str) -> Result<String, CtlError> {
     }
 }
 
-/// One command, one reply (retried once if the front handed over to a
-/// new one while this connection was open).
+/// One command, one reply (retried if the front handed over to a new one
+/// while this connection was open). A connection closed with no reply
+/// after the command was sent is retried only for a command that is safe
+/// to repeat ([`super::table::Action::repeatable`]): the front may have
+/// run it.
 fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+    let typed: Vec<&str> = words.iter().map(String::as_str).collect();
+    let repeatable = super::table::lookup(&typed).is_ok_and(|(_, action, _)| action.repeatable());
     for _ in 0..3 {
         match exchange(path, words, json, REPLY_LIMIT) {
             // A front that handed over to a new one in an upgrade, and did
@@ -177,7 +182,15 @@ fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlErro
             Err(CtlError::Refused(msg)) if msg.contains("handed over to a new one") => {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(reply) if reply.is_empty() => std::thread::sleep(Duration::from_millis(50)),
+            Ok(reply) if reply.is_empty() && repeatable => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(reply) if reply.is_empty() => {
+                return Err(CtlError::Refused(format!(
+                    "the proxy closed the connection without a reply to '{}': it may or may not have run it (see `rrproxy ctl status`)",
+                    typed.join(" ")
+                )));
+            }
             // Closed before it read the command (a front exiting after an
             // upgrade, with this connection still in its queue): the
             // command did not run.

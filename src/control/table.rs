@@ -34,6 +34,24 @@ pub enum Action {
     Top,
 }
 
+impl Action {
+    /// Whether sending the command twice does what sending it once does,
+    /// so a client that got no reply (the front closed the connection
+    /// while it handed over to a new one) may send it again. Anything
+    /// that starts something (an upgrade, a reload) or adds and removes
+    /// is not: a second copy could start a second upgrade.
+    pub fn repeatable(self) -> bool {
+        match self {
+            Status | Workers | Backends | Acl | Help | Quit | Top => true,
+            // Setting a policy or an admin state twice lands in the same
+            // place.
+            Policy | BackendEnable | BackendDisable => true,
+            BackendAdd | BackendRemove | Upgrade | ConfigReload | AclAllow | AclDeny
+            | AclRemove | LogReopen => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Does {
     Run(Action),
@@ -344,6 +362,23 @@ mod tests {
                 let t = COMMANDS.iter().find(|o| o.name == target);
                 assert!(t.is_some_and(|t| matches!(t.does, Run(_))), "{}", s.name);
             }
+        }
+    }
+
+    /// A client that got no reply sends a command again only if doing so
+    /// cannot start a second upgrade or reload, or add twice; aliases
+    /// (`reload`, the old name of `upgrade`) are classified as their row.
+    #[test]
+    fn only_commands_safe_to_repeat_are_resent() {
+        let repeat = |line: &str| {
+            let words: Vec<&str> = line.split(' ').collect();
+            lookup(&words).unwrap().1.repeatable()
+        };
+        for line in ["status", "workers", "backends", "policy sticky", "help"] {
+            assert!(repeat(line), "{line}");
+        }
+        for line in ["upgrade", "reload", "config reload", "log reopen"] {
+            assert!(!repeat(line), "{line}");
         }
     }
 
