@@ -126,6 +126,11 @@ impl Invalid {
 /// meant (the measure clap uses for its own suggestions). For every "did
 /// you mean": flag values, config keys, control commands and arguments.
 pub fn closest<'a>(value: &str, choices: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // One character is "similar" to any word holding it ('-' scores 0.71
+    // against 'pid-file'): no guess is better than a silly one.
+    if value.chars().count() < 2 {
+        return None;
+    }
     choices
         .into_iter()
         .map(|c| (strsim::jaro(value, c), c))
