@@ -169,8 +169,9 @@ impl Columns {
         }))
     }
 
-    /// Taken over from a previous front, for a table of `columns`.
-    pub fn from_handover(mut self, columns: usize) -> SharedColumns {
+    /// Taken over from a previous front (its handover state), shared, for
+    /// a table of `columns`.
+    pub fn into_shared(mut self, columns: usize) -> SharedColumns {
         self.columns = columns;
         std::rc::Rc::new(std::cell::RefCell::new(self))
     }
@@ -565,6 +566,16 @@ impl Backends {
             Ok(()) => "ok".to_string(),
             Err(why) => why.clone(),
         })
+    }
+
+    /// Failed active checks of backend `i` in all (the front's count, in
+    /// the statistics base) and how many of the last ones in a row.
+    pub fn check_failures(&self, i: usize, table: &crate::stats::Table) -> (u64, u32) {
+        let b = &self.list[i];
+        (
+            ColCell::of(table.base(b.column)).get(Col::CheckFailures),
+            b.check.consecutive_fail,
+        )
     }
 
     /// Whether `spec`'s source addresses fit the workers' table beside the

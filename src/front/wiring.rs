@@ -210,6 +210,7 @@ impl Front {
                 Err(m) => format!("failed: {m}"),
             }),
             builds: report::builds(&self.workers),
+            drain_timeout_seconds: cfg.drain_timeout.as_secs_f64(),
         }
     }
 

@@ -182,10 +182,7 @@ backends = ["{}"]
     assert!(reply.contains("400"), "{reply}");
     // No fallback on the second listener: closed, counted.
     let strict_at = SocketAddr::from(([127, 0, 0, 1], strict));
-    assert_eq!(
-        curl_https(strict_at, "www.a.test").unwrap().trim(),
-        "www"
-    );
+    assert_eq!(curl_https(strict_at, "www.a.test").unwrap().trim(), "www");
     let mut s = TcpStream::connect(strict_at).unwrap();
     s.write_all(b"hello, plain text\r\n").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

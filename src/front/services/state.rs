@@ -90,7 +90,7 @@ impl Services {
     /// The part a new front takes over, for a table of `table`'s columns
     /// and `slots` worker slots.
     pub fn from_handover(state: ServicesState, table: &Table, slots: usize) -> Services {
-        let alloc = state.columns.from_handover(table.columns());
+        let alloc = state.columns.into_shared(table.columns());
         let unrouted = ServiceLabel::new("");
         unrouted.set_sni_counts(&state.unrouted);
         let mut s = Services {

@@ -165,8 +165,8 @@ impl Front {
             return;
         }
         if !self.admit_ip(conn.ip()) {
-            self.counters.bump(FrontWord::RefusedPerIp, 1);
-            refuse(&conn.stream);
+            let limit = self.settings.limits().per_ip().unwrap_or(0);
+            self.access.refuse_at_limit(&conn, limit, &self.counters);
             return;
         }
         if let Err(conn) = self.dispatch(conn) {

@@ -84,8 +84,8 @@ impl Front {
         }
         // Orders the stores of `Wake` above before the loads of the
         // workers' `Finished`/`Received` below (paired with the worker's
-        // own fence between its store of `Finished` and its load of
-        // `Wake`), so one side always sees the other.
+        // own fence in `ProcCell::finish`, between its store of `Finished`
+        // and its load of `Wake`), so one side always sees the other.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         for slot in 0..self.workers.len() {
             self.refresh_view(slot);
