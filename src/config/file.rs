@@ -242,6 +242,12 @@ fn unknown_key(message: &str) -> Option<String> {
     let keys: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
     Some(match super::error::closest(key, keys.iter().copied()) {
         Some(near) => format!("unknown key '{key}'\n  tip: a similar key exists: '{near}'"),
+        // Only a `[[service]]` table takes `name`: it says what it takes
+        // (not every flag is a service's).
+        None if keys.contains(&"name") => format!(
+            "unknown key '{key}' in a [[service]] table (it takes {})",
+            keys.join(", ")
+        ),
         None => {
             format!("unknown key '{key}' (the keys are the flags' long names: see rrproxy --help)")
         }

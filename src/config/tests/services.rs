@@ -136,7 +136,7 @@ fn bad_services_are_refused_with_their_position() {
             format!(
                 "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nworkers = 3\n"
             ),
-            "unknown field `workers`",
+            "x.toml:5:1: unknown key 'workers' in a [[service]] table (it takes name, sni, listen, backends,",
         ),
         (
             format!(
