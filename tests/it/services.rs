@@ -3,7 +3,8 @@
 //! service at a time, and a shared TLS listener routes by server name
 //! (SNI) to real nginx HTTPS backends, including a ClientHello written in
 //! pieces and records, one past 4 KiB, none with no SNI, plain text, and
-//! a listener without a fallback.
+//! a listener without a fallback. A reload adds and removes services
+//! under a download through a third; an upgrade carries three under load.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::peers::free_port;
 use crate::support::*;
 use crate::tls::{Delivery, big_hello_args, curl_https, nginx_tls, openssl_get, relay};
+use crate::upgrade::{Stream, front_pid, wait_upgraded};
 
 fn config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("rrproxy.toml");
@@ -80,7 +82,7 @@ policy = "sticky"
         services.contains("alpha") && services.contains("beta"),
         "{services}"
     );
-    let rows = proxy.ctl_json("services --json");
+    let rows = proxy.ctl_json("services");
     assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
     let err = proxy.ctl("policy least-conn");
     assert!(
@@ -208,4 +210,141 @@ backends = ["{}"]
     assert_eq!(sni("", "not_tls"), 1.0);
     assert_eq!(sni("", "no_match"), 1.0);
     assert_eq!(sni("www", "timeout"), 0.0, "present at 0");
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One line written and read back through an echo service.
+fn echo_once(s: &mut TcpStream, line: &[u8]) {
+    s.write_all(line).unwrap();
+    let mut got = vec![0u8; line.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, line, "the echo came back");
+}
+
+#[test]
+fn a_reload_adds_and_removes_services_while_a_download_runs_through_a_third() {
+    let (keep, gone) = (echo_backend(), echo_backend());
+    let fresh = name_backend("new");
+    let (pk, pg, pn) = (free_port(), free_port(), free_port());
+    let dir = temp_dir("services-reload");
+    let keep_table = format!(
+        "[[service]]\nname = \"keep\"\nlisten = \"127.0.0.1:{pk}\"\nbackends = [\"{}\"]\n",
+        keep.addr
+    );
+    let path = config(
+        &dir,
+        &format!(
+            "{keep_table}\n[[service]]\nname = \"gone\"\nlisten = \"127.0.0.1:{pg}\"\nbackends = [\"{}\"]\n",
+            gone.addr
+        ),
+    );
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .workers(2)
+        .args(["--config".to_string(), path.display().to_string()])
+        .start();
+    let download = Stream::start_at(local(pk), 19, 4 << 20, Duration::from_millis(10));
+    let mut held = connect_between(SocketAddr::from(([127, 0, 0, 3], 0)), local(pg));
+    held.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    echo_once(&mut held, b"before\n");
+    // `gone` leaves, `new` arrives on a port nothing listens on yet.
+    assert!(try_connect_between(SocketAddr::from(([127, 0, 0, 4], 0)), local(pn)).is_err());
+    config(
+        &dir,
+        &format!(
+            "{keep_table}\n[[service]]\nname = \"new\"\nlisten = \"127.0.0.1:{pn}\"\nbackends = [\"{}\"]\n",
+            fresh.addr
+        ),
+    );
+    let reply = proxy.ctl("config reload");
+    assert!(reply.contains("reloaded"), "{reply}");
+    // The new listener was bound before the reply.
+    assert_eq!(
+        name_via(local(pn), std::net::Ipv4Addr::new(127, 0, 0, 5)),
+        "new"
+    );
+    // The removed service's listener is closed; its connection drains.
+    wait_until(Duration::from_secs(20), "gone's listener to close", || {
+        try_connect_between(SocketAddr::from(([127, 0, 0, 6], 0)), local(pg)).is_err()
+    });
+    echo_once(&mut held, b"after the reload\n");
+    let services = proxy.ctl("services");
+    assert!(
+        services.contains("keep")
+            && services.contains("new")
+            && services.contains("gone (removed, draining)"),
+        "{services}"
+    );
+    // Once its last connection ends, the removed service is gone.
+    drop(held);
+    wait_until(Duration::from_secs(30), "gone to finish draining", || {
+        !proxy.ctl("services").contains("gone")
+    });
+    download.check("the download through the untouched service");
+}
+
+#[test]
+fn an_upgrade_carries_three_services_under_load_and_fails_nothing() {
+    let backends = [name_backend("x"), name_backend("y"), name_backend("z")];
+    let ports = [free_port(), free_port(), free_port()];
+    let mut body = String::new();
+    for (i, (b, p)) in backends.iter().zip(ports).enumerate() {
+        let policy = ["round-robin", "least-conn", "sticky"][i];
+        body += &format!(
+            "[[service]]\nname = \"s{i}\"\nlisten = \"127.0.0.1:{p}\"\nbackends = [\"{}\"]\npolicy = \"{policy}\"\n\n",
+            b.addr
+        );
+    }
+    let proxy = start(&body);
+    let loads: Vec<Load> = ports.iter().map(|&p| Load::start_at(local(p), 8)).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "load to flow through all three",
+        || loads.iter().all(|l| l.counts().0 > 200),
+    );
+    let old = front_pid(&proxy);
+    let reply = proxy.ctl("upgrade");
+    assert!(reply.contains("front upgraded"), "{reply}");
+    wait_upgraded(&proxy, old, Duration::from_secs(90));
+    let marks: Vec<u64> = loads.iter().map(|l| l.counts().0).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "load to go on after the upgrade",
+        || {
+            loads
+                .iter()
+                .zip(&marks)
+                .all(|(l, m)| l.counts().0 > m + 200)
+        },
+    );
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed) = load.finish();
+        assert_eq!(
+            failed,
+            0,
+            "service s{i}: {failed} of {} failed",
+            ok + failed
+        );
+    }
+    // Each service kept its listener, pool and policy.
+    for (i, p) in ports.iter().enumerate() {
+        let name = name_via(local(*p), std::net::Ipv4Addr::new(127, 0, 0, 9));
+        assert_eq!(name, ["x", "y", "z"][i]);
+        let policy = proxy.ctl(&format!("policy --service s{i}"));
+        assert_eq!(policy.trim(), ["round-robin", "least-conn", "sticky"][i]);
+    }
+    let m = proxy.scrape();
+    for i in 0..3 {
+        let n = m
+            .get(
+                "rrproxy_service_connections_total",
+                &[("service", &format!("s{i}"))],
+            )
+            .unwrap_or(0.0);
+        assert!(n > 400.0, "s{i}'s count went on across the upgrade: {n}");
+    }
 }
