@@ -149,6 +149,11 @@ pub struct CtlArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// With `explain`: the service to explain (there is one, `default`,
+    /// until services can be configured).
+    #[arg(long, value_name = "S")]
+    pub service: Option<String>,
+
     /// The command and its arguments, e.g. `status`, `workers`,
     /// `policy sticky`, `backend add 10.0.0.7:80`. `help` lists them all.
     #[arg(required = true, num_args = 1.., value_name = "COMMAND")]

@@ -51,7 +51,17 @@ fn main() -> ExitCode {
                     Err(err) => fail("rrproxy ctl top", &err),
                 };
             }
-            match rrproxy::control::ctl(&path, &args.command, args.json) {
+            let mut command = args.command.clone();
+            if let Some(service) = &args.service {
+                if command.first().is_none_or(|c| c != "explain") {
+                    eprintln!(
+                        "rrproxy ctl: error: --service goes with explain (e.g. `rrproxy ctl explain 192.0.2.7 --service {service}`)"
+                    );
+                    return ExitCode::from(USAGE);
+                }
+                command.extend(["--service".to_string(), service.clone()]);
+            }
+            match rrproxy::control::ctl(&path, &command, args.json) {
                 Ok(reply) if reply.is_empty() => ExitCode::SUCCESS,
                 Ok(reply) => out(&reply),
                 Err(err) => fail("rrproxy ctl", &err),

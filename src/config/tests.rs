@@ -33,6 +33,26 @@ fn defaults_fill_everything_but_backends() {
 }
 
 #[test]
+fn the_status_address_is_off_by_default_and_not_the_metrics_one() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().status, None);
+    a.status = Some("127.0.0.1:9899".into());
+    assert_eq!(
+        Config::load(&a).unwrap().status,
+        Some("127.0.0.1:9899".parse().unwrap())
+    );
+    a.status = Some("off".into());
+    assert_eq!(Config::load(&a).unwrap().status, None);
+    a.status = Some("9899".into());
+    assert!(err(&a).starts_with("invalid value '9899' for '--status <ADDR|off>'"));
+    a.status = Some("127.0.0.1:9898".into());
+    assert_eq!(
+        err(&a),
+        "invalid value '127.0.0.1:9898' for '--status <ADDR|off>': that is the metrics address, which serves the status page already"
+    );
+}
+
+#[test]
 fn backend_forms() {
     let b = parse_backend("10.0.0.5:80,weight=3", &[]).unwrap();
     assert_eq!((b.name.as_str(), b.weight), ("10.0.0.5:80", 3));

@@ -183,6 +183,18 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let msg = front.borrow_mut().reopen_access_log()?;
             ok_json(json, msg)
         }
+        (Action::Explain, args) => {
+            let (ip, service) = super::explain::parse(args)?;
+            // The counts as the workers have them now (as `status` does):
+            // what the next dispatch reads.
+            front.borrow_mut().refresh_all_views();
+            let e = front.borrow().explain(ip, &service);
+            if json {
+                to_json(&e)
+            } else {
+                Ok(super::explain::render(&e))
+            }
+        }
         (Action::Top, _) => Err(format!(
             "'{}' runs in rrproxy ctl, not on the control socket",
             spec.name

@@ -133,6 +133,19 @@ impl Access {
         false
     }
 
+    /// For `ctl explain`: the access list's decision for `ip` (the one
+    /// [`Access::admits`] makes), the entries that match it, and whether
+    /// connections from `ip` must begin with a PROXY header.
+    pub fn explain(&self, ip: std::net::IpAddr) -> (Verdict, Vec<(Action, Cidr)>, bool) {
+        let verdict = if self.acl.is_empty() {
+            Verdict::Admit
+        } else {
+            self.acl.admits(ip)
+        };
+        let matching = self.acl.entries().filter(|(_, c)| c.contains(ip)).collect();
+        (verdict, matching, self.trusts(ip))
+    }
+
     /// The running lists, for `ctl acl`.
     pub fn view(&self) -> AclView {
         AclView {

@@ -32,6 +32,7 @@ use crate::channel::{AccessLog, Event as WorkerEvent, Handoff, MAX_FDS, Up};
 use crate::config::{BackendSpec, Config, ResolveGroup};
 use crate::policy::{PolicyName, WorkerView};
 use crate::stats::{Col, FrontWord, ProcWord, SlotWord};
+use crate::status::EventKind;
 use crate::supervisor::respawn::{AfterCrash, CRASH_WINDOW};
 use crate::supervisor::{
     MAX_UNREAD, READY_TIMEOUT, Refused, Role, SpawnError, WorkerProc, Workers,
@@ -208,6 +209,52 @@ impl Front {
 
     pub fn acl_view(&self) -> AclView {
         self.access.view()
+    }
+
+    /// Everything the status page shows (see `status`), gathered now.
+    pub fn status_report(&self) -> crate::status::Report {
+        super::status::gather(super::status::Parts {
+            config: &self.settings.get(),
+            listeners: &self.listeners,
+            workers: &self.workers,
+            backends: &self.backends,
+            routing: &self.routing,
+            ledger: &self.ledger,
+            counters: &self.counters,
+            life: &self.life,
+        })
+    }
+
+    /// `ctl explain`: what a connection from `ip` would get now, and why
+    /// (see `explain`: the steps of `admit` and `dispatch`, dry).
+    pub fn explain(&self, ip: IpAddr, service: &str) -> super::explain::Explanation {
+        let (verdict, matching, proxy_header) = self.access.explain(ip);
+        let per_ip = self.settings.limits().per_ip().map(|max| {
+            let key = self.client_key(ip);
+            let open = self.ledger.ip_count(key);
+            (key, max, open, self.ledger.ip_has_room(key, max))
+        });
+        let admission = super::explain::Admission {
+            verdict,
+            matching,
+            proxy_header,
+            per_ip,
+            stopping: self.stopping(),
+        };
+        let retries = self.settings.retries();
+        super::explain::explain(
+            ip,
+            service,
+            admission,
+            &self.routing,
+            &self.backends,
+            retries,
+        )
+    }
+
+    /// Note something that happened, for the status page.
+    pub fn record_event(&mut self, kind: crate::status::EventKind, text: String) {
+        self.life.record(kind, text);
     }
 
     // ---- The accept path.
@@ -532,6 +579,8 @@ impl Front {
                     self.counters.slot_bump(slot, SlotWord::Restarts, 1);
                     let restarts = self.counters.slot_get(slot, SlotWord::Restarts);
                     info!(slot, restarts, "worker respawned");
+                    self.life
+                        .record(EventKind::Worker, format!("slot {slot}: worker respawned"));
                 }
                 Err(SpawnError::NoCell) => {
                     if let Some((at, pid)) = self.workers.reclaim_cell() {
@@ -559,9 +608,14 @@ impl Front {
         let s = self.workers.slot_mut(slot);
         match s.record_crash(now, seed) {
             AfterCrash::Parked => {
+                let crashes = s.crashes();
+                self.life.record(
+                    EventKind::Worker,
+                    format!("slot {slot}: crash-looping ({crashes} crashes); parked"),
+                );
                 error!(
                     slot,
-                    crashes = s.crashes(),
+                    crashes,
                     window = ?CRASH_WINDOW,
                     "worker slot is crash-looping; parked (restart with `rrproxy ctl upgrade` or SIGUSR2)"
                 );
@@ -633,6 +687,10 @@ impl Front {
             self.counters.slot_bump(slot, SlotWord::Restarts, 1);
         }
         info!(slot, pid, "worker up");
+        self.life.record(
+            EventKind::Worker,
+            format!("slot {slot}: worker pid {pid} ready"),
+        );
         self.arm_watchers();
         let _ = self.handle(Event::WorkerReady);
         self.advance_roll();
@@ -705,6 +763,14 @@ impl Front {
             info!(slot, pid = proc.pid(), %status, "worker exited");
         } else {
             warn!(slot, pid = proc.pid(), %status, lost_connections = lost, recovered_connections = recovered.len(), "worker died");
+            self.life.record(
+                EventKind::Worker,
+                format!(
+                    "slot {slot}: worker pid {} died ({status}); {lost} connections lost, {} handed to others",
+                    proc.pid(),
+                    recovered.len()
+                ),
+            );
         }
         if !recovered.is_empty() {
             self.counters
@@ -778,6 +844,11 @@ impl Front {
                 Ok(msg) => info!("{msg}"),
                 Err(msg) => warn!("{msg}"),
             }
+            let text = match &outcome {
+                Ok(msg) => msg.clone(),
+                Err(msg) => format!("failed: {msg}"),
+            };
+            self.life.record(EventKind::Restart, text);
             self.life.set_last_roll(outcome);
             let _ = self.handle(Event::RollDone);
         }
@@ -1137,6 +1208,8 @@ impl Front {
             self.settings.update(|c| c.policy = name);
             self.counters.bump(FrontWord::PolicyChanges, 1);
             info!(from = %old, to = %name, "policy changed");
+            self.life
+                .record(EventKind::Policy, format!("policy {old} -> {name}"));
             self.refresh_all_views();
             self.publish();
         }
@@ -1179,6 +1252,8 @@ impl Front {
             .check_sources(&spec, &self.settings.get().source)
             .map_err(|why| AdminError::Invalid(format!("invalid backend '{spec}': {why}")))?;
         info!(backend = %spec, "backend added");
+        self.life
+            .record(EventKind::Backend, format!("backend {spec} added by ctl"));
         let name = spec.name.clone();
         self.add_spec(spec)?;
         self.settings.note_added(&name);
@@ -1197,6 +1272,10 @@ impl Front {
         self.backends.set_admin(i, Admin::Draining);
         let spec_name = self.backends.get(i).spec().name.clone();
         info!(backend = %name, "backend draining for removal");
+        self.life.record(
+            EventKind::Backend,
+            format!("backend {name} removed by ctl (draining)"),
+        );
         self.settings.note_removed(&spec_name);
         self.backends_changed();
         self.reap_drained();
@@ -1219,6 +1298,9 @@ impl Front {
             self.backends.start_ramp(i, self.settings.get().slow_start);
         }
         info!(backend = %name, enabled, "backend admin state changed");
+        let what = if enabled { "enabled" } else { "disabled" };
+        self.life
+            .record(EventKind::Backend, format!("backend {name} {what} by ctl"));
         self.config_changed();
         self.publish();
         Ok(())
@@ -1255,6 +1337,10 @@ impl Front {
             applied,
             &self.settings.get(),
         ) {
+            self.life.record(
+                EventKind::Backend,
+                format!("backends of {} changed (DNS)", group.name),
+            );
             self.backends_changed();
             self.reap_drained();
         }
@@ -1454,11 +1540,14 @@ impl Front {
             .health_changed(i, source, cfg.slow_start)
             .to_string();
         let b = self.backends.get(i);
-        if b.healthy() {
+        let text = if b.healthy() {
             info!(backend = %b.spec().name, rise = cfg.health.rise, source, "backend up");
+            format!("backend {} up ({source})", b.spec().name)
         } else {
             warn!(backend = %b.spec().name, fall = cfg.health.fall, source, reason, "backend down");
-        }
+            format!("backend {} down ({source}: {reason})", b.spec().name)
+        };
+        self.life.record(EventKind::Health, text);
         if !self.backends.any_routable() {
             warn!("every backend is down: failing open (connections are still tried)");
         }
@@ -1484,8 +1573,20 @@ impl Front {
             upkeep::STALL_LIMIT,
         ) {
             warn!(slot, pid, unread, limit = ?upkeep::STALL_LIMIT, max_unread = MAX_UNREAD, "worker has not read its channel: hung; killing it (its queued connections go to the others)");
+            self.life.record(
+                EventKind::Worker,
+                format!("slot {slot}: worker pid {pid} hung ({unread} handoffs unread); killed"),
+            );
         }
         for (slot, pid, role) in self.workers.kill_overdue(now) {
+            let why = match role {
+                Role::Starting => "not ready in time",
+                _ => "did not drain in time",
+            };
+            self.life.record(
+                EventKind::Worker,
+                format!("slot {slot}: worker pid {pid} {why}; killed"),
+            );
             match role {
                 Role::Starting => {
                     warn!(slot, pid, limit = ?READY_TIMEOUT, "worker not ready in time: killing it (its slot gets another)")
@@ -1544,6 +1645,8 @@ impl Front {
             life: super::upgrade::state::LifeState {
                 last_roll: self.life.last_roll().cloned(),
                 frozen_at_us: self.life.frozen_at_us(),
+                started_ms: self.life.started_ms(),
+                events: self.life.events().to_vec(),
             },
         };
         (out, fds)
