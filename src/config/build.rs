@@ -445,7 +445,7 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
     let status = match (&status_given, status_spec) {
         (Some(g), Some(spec)) => {
             let addr = look_up(&src, g, &spec)?;
-            if Some(addr) == metrics {
+            if addr.port() != 0 && Some(addr) == metrics {
                 return Err(src.bad(
                     g,
                     Invalid::new(

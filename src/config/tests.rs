@@ -45,6 +45,11 @@ fn the_status_address_is_off_by_default_and_not_the_metrics_one() {
     assert_eq!(Config::load(&a).unwrap().status, None);
     a.status = Some("9899".into());
     assert!(err(&a).starts_with("invalid value '9899' for '--status <ADDR|off>'"));
+    // Port 0 (any free port) for both is two sockets, not one.
+    a.metrics = Some("127.0.0.1:0".into());
+    a.status = Some("127.0.0.1:0".into());
+    assert!(Config::load(&a).is_ok());
+    a.metrics = None;
     a.status = Some("127.0.0.1:9898".into());
     assert_eq!(
         err(&a),
