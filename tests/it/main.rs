@@ -3,6 +3,7 @@
 
 mod access;
 mod accesslog;
+mod browser;
 mod client_address;
 mod control;
 mod ctl;
