@@ -149,8 +149,9 @@ pub struct CtlArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// With `explain`: the service to explain (there is one, `default`,
-    /// until services can be configured).
+    /// The service a per-service command acts on (`policy`, `backends`,
+    /// `backend ...`, `acl ...`, `explain`); needed when the proxy runs
+    /// several. The same as `--service S` among the command's words.
     #[arg(long, value_name = "S")]
     pub service: Option<String>,
 

@@ -47,6 +47,7 @@ pub mod phase;
 mod report;
 mod resolver;
 mod routing;
+mod services;
 mod settings;
 pub mod status;
 pub mod upgrade;
@@ -62,10 +63,12 @@ pub use lifecycle::Lifecycle;
 pub use limits::fd_budget;
 pub use listener::{Listeners, accept_loop, bind as bind_listener};
 pub use phase::{Event, Phase, Step};
-pub use report::{BackendRow, Status, WorkerRow};
+pub use report::{BackendRow, ServiceRow, Status, WorkerRow};
 pub use routing::Routing;
+pub use services::{Service, Services};
 pub use settings::Settings;
 pub use wiring::{Front, Parts, Shared};
+pub(crate) use wiring::{defer_plan, listen_plan};
 
 use crate::config::{Config, ConfigError};
 
@@ -142,6 +145,9 @@ pub enum AdminError {
     TooMany(usize),
     #[error("{0}")]
     Refused(&'static str),
+    /// The command names no service, or one that does not exist.
+    #[error("{0}")]
+    Service(String),
     /// The backend cannot be added as given (its source addresses).
     #[error("{0}")]
     Invalid(String),

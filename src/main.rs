@@ -53,12 +53,7 @@ fn main() -> ExitCode {
             }
             let mut command = args.command.clone();
             if let Some(service) = &args.service {
-                if command.first().is_none_or(|c| c != "explain") {
-                    eprintln!(
-                        "rrproxy ctl: error: --service goes with explain (e.g. `rrproxy ctl explain 192.0.2.7 --service {service}`)"
-                    );
-                    return ExitCode::from(USAGE);
-                }
+                // The proxy says which commands take it.
                 command.extend(["--service".to_string(), service.clone()]);
             }
             match rrproxy::control::ctl(&path, &command, args.json) {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::config::Flags;
 use crate::config::{Config, MAX_BACKENDS};
 use crate::front::upgrade::TakeOver;
-use crate::front::{self, Backends, Counters, Event, FrontError, Ledger, Listeners, Phase, Shared};
+use crate::front::{self, Counters, Event, FrontError, Ledger, Listeners, Phase, Shared};
 use crate::logging::LogOptions;
 use crate::signals::{Caught, FrontSignals};
 use crate::stats::{FrontWord, Table};
@@ -174,8 +174,8 @@ pub async fn serve(
         }
         None => {
             let mut bound = Vec::new();
-            for &addr in &config.listen {
-                let l = front::bind_listener(addr, config.backlog)
+            for (addr, backlog) in front::listen_plan(&config) {
+                let l = front::bind_listener(addr, backlog)
                     .map_err(|source| FrontError::Listen { addr, source })?;
                 bound.push(l);
             }
@@ -187,10 +187,12 @@ pub async fn serve(
     let mut listeners = Listeners::new(sockets).map_err(FrontError::Runtime)?;
     // Only when asked: sockets from the service manager keep the unit's
     // own DeferAcceptSec= otherwise.
-    if config.defer_accept {
-        listeners
-            .set_defer_accept(true)
-            .map_err(FrontError::Fatal)?;
+    for (addr, on) in front::defer_plan(&config) {
+        if on {
+            listeners
+                .set_defer_accept_at(addr, true)
+                .map_err(FrontError::Fatal)?;
+        }
     }
     let metrics = match config.metrics {
         Some(addr) => Some(
@@ -256,10 +258,7 @@ pub async fn serve(
         cap,
         nofile,
     );
-    let mut backends = Backends::new(table.columns());
-    for spec in &config.backends {
-        backends.add(spec.clone(), &table, 0);
-    }
+    let services = front::Services::new(&config, &table, config.workers);
     counters.set(FrontWord::MaxFds, nofile);
     counters.set(FrontWord::WorkerLimit, cap);
     let access = front::Access::new(&config);
@@ -267,7 +266,8 @@ pub async fn serve(
         settings: front::Settings::new(config, args),
         listeners,
         workers,
-        backends,
+        services,
+        sni_waits: Default::default(),
         access,
         ledger: Ledger::default(),
         counters,

@@ -125,6 +125,12 @@ pub struct WorkerSlot {
 #[derive(Debug, Clone, Serialize)]
 pub struct Service {
     pub name: String,
+    /// The TLS server names it takes on a listener that routes by name
+    /// (absent: it routes by listener).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<String>,
+    /// Removed by a reload: takes nothing new, leaves once drained.
+    pub leaving: bool,
     pub policy: String,
     pub listen: Vec<String>,
     pub active_connections: u64,

@@ -17,7 +17,7 @@ use super::options;
 pub type Raw = Spanned<Value>;
 
 /// The keys as written. Every one is optional: flags fill or override.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     /// `"ADDR"` or `["ADDR", ...]`.
@@ -64,11 +64,16 @@ pub struct FileConfig {
     pub user: Option<Raw>,
     pub group: Option<Raw>,
     pub pid_file: Option<Raw>,
+    /// How long a connection on an SNI listener may take to send its
+    /// ClientHello.
+    pub sni_timeout: Option<Raw>,
+    /// `[[service]]` tables (see `services`).
+    pub service: Option<Vec<super::services::ServiceTable>>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep
 /// their own positions; a single value has the key's.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum List {
     One(Value),
     Many(Vec<Raw>),
@@ -281,6 +286,16 @@ impl LoadedFile {
                     message: unknown_key(&message).unwrap_or(message),
                 })
             }
+        }
+    }
+
+    /// The same file with other keys (a service's, merged with the top
+    /// level's): positions still point into this file.
+    pub fn with_keys(&self, keys: FileConfig) -> LoadedFile {
+        LoadedFile {
+            path: self.path.clone(),
+            text: self.text.clone(),
+            keys,
         }
     }
 

@@ -3,6 +3,7 @@
 mod access;
 mod props;
 mod protect;
+mod services;
 
 use std::path::Path;
 

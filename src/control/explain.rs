@@ -4,18 +4,15 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::front::explain::{BackendRank, Explanation};
-use crate::front::status::DEFAULT_SERVICE;
 
 /// Rows of the backend table shown in text (JSON has them all).
 const SHOWN: usize = 12;
 
-/// The client address and service `explain` asks about.
-pub fn parse(args: &[&str]) -> Result<(IpAddr, String), String> {
-    let usage = "usage: explain ADDR [--service S]";
-    let (addr, service) = match args {
-        [addr] => (*addr, DEFAULT_SERVICE),
-        [addr, "--service", s] | ["--service", s, addr] => (*addr, *s),
-        _ => return Err(usage.to_string()),
+/// The client address `explain` asks about (`--service` is taken out
+/// before, as for every per-service command).
+pub fn parse(args: &[&str]) -> Result<IpAddr, String> {
+    let [addr] = args else {
+        return Err("usage: explain ADDR [--service S]".to_string());
     };
     let ip = addr
         .parse::<IpAddr>()
@@ -26,13 +23,7 @@ pub fn parse(args: &[&str]) -> Result<(IpAddr, String), String> {
                 addr.chars().take(60).collect::<String>()
             )
         })?;
-    if service != DEFAULT_SERVICE {
-        return Err(format!(
-            "no service '{}' (services: {DEFAULT_SERVICE})",
-            service.chars().take(60).collect::<String>()
-        ));
-    }
-    Ok((ip.to_canonical(), service.to_string()))
+    Ok(ip.to_canonical())
 }
 
 /// The reply as text.
@@ -180,25 +171,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_addresses_and_the_service() {
+    fn parses_addresses() {
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(parse(&["192.0.2.7"]).unwrap(), (v4, "default".into()));
-        assert_eq!(parse(&["192.0.2.7:5000"]).unwrap().0, v4);
-        assert_eq!(parse(&["::ffff:192.0.2.7"]).unwrap().0, v4);
+        assert_eq!(parse(&["192.0.2.7"]).unwrap(), v4);
+        assert_eq!(parse(&["192.0.2.7:5000"]).unwrap(), v4);
+        assert_eq!(parse(&["::ffff:192.0.2.7"]).unwrap(), v4);
         assert_eq!(
-            parse(&["[2001:db8::7]:80", "--service", "default"])
-                .unwrap()
-                .0,
+            parse(&["[2001:db8::7]:80"]).unwrap(),
             "2001:db8::7".parse::<IpAddr>().unwrap()
         );
         assert!(
             parse(&["web01"])
                 .unwrap_err()
                 .starts_with("invalid client address 'web01'")
-        );
-        assert_eq!(
-            parse(&["192.0.2.7", "--service", "web"]).unwrap_err(),
-            "no service 'web' (services: default)"
         );
         assert_eq!(
             parse(&["192.0.2.7", "--servce", "web"]).unwrap_err(),

@@ -16,6 +16,7 @@ pub enum Action {
     Status,
     Workers,
     Backends,
+    Services,
     Policy,
     BackendAdd,
     BackendRemove,
@@ -43,7 +44,7 @@ impl Action {
     /// is not: a second copy could start a second upgrade.
     pub fn repeatable(self) -> bool {
         match self {
-            Status | Workers | Backends | Acl | Explain | Help | Quit | Top => true,
+            Status | Workers | Backends | Services | Acl | Explain | Help | Quit | Top => true,
             // Setting a policy or an admin state twice lands in the same
             // place.
             Policy | BackendEnable | BackendDisable => true,
@@ -97,9 +98,15 @@ pub const COMMANDS: &[Spec] = &[
         Run(Backends),
     ),
     row(
+        "services",
+        "",
+        "services: listeners, server names, policy, backends up/total, connections",
+        Run(Services),
+    ),
+    row(
         "policy",
         "[NAME]",
-        "show, or switch to round-robin|least-conn|sticky",
+        "show, or switch to round-robin|least-conn|sticky (--service NAME: of that service)",
         Run(Policy),
     ),
     row(

@@ -144,16 +144,11 @@ impl Backend {
     }
 }
 
-/// The backend table; the hand-over serialises it whole (views and the
-/// index are rebuilt, check counts start again).
-#[derive(Default, Serialize, Deserialize)]
-pub struct Backends {
-    list: Vec<Backend>,
-    /// Parallel to `list`: what policies see.
-    #[serde(skip)]
-    views: Vec<BackendView>,
-    #[serde(skip)]
-    by_id: HashMap<u32, usize>,
+/// Backend ids, statistics columns and the table sequence: one set for
+/// the backends of every service (the workers have one table), shared by
+/// each service's [`Backends`].
+#[derive(Default, Clone, Serialize, Deserialize)]
+pub struct Columns {
     next_id: u32,
     /// Columns given back, with the table sequence from which they are
     /// unused.
@@ -167,32 +162,23 @@ pub struct Backends {
     table_seq: u64,
 }
 
-impl Backends {
-    pub fn new(columns: usize) -> Backends {
-        Backends {
+/// The [`Columns`] every service's backends take theirs from.
+pub type SharedColumns = std::rc::Rc<std::cell::RefCell<Columns>>;
+
+impl Columns {
+    /// Fresh, for a table of `columns` columns.
+    pub fn shared(columns: usize) -> SharedColumns {
+        std::rc::Rc::new(std::cell::RefCell::new(Columns {
             columns,
-            ..Backends::default()
-        }
+            ..Columns::default()
+        }))
     }
 
-    /// The part taken over from a previous front, for a table of `columns`.
-    pub fn from_handover(mut self, columns: usize) -> Backends {
+    /// Taken over from a previous front (its handover state), shared, for
+    /// a table of `columns`.
+    pub fn into_shared(mut self, columns: usize) -> SharedColumns {
         self.columns = columns;
-        self.views = self.list.iter().map(view_of).collect();
-        self.reindex();
-        self
-    }
-
-    pub fn list(&self) -> &[Backend] {
-        &self.list
-    }
-
-    pub fn get(&self, i: usize) -> &Backend {
-        &self.list[i]
-    }
-
-    pub fn views(&self) -> &[BackendView] {
-        &self.views
+        std::rc::Rc::new(std::cell::RefCell::new(self))
     }
 
     pub fn table_seq(&self) -> u64 {
@@ -222,6 +208,61 @@ impl Backends {
         ColCell::of(table.base(col)).clear();
         Some(col)
     }
+}
+
+/// One service's backend table; the hand-over serialises it whole (views
+/// and the index are rebuilt, check counts start again). Ids and columns
+/// come from the [`Columns`] all services share.
+#[derive(Serialize, Deserialize)]
+pub struct Backends {
+    list: Vec<Backend>,
+    /// Parallel to `list`: what policies see.
+    #[serde(skip)]
+    views: Vec<BackendView>,
+    #[serde(skip)]
+    by_id: HashMap<u32, usize>,
+    #[serde(skip)]
+    alloc: SharedColumns,
+}
+
+impl Backends {
+    pub fn new(alloc: SharedColumns) -> Backends {
+        Backends {
+            list: Vec::new(),
+            views: Vec::new(),
+            by_id: HashMap::new(),
+            alloc,
+        }
+    }
+
+    /// The part taken over from a previous front, sharing `alloc`.
+    pub fn from_handover(mut self, alloc: SharedColumns) -> Backends {
+        self.alloc = alloc;
+        self.views = self.list.iter().map(view_of).collect();
+        self.reindex();
+        self
+    }
+
+    pub fn list(&self) -> &[Backend] {
+        &self.list
+    }
+
+    pub fn get(&self, i: usize) -> &Backend {
+        &self.list[i]
+    }
+
+    pub fn views(&self) -> &[BackendView] {
+        &self.views
+    }
+
+    pub fn table_seq(&self) -> u64 {
+        self.alloc.borrow().table_seq
+    }
+
+    /// The sequence number for a new backend table.
+    pub fn next_table_seq(&mut self) -> u64 {
+        self.alloc.borrow_mut().next_table_seq()
+    }
 
     /// Add a backend (enabled, healthy until checked). Returns its id, or
     /// `None` if no statistics column is free.
@@ -231,9 +272,12 @@ impl Backends {
         table: &Table,
         applied_everywhere: u64,
     ) -> Option<u32> {
-        let column = self.take_column(table, applied_everywhere)?;
-        let id = self.next_id;
-        self.next_id += 1;
+        let mut alloc = self.alloc.borrow_mut();
+        let column = alloc.take_column(table, applied_everywhere)?;
+        let id = alloc.next_id;
+        alloc.next_id += 1;
+        let column_seq = alloc.table_seq + 1;
+        drop(alloc);
         let b = Backend {
             id,
             spec,
@@ -241,7 +285,7 @@ impl Backends {
             healthy: true,
             check: CheckState::default(),
             column,
-            column_seq: self.table_seq + 1,
+            column_seq,
             inflight: 0,
         };
         self.views.push(view_of(&b));
@@ -438,7 +482,9 @@ impl Backends {
             if self.list[i].admin == Admin::Draining && self.active(i, table, cells) == 0 {
                 let b = self.list.remove(i);
                 self.views.remove(i);
-                self.free_columns.push((b.column, self.table_seq + 1));
+                let mut alloc = self.alloc.borrow_mut();
+                let seq = alloc.table_seq + 1;
+                alloc.free_columns.push((b.column, seq));
                 gone.push(b.spec.name);
             } else {
                 i += 1;
@@ -640,6 +686,7 @@ impl Backends {
                     routable: b.routable(),
                     send_proxy: b.spec.send_proxy,
                     source,
+                    service: None,
                 }
             })
             .collect();
@@ -661,6 +708,7 @@ impl Backends {
         self.list
             .iter()
             .map(|b| BackendLabel {
+                service: String::new(),
                 name: b.spec.name.clone(),
                 column: b.column,
                 up: b.routable(),

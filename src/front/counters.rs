@@ -115,6 +115,7 @@ impl Counters {
         policy: PolicyName,
         slots: Vec<SlotLabel>,
         backends: Vec<BackendLabel>,
+        services: Vec<crate::metrics::ServiceLabel>,
         ready: bool,
     ) {
         let cells = slots.iter().flat_map(|s| s.cells.iter().copied()).collect();
@@ -123,6 +124,7 @@ impl Counters {
         snap.slots = slots;
         snap.cells = cells;
         snap.backends = backends;
+        snap.services = services;
         snap.ready = ready;
     }
 

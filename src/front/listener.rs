@@ -219,6 +219,46 @@ impl Listeners {
         }
     }
 
+    /// A listener added by a reload: accepting at once if the others are.
+    pub fn add(
+        &mut self,
+        socket: std::net::TcpListener,
+        front: &std::rc::Weak<std::cell::RefCell<super::Front>>,
+    ) -> io::Result<()> {
+        let addr = socket.local_addr()?;
+        let l = Rc::new(crate::sys::register(socket, tokio::io::Interest::READABLE)?);
+        if !self.tasks.is_empty() {
+            if let Some(front) = front.upgrade() {
+                self.tasks
+                    .push(tokio::task::spawn_local(accept_loop(front, l.clone())));
+            }
+        }
+        self.sockets.push(l);
+        self.addrs.push(addr);
+        Ok(())
+    }
+
+    /// Close the listener on `addr` (a reload removed it).
+    pub fn remove(&mut self, addr: SocketAddr) {
+        let Some(i) = self.addrs.iter().position(|&a| a == addr) else {
+            return;
+        };
+        if let Some(t) = (i < self.tasks.len()).then(|| self.tasks.remove(i)) {
+            t.abort();
+        }
+        self.sockets.remove(i);
+        self.addrs.remove(i);
+    }
+
+    /// Turn defer-accept on or off on the listener on `addr`.
+    pub fn set_defer_accept_at(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
+        let Some(i) = self.addrs.iter().position(|&a| a == addr) else {
+            return Ok(());
+        };
+        crate::sys::set_defer_accept(self.sockets[i].get_ref().as_fd(), on)
+            .map_err(|err| format!("cannot set defer-accept on {addr}: {err}"))
+    }
+
     /// Stop accepting and close the sockets (shutdown).
     pub fn close(&mut self) {
         for t in self.tasks.drain(..) {
@@ -349,7 +389,7 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
                 match guard.try_io(|l| accept(l.get_ref())) {
                     Ok(Ok((stream, peer))) => {
                         backoff = BACKOFF_MIN;
-                        f.accepted(stream, peer);
+                        f.accepted(stream, peer, local);
                     }
                     Ok(Err(err)) if is_resource_error(&err) => {
                         f.count(FrontWord::AcceptEmfile, 1);

@@ -3,18 +3,13 @@
 //! endpoint's thread asks ([`answer`]); nothing is kept or counted for it
 //! in between. Rates, paging and rendering happen on that thread.
 
-use super::{Backends, Counters, Ledger, Lifecycle, Listeners, Routing, Shared};
-use crate::config::Config;
+use super::{Counters, Ledger, Lifecycle, Listeners, Services, Shared};
 use crate::stats::{Col, ColCell, FrontWord, ProcWord, SlotWord};
 use crate::status::{
     BackendStatus, Health, Listener, Report, Requests, SCHEMA, Service, StateCounts, Totals,
     WorkerSlot,
 };
 use crate::supervisor::{Role, Slot, UNREAD_PATIENCE, Workers};
-
-/// The name of the one service there is until services can be
-/// configured.
-pub const DEFAULT_SERVICE: &str = "default";
 
 /// Answer the status page's requests until the endpoint's thread is gone.
 pub async fn answer(front: Shared, mut requests: Requests) {
@@ -34,11 +29,9 @@ pub async fn answer(front: Shared, mut requests: Requests) {
 
 /// The parts a report is gathered from.
 pub struct Parts<'a> {
-    pub config: &'a Config,
     pub listeners: &'a Listeners,
     pub workers: &'a Workers,
-    pub backends: &'a Backends,
-    pub routing: &'a Routing,
+    pub services: &'a Services,
     pub ledger: &'a Ledger,
     pub counters: &'a Counters,
     pub life: &'a Lifecycle,
@@ -61,7 +54,7 @@ pub fn gather(p: Parts<'_>) -> Report {
                 slot,
                 pid: s.current().map(|q| q.pid()),
                 state: slot_state(s, p.counters, stopping),
-                active: p.routing.view(slot).active,
+                active: p.services.view(slot).active,
                 connections_total: p.counters.slot_get(slot, SlotWord::Handed),
                 connection_rate: None,
                 bytes_in_total: bytes_in,
@@ -77,52 +70,29 @@ pub fn gather(p: Parts<'_>) -> Report {
             }
         })
         .collect();
-    let checked = p.config.health.interval.is_some();
-    let mut summary = StateCounts::default();
-    let backends: Vec<BackendStatus> = p
-        .backends
-        .list()
+    let services: Vec<Service> = p
+        .services
         .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let total = |w| p.backends.total(i, w, table, &cells);
-            summary.count(b.state());
-            BackendStatus {
-                name: b.spec().name.clone(),
-                address: b.spec().addr.to_string(),
-                state: b.state(),
-                weight: b.spec().weight,
-                slow_start_percent: p.backends.ramp_percent(i).filter(|_| b.routable()),
-                active: p.backends.active(i, table, &cells),
-                connections_total: total(Col::Conns),
-                connection_rate: None,
-                share: 0.0,
-                bytes_in_total: total(Col::BytesDown),
-                bytes_out_total: total(Col::BytesUp),
-                connect_failures_total: total(Col::FailRefused)
-                    + total(Col::FailTimeout)
-                    + total(Col::FailOther),
-                check_failures_total: ColCell::of(table.base(b.column())).get(Col::CheckFailures),
-                health: Health {
-                    checked,
-                    history: p.backends.check_history(i),
-                    last: p.backends.last_check(i),
-                },
-                from: b.spec().group.clone(),
-                maxconn: None,
-                queued: None,
+        .map(|s| service(s, table, &cells))
+        .collect();
+    let mut listeners: Vec<Listener> = Vec::new();
+    for s in &services {
+        for a in &s.listen {
+            match listeners.iter_mut().find(|l| &l.address == a) {
+                // An SNI listener: every service it routes to.
+                Some(l) => {
+                    let names = l.service.get_or_insert_with(String::new);
+                    names.push_str(", ");
+                    names.push_str(&s.name);
+                }
+                None => listeners.push(Listener {
+                    role: "proxy",
+                    address: a.clone(),
+                    service: Some(s.name.clone()),
+                }),
             }
-        })
-        .collect();
-    let listen: Vec<String> = p.listeners.addrs().iter().map(|a| a.to_string()).collect();
-    let mut listeners: Vec<Listener> = listen
-        .iter()
-        .map(|a| Listener {
-            role: "proxy",
-            address: a.clone(),
-            service: Some(DEFAULT_SERVICE.to_string()),
-        })
-        .collect();
+        }
+    }
     let other = [
         ("metrics", p.listeners.metrics_addr().map(|a| a.to_string())),
         ("status", p.listeners.status_addr().map(|a| a.to_string())),
@@ -160,7 +130,7 @@ pub fn gather(p: Parts<'_>) -> Report {
         uptime_seconds: now_ms.saturating_sub(p.life.started_ms()) / 1000,
         accepting: !p.listeners.paused(),
         totals: Totals {
-            active_connections: p.routing.total_active() + p.ledger.pending() as u64,
+            active_connections: p.services.total_active() + p.ledger.pending() as u64,
             pending_connections: p.ledger.pending() as u64,
             accepted_total: front(FrontWord::Accepted),
             accepted_rate: None,
@@ -173,20 +143,64 @@ pub fn gather(p: Parts<'_>) -> Report {
         },
         listeners,
         workers,
-        services: vec![Service {
-            name: DEFAULT_SERVICE.to_string(),
-            policy: p.routing.policy().to_string(),
-            listen,
-            active_connections: backends.iter().map(|b| b.active).sum(),
-            connection_rate: None,
-            share_basis: "total",
-            summary,
-            backends_total: backends.len(),
-            backends_matched: backends.len(),
-            offset: 0,
-            backends,
-        }],
+        services,
         events: p.life.events().events().rev().cloned().collect(),
+    }
+}
+
+/// One service, every backend (no rates: the endpoint adds those).
+fn service(s: &super::Service, table: &crate::stats::Table, cells: &[usize]) -> Service {
+    let checked = s.config().health.interval.is_some();
+    let bs = s.backends();
+    let mut summary = StateCounts::default();
+    let backends: Vec<BackendStatus> = bs
+        .list()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let total = |w| bs.total(i, w, table, cells);
+            summary.count(b.state());
+            BackendStatus {
+                name: b.spec().name.clone(),
+                address: b.spec().addr.to_string(),
+                state: b.state(),
+                weight: b.spec().weight,
+                slow_start_percent: bs.ramp_percent(i).filter(|_| b.routable()),
+                active: bs.active(i, table, cells),
+                connections_total: total(Col::Conns),
+                connection_rate: None,
+                share: 0.0,
+                bytes_in_total: total(Col::BytesDown),
+                bytes_out_total: total(Col::BytesUp),
+                connect_failures_total: total(Col::FailRefused)
+                    + total(Col::FailTimeout)
+                    + total(Col::FailOther),
+                check_failures_total: ColCell::of(table.base(b.column())).get(Col::CheckFailures),
+                health: Health {
+                    checked,
+                    history: bs.check_history(i),
+                    last: bs.last_check(i),
+                },
+                from: b.spec().group.clone(),
+                maxconn: None,
+                queued: None,
+            }
+        })
+        .collect();
+    Service {
+        name: s.name().to_string(),
+        sni: s.sni().to_vec(),
+        leaving: s.leaving(),
+        policy: s.routing().policy().to_string(),
+        listen: s.config().listen.iter().map(|a| a.to_string()).collect(),
+        active_connections: backends.iter().map(|b| b.active).sum(),
+        connection_rate: None,
+        share_basis: "total",
+        summary,
+        backends_total: backends.len(),
+        backends_matched: backends.len(),
+        offset: 0,
+        backends,
     }
 }
 

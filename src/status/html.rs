@@ -153,12 +153,22 @@ fn worker(o: &mut String, w: &WorkerSlot) {
 fn service(o: &mut String, s: &Service, view: &View) {
     let _ = write!(
         o,
-        "<section class=\"service\" data-service=\"{0}\"><h2>Service <b>{0}</b> · policy <b class=\"policy\">{1}</b></h2><p class=\"listen\">listens on {2} · {3} active · {4} conn/s</p>",
+        "<section class=\"service\" data-service=\"{0}\"><h2>Service <b>{0}</b>{5} · policy <b class=\"policy\">{1}</b>{6}</h2><p class=\"listen\">listens on {2} · {3} active · {4} conn/s</p>",
         esc(&s.name),
         esc(&s.policy),
         esc(&s.listen.join(", ")),
         s.active_connections,
-        rate(s.connection_rate)
+        rate(s.connection_rate),
+        if s.sni.is_empty() {
+            String::new()
+        } else {
+            format!(" <small>(TLS names {})</small>", esc(&s.sni.join(", ")))
+        },
+        if s.leaving {
+            " · <b class=\"bad\">leaving</b> (removed; draining)"
+        } else {
+            ""
+        }
     );
     o.push_str("<p class=\"summary\">backends: ");
     let c = &s.summary;

@@ -189,6 +189,8 @@ mod tests {
             }],
             services: vec![Service {
                 name: "default".into(),
+                sni: Vec::new(),
+                leaving: false,
                 policy: "round-robin".into(),
                 listen: vec![],
                 active_connections: 0,

@@ -100,13 +100,14 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         from_backend: col.map_or(&spare, |c| c.word(Col::BytesDown)),
         conn: &bytes,
     };
+    // The service's settings (its backends all have the same).
+    let conns = routes.conns(handoff.backend);
     let outcome = pump::pump(
         &mut client,
         &mut upstream,
-        routes.config.idle_timeout,
+        conns.idle_timeout,
         // Counted from when this worker got the client, connect included.
-        routes
-            .config
+        conns
             .first_byte_timeout
             .map(|limit| limit.saturating_sub(started.elapsed())),
         routes.config.splice,
@@ -192,7 +193,6 @@ async fn connect_any(
     handoff: &Handoff,
     header: Header,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
-    let config = &routes.config;
     // The planned backend, then the fallbacks the front's policy chose
     // (`--retries` of them at most): each at most once, each within the
     // connect timeout, so a client waits at most (1 + retries) of them.
@@ -206,7 +206,7 @@ async fn connect_any(
         match connect_one(
             backend.addr,
             source,
-            config.connect_timeout,
+            routes.conns(backend.id).connect_timeout,
             preface.as_deref(),
         )
         .await

@@ -229,5 +229,5 @@ fn explain_names_the_deny_entry_and_the_per_ip_limit() {
         "{err}"
     );
     let err = p.ctl("explain 127.0.0.1 --service web");
-    assert_eq!(err, "error: no service 'web' (services: default)");
+    assert_eq!(err, "error: no service named 'web' (services: default)");
 }

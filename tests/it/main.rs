@@ -21,6 +21,7 @@ mod peers;
 mod pidfile;
 mod policies;
 mod protect;
+mod services;
 mod shims;
 mod status;
 mod supervision;

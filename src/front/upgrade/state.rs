@@ -8,7 +8,7 @@
 //! metrics, control and status sockets), the statistics table, each worker
 //! process's channel ends and pidfd (slot by slot), the connections
 //! waiting for a worker, then those whose PROXY header is still to be
-//! read; the new front takes them in the same order ([`rebuild`]).
+//! read, then those whose ClientHello is still to be read; the new front takes them in the same order ([`rebuild`]).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -19,9 +19,10 @@ use crate::front::access::AccessState;
 use crate::front::counters::CountersState;
 use crate::front::ledger::LedgerState;
 use crate::front::listener::ListenersState;
+use crate::front::services::{Services, ServicesOut, ServicesState, SniWaits};
 use crate::front::settings::SettingsState;
 use crate::front::{
-    Access, Backends, Counters, Front, Ledger, Lifecycle, Listeners, Parts, Phase, Settings, Shared,
+    Access, Counters, Front, Ledger, Lifecycle, Listeners, Parts, Phase, Settings, Shared,
 };
 use crate::handover::FdSource;
 use crate::supervisor::{SpawnPlan, Workers, WorkersState};
@@ -36,7 +37,7 @@ pub struct HandoverOut<'a> {
     pub workers: WorkersState,
     pub ledger: LedgerState,
     pub access: AccessState,
-    pub backends: &'a Backends,
+    pub services: ServicesOut<'a>,
     pub life: LifeState,
 }
 
@@ -49,7 +50,7 @@ pub struct Handover {
     workers: WorkersState,
     ledger: LedgerState,
     access: AccessState,
-    backends: Backends,
+    services: ServicesState,
     life: LifeState,
 }
 
@@ -110,7 +111,10 @@ pub fn rebuild(
         Workers::from_handover(h.workers, &mut fds, plan, table.procs(), cap, nofile)?;
     let ledger = Ledger::from_handover(h.ledger, &mut fds)?;
     let access = Access::from_handover(&config, h.access, &mut fds, &counters)?;
-    let backends = h.backends.from_handover(table.columns());
+    let mut services_state = h.services;
+    let sni_waits =
+        SniWaits::from_handover(std::mem::take(&mut services_state.sni_waits), &mut fds)?;
+    let services = Services::from_handover(services_state, &table, workers.len());
     let mut life = Lifecycle::new(Phase::TakingOver { stop: false });
     if let Some(outcome) = h.life.last_roll {
         life.set_last_roll(outcome);
@@ -121,7 +125,8 @@ pub fn rebuild(
         settings,
         listeners,
         workers,
-        backends,
+        services,
+        sni_waits,
         access,
         ledger,
         counters,
