@@ -105,6 +105,10 @@ pub struct Config {
     pub policy_options: PolicyOptions,
     /// Where `/metrics` is served; `None` when disabled.
     pub metrics: Option<SocketAddr>,
+    /// `--status`: the status page's own address (besides the metrics
+    /// one); `None` when not asked for.
+    #[serde(default)]
+    pub status: Option<SocketAddr>,
     /// Control socket path; `None` when disabled.
     pub control: Option<PathBuf>,
     pub connect_timeout: Duration,

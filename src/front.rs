@@ -36,6 +36,7 @@
 mod access;
 mod backends;
 mod counters;
+pub mod explain;
 mod flow;
 mod health;
 mod ledger;
@@ -48,6 +49,7 @@ mod resolver;
 mod routing;
 mod services;
 mod settings;
+pub mod status;
 pub mod upgrade;
 mod upkeep;
 mod watch;
@@ -82,6 +84,11 @@ pub enum FrontError {
     },
     #[error("cannot serve metrics on {addr}: {source}{}", metrics_tip(.source))]
     Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the status page on {addr}: {source}")]
+    Status {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -175,10 +182,16 @@ pub async fn reload(front: &Shared) -> Result<ReloadReport, String> {
     notify(&[sd_notify::NotifyState::Ready]);
     match result {
         Ok(Ok(config)) => {
-            let applied = front
-                .borrow_mut()
+            let mut f = front.borrow_mut();
+            let applied = f
                 .apply_file(config)
                 .map_err(|why| format!("reload rejected: {why}"));
+            let text = match &applied {
+                Ok(r) if r.notes.is_empty() => "configuration reloaded".to_string(),
+                Ok(r) => format!("configuration reloaded: {}", r.notes.join("; ")),
+                Err(why) => why.clone(),
+            };
+            f.record_event(crate::status::EventKind::Reload, text);
             if let Err(why) = &applied {
                 tracing::error!("{why}");
             }
@@ -186,7 +199,11 @@ pub async fn reload(front: &Shared) -> Result<ReloadReport, String> {
         }
         Ok(Err(err)) => {
             tracing::error!(cause = %err, "reload rejected: keeping the running configuration");
-            Err(format!("reload rejected: {err}"))
+            let why = format!("reload rejected: {err}");
+            front
+                .borrow_mut()
+                .record_event(crate::status::EventKind::Reload, why.clone());
+            Err(why)
         }
         Err(err) => Err(format!("reload failed: {err}")),
     }

@@ -1,4 +1,5 @@
-//! Metric names, their help text, and the Prometheus endpoint.
+//! Metric names, their help text, and the HTTP endpoint (Prometheus
+//! `/metrics`, and the status page's routes: see [`crate::status`]).
 //!
 //! Every name is a constant here, next to its description, so dashboards,
 //! alerts, tests and the README have one place to agree with. Labels are

@@ -106,10 +106,10 @@ async fn serve_upgraded(
         }
     };
     let front = rebuilt.front;
-    if let Some(l) = rebuilt.metrics {
-        let exporter = front.borrow().counters().exporter();
-        crate::metrics::start_endpoint(l, exporter).map_err(FrontError::Runtime)?;
-    }
+    let (asker, requests) = crate::status::channel();
+    let exporter = front.borrow().counters().exporter();
+    crate::metrics::start_endpoint(rebuilt.metrics, rebuilt.status, exporter, asker)
+        .map_err(FrontError::Runtime)?;
     let control = rebuilt
         .control
         .map(|(path, l)| crate::control::Control::adopt(path, l))
@@ -124,7 +124,7 @@ async fn serve_upgraded(
         }
     }
     info!(version = %crate::version::describe(), "rrproxy took over from the previous front");
-    run_front(&front, control, None, signals).await
+    run_front(&front, control, None, signals, requests).await
 }
 
 /// What `serve` tells its caller once it is accepting (the demo uses it).
@@ -194,15 +194,35 @@ pub async fn serve(
                 .map_err(FrontError::Fatal)?;
         }
     }
-    if let Some(addr) = config.metrics {
-        let l = std::net::TcpListener::bind(addr)
-            .map_err(|source| FrontError::Metrics { addr, source })?;
-        let ep = crate::metrics::start_endpoint(
-            l.try_clone().map_err(FrontError::Runtime)?,
-            counters.exporter(),
-        )
-        .map_err(|source| FrontError::Metrics { addr, source })?;
-        listeners.keep_metrics(ep.addr, OwnedFd::from(l));
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| FrontError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let status = match config.status {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| FrontError::Status { addr, source })?,
+        ),
+        None => None,
+    };
+    let copy = |l: &Option<std::net::TcpListener>| {
+        l.as_ref()
+            .map(|l| l.try_clone().map(OwnedFd::from))
+            .transpose()
+            .map_err(FrontError::Runtime)
+    };
+    let (metrics_fd, status_fd) = (copy(&metrics)?, copy(&status)?);
+    let (asker, requests) = crate::status::channel();
+    let ep = crate::metrics::start_endpoint(metrics, status, counters.exporter(), asker)
+        .map_err(FrontError::Runtime)?;
+    if let (Some(addr), Some(fd)) = (ep.metrics, metrics_fd) {
+        listeners.keep_metrics(addr, fd);
+    }
+    if let (Some(addr), Some(fd)) = (ep.status, status_fd) {
+        listeners.keep_status(addr, fd);
     }
     let owner = config.run_as.as_ref().map(|r| (r.uid, r.gid));
     let control = match &config.control {
@@ -258,7 +278,7 @@ pub async fn serve(
         crate::pidfile::write(&path).map_err(|source| FrontError::PidFile { path, source })?;
     }
     info!(config = %summary, nofile, per_worker_limit = cap, version = %crate::version::describe(), "rrproxy starting");
-    run_front(&front, control, started, signals).await
+    run_front(&front, control, started, signals, requests).await
 }
 
 /// Start the front's tasks and serve until its life is over: every
@@ -269,13 +289,16 @@ pub(crate) async fn run_front(
     control: Option<crate::control::Control>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
     mut signals: FrontSignals,
+    status: crate::status::Requests,
 ) -> Result<(), FrontError> {
-    let (listen_addrs, metrics_addr) = {
+    let (listen_addrs, metrics_addr, status_addr) = {
         let f = front.borrow();
-        (f.listeners().addrs().to_vec(), f.listeners().metrics_addr())
+        let l = f.listeners();
+        (l.addrs().to_vec(), l.metrics_addr(), l.status_addr())
     };
     front::Front::start_listeners(front);
     front::start_tasks(front);
+    tokio::task::spawn_local(front::status::answer(front.clone(), status));
     let control_path = control.as_ref().map(|c| c.path.clone());
     if let Some(c) = control {
         tokio::task::spawn_local(crate::control::serve(front.clone(), c));
@@ -291,7 +314,10 @@ pub(crate) async fn run_front(
         info!(listen = %a, "listening");
     }
     if let Some(a) = metrics_addr {
-        info!(metrics = %format!("http://{a}/metrics"), "serving metrics");
+        info!(metrics = %format!("http://{a}/metrics"), status = %format!("http://{a}/status"), "serving metrics and the status page");
+    }
+    if let Some(a) = status_addr {
+        info!(status = %format!("http://{a}/status"), "serving the status page");
     }
     loop {
         let changed = front.borrow().life().changed();

@@ -257,6 +257,11 @@ pub(super) fn build_one(
         Some(g) => src.check(g, values::metrics)?,
         None => Some("127.0.0.1:9898".to_string()),
     };
+    let status_given = src.one("status", "status", args.status.as_deref(), &keys.status);
+    let status_spec = match &status_given {
+        Some(g) => src.check(g, values::metrics)?,
+        None => None,
+    };
     let control = match src.one("control", "control", args.control.as_deref(), &keys.control) {
         // A path must be a string: `control = 5` is a mistake.
         Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.control) => {
@@ -493,6 +498,21 @@ pub(super) fn build_one(
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
+    let status = match (&status_given, status_spec) {
+        (Some(g), Some(spec)) => {
+            let addr = look_up(&src, g, &spec)?;
+            if addr.port() != 0 && Some(addr) == metrics {
+                return Err(src.bad(
+                    g,
+                    Invalid::new(
+                        "that is the metrics address, which serves the status page already",
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+        _ => None,
+    };
     let source = protect.local_sources(&src)?;
     let (backends, resolve) = if backend_given.is_empty() {
         (Vec::new(), Vec::new())
@@ -522,6 +542,7 @@ pub(super) fn build_one(
             sticky_ipv6_prefix: prefix,
         },
         metrics,
+        status,
         control,
         connect_timeout,
         idle_timeout,

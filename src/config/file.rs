@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub policy: Option<Raw>,
     pub sticky_ipv6_prefix: Option<Raw>,
     pub metrics: Option<Raw>,
+    pub status: Option<Raw>,
     pub control: Option<Raw>,
     pub connect_timeout: Option<Raw>,
     pub idle_timeout: Option<Raw>,

@@ -110,6 +110,7 @@ fn per_service(action: Action) -> bool {
             | Action::AclAllow
             | Action::AclDeny
             | Action::AclRemove
+            | Action::Explain
     )
 }
 
@@ -267,6 +268,21 @@ async fn run(
         (Action::LogReopen, _) => {
             let msg = front.borrow_mut().reopen_access_log()?;
             ok_json(json, msg)
+        }
+        (Action::Explain, args) => {
+            let ip = super::explain::parse(args)?;
+            // The counts as the workers have them now (as `status` does):
+            // what the next dispatch reads.
+            front.borrow_mut().refresh_all_views();
+            let e = front
+                .borrow()
+                .explain(ip, service)
+                .map_err(|e| e.to_string())?;
+            if json {
+                to_json(&e)
+            } else {
+                Ok(super::explain::render(&e))
+            }
         }
         (Action::Top, _) => Err(format!(
             "'{}' runs in rrproxy ctl, not on the control socket",

@@ -152,6 +152,19 @@ impl Access {
         false
     }
 
+    /// For `ctl explain`: a service's access list `acl`'s decision for
+    /// `ip` (the one [`Access::admits`] makes), and the entries that match
+    /// it.
+    pub fn explain(acl: &Acl, ip: std::net::IpAddr) -> (Verdict, Vec<(Action, Cidr)>) {
+        let verdict = if acl.is_empty() {
+            Verdict::Admit
+        } else {
+            acl.admits(ip)
+        };
+        let matching = acl.entries().filter(|(_, c)| c.contains(ip)).collect();
+        (verdict, matching)
+    }
+
     /// The running lists, for `ctl acl`.
     pub fn view(&self) -> AclView {
         AclView {

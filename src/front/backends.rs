@@ -40,6 +40,7 @@ use crate::metrics::BackendLabel;
 use crate::policy::{BackendView, RAMP_FULL, backend_key};
 use crate::proxy_protocol::Version;
 use crate::stats::{Col, ColCell, Table};
+use crate::status::HEALTH_HISTORY;
 
 /// Failed connects must fall within this window to mark a backend down.
 pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
@@ -75,6 +76,10 @@ struct CheckState {
     passive_down: Option<Instant>,
     /// The last active check: passed, or why not; `None` before the first.
     last: Option<Result<(), String>>,
+    /// The last `checks` (at most [`HEALTH_HISTORY`]) active check
+    /// results, newest in bit 0 (1: passed).
+    history: u32,
+    checks: u8,
     /// Came up (health, enable, added) while running, at this time: slow
     /// start ramps from here (see `Backends::refresh_ramps`). `None` at
     /// start, and once the ramp is over.
@@ -568,6 +573,16 @@ impl Backends {
         })
     }
 
+    /// The last active check results of backend `i`, oldest first
+    /// (true: passed).
+    pub fn check_history(&self, i: usize) -> Vec<bool> {
+        let c = &self.list[i].check;
+        (0..c.checks)
+            .rev()
+            .map(|k| c.history >> k & 1 == 1)
+            .collect()
+    }
+
     /// Failed active checks of backend `i` in all (the front's count, in
     /// the statistics base) and how many of the last ones in a row.
     pub fn check_failures(&self, i: usize, table: &crate::stats::Table) -> (u64, u32) {
@@ -730,6 +745,8 @@ impl Backends {
         let i = self.index_of(id)?;
         let b = &mut self.list[i];
         let was = b.healthy;
+        b.check.history = b.check.history << 1 | u32::from(result.is_ok());
+        b.check.checks = (b.check.checks + 1).min(HEALTH_HISTORY as u8);
         match result {
             Ok(()) => {
                 b.check.consecutive_fail = 0;

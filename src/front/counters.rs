@@ -82,6 +82,21 @@ impl Counters {
         stats::get(self.table.slot(slot, w))
     }
 
+    /// Bytes from and to clients through `slot` over its life: its
+    /// departed processes' (the bases) and its live ones' (`cells`).
+    pub fn slot_bytes(&self, slot: usize, cells: &[usize]) -> (u64, u64) {
+        let over = |w| {
+            cells
+                .iter()
+                .map(|&c| self.table.cell(c).get(w))
+                .sum::<u64>()
+        };
+        (
+            self.slot_get(slot, SlotWord::BytesInBase) + over(ProcWord::BytesIn),
+            self.slot_get(slot, SlotWord::BytesOutBase) + over(ProcWord::BytesOut),
+        )
+    }
+
     pub fn slot_bump(&self, slot: usize, w: SlotWord, n: u64) {
         stats::bump(self.table.slot(slot, w), n);
     }

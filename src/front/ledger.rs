@@ -130,12 +130,21 @@ impl Ledger {
     /// Count a new connection of client `key`; false if that client is at
     /// `max` (the caller refuses the connection).
     pub fn admit_ip(&mut self, key: IpAddr, max: u32) -> bool {
-        let n = self.per_ip.entry(key).or_default();
-        if *n >= max {
+        if !self.ip_has_room(key, max) {
             return false;
         }
-        *n += 1;
+        *self.per_ip.entry(key).or_default() += 1;
         true
+    }
+
+    /// Whether client `key` may open one more connection under `max`.
+    pub fn ip_has_room(&self, key: IpAddr, max: u32) -> bool {
+        self.ip_count(key) < max
+    }
+
+    /// Connections client `key` has open now (counted with a limit only).
+    pub fn ip_count(&self, key: IpAddr) -> u32 {
+        self.per_ip.get(&key).copied().unwrap_or(0)
     }
 
     /// `n` connections of client `key` ended.

@@ -39,15 +39,31 @@ pub struct Listeners {
     metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
     /// The control socket's path and a copy of its socket (for a handover).
     control: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+    /// `--status`: the status page's own address and a copy of its socket
+    /// (served by the metrics endpoint's thread; kept for a handover).
+    status: Option<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 /// The listeners across an upgrade (every socket's descriptor travels
-/// beside it: the listening sockets, then the metrics and control ones).
+/// beside it: the listening sockets, then the metrics, control and status
+/// ones).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenersState {
     listen: Vec<SocketAddr>,
     metrics: Option<SocketAddr>,
     control: Option<std::path::PathBuf>,
+    /// (A build without `--status` never gets one: its command line and
+    /// config file would not load.)
+    #[serde(default)]
+    status: Option<SocketAddr>,
+}
+
+/// The sockets a new front serves beside its listeners: metrics, control,
+/// status.
+pub struct Served {
+    pub metrics: Option<std::net::TcpListener>,
+    pub control: Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
+    pub status: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -67,6 +83,7 @@ impl Listeners {
             tasks: Vec::new(),
             metrics: None,
             control: None,
+            status: None,
         })
     }
 
@@ -101,6 +118,16 @@ impl Listeners {
         self.control = Some((path, fd));
     }
 
+    /// Keep a copy of the `--status` socket (serving on `addr`) for a
+    /// handover.
+    pub fn keep_status(&mut self, addr: SocketAddr, fd: std::os::fd::OwnedFd) {
+        self.status = Some((addr, fd));
+    }
+
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(|(a, _)| *a)
+    }
+
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(a, _)| *a)
     }
@@ -119,27 +146,23 @@ impl Listeners {
         if let Some((_, fd)) = &self.control {
             fds.push(fd.as_fd());
         }
+        if let Some((_, fd)) = &self.status {
+            fds.push(fd.as_fd());
+        }
         ListenersState {
             listen: self.addrs.clone(),
             metrics: self.metrics_addr(),
             control: self.control.as_ref().map(|(p, _)| p.clone()),
+            status: self.status_addr(),
         }
     }
 
-    /// The listeners a new front takes over, and the metrics and control
-    /// sockets it is to serve.
-    #[allow(clippy::type_complexity)]
+    /// The listeners a new front takes over, and the metrics, control and
+    /// status sockets it is to serve.
     pub fn from_handover(
         state: ListenersState,
         fds: &mut crate::handover::FdSource,
-    ) -> Result<
-        (
-            Listeners,
-            Option<std::net::TcpListener>,
-            Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
-        ),
-        String,
-    > {
+    ) -> Result<(Listeners, Served), String> {
         let mut sockets = Vec::new();
         for a in &state.listen {
             let l = std::net::TcpListener::from(fds.next(&format!("listener {a}"))?);
@@ -157,7 +180,17 @@ impl Listeners {
             )),
             None => None,
         };
+        let status = match state.status {
+            Some(_) => Some(std::net::TcpListener::from(
+                fds.next("the status page's socket")?,
+            )),
+            None => None,
+        };
         let mut listeners = Listeners::new(sockets).map_err(|e| e.to_string())?;
+        if let (Some(addr), Some(l)) = (state.status, &status) {
+            let dup = l.try_clone().map_err(|e| e.to_string())?;
+            listeners.keep_status(addr, dup.into());
+        }
         if let (Some(addr), Some(l)) = (state.metrics, &metrics) {
             let dup = l.try_clone().map_err(|e| e.to_string())?;
             listeners.keep_metrics(addr, dup.into());
@@ -166,7 +199,14 @@ impl Listeners {
             let dup = l.try_clone().map_err(|e| e.to_string())?;
             listeners.keep_control(p.clone(), dup.into());
         }
-        Ok((listeners, metrics, control))
+        Ok((
+            listeners,
+            Served {
+                metrics,
+                control,
+                status,
+            },
+        ))
     }
 
     /// Start an accept loop per socket.

@@ -290,6 +290,7 @@ pub fn plan(
     for (what, changed) in [
         ("workers", cur.workers != new.workers),
         ("metrics", cur.metrics != new.metrics),
+        ("status", cur.status != new.status),
         ("control", cur.control != new.control),
         ("backlog", cur.backlog != new.backlog),
         ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
@@ -347,6 +348,7 @@ pub fn plan(
     let config = Config {
         workers: cur.workers,
         metrics: cur.metrics,
+        status: cur.status,
         control: cur.control.clone(),
         backlog: cur.backlog,
         cpu_affinity: cur.cpu_affinity,

@@ -5,8 +5,9 @@
 //! dispatch, flush), workers (`workers`: start, ready, reports, exit,
 //! staffing, the rolling restart), the lifecycle (`life`: events through
 //! the phase machine, and the actions it asks for), views and pausing
-//! (`views`), run-time changes and reloads (`changes`), and health,
-//! upkeep and the hand-over (`upkeep`). DESIGN.md's "life of a
+//! (`views`), run-time changes and reloads (`changes`), health,
+//! upkeep and the hand-over (`upkeep`), and what the status page and
+//! `ctl explain` read (`observe`). DESIGN.md's "life of a
 //! connection" follows a connection through these functions.
 //!
 //! The front is owned by its single-threaded event loop
@@ -15,11 +16,13 @@
 mod accept;
 mod changes;
 mod life;
+mod observe;
 mod reload;
 mod upkeep;
 mod views;
 mod workers;
 
+use observe::in_service;
 pub(crate) use reload::{defer_plan, listen_plan};
 
 use std::cell::RefCell;
@@ -44,6 +47,7 @@ use crate::channel::{AccessLog, Event as WorkerEvent, Handoff, MAX_FDS, Up};
 use crate::config::{BackendSpec, Config, ResolveGroup};
 use crate::policy::{PolicyName, WorkerView};
 use crate::stats::{Col, FrontWord, ProcWord, SlotWord};
+use crate::status::EventKind;
 use crate::supervisor::respawn::{AfterCrash, CRASH_WINDOW};
 use crate::supervisor::{
     MAX_UNREAD, READY_TIMEOUT, Refused, Role, SpawnError, WorkerProc, Workers,

@@ -3,11 +3,13 @@
 
 mod access;
 mod accesslog;
+mod browser;
 mod client_address;
 mod control;
 mod ctl;
 mod defer_accept;
 mod discovery;
+mod explain;
 mod faults;
 mod foundation;
 mod histograms;
@@ -21,6 +23,7 @@ mod policies;
 mod protect;
 mod services;
 mod shims;
+mod status;
 mod supervision;
 mod support;
 mod tls;

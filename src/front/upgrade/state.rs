@@ -5,7 +5,7 @@
 //!
 //! Descriptors travel beside the value, in the order the parts push them
 //! (see `Front::handover`): the listeners (listening sockets, then the
-//! metrics and control sockets), the statistics table, each worker
+//! metrics, control and status sockets), the statistics table, each worker
 //! process's channel ends and pidfd (slot by slot), the connections
 //! waiting for a worker, then those whose PROXY header is still to be
 //! read, then those whose ClientHello is still to be read; the new front takes them in the same order ([`rebuild`]).
@@ -62,6 +62,13 @@ pub struct LifeState {
     /// When the old front stopped accepting (µs since the Unix epoch), so
     /// the new one can say how long clients waited in the backlog.
     pub frozen_at_us: u64,
+    /// When the proxy started (ms since the Unix epoch; 0 from a front
+    /// that did not say).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// The status page's last events.
+    #[serde(default)]
+    pub events: Vec<crate::status::Event>,
 }
 
 /// Now, in microseconds since the Unix epoch (0 if the clock is before it).
@@ -78,6 +85,8 @@ pub struct Rebuilt {
     pub control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
     /// The metrics socket, to serve.
     pub metrics: Option<std::net::TcpListener>,
+    /// The `--status` socket, to serve.
+    pub status: Option<std::net::TcpListener>,
 }
 
 /// Rebuild the front from a handover (the new front), each part from what
@@ -94,7 +103,7 @@ pub fn rebuild(
     let mut fds = FdSource::new(fds);
     let settings = Settings::from_handover(h.settings, Some(flags));
     let config = settings.get();
-    let (listeners, metrics, control) = Listeners::from_handover(h.listeners, &mut fds)?;
+    let (listeners, served) = Listeners::from_handover(h.listeners, &mut fds)?;
     let counters = Counters::from_handover(h.counters, &mut fds)?;
     let table = counters.table().clone();
     let cap = crate::front::proc_cap(&config, nofile);
@@ -111,6 +120,7 @@ pub fn rebuild(
         life.set_last_roll(outcome);
     }
     life.set_frozen_at_us(h.life.frozen_at_us);
+    life.take_over_history(h.life.started_ms, h.life.events);
     let front = Front::assemble(Parts {
         settings,
         listeners,
@@ -125,7 +135,8 @@ pub fn rebuild(
     front.borrow_mut().adopted(adopted, nofile);
     Ok(Rebuilt {
         front,
-        control,
-        metrics,
+        control: served.control,
+        metrics: served.metrics,
+        status: served.status,
     })
 }

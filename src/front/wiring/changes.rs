@@ -92,6 +92,10 @@ impl Front {
             self.update_service(i, |c| c.policy = name);
             self.counters.bump(FrontWord::PolicyChanges, 1);
             info!(service, from = %old, to = %name, "policy changed");
+            self.life.record(
+                EventKind::Policy,
+                format!("policy {old} -> {name}{}", in_service(&service)),
+            );
             self.refresh_all_views();
             self.publish();
         }
@@ -155,6 +159,8 @@ impl Front {
             return Err(AdminError::TooMany(crate::config::MAX_BACKENDS));
         }
         info!(service = %s.name(), backend = %spec, "backend added");
+        let text = format!("backend {spec} added by ctl{}", in_service(s.name()));
+        self.life.record(EventKind::Backend, text);
         let name = spec.name.clone();
         let applied = self.table_applied_everywhere();
         let slow_start = s.config().slow_start;
@@ -184,6 +190,11 @@ impl Front {
         backends.set_admin(i, Admin::Draining);
         let spec_name = backends.get(i).spec().name.clone();
         info!(backend = %name, "backend draining for removal");
+        let text = format!(
+            "backend {name} removed by ctl (draining){}",
+            in_service(self.services.get(si).name())
+        );
+        self.life.record(EventKind::Backend, text);
         if crate::front::services::is_default(self.services.get(si).name()) {
             self.settings.note_removed(&spec_name);
         }
@@ -217,6 +228,12 @@ impl Front {
             backends.start_ramp(i, slow_start);
         }
         info!(backend = %name, enabled, "backend admin state changed");
+        let what = if enabled { "enabled" } else { "disabled" };
+        let text = format!(
+            "backend {name} {what} by ctl{}",
+            in_service(self.services.get(si).name())
+        );
+        self.life.record(EventKind::Backend, text);
         self.config_changed();
         self.publish();
         Ok(())
@@ -266,6 +283,12 @@ impl Front {
                 applied,
                 &cfg,
             ) {
+                let text = format!(
+                    "backends of {} changed (DNS){}",
+                    group.name,
+                    in_service(self.services.get(i).name())
+                );
+                self.life.record(EventKind::Backend, text);
                 self.backends_changed(i);
                 self.reap_drained();
             }

@@ -52,12 +52,17 @@ impl Front {
             .health_changed(i, source, cfg.slow_start)
             .to_string();
         let b = backends.get(i);
-        if b.healthy() {
+        let text = if b.healthy() {
             info!(service, backend = %b.spec().name, rise = cfg.health.rise, source, "backend up");
+            format!("backend {} up ({source})", b.spec().name)
         } else {
             warn!(service, backend = %b.spec().name, fall = cfg.health.fall, source, reason, "backend down");
-        }
-        if !backends.any_routable() {
+            format!("backend {} down ({source}: {reason})", b.spec().name)
+        };
+        let any_routable = backends.any_routable();
+        self.life
+            .record(EventKind::Health, text + &in_service(&service));
+        if !any_routable {
             warn!(
                 service,
                 "every backend is down: failing open (connections are still tried)"
@@ -88,8 +93,20 @@ impl Front {
             crate::front::upkeep::STALL_LIMIT,
         ) {
             warn!(slot, pid, unread, limit = ?crate::front::upkeep::STALL_LIMIT, max_unread = MAX_UNREAD, "worker has not read its channel: hung; killing it (its queued connections go to the others)");
+            self.life.record(
+                EventKind::Worker,
+                format!("slot {slot}: worker pid {pid} hung ({unread} handoffs unread); killed"),
+            );
         }
         for (slot, pid, role) in self.workers.kill_overdue(now) {
+            let why = match role {
+                Role::Starting => "not ready in time",
+                _ => "did not drain in time",
+            };
+            self.life.record(
+                EventKind::Worker,
+                format!("slot {slot}: worker pid {pid} {why}; killed"),
+            );
             match role {
                 Role::Starting => {
                     warn!(slot, pid, limit = ?READY_TIMEOUT, "worker not ready in time: killing it (its slot gets another)")
@@ -171,6 +188,8 @@ impl Front {
             life: crate::front::upgrade::state::LifeState {
                 last_roll: self.life.last_roll().cloned(),
                 frozen_at_us: self.life.frozen_at_us(),
+                started_ms: self.life.started_ms(),
+                events: self.life.events().to_vec(),
             },
         };
         (out, fds)

@@ -54,6 +54,8 @@ impl Front {
                     self.counters.slot_bump(slot, SlotWord::Restarts, 1);
                     let restarts = self.counters.slot_get(slot, SlotWord::Restarts);
                     info!(slot, restarts, "worker respawned");
+                    self.life
+                        .record(EventKind::Worker, format!("slot {slot}: worker respawned"));
                 }
                 Err(SpawnError::NoCell) => {
                     if let Some((at, pid)) = self.workers.reclaim_cell() {
@@ -81,9 +83,14 @@ impl Front {
         let s = self.workers.slot_mut(slot);
         match s.record_crash(now, seed) {
             AfterCrash::Parked => {
+                let crashes = s.crashes();
+                self.life.record(
+                    EventKind::Worker,
+                    format!("slot {slot}: crash-looping ({crashes} crashes); parked"),
+                );
                 error!(
                     slot,
-                    crashes = s.crashes(),
+                    crashes,
                     window = ?CRASH_WINDOW,
                     "worker slot is crash-looping; parked (restart with `rrproxy ctl upgrade` or SIGUSR2)"
                 );
@@ -155,6 +162,10 @@ impl Front {
             self.counters.slot_bump(slot, SlotWord::Restarts, 1);
         }
         info!(slot, pid, "worker up");
+        self.life.record(
+            EventKind::Worker,
+            format!("slot {slot}: worker pid {pid} ready"),
+        );
         self.arm_watchers();
         let _ = self.handle(Event::WorkerReady);
         self.advance_roll();
@@ -227,6 +238,14 @@ impl Front {
             info!(slot, pid = proc.pid(), %status, "worker exited");
         } else {
             warn!(slot, pid = proc.pid(), %status, lost_connections = lost, recovered_connections = recovered.len(), "worker died");
+            self.life.record(
+                EventKind::Worker,
+                format!(
+                    "slot {slot}: worker pid {} died ({status}); {lost} connections lost, {} handed to others",
+                    proc.pid(),
+                    recovered.len()
+                ),
+            );
         }
         if !recovered.is_empty() {
             self.counters
@@ -300,6 +319,11 @@ impl Front {
                 Ok(msg) => info!("{msg}"),
                 Err(msg) => warn!("{msg}"),
             }
+            let text = match &outcome {
+                Ok(msg) => msg.clone(),
+                Err(msg) => format!("failed: {msg}"),
+            };
+            self.life.record(EventKind::Restart, text);
             self.life.set_last_roll(outcome);
             let _ = self.handle(Event::RollDone);
         }
