@@ -81,6 +81,8 @@ fn run_chromium(dir: &Path, tag: &str, url: &str, args: &[String]) -> String {
         .stderr(Stdio::null())
         .status();
     let _ = child.wait();
+    // (A profile is ~3 MB; the output and the screenshot stay.)
+    let _ = std::fs::remove_dir_all(&profile);
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let tail: Vec<&str> = err.lines().rev().take(15).collect();
     let Some(status) = status else {
