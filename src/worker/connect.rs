@@ -64,9 +64,8 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
             return;
         }
     };
-    let header = proxy_header(&client, &handoff);
     let Some((backend, mut upstream, connect_time)) =
-        connect_any(worker, &routes, &handoff, header).await
+        connect_any(worker, &routes, &handoff, &client).await
     else {
         // A reset, not a FIN: the client must not take it for an answer.
         debug!("no backend reachable; closing client");
@@ -190,7 +189,7 @@ async fn connect_any(
     worker: &Worker,
     routes: &Routes,
     handoff: &Handoff,
-    header: Header,
+    client: &TcpStream,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
     let config = &routes.config;
     // The planned backend, then the fallbacks the front's policy chose
@@ -201,7 +200,11 @@ async fn connect_any(
         .filter_map(|id| routes.entry(id).copied());
     for backend in order {
         let began = Instant::now();
-        let preface = backend.send_proxy.map(|v| header.encode(v));
+        // The header needs the accepted socket's own address (a
+        // `getsockname`): asked only for a backend that gets one.
+        let preface = backend
+            .send_proxy
+            .map(|v| proxy_header(client, handoff).encode(v));
         match connect_one(backend.addr, config.connect_timeout, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
