@@ -167,16 +167,18 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
             return;
         };
         let mut resource_error = None;
+        let mut full_round = false;
         {
             let mut f = front.borrow_mut();
             // What workers counted since the last round (O(workers), and
             // O(workers x backends) for least-conn): once per round, not
             // per connection.
             f.refresh_all_views();
-            for _ in 0..ACCEPT_BATCH {
+            for n in 0..ACCEPT_BATCH {
                 if f.listeners.paused {
                     break;
                 }
+                full_round = n + 1 == ACCEPT_BATCH;
                 match guard.try_io(|l| accept(l.get_ref())) {
                     Ok(Ok((stream, peer))) => {
                         backoff = BACKOFF_MIN;
@@ -213,8 +215,12 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-        } else {
-            // Let worker reports and control requests run between rounds.
+        } else if full_round {
+            // The backlog may still hold connections: let worker reports
+            // and control requests run before the next round. A round that
+            // ended short (EAGAIN, a pause) waits for readiness below,
+            // which lets them run anyway, without a `yield_now` and the
+            // extra zero-timeout poll of the reactor it costs.
             tokio::task::yield_now().await;
         }
     }
