@@ -13,6 +13,7 @@
 //! worker.
 
 mod connect;
+mod deadline;
 pub mod pump;
 mod report;
 mod skip;
@@ -111,6 +112,8 @@ pub(crate) struct Worker {
     pub access_log: AccessLog,
     /// Frames from the front that could not be used.
     pub skipped: skip::Skipped,
+    /// The backend connects in flight and their deadlines.
+    pub deadlines: deadline::Deadlines,
 }
 
 impl Worker {
@@ -285,10 +288,15 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         stats: table,
         cell_index,
         skipped,
+        deadlines: deadline::Deadlines::default(),
     });
     worker.cell().set(ProcWord::Pid, u64::from(pid));
     worker.apply(config);
     tokio::task::spawn_local(report::flush_loop(worker.clone()));
+    tokio::task::spawn_local({
+        let worker = worker.clone();
+        async move { worker.deadlines.run().await }
+    });
     // SIGTERM drains; every other signal is ignored (Ctrl-C reaches the
     // whole process group, but the front decides how to stop).
     let mut terms =

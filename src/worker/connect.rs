@@ -205,7 +205,8 @@ async fn connect_any(
         let preface = backend
             .send_proxy
             .map(|v| proxy_header(client, handoff).encode(v));
-        match connect_one(backend.addr, config.connect_timeout, preface.as_deref()).await {
+        let deadline = began + config.connect_timeout;
+        match connect_one(worker, backend.addr, deadline, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
@@ -223,10 +224,11 @@ async fn connect_any(
 }
 
 /// Connect to `addr` and write `preface` (a PROXY header) if any, all
-/// within `timeout`.
+/// by `deadline` (kept by the worker's [`Deadlines`](super::deadline)).
 async fn connect_one(
+    worker: &Worker,
     addr: SocketAddr,
-    timeout: Duration,
+    deadline: Instant,
     preface: Option<&[u8]>,
 ) -> Result<TcpStream, FailReason> {
     let attempt = async {
@@ -242,10 +244,10 @@ async fn connect_one(
         }
         Ok::<_, io::Error>(stream)
     };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(classify(&err)),
-        Err(_elapsed) => Err(FailReason::Timeout),
+    match worker.deadlines.within(deadline, attempt).await {
+        Some(Ok(stream)) => Ok(stream),
+        Some(Err(err)) => Err(classify(&err)),
+        None => Err(FailReason::Timeout),
     }
 }
 
