@@ -14,9 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use socket2::SockRef;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -232,13 +232,27 @@ async fn connect_one(
     preface: Option<&[u8]>,
 ) -> Result<TcpStream, FailReason> {
     let attempt = async {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }?;
-        socket.set_nodelay(true)?;
-        let mut stream = socket.connect(addr).await?;
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_tcp_nodelay(true)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(err) => return Err(err),
+        }
+        let mut stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+        // Made once writable, failed if the event also says the write side
+        // closed (EPOLLERR/EPOLLHUP): only then is the kernel asked why
+        // (`SO_ERROR`), where tokio's own connect asks every time.
+        let ready = stream.ready(Interest::WRITABLE).await?;
+        if ready.is_write_closed() {
+            return Err(stream
+                .take_error()?
+                .unwrap_or_else(|| io::ErrorKind::NotConnected.into()));
+        }
         if let Some(bytes) = preface {
             stream.write_all(bytes).await?;
         }
