@@ -181,6 +181,11 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
     let fd = crate::sys::adopt_inherited_fd(channel_fd);
     // Started through /proc/self/exe, the process would be called "exe".
     let _ = rustix::thread::set_name(c"rrproxy");
+    // A worker started by a front whose event loop runs SCHED_BATCH
+    // inherits it; a worker must preempt when its clients' bytes arrive.
+    if let Err(err) = crate::sys::sched_batch(false) {
+        debug!(slot, cause = %err, "cannot set the normal scheduling policy");
+    }
     let local = tokio::task::LocalSet::new();
     // Every line this process logs says which worker it came from.
     let span = tracing::info_span!("worker", slot);

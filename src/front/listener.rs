@@ -59,8 +59,17 @@ impl Listeners {
         })
     }
 
-    /// Start an accept loop per socket.
+    /// Start an accept loop per socket, on this thread (the front's event
+    /// loop), which goes under `SCHED_BATCH` (see [`crate::sys::sched_batch`]):
+    /// woken by a new connection while a worker runs on its CPU, the front
+    /// no longer preempts it for every connection but runs when the worker
+    /// blocks, and hands over everything that queued meanwhile in one round.
+    /// With an idle CPU it runs at once, as before. (Workers it starts set
+    /// their own policy back to normal: `worker::run`.)
     pub fn start(&mut self, front: &Shared) {
+        if let Err(err) = crate::sys::sched_batch(true) {
+            debug!(cause = %err, "cannot put the front under SCHED_BATCH; it keeps the normal policy");
+        }
         for l in &self.sockets {
             self.tasks.push(tokio::task::spawn_local(accept_loop(
                 front.clone(),
