@@ -202,7 +202,9 @@ mod tests {
             .build()
             .unwrap();
         tokio::task::LocalSet::new()
-            .block_on(&rt, tokio::time::timeout(Duration::from_secs(20), f))
+            .block_on(&rt, async {
+                tokio::time::timeout(Duration::from_secs(20), f).await
+            })
             .expect("the test did not finish in 20 s")
     }
 
@@ -216,7 +218,10 @@ mod tests {
             });
             let start = Instant::now();
             let out = d
-                .within(start + Duration::from_millis(50), std::future::pending::<()>())
+                .within(
+                    start + Duration::from_millis(50),
+                    std::future::pending::<()>(),
+                )
                 .await;
             let took = start.elapsed();
             assert!(out.is_none());
