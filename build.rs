@@ -7,6 +7,10 @@
 //! - `has_promtool`, `has_prometheus`, `has_python3`: on `PATH`;
 //! - `has_nginx`, `has_haproxy`: on `PATH` or in `/usr/sbin` (the PROXY
 //!   protocol tests run them as real backends and upstreams);
+//! - `has_redis`: `redis-server` on `PATH` or in `/usr/bin` (the protocol
+//!   health check tests run it as a real backend);
+//! - `has_openssl`, `has_curl`: on `PATH` (the TLS rig makes certificates
+//!   and speaks TLS with them);
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
 //!   a private mount namespace (the DNS discovery tests);
 //! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
@@ -22,7 +26,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 8] = [
+const CFGS: [&str; 11] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
@@ -30,6 +34,9 @@ const CFGS: [&str; 8] = [
     "has_pid_namespaces",
     "has_nginx",
     "has_haproxy",
+    "has_redis",
+    "has_openssl",
+    "has_curl",
     "is_root",
 ];
 
@@ -52,6 +59,9 @@ fn main() {
         pid_namespaces(),
         on_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
         on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
+        on_path("redis-server") || Path::new("/usr/bin/redis-server").is_file(),
+        on_path("openssl"),
+        on_path("curl"),
         is_root(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {

@@ -336,7 +336,7 @@ inject_roll_rr() {  # inject_roll_rr EVERY (0 = back to back)
 }
 
 # An upgrade every EVERY seconds: `ctl upgrade` returns once the new front
-# serves; the workers are then replaced one by one, and the upgrade counts
+# serves; the workers are then replaced (old ones draining together), and the upgrade counts
 # as done (upgrade_done) when `ctl status` no longer shows that roll.
 inject_upgrade_rr() {  # inject_upgrade_rr EVERY
     local every=$1 end t0 rc out st i
@@ -393,7 +393,7 @@ describe() {  # describe SCENARIO PROXY
         kill-2w) echo "kill -9 a worker every ${KILL2_EVERY}s, the 2 slots in turn (each every $("$PY" -S -c "print(2 * $KILL2_EVERY)")s); rrproxy --workers $WORKERS" ;;
         roll) echo "a rolling restart every ${ROLL_EVERY}s: rrproxy \`ctl reload\` (since the upgrade work an alias of \`ctl upgrade\`: it returns once a new front serves, the workers are then replaced), HAProxy SIGUSR2 to the master (-W, seamless reload)" ;;
         roll-b2b) echo "rrproxy \`ctl reload\` back to back for the whole run" ;;
-        upgrade) echo "an upgrade every ${UPGRADE_EVERY}s: rrproxy \`ctl upgrade\` (a new front process takes the listeners and state, then the workers are replaced one by one; done when \`ctl status\` shows no roll), HAProxy SIGUSR2 to the master (-W, which passes the listening sockets to the new worker with -x sockpair@), stats socket with \`expose-fd listeners\`" ;;
+        upgrade) echo "an upgrade every ${UPGRADE_EVERY}s: rrproxy \`ctl upgrade\` (a new front process takes the listeners and state, then the workers are replaced, the old ones draining together; done when \`ctl status\` shows no roll), HAProxy SIGUSR2 to the master (-W, which passes the listening sockets to the new worker with -x sockpair@), stats socket with \`expose-fd listeners\`" ;;
         flap) echo "backend 2 stopped (nginx SIG$FLAP_SIGNAL) for ${FLAP_DOWN}s, started, up for ${FLAP_UP}s, repeated; health checks every 200ms, rise 2, fall 2" ;;
     esac
 }

@@ -146,6 +146,7 @@ fn handoff(c: &mut Criterion) {
             weight: 1,
             routable: true,
             active: 0,
+            ramp: policy::RAMP_FULL,
         })
         .collect();
     let workers = vec![

@@ -20,6 +20,7 @@ fn views(n: usize) -> Vec<BackendView> {
             weight: 1 + (i % 4) as u32,
             routable: true,
             active: mix64(i as u64) % 100,
+            ramp: rrproxy::policy::RAMP_FULL,
         })
         .collect()
 }

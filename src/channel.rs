@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     /// per-client counts only with `--max-conns-per-ip`).
     pub report_closes: bool,
     pub backends: Vec<BackendEntry>,
+    /// The source address lists backends connect from (`--source`,
+    /// `source=`), each once; a backend names its list by index.
+    pub sources: Vec<Vec<std::net::IpAddr>>,
 }
 
 /// When workers forward with splice(2) instead of buffered copies.
@@ -138,10 +141,17 @@ pub struct BackendEntry {
     /// Write a PROXY protocol header of this version right after
     /// connecting, before any client byte.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// Connect from the addresses of this list of
+    /// [`WorkerConfig::sources`], in turn; `None`: the system's choice.
+    pub source: Option<u16>,
 }
 
 /// Most backends a handoff names to fall back on (`--retries`).
 pub const MAX_FALLBACKS: usize = 4;
+
+/// Most source addresses one list of the worker table holds (one
+/// backend's `source=`, or `--source`).
+pub const MAX_SOURCES: usize = 16;
 
 /// Backends to try, in order, when the chosen one cannot be reached: the
 /// policy's next choices, at most `--retries` of them.

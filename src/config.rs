@@ -4,8 +4,12 @@
 
 mod build;
 mod error;
+pub mod escape;
 mod file;
+mod flags;
+pub mod options;
 mod parse;
+pub mod sources;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -13,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{BadValue, ConfigError, Invalid, Origin};
+pub use error::{BadValue, ConfigError, Invalid, Origin, closest};
 pub use file::{FileConfig, LoadedFile};
+pub use flags::{AccessFlags, Flags, RunFlags, Spelling, TuningFlags};
 pub use parse::{
     BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,
     parse_backend_arg, resolve, resolve_all,
@@ -22,7 +27,6 @@ pub use parse::{
 
 use crate::acl::{Acl, Networks};
 use crate::channel::{AccessLog, Splice};
-use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
 /// Most backends one proxy accepts (bounded so the worker table always fits
@@ -55,13 +59,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The per-IP limit in force: the one given, or half of `max_conns`
-    /// (so one client can never stop the proxy accepting for everyone).
+    /// The per-IP limit in force: the one given, if any (never derived
+    /// from `max_conns`: a limit nobody set refuses nobody).
     pub fn per_ip(&self) -> Option<u32> {
-        self.max_conns_per_ip.or_else(|| {
-            self.max_conns
-                .map(|m| u32::try_from(m.div_ceil(2)).unwrap_or(u32::MAX))
-        })
+        self.max_conns_per_ip
     }
 }
 
@@ -73,6 +74,16 @@ pub struct Health {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+}
+
+/// What an active health check writes and expects
+/// (`--health-send`, `--health-expect`); both empty: a plain connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Written after connecting (and after a `send-proxy` header).
+    pub send: Vec<u8>,
+    /// What the backend's first bytes must be, within the check timeout.
+    pub expect: Vec<u8>,
 }
 
 /// Everything the running proxy is configured with. Serializable: an
@@ -109,6 +120,18 @@ pub struct Config {
     pub defer_accept: bool,
     pub limits: Limits,
     pub health: Health,
+    /// What a health check says and expects. (Absent from the handover
+    /// of a build before it: a plain connect.)
+    #[serde(default)]
+    pub probe: Probe,
+    /// `--source`: local addresses backend connections leave from, for
+    /// backends without a `source=` of their own (see `sources`).
+    #[serde(default)]
+    pub source: Vec<std::net::IpAddr>,
+    /// `--slow-start`: a backend that comes up ramps to its full weight
+    /// over this long; `None`: off.
+    #[serde(default)]
+    pub slow_start: Option<Duration>,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
@@ -120,6 +143,10 @@ pub struct Config {
     /// Whom to run as after binding (`--user`, `--group`).
     #[serde(default)]
     pub run_as: Option<crate::privileges::RunAs>,
+    /// `--pid-file`, absolute. (Absent from the handover of a build
+    /// before it: none.)
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
     /// Which clients are served (`--allow`, `--deny`; `ctl acl` edits the
@@ -138,7 +165,7 @@ pub struct Config {
 
 impl Config {
     /// Build from flags, reading `--config` if given. Resolves host names.
-    pub fn load(args: &ProxyArgs) -> Result<Config, ConfigError> {
+    pub fn load(args: &Flags) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => Some(LoadedFile::read(path)?),
             None => None,
@@ -148,7 +175,7 @@ impl Config {
 
     /// Re-read the config file for a reload, keeping the command-line
     /// overrides that were given at start. Errors read exactly as at start.
-    pub fn reload(args: &ProxyArgs) -> Result<Config, ConfigError> {
+    pub fn reload(args: &Flags) -> Result<Config, ConfigError> {
         Config::load(args)
     }
 
@@ -181,6 +208,25 @@ impl Config {
         }
         if self.defer_accept {
             out.push_str(", defer-accept");
+        }
+        if !self.probe.send.is_empty() || !self.probe.expect.is_empty() {
+            out.push_str(", health check");
+            if !self.probe.send.is_empty() {
+                out.push_str(&format!(" send '{}'", escape::show(&self.probe.send, 64)));
+            }
+            if !self.probe.expect.is_empty() {
+                out.push_str(&format!(
+                    " expect '{}'",
+                    escape::show(&self.probe.expect, 64)
+                ));
+            }
+        }
+        if !self.source.is_empty() {
+            let ips: Vec<String> = self.source.iter().map(|ip| ip.to_string()).collect();
+            out.push_str(&format!(", source {}", ips.join(";")));
+        }
+        if let Some(d) = self.slow_start {
+            out.push_str(&format!(", slow start {}", humantime::format_duration(d)));
         }
         out
     }

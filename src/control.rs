@@ -24,9 +24,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+pub use crate::front::{BackendRow, Status, WorkerRow};
 pub use client::run as ctl;
-pub use commands::{BackendRow, Status, WorkerRow};
-pub use socket::{Control, bind, private_dir, unlink};
+pub use socket::{Control, bind, check_path, private_dir, unlink};
 pub use top::run as top;
 
 use crate::front::Shared;
@@ -62,16 +62,20 @@ async fn wait_unfrozen(front: &Shared) -> bool {
     loop {
         let thaw = {
             let f = front.borrow();
-            if f.state.handed_over {
+            if f.phase().handed_over() {
                 return false;
             }
-            if !f.state.frozen {
+            if !f.frozen() {
                 return true;
             }
-            f.state.thaw.clone()
+            f.thaw_notify()
         };
         let waiting = thaw.notified();
-        if front.borrow().state.frozen && !front.borrow().state.handed_over {
+        let wait = {
+            let f = front.borrow();
+            f.frozen() && !f.phase().handed_over()
+        };
+        if wait {
             waiting.await;
         }
     }
@@ -80,10 +84,10 @@ async fn wait_unfrozen(front: &Shared) -> bool {
 /// Returns once this front has handed over to a new one (an upgrade).
 async fn handed_over(front: &Shared) {
     loop {
-        let thaw = front.borrow().state.thaw.clone();
-        // Registered before the check: `hand_over` wakes it either way.
+        let thaw = front.borrow().thaw_notify();
+        // Registered before the check: the hand-over wakes it either way.
         let waiting = thaw.notified();
-        if front.borrow().state.handed_over {
+        if front.borrow().phase().handed_over() {
             return;
         }
         waiting.await;
@@ -145,9 +149,12 @@ pub async fn serve(front: Shared, control: Control) {
         clients.set(clients.get() + 1);
         let front = front.clone();
         let clients = clients.clone();
+        front.borrow_mut().session_opened();
         tokio::task::spawn_local(async move {
-            session(front, stream).await;
+            session(front.clone(), stream).await;
             clients.set(clients.get() - 1);
+            // A front that handed over leaves once its sessions are done.
+            front.borrow_mut().session_closed();
         });
     }
 }
@@ -167,7 +174,13 @@ async fn session(front: Shared, stream: UnixStream) {
         let mut line = Vec::new();
         let limited = (&mut reader).take(MAX_LINE as u64 + 1);
         let mut limited = limited;
-        let got = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await;
+        // A front that hands over answers no further line: the client's
+        // next one goes to the new front (it reconnects).
+        let got = tokio::select! {
+            biased;
+            () = handed_over(&front) => return,
+            got = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)) => got,
+        };
         let reply = match got {
             Err(_) => {
                 let _ = send(&mut write, "error: idle timeout, closing\n").await;

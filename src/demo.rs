@@ -8,16 +8,18 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{DemoArgs, LogArgs, ProxyArgs};
+use crate::cli::DemoArgs;
 use crate::config::Config;
+use crate::config::Flags;
 use crate::front::FrontError;
+use crate::logging::LogOptions;
 use crate::proxy;
 
 /// Names of the demo backends.
 pub const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 /// Run the demo until Ctrl-C.
-pub fn run(args: DemoArgs, log: LogArgs) -> Result<(), FrontError> {
+pub fn run(args: DemoArgs, log: LogOptions) -> Result<(), FrontError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,14 +39,14 @@ pub fn run(args: DemoArgs, log: LogArgs) -> Result<(), FrontError> {
             tokio::task::spawn_local(serve_backend(listener, name));
             backends.push(addr.to_string());
         }
-        let proxy = ProxyArgs {
+        let proxy = Flags {
             listen: vec![args.listen.clone()],
             backend: backends.clone(),
             workers: Some(args.workers.clone()),
             policy: Some(args.policy),
             metrics: Some(args.metrics.clone()),
             control: args.control.clone(),
-            ..ProxyArgs::default()
+            ..Flags::default()
         };
         let config = Config::load(&proxy)?;
         let workers = config.workers;

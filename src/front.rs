@@ -4,50 +4,66 @@
 //!
 //! The state is one [`Front`] value owned by the front's single-threaded
 //! event loop (`Rc<RefCell<Front>>`, never borrowed across an await), made
-//! of a few named parts, each owning its invariants:
+//! of named parts. Each part owns its fields (private) and the invariants
+//! between them, and says what it is for a hand-over (`handover` /
+//! `from_handover`):
 //!
-//! - `listeners` ([`Listeners`]): the listening sockets and whether they
-//!   accept now;
-//! - `workers` ([`crate::supervisor::Workers`]): slots and their processes;
+//! - `settings` ([`Settings`]): the configuration in force, what `ctl`
+//!   changed since the file was applied, the flags to re-read it with;
+//! - `listeners` ([`Listeners`]): the listening sockets (and the metrics and
+//!   control sockets, for a hand-over) and whether they accept now;
+//! - `workers` ([`crate::supervisor::Workers`]): slots, their processes,
+//!   statistics cells, deadlines, the rolling restart;
 //! - `backends` ([`Backends`]): the backend table, health and admin state;
 //! - `access` ([`Access`]): who a connection's client is (PROXY headers
 //!   from `--accept-proxy` sources) and whether it is served (ACLs);
-//! - `ledger` ([`Ledger`]): the connections the front is accountable for
-//!   (pending, handed and not yet taken, per client IP);
+//! - `routing` ([`Routing`]): the policy and the per-slot views it picks
+//!   from;
+//! - `ledger` ([`Ledger`]): the connections waiting for a worker and the
+//!   per-client counts;
 //! - `counters` ([`Counters`]): the statistics table and what `/metrics`
 //!   renders from it;
-//! - `state` ([`State`]): where the front is in its life.
+//! - `life` ([`Lifecycle`]): where the proxy is in its life, a [`Phase`]
+//!   moved only by the pure state machine in `phase`.
 //!
-//! A handover (see `upgrade`) is assembled from exactly these parts.
-//! Wiring the front to signals, the control socket and the metrics
-//! endpoint is the job of [`crate::proxy`]; nothing here depends on it.
+//! `impl Front` (in `wiring`, one file) is the wiring between the parts.
+//! The tasks that drive the front (accept loops, worker watchers, health
+//! checks, discovery, upkeep, the upgrade conversation) live beside it and
+//! call into it. Wiring the front to signals, the control socket and the
+//! metrics endpoint is the job of [`crate::proxy`]; nothing here depends
+//! on it.
 
 mod access;
-mod admin;
 mod backends;
-mod core;
 mod counters;
-mod events;
+mod flow;
 mod health;
 mod ledger;
-pub mod lifecycle;
+mod lifecycle;
 mod limits;
 mod listener;
-mod logs;
+pub mod phase;
+mod report;
 mod resolver;
-pub mod rolling;
+mod routing;
+mod settings;
 pub mod upgrade;
 mod upkeep;
-mod views;
+mod watch;
+mod wiring;
 
-pub use self::core::{Conn, Front, Shared, State, refuse};
 pub use access::{Access, AclView, MAX_HEADER_WAITS};
-pub use admin::{AdminError, Overrides, ReloadReport};
 pub use backends::{Admin, Backend, Backends};
 pub use counters::Counters;
-pub use ledger::Ledger;
+pub use ledger::{Conn, Ledger};
+pub use lifecycle::Lifecycle;
 pub use limits::fd_budget;
 pub use listener::{Listeners, accept_loop, bind as bind_listener};
+pub use phase::{Event, Phase, Step};
+pub use report::{BackendRow, Status, WorkerRow};
+pub use routing::Routing;
+pub use settings::Settings;
+pub use wiring::{Front, Parts, Shared};
 
 use crate::config::{Config, ConfigError};
 
@@ -61,7 +77,7 @@ pub enum FrontError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {source}{}", metrics_tip(.source))]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -79,6 +95,11 @@ pub enum FrontError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Privileges(String),
     #[error("cannot create the statistics table: {0}")]
@@ -89,6 +110,48 @@ pub enum FrontError {
     Fatal(String),
 }
 
+/// What to do about a metrics address in use (the default one is the same
+/// for every instance on the host).
+fn metrics_tip(err: &std::io::Error) -> &'static str {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        " (another rrproxy? give this one --metrics HOST:PORT with a free port, or --metrics off)"
+    } else {
+        ""
+    }
+}
+
+/// Why an admin request was refused. The message is shown to the operator.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("no backend named '{0}' (see `backends`)")]
+    NoSuchBackend(String),
+    #[error("backend '{0}' already exists")]
+    Exists(String),
+    #[error("cannot remove '{0}': it is the last backend")]
+    LastBackend(String),
+    #[error("backend '{0}' is being removed")]
+    Draining(String),
+    #[error("too many backends (at most {0}, counting those still draining)")]
+    TooMany(usize),
+    #[error("{0}")]
+    Refused(&'static str),
+    /// The backend cannot be added as given (its source addresses).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What applying the config file did, line by line, for the log and the
+/// `ctl` reply.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadReport {
+    pub notes: Vec<String>,
+}
+
+/// Close a client connection with a reset: it was refused, not served.
+pub fn refuse(stream: &std::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
 /// Start the front's background tasks: health checks, DNS discovery and
 /// the periodic upkeep.
 pub fn start_tasks(front: &Shared) {
@@ -97,23 +160,19 @@ pub fn start_tasks(front: &Shared) {
     tokio::task::spawn_local(upkeep::run(front.clone()));
 }
 
-/// Re-read the config file and apply it; an invalid file changes nothing.
+/// Re-read the config file and apply it (SIGHUP, `config reload`); a file
+/// that does not load, or cannot apply, changes nothing.
 pub async fn reload(front: &Shared) -> Result<ReloadReport, String> {
-    let Some(args) = front.borrow().state.reload_args.clone() else {
-        return Err("this proxy was not started from a config it can re-read".into());
-    };
-    if args.config.is_none() {
-        return Err(
-            "nothing to reload: this proxy was started without --config (its flags are fixed; restart it to change them)"
-                .into(),
-        );
-    }
+    let flags = front.borrow_mut().reload_flags()?;
     notify_reloading();
-    let result = tokio::task::spawn_blocking(move || Config::reload(&args)).await;
+    let result = tokio::task::spawn_blocking(move || Config::reload(&flags)).await;
     notify(&[sd_notify::NotifyState::Ready]);
     match result {
         Ok(Ok(config)) => {
-            let applied = front.borrow_mut().apply_config(config);
+            let applied = front
+                .borrow_mut()
+                .apply_file(config)
+                .map_err(|why| format!("reload rejected: {why}"));
             if let Err(why) = &applied {
                 tracing::error!("{why}");
             }

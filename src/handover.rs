@@ -11,10 +11,13 @@
 //!    every descriptor it names (listeners, metrics and control sockets,
 //!    the statistics table, each worker's channel and pidfd, connections
 //!    waiting for a worker) in batches;
-//! 3. new → old `Ready` once it has rebuilt the front (nothing runs yet),
-//!    or `Error`;
+//! 3. new → old `Ready` once it has rebuilt the front (nothing runs yet)
+//!    and planned how it applies the config file as it is now (the plan's
+//!    report rides with it), or `Error` (a config it cannot apply);
 //! 4. old → new `Commit`: the old front stops for good and the new one
-//!    starts serving; or `Abort`.
+//!    starts serving; or `Abort`;
+//! 5. after the commit, old → new `Stop` if the old front is asked to stop
+//!    before it has left: the new front, which owns everything now, stops.
 //!
 //! Frames are `[kind, payload...]`. Everything here is transport; what the
 //! state holds is the front's business (`front::upgrade`).
@@ -30,7 +33,7 @@ use crate::channel::fdpass::{Channel, Received};
 /// The environment variable that tells a new front to take over.
 pub const ENV: &str = "RRPROXY_UPGRADE_FD";
 /// Bumped when the handover conversation or value changes shape.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const HELLO: u8 = b'H';
 const ERROR: u8 = b'X';
@@ -39,6 +42,7 @@ const FDS: u8 = b'F';
 const READY: u8 = b'R';
 const COMMIT: u8 = b'C';
 const ABORT: u8 = b'A';
+const STOP: u8 = b'T';
 
 /// What a new front says first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,7 +67,7 @@ impl Hello {
             build: crate::version::build_id().to_string(),
             handover: VERSION,
             channel: crate::channel::VERSION,
-            stats: crate::stats::LAYOUT,
+            stats: crate::stats::layout(),
         }
     }
 
@@ -100,9 +104,12 @@ pub enum Msg {
     Error(String),
     /// The state (JSON) and the descriptors that came with it.
     State(Vec<u8>, Vec<OwnedFd>),
-    Ready,
+    /// Rebuilt; what applying the config file will change (one note a line).
+    Ready(Vec<String>),
     Commit,
     Abort(String),
+    /// The proxy was asked to stop (after the commit).
+    Stop,
 }
 
 /// Tell the running front why this process cannot take over, before any
@@ -134,6 +141,27 @@ pub fn inherited() -> Option<Result<OwnedFd, String>> {
     })
 }
 
+/// The descriptors that came with the state, taken in the order the
+/// front's parts pushed them when they said what they are.
+pub struct FdSource {
+    fds: std::vec::IntoIter<OwnedFd>,
+}
+
+impl FdSource {
+    pub fn new(fds: Vec<OwnedFd>) -> FdSource {
+        FdSource {
+            fds: fds.into_iter(),
+        }
+    }
+
+    /// The next descriptor, which is `what`'s.
+    pub fn next(&mut self, what: &str) -> Result<OwnedFd, String> {
+        self.fds
+            .next()
+            .ok_or_else(|| format!("handover is missing the descriptor of {what}"))
+    }
+}
+
 /// One end of the link.
 pub struct Link {
     channel: Channel,
@@ -162,8 +190,9 @@ impl Link {
         match msg {
             Msg::Hello(h) => self.frame(HELLO, &serde_json::to_vec(h)?, &[]).await,
             Msg::Error(e) => self.frame(ERROR, e.as_bytes(), &[]).await,
-            Msg::Ready => self.frame(READY, &[], &[]).await,
+            Msg::Ready(notes) => self.frame(READY, &serde_json::to_vec(notes)?, &[]).await,
             Msg::Commit => self.frame(COMMIT, &[], &[]).await,
+            Msg::Stop => self.frame(STOP, &[], &[]).await,
             Msg::Abort(e) => self.frame(ABORT, e.as_bytes(), &[]).await,
             Msg::State(..) => Err(bad("use send_state")),
         }
@@ -198,8 +227,11 @@ impl Link {
         Ok(Some(match buf[0] {
             HELLO => Msg::Hello(serde_json::from_slice(payload)?),
             ERROR => Msg::Error(text()),
-            READY => Msg::Ready,
+            // (No payload: a build that sent no report.)
+            READY if payload.is_empty() => Msg::Ready(Vec::new()),
+            READY => Msg::Ready(serde_json::from_slice(payload)?),
             COMMIT => Msg::Commit,
+            STOP => Msg::Stop,
             ABORT => Msg::Abort(text()),
             STATE => {
                 let count = payload

@@ -57,7 +57,7 @@ use tokio::net::UnixDatagram;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
-use crate::cli::LogArgs;
+use crate::logging::LogOptions;
 
 mod ends;
 mod notify;
@@ -86,7 +86,7 @@ pub fn wanted() -> bool {
 
 /// Be PID 1 for the proxy started with `argv` until it is stopped; returns
 /// the exit status for the process.
-pub fn run(argv: &[OsString], log: &LogArgs) -> ExitCode {
+pub fn run(argv: &[OsString], log: &LogOptions) -> ExitCode {
     crate::logging::init_direct(log, "init");
     let relay = match Relay::bind() {
         Ok(relay) => relay,

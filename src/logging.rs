@@ -17,7 +17,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogArgs, LogFormat};
+/// The log line format (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How a process logs: the format and how much (`-v`, `-q`). The front
+/// passes the same to every worker it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub format: LogFormat,
+    pub verbose: u8,
+    pub quiet: u8,
+}
+
+impl LogOptions {
+    /// The tracing level these options ask for.
+    pub fn level(&self) -> tracing::Level {
+        use tracing::Level;
+        match (self.verbose, self.quiet) {
+            (0, 0) => Level::INFO,
+            (1, _) => Level::DEBUG,
+            (v, _) if v >= 2 => Level::TRACE,
+            (_, 1) => Level::WARN,
+            _ => Level::ERROR,
+        }
+    }
+}
 
 /// Lines that may wait for stderr before new ones are dropped (a few MiB
 /// at most).
@@ -45,7 +74,7 @@ pub fn inherit_dropped(lines: u64) {
 /// Set up logging for the front (`worker: None`) or a worker slot. Keep
 /// the guard for the life of the process: dropping it writes out what is
 /// queued (waiting at most about a second for a stalled stderr).
-pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
+pub fn init(log: &LogOptions, worker: Option<usize>) -> Option<WorkerGuard> {
     let role = match worker {
         Some(slot) => format!("worker{slot}"),
         None => "front".into(),
@@ -63,13 +92,13 @@ pub fn init(log: &LogArgs, worker: Option<usize>) -> Option<WorkerGuard> {
 /// straight to stderr by the thread that logs. The init must stay
 /// single-threaded, logs a line only when something happens to the front,
 /// and is not on any connection's path, so it does without the queue.
-pub fn init_direct(log: &LogArgs, role: &str) {
+pub fn init_direct(log: &LogOptions, role: &str) {
     install(log, std::io::stderr, role);
 }
 
 /// Install the global subscriber writing to `writer`; false (after saying
 /// so on stderr) if one could not be installed.
-fn install<W>(log: &LogArgs, writer: W, role: &str) -> bool
+fn install<W>(log: &LogOptions, writer: W, role: &str) -> bool
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -81,7 +110,7 @@ where
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // Both processes write to the same stderr; the role tells lines apart.
-    let result = match log.log_format {
+    let result = match log.format {
         LogFormat::Json => builder
             .json()
             .with_current_span(false)

@@ -58,11 +58,18 @@ fn main() -> ExitCode {
             }
         }
         // Errors read exactly as when the proxy starts with the same flags.
+        // (And every check starting makes, short of binding.)
         Some(Command::Check(args)) => match rrproxy::config::Config::load(&args.proxy) {
-            Ok(config) => {
-                println!("configuration OK: {}", config.summary());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match rrproxy::preflight::check(&config) {
+                Ok(()) => {
+                    println!("configuration OK: {}", config.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    fail("rrproxy", &err);
+                    ExitCode::from(front_exit_code(&err))
+                }
+            },
             Err(err) => {
                 fail("rrproxy", &err);
                 ExitCode::from(err.exit_code())
@@ -83,7 +90,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Worker(args)) => {
-            let _log = init_logging(&cli.log, Some(args.slot));
+            let _log = init_logging(&cli.log.options(), Some(args.slot));
             if let Some(cpu) = args.cpu {
                 if let Err(err) = rrproxy::sys::pin_to_cpu(cpu) {
                     tracing::warn!(slot = args.slot, cpu, cause = %err, "cannot pin worker to its CPU");
@@ -95,8 +102,8 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Demo(args)) => {
-            let _log = init_logging(&cli.log, None);
-            match rrproxy::demo::run(args, cli.log.clone()) {
+            let _log = init_logging(&cli.log.options(), None);
+            match rrproxy::demo::run(args, cli.log.options()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     fail("rrproxy demo", &err);
@@ -108,10 +115,10 @@ fn main() -> ExitCode {
             // PID 1 (a container's entrypoint): be a small init and run the
             // front as a child, before any thread exists (see `init`).
             if rrproxy::init::wanted() {
-                return rrproxy::init::run(&argv, &cli.log);
+                return rrproxy::init::run(&argv, &cli.log.options());
             }
-            let _log = init_logging(&cli.log, None);
-            match rrproxy::proxy::run(cli.proxy, cli.log.clone()) {
+            let _log = init_logging(&cli.log.options(), None);
+            match rrproxy::proxy::run(cli.proxy, cli.log.options()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     fail("rrproxy", &err);

@@ -10,11 +10,12 @@
 //!
 //! The exposition is rendered here, at scrape time, from the statistics
 //! table ([`crate::stats`]) and a [`Snapshot`] of names and states the
-//! front publishes when they change. (The `metrics` facade and its
-//! Prometheus exporter were used before; their registry lives in one
-//! process and can be neither read back nor restored, so counters kept in
-//! shared memory by several processes, and carried across an upgrade of
-//! the front, need a renderer of their own.)
+//! front publishes when they change. (Not through the `metrics` facade and
+//! `metrics-exporter-prometheus`: their recorder takes observations, not
+//! the bucket counts and sums several processes keep in shared memory, so
+//! its histograms could not equal the table's, and a new front would
+//! replay every connection ever counted; measured in DESIGN.md, "Metrics
+//! exposition", and `benches/exporter-prototype`.)
 
 mod http;
 mod render;
@@ -37,7 +38,7 @@ pub const BACKEND_BYTES_IN: &str = "rrproxy_backend_received_bytes_total";
 pub const BACKEND_BYTES_OUT: &str = "rrproxy_backend_sent_bytes_total";
 pub const BACKEND_WEIGHT: &str = "rrproxy_backend_weight";
 pub const RESOLVE_FAILURES: &str = "rrproxy_resolve_failures_total";
-pub const BACKEND_CONNECT_SECONDS: &str = "rrproxy_backend_connect_duration_seconds";
+pub const BACKEND_CONNECT_SECONDS: &str = "rrproxy_backend_connect_seconds";
 pub const CONNECTION_SECONDS: &str = "rrproxy_connection_duration_seconds";
 pub const ACCEPTED: &str = "rrproxy_accepted_connections_total";
 pub const ACCEPT_ERRORS: &str = "rrproxy_accept_errors_total";
@@ -139,12 +140,12 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         BACKEND_CONNECT_SECONDS,
         "histogram",
-        "Time to connect to a backend.",
+        "Time from a worker starting a connect to each backend until it was established (and a send-proxy header written); successful connects only, failures are in rrproxy_backend_connect_failures_total.",
     ),
     (
         CONNECTION_SECONDS,
         "histogram",
-        "Lifetime of proxied connections.",
+        "Lifetime of proxied client connections, from a worker taking the connection until both sides closed (connections that reached a backend).",
     ),
     (
         ACCEPTED,

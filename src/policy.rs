@@ -86,11 +86,28 @@ pub struct BackendView {
     /// Stable identity from [`backend_key`] of the backend's name, the same
     /// in every process and every rrproxy instance.
     pub key: u64,
+    /// Its configured weight.
     pub weight: u32,
     /// Healthy, enabled and not draining.
     pub routable: bool,
     /// Connections currently counted on this backend (all workers).
     pub active: u64,
+    /// Slow start: how far its share has ramped up, in 1/[`RAMP_FULL`]ths
+    /// (`RAMP_FULL`: not ramping).
+    pub ramp: u32,
+}
+
+/// [`BackendView::ramp`] of a backend at its full share.
+pub const RAMP_FULL: u32 = 1 << 16;
+
+impl BackendView {
+    /// The weight round-robin and least-conn balance by: the configured
+    /// weight scaled by the slow-start ramp (in 1/[`RAMP_FULL`]ths of a
+    /// weight unit, so the ramp is smooth even at weight 1; scaling every
+    /// backend alike changes no choice).
+    pub fn effective_weight(&self) -> u64 {
+        u64::from(self.weight.max(1)) * u64::from(self.ramp.clamp(1, RAMP_FULL))
+    }
 }
 
 /// A balancing policy. Implementations keep only their own bookkeeping

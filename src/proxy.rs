@@ -2,11 +2,15 @@
 //! from a previous front in an upgrade), wires it to signals, the control
 //! socket and the metrics endpoint, and drains it on the way out.
 //!
-//! Signals (the front): SIGTERM and SIGINT drain and exit (a second one
-//! stops at once); SIGHUP re-reads the config file; SIGUSR2 upgrades the
-//! whole proxy onto the binary at the path it was started from; SIGUSR1
-//! makes every worker reopen the access log file; every other terminating
-//! signal is caught and ignored.
+//! Signals (the front), each an event of the phase machine
+//! (`front::phase`), which decides what it does in the phase the proxy is
+//! in: SIGTERM and SIGINT stop (drain, exit; a second one stops at once;
+//! during an upgrade everything stops); SIGHUP re-reads the config file;
+//! SIGUSR2 upgrades the whole proxy onto the binary at the path it was
+//! started from; SIGUSR1 makes every worker reopen the access log file;
+//! every other terminating signal is caught and ignored. The loop here
+//! only turns signals and the phase's deadline into events and ends when
+//! the phase is final.
 //!
 //! With `--user`, everything that needs root is done first (listeners,
 //! metrics and control sockets), then the front becomes that user (see
@@ -15,18 +19,15 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::{LogArgs, ProxyArgs};
+use crate::config::Flags;
 use crate::config::{Config, MAX_BACKENDS};
-use crate::front::{
-    self, Backends, Counters, FrontError, Ledger, Listeners, Shared, State, lifecycle,
-};
-use crate::privileges::RunAs;
+use crate::front::upgrade::TakeOver;
+use crate::front::{self, Backends, Counters, Event, FrontError, Ledger, Listeners, Phase, Shared};
+use crate::logging::LogOptions;
+use crate::signals::{Caught, FrontSignals};
 use crate::stats::{FrontWord, Table};
 use crate::supervisor::{Exe, SpawnPlan, Workers};
 
@@ -36,14 +37,14 @@ const SPARE_COLUMNS: usize = 64;
 
 /// Start the proxy from command-line flags and run until shut down; or,
 /// when started by a running front to upgrade it, take over from it.
-pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
+pub fn run(args: Flags, log: LogOptions) -> Result<(), FrontError> {
     let takeover = match crate::handover::inherited() {
         Some(Ok(fd)) => Some(fd),
         Some(Err(why)) => return Err(FrontError::Upgrade(why)),
         None => None,
     };
-    // A new front validates its configuration exactly like a fresh start,
-    // and says why it cannot if it cannot.
+    // A new front loads its configuration exactly like a fresh start (the
+    // file as it is now), and says why it cannot if it cannot.
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(err) => {
@@ -62,39 +63,51 @@ pub fn run(args: ProxyArgs, log: LogArgs) -> Result<(), FrontError> {
         .map_err(FrontError::Runtime)?;
     let local = tokio::task::LocalSet::new();
     match takeover {
-        Some(fd) => local.block_on(&runtime, serve_upgraded(args, log, fd, config.run_as)),
+        Some(fd) => local.block_on(&runtime, serve_upgraded(args, log, fd, config)),
         None => local.block_on(&runtime, serve(config, Some(args), log, None)),
     }
 }
 
 /// Take over from the running front that started this process, then serve.
 async fn serve_upgraded(
-    args: ProxyArgs,
-    log: LogArgs,
+    flags: Flags,
+    log: LogOptions,
     fd: OwnedFd,
-    run_as: Option<RunAs>,
+    config: Config,
 ) -> Result<(), FrontError> {
+    // Caught before anything else: a stop passed on during the take-over
+    // is kept, never the default action.
+    let mut signals = FrontSignals::catch().map_err(FrontError::Runtime)?;
+    let pid_file = config.pid_file.clone();
     // Started by a front that had dropped to --user: that user already.
-    if let Some(who) = &run_as {
+    if let Some(who) = &config.run_as {
         crate::privileges::drop_to(who).map_err(FrontError::Privileges)?;
     }
     let nofile = crate::sys::raise_nofile_limit();
     let link = crate::handover::Link::new(fd).map_err(FrontError::Runtime)?;
     let exe = Exe::own().map_err(FrontError::Exe)?;
-    let mut state = State::new();
-    state.reload_args = Some(args);
-    let plan = SpawnPlan {
+    let spawn = SpawnPlan {
         exe,
         log,
         cpus: None,
     };
-    let rebuilt = front::upgrade::take_over(&link, plan, nofile, state)
+    let outcome = front::upgrade::take_over(&link, spawn, nofile, flags, config, &mut signals)
         .await
         .map_err(FrontError::Upgrade)?;
-    drop(link);
+    let (rebuilt, plan, stop) = match outcome {
+        TakeOver::Serve {
+            rebuilt,
+            plan,
+            stop,
+        } => (rebuilt, plan, stop),
+        TakeOver::Stopped => {
+            info!("told to stop before taking over: the running front goes on; exiting");
+            return Ok(());
+        }
+    };
     let front = rebuilt.front;
     if let Some(l) = rebuilt.metrics {
-        let exporter = front.borrow().counters.exporter();
+        let exporter = front.borrow().counters().exporter();
         crate::metrics::start_endpoint(l, exporter).map_err(FrontError::Runtime)?;
     }
     let control = rebuilt
@@ -102,9 +115,16 @@ async fn serve_upgraded(
         .map(|(path, l)| crate::control::Control::adopt(path, l))
         .transpose()
         .map_err(FrontError::Runtime)?;
-    front::upgrade::commit(&front);
+    front::upgrade::commit(&front, plan, stop, link);
+    // This front's pid from now on (the upgrade is done: a failure here
+    // cannot undo it).
+    if let Some(path) = &pid_file {
+        if let Err(err) = crate::pidfile::write(path) {
+            warn!(path = %path.display(), cause = %err, "cannot rewrite the pid file");
+        }
+    }
     info!(version = %crate::version::describe(), "rrproxy took over from the previous front");
-    run_front(&front, control, None).await
+    run_front(&front, control, None, signals).await
 }
 
 /// What `serve` tells its caller once it is accepting (the demo uses it).
@@ -115,24 +135,30 @@ pub struct Started {
     pub control: Option<PathBuf>,
 }
 
-/// Statistics table capacities for `workers` slots: room for every slot's
-/// process plus a replacement each, and a few more.
+/// Statistics table capacities for `workers` slots: a process cell each
+/// for every slot's worker, a replacement each (a rolling restart), and
+/// room for two more generations still draining (workers told to stop by
+/// SIGTERM while their connections finish), plus a few. Beyond that a slot
+/// without a worker frees the cell of the oldest draining process (see
+/// `supervisor`), so no number of stop waves leaves a slot empty.
 fn table_for(workers: usize) -> Result<Table, FrontError> {
     Ok(Table::create(
         workers,
         MAX_BACKENDS + SPARE_COLUMNS,
-        2 * workers + 4,
+        4 * workers + 4,
     )?)
 }
 
 /// Run the front with `config` on the current LocalSet until shutdown.
-/// `args` (if any) is re-read on SIGHUP.
+/// `args` (if any) is re-read on SIGHUP. (`rrproxy check` makes the same
+/// checks short of binding: a check added here belongs in `preflight`.)
 pub async fn serve(
     config: Config,
-    args: Option<ProxyArgs>,
-    log: LogArgs,
+    args: Option<Flags>,
+    log: LogOptions,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> Result<(), FrontError> {
+    let signals = FrontSignals::catch().map_err(FrontError::Runtime)?;
     // Refuse before binding anything if the drop could not happen.
     if let Some(who) = &config.run_as {
         crate::privileges::check(who).map_err(FrontError::Privileges)?;
@@ -174,7 +200,7 @@ pub async fn serve(
             counters.exporter(),
         )
         .map_err(|source| FrontError::Metrics { addr, source })?;
-        listeners.metrics = Some((ep.addr, OwnedFd::from(l)));
+        listeners.keep_metrics(ep.addr, OwnedFd::from(l));
     }
     let owner = config.run_as.as_ref().map(|r| (r.uid, r.gid));
     let control = match &config.control {
@@ -182,7 +208,7 @@ pub async fn serve(
         None => None,
     };
     if let Some(c) = &control {
-        listeners.control = Some((c.path.clone(), c.dup_fd().map_err(FrontError::Runtime)?));
+        listeners.keep_control(c.path.clone(), c.dup_fd().map_err(FrontError::Runtime)?);
     }
     // Everything that needs root is done: become --user, for good, before
     // any worker starts (they start as that user).
@@ -202,6 +228,7 @@ pub async fn serve(
     let cpus = cpu_plan(&config);
     let cap = front::proc_cap(&config, nofile);
     let summary = config.summary();
+    let pid_file = config.pid_file.clone();
     let workers = Workers::new(
         config.workers,
         table.procs(),
@@ -213,46 +240,41 @@ pub async fn serve(
     for spec in &config.backends {
         backends.add(spec.clone(), &table, 0);
     }
-    let mut state = State::new();
-    state.reload_args = args;
     counters.set(FrontWord::MaxFds, nofile);
     counters.set(FrontWord::WorkerLimit, cap);
-    let shared = Arc::new(ArcSwap::from_pointee(config));
-    let front = front::Front::assemble(
-        shared,
+    let access = front::Access::new(&config);
+    let front = front::Front::assemble(front::Parts {
+        settings: front::Settings::new(config, args),
         listeners,
         workers,
         backends,
-        Ledger::default(),
+        access,
+        ledger: Ledger::default(),
         counters,
-        state,
-    );
-    {
-        let mut f = front.borrow_mut();
-        for slot in 0..f.workers.slots.len() {
-            f.start_worker(slot)
-                .map_err(|source| FrontError::Spawn { slot, source })?;
-        }
-        f.publish();
+        life: front::Lifecycle::new(Phase::Starting),
+    });
+    front.borrow_mut().start_workers()?;
+    if let Some(path) = pid_file {
+        crate::pidfile::write(&path).map_err(|source| FrontError::PidFile { path, source })?;
     }
     info!(config = %summary, nofile, per_worker_limit = cap, version = %crate::version::describe(), "rrproxy starting");
-    run_front(&front, control, started).await
+    run_front(&front, control, started, signals).await
 }
 
-/// Start the front's tasks, serve until stopped, then drain.
+/// Start the front's tasks and serve until its life is over: every
+/// signal, the phase's deadline and every change go through the phase
+/// machine (see `front::phase`), which says when that is.
 pub(crate) async fn run_front(
     front: &Shared,
     control: Option<crate::control::Control>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
+    mut signals: FrontSignals,
 ) -> Result<(), FrontError> {
     let (listen_addrs, metrics_addr) = {
         let f = front.borrow();
-        (
-            f.listeners.addrs.clone(),
-            f.listeners.metrics.as_ref().map(|(a, _)| *a),
-        )
+        (f.listeners().addrs().to_vec(), f.listeners().metrics_addr())
     };
-    front.borrow_mut().listeners.start(front);
+    front::Front::start_listeners(front);
     front::start_tasks(front);
     let control_path = control.as_ref().map(|c| c.path.clone());
     if let Some(c) = control {
@@ -271,115 +293,86 @@ pub(crate) async fn run_front(
     if let Some(a) = metrics_addr {
         info!(metrics = %format!("http://{a}/metrics"), "serving metrics");
     }
-
-    let outcome = wait_for_stop(front).await;
-    if front.borrow().state.handed_over {
-        // Everything belongs to the new front now: leave without a word
-        // to the workers, and leave the control socket where it is. Control
-        // clients caught mid-way get a moment to hear "reconnect".
+    loop {
+        let changed = front.borrow().life().changed();
+        let notified = changed.notified();
+        let (finished, deadline) = {
+            let f = front.borrow();
+            (f.finished(), f.phase().deadline())
+        };
+        if finished {
+            break;
+        }
+        let timer = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            caught = signals.next() => on_signal(front, caught),
+            () = timer => {
+                let _ = front.borrow_mut().handle(Event::Deadline);
+            }
+            () = notified => {}
+        }
+    }
+    let f = front.borrow();
+    if *f.phase() == Phase::Left {
+        // Everything belongs to the new front now: leave without a word to
+        // the workers, and leave the control socket where it is.
         info!("handed over to the new front; exiting");
-        tokio::time::sleep(Duration::from_millis(50)).await;
         return Ok(());
     }
-    front::notify(&[sd_notify::NotifyState::Stopping]);
-    shutdown(front).await;
     if let Some(path) = &control_path {
         crate::control::unlink(path);
     }
+    crate::pidfile::remove();
     info!("rrproxy stopped");
-    outcome
-}
-
-/// Drain: stop accepting at once, let workers finish (telling the operator
-/// once what is still open and until when), then exit. A second SIGINT or
-/// SIGTERM stops at once.
-async fn shutdown(front: &Shared) {
-    let drain_timeout = front.borrow().config.load().drain_timeout;
-    {
-        let mut f = front.borrow_mut();
-        f.listeners.close();
-        f.begin_shutdown();
-    }
-    let open = front.borrow().total_active();
-    if open > 0 {
-        warn!(
-            open_connections = open,
-            deadline = ?drain_timeout,
-            "draining: waiting for open connections to finish (at most --drain-timeout); send SIGINT (Ctrl-C) or SIGTERM again to stop now"
-        );
-    } else {
-        info!("shutting down: no connection open");
-    }
-    let again = async {
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    };
-    tokio::select! {
-        () = lifecycle::wait_for_workers(front, drain_timeout + lifecycle::KILL_GRACE) => {}
-        () = again => {
-            warn!("second stop signal: closing every connection now");
-            for p in front.borrow().workers.procs() {
-                p.kill();
-            }
-            lifecycle::wait_for_workers(front, Duration::from_secs(2)).await;
-        }
+    match f.life().fatal() {
+        Some(why) => Err(FrontError::Fatal(why.to_string())),
+        None => Ok(()),
     }
 }
 
-/// Wait for a stop signal, handling reload and upgrade signals meanwhile.
-async fn wait_for_stop(front: &Shared) -> Result<(), FrontError> {
-    use rustix::process::Signal as S;
-    let mut term = signal(SignalKind::terminate()).map_err(FrontError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(FrontError::Runtime)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(FrontError::Runtime)?;
-    let mut usr2 = signal(SignalKind::user_defined2()).map_err(FrontError::Runtime)?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(FrontError::Runtime)?;
-    crate::signals::ignore_unused(
-        &[S::TERM, S::INT, S::HUP, S::USR2, S::USR1].map(|s| s.as_raw()),
-        "front",
-    );
-    let changed = front.borrow().state.changed.clone();
-    loop {
-        let notified = changed.notified();
-        if let Some(why) = front.borrow().state.fatal.clone() {
-            return Err(FrontError::Fatal(why));
-        }
-        if front.borrow().state.handed_over {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received"); return Ok(()) }
-            _ = int.recv() => { info!("SIGINT received"); return Ok(()) }
-            _ = hup.recv() => {
-                info!("SIGHUP received: reloading configuration");
-                let _ = front::reload(front).await;
+/// A signal, as the phase machine's event (the long requests run as tasks
+/// of their own: a reload reads the file off the loop, an upgrade talks to
+/// the new front).
+fn on_signal(front: &Shared, caught: Caught) {
+    match caught {
+        Caught::Term | Caught::Int => {
+            info!("{} received", caught.name());
+            if let Err(why) = front.borrow_mut().handle(Event::Stop) {
+                info!("{}: {why}", caught.name());
             }
-            _ = usr2.recv() => {
-                info!("SIGUSR2 received: upgrading (front, then workers) onto the binary at the start path");
-                let front = front.clone();
-                tokio::task::spawn_local(async move {
-                    // (A failure is logged by the upgrade itself.)
-                    if front::upgrade::upgrade(&front, None).await.is_ok() {
-                        front::upgrade::hand_over(&front);
-                    }
-                });
-            }
-            _ = usr1.recv() => {
-                info!("SIGUSR1 received: reopening the access log");
-                match front.borrow_mut().reopen_access_log() {
-                    Ok(msg) => info!("{msg}"),
-                    Err(why) => warn!("SIGUSR1: {why}"),
+        }
+        Caught::Hup => {
+            info!("SIGHUP received: reloading configuration");
+            let front = front.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(why) = front::reload(&front).await {
+                    warn!("SIGHUP: {why}");
                 }
+            });
+        }
+        Caught::Usr2 => {
+            info!(
+                "SIGUSR2 received: upgrading (front, then workers) onto the binary at the start path"
+            );
+            let front = front.clone();
+            tokio::task::spawn_local(async move {
+                // (A failure is logged by the upgrade itself.)
+                if front::upgrade::upgrade(&front, None).await.is_ok() {
+                    front::upgrade::hand_over(&front);
+                }
+            });
+        }
+        Caught::Usr1 => {
+            info!("SIGUSR1 received: reopening the access log");
+            match front.borrow_mut().reopen_access_log() {
+                Ok(msg) => info!("{msg}"),
+                Err(why) => warn!("SIGUSR1: {why}"),
             }
-            () = notified => {}
         }
     }
 }

@@ -92,3 +92,82 @@ pub fn ignore_unused(used: &[i32], role: &'static str) {
         }
     });
 }
+
+/// A signal the front acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caught {
+    Term,
+    Int,
+    Hup,
+    Usr1,
+    Usr2,
+}
+
+impl Caught {
+    pub fn name(self) -> &'static str {
+        match self {
+            Caught::Term => "SIGTERM",
+            Caught::Int => "SIGINT",
+            Caught::Hup => "SIGHUP",
+            Caught::Usr1 => "SIGUSR1",
+            Caught::Usr2 => "SIGUSR2",
+        }
+    }
+}
+
+/// The front's signals, caught from the moment this is made (a signal that
+/// arrives before anyone waits is kept), every other terminating one
+/// ignored. A new front makes it before it says hello in an upgrade, so
+/// a stop passed to it at any moment of the take-over is never lost and
+/// never kills it by default.
+pub struct FrontSignals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl FrontSignals {
+    pub fn catch() -> std::io::Result<FrontSignals> {
+        use rustix::process::Signal as S;
+        let signals = FrontSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        };
+        ignore_unused(
+            &[S::TERM, S::INT, S::HUP, S::USR2, S::USR1].map(|s| s.as_raw()),
+            "front",
+        );
+        Ok(signals)
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Caught {
+        tokio::select! {
+            _ = self.term.recv() => Caught::Term,
+            _ = self.int.recv() => Caught::Int,
+            _ = self.hup.recv() => Caught::Hup,
+            _ = self.usr1.recv() => Caught::Usr1,
+            _ = self.usr2.recv() => Caught::Usr2,
+        }
+    }
+
+    /// The next stop signal (SIGTERM, SIGINT); others meanwhile are
+    /// logged and dropped (a front taking over acts on nothing else).
+    pub async fn stop(&mut self) {
+        loop {
+            let caught = self.next().await;
+            if matches!(caught, Caught::Term | Caught::Int) {
+                return;
+            }
+            info!(
+                signal = caught.name(),
+                "ignored while taking over from the previous front"
+            );
+        }
+    }
+}

@@ -28,13 +28,14 @@
 //! the bases, when it is gone.
 
 mod cells;
+mod hist;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 pub use cells::{ColCell, ProcCell};
+pub use hist::{CONNECT, Counts, DURATION, Hist, nanos};
 
 use crate::sys::SharedWords;
 
@@ -42,24 +43,59 @@ use crate::sys::SharedWords;
 const MAGIC: u64 = u64::from_le_bytes(*b"RRSTATS\0");
 /// Bumped whenever the layout changes: an upgrade between builds with
 /// different layouts is refused (the new front could not read the old
-/// workers' cells).
-pub const LAYOUT: u64 = 1;
+/// workers' cells). 2: the histograms' buckets of [`hist`].
+pub const LAYOUT: u64 = 2;
 
-/// Upper bounds (seconds) of the connection-duration histogram buckets.
-pub const DURATION_BOUNDS: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
-];
-/// Upper bounds (seconds) of the backend connect-time histogram buckets.
-pub const CONNECT_BOUNDS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+/// [`LAYOUT`] as this build declares it: decimal digits after a marker in
+/// the binary's read-only data, read at run time ([`layout`]). What the
+/// table header, [`Table::open`] and the upgrade handshake compare. (A
+/// test copies the binary with other digits here to be a build of another
+/// layout: the refusal it meets is the real one.)
+#[used]
+static LAYOUT_TAG: [u8; LAYOUT_TAG_LEN] = layout_tag(LAYOUT);
+const LAYOUT_MARKER: &[u8] = b"rrproxy-stats-layout=";
+const LAYOUT_TAG_LEN: usize = LAYOUT_MARKER.len() + 8;
+
+const fn layout_tag(layout: u64) -> [u8; LAYOUT_TAG_LEN] {
+    let mut tag = [b'0'; LAYOUT_TAG_LEN];
+    let mut i = 0;
+    while i < LAYOUT_MARKER.len() {
+        tag[i] = LAYOUT_MARKER[i];
+        i += 1;
+    }
+    let mut n = layout;
+    let mut at = LAYOUT_TAG_LEN;
+    while n > 0 && at > LAYOUT_MARKER.len() {
+        at -= 1;
+        tag[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    tag
+}
+
+/// The table layout this build reads and writes (see [`LAYOUT_TAG`]).
+pub fn layout() -> u64 {
+    let tag = crate::sys::read_static(&LAYOUT_TAG);
+    let digits = &tag[LAYOUT_MARKER.len()..];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return LAYOUT;
+    }
+    digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+}
+
+/// Upper bounds (nanoseconds) of the connection-duration histogram
+/// buckets ([`DURATION`]).
+pub const DURATION_BOUNDS: [u64; 18] = DURATION.bounds_ns;
+/// Upper bounds (nanoseconds) of the backend connect-time histogram
+/// buckets ([`CONNECT`]).
+pub const CONNECT_BOUNDS: [u64; 17] = CONNECT.bounds_ns;
 
 const HEADER_WORDS: usize = 16;
 const FRONT_WORDS: usize = 64;
 const SLOT_WORDS: usize = 8;
 /// Words per backend column (in a process cell and in the base).
 pub const COL_WORDS: usize = 32;
-const PROC_HEAD_WORDS: usize = 32;
+const PROC_HEAD_WORDS: usize = 48;
 const PAGE_WORDS: usize = 4096 / 8;
 
 /// The front's own words: counters it alone increments, gauges it sets,
@@ -233,8 +269,8 @@ pub enum StatsError {
     Io(#[from] io::Error),
     #[error("statistics table: not an rrproxy table (bad magic)")]
     Magic,
-    #[error("statistics table layout {found} is not this build's layout {LAYOUT}")]
-    Layout { found: u64 },
+    #[error("statistics table layout {found} is not this build's layout {mine}")]
+    Layout { found: u64, mine: u64 },
     #[error("statistics table header is inconsistent: {0}")]
     Header(&'static str),
 }
@@ -296,19 +332,6 @@ pub fn set(word: &AtomicU64, v: u64) {
     word.store(v, Ordering::Relaxed);
 }
 
-/// The bucket index of `secs` among `bounds` (the last is +Inf).
-pub fn bucket(bounds: &[f64], secs: f64) -> usize {
-    bounds
-        .iter()
-        .position(|&b| secs <= b)
-        .unwrap_or(bounds.len())
-}
-
-/// A duration in whole nanoseconds (saturating).
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl Table {
     /// Create a zeroed table for `slots` worker slots, `columns` backend
     /// columns and `procs` process cells (the front, at start).
@@ -321,9 +344,20 @@ impl Table {
         )
         .map_err(io::Error::from)?;
         rustix::fs::ftruncate(&fd, (words * 8) as u64).map_err(io::Error::from)?;
+        // Its size is fixed for good: every process maps all of it, and a
+        // shorter file would make their reads fault (see `SharedWords`).
+        // Nothing may add or remove a seal afterwards. (Punching holes,
+        // as `clear_cell` does, is not growing or shrinking.)
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            rustix::fs::SealFlags::SHRINK
+                | rustix::fs::SealFlags::GROW
+                | rustix::fs::SealFlags::SEAL,
+        )
+        .map_err(io::Error::from)?;
         let map = SharedWords::map(fd.as_fd(), words)?;
         let w = map.words();
-        set(&w[1], LAYOUT);
+        set(&w[1], layout());
         set(&w[2], slots as u64);
         set(&w[3], columns as u64);
         set(&w[4], procs as u64);
@@ -347,8 +381,11 @@ impl Table {
             return Err(StatsError::Magic);
         }
         let layout = get(&h[1]);
-        if layout != LAYOUT {
-            return Err(StatsError::Layout { found: layout });
+        if layout != self::layout() {
+            return Err(StatsError::Layout {
+                found: layout,
+                mine: self::layout(),
+            });
         }
         let cap = |i: usize, max: usize, what| {
             usize::try_from(get(&h[i]))
@@ -404,6 +441,13 @@ impl Table {
     /// The `i`th duration bucket base (front region).
     pub fn duration_bucket_base(&self, i: usize) -> &AtomicU64 {
         &self.words()[HEADER_WORDS + FrontWord::DurationBucketBase0 as usize + i]
+    }
+
+    /// The base of the connection-duration histogram (front region): its
+    /// sum, then its buckets.
+    pub fn duration_base(&self) -> &[AtomicU64] {
+        let start = HEADER_WORDS + FrontWord::DurationSumNsBase as usize;
+        &self.words()[start..start + Hist::<{ DURATION_BOUNDS.len() }>::WORDS]
     }
 
     pub fn slot(&self, slot: usize, w: SlotWord) -> &AtomicU64 {

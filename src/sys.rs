@@ -8,7 +8,7 @@
 //! The file descriptor limit helpers are here too because they describe the
 //! process's relationship with the kernel, not any one role.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use rustix::io::FdFlags;
@@ -71,6 +71,15 @@ pub fn open_fd_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }
 
+/// Read a static as the loaded file holds it, never what the compiler
+/// knows of it: for data a copy of the binary may carry other bytes for
+/// (see `stats::layout`).
+pub fn read_static<T: Copy>(value: &'static T) -> T {
+    // SAFETY: a reference is valid, aligned and initialised for reads,
+    // and a static lives for the whole process.
+    unsafe { std::ptr::read_volatile(value) }
+}
+
 /// The raw number of a descriptor, for passing on a command line.
 pub fn raw(fd: &impl AsRawFd) -> RawFd {
     fd.as_raw_fd()
@@ -79,14 +88,17 @@ pub fn raw(fd: &impl AsRawFd) -> RawFd {
 /// Take ownership of a descriptor this process inherited at `exec` (a
 /// worker's channel end, whose number came on the command line).
 ///
-/// The caller must have checked that `fd` is open (see `worker::run`), and
-/// nothing else in the process may own it: it was passed for this purpose
-/// only and is adopted exactly once, at start.
+/// The caller must have checked that `fd` is open and is not a standard
+/// descriptor (0..=2, which `std` owns; see `worker::run`), and nothing
+/// else in the process may own it: it was passed for this purpose only and
+/// is adopted exactly once, at start.
 pub fn adopt_inherited_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is open (checked by the caller through /proc/self/fd) and
-    // was inherited for this single owner; no other object in the process
-    // refers to it, so creating the unique `OwnedFd` for it is sound.
+    // SAFETY: `fd` is open and above 2 (checked by the caller, through
+    // /proc/self/fd) and was inherited for this single owner; no other
+    // object in the process refers to it (stdin, stdout and stderr, which
+    // `std` uses, are excluded), so creating the unique `OwnedFd` for it is
+    // sound.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
@@ -160,12 +172,27 @@ unsafe impl Sync for SharedWords {}
 impl SharedWords {
     /// Map the first `words` 64-bit words of `fd` (which must be at least
     /// that long) read-write and shared.
+    ///
+    /// The file must be sealed against shrinking (`F_SEAL_SHRINK`; the seal
+    /// is added here if the file allows sealing and has not got it yet):
+    /// a file that could be cut shorter after the size check would turn
+    /// reads of the mapping into `SIGBUS`. A file that cannot be sealed is
+    /// refused.
     pub fn map(fd: BorrowedFd<'_>, words: usize) -> std::io::Result<SharedWords> {
+        use rustix::fs::{SealFlags, fcntl_add_seals, fcntl_get_seals};
         use rustix::mm::{MapFlags, ProtFlags, mmap};
         let len = words
             .checked_mul(8)
             .filter(|&l| l > 0)
             .ok_or_else(|| std::io::Error::other("invalid mapping size"))?;
+        let sealed = fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if !sealed {
+            fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+                std::io::Error::other(format!(
+                    "memory file cannot be sealed against shrinking: {e}"
+                ))
+            })?;
+        }
         let size = rustix::fs::fstat(fd)?.st_size;
         if u64::try_from(size).map_or(true, |s| s < len as u64) {
             return Err(std::io::Error::other(format!(
@@ -173,8 +200,9 @@ impl SharedWords {
             )));
         }
         // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
-        // file we checked is at least `len` bytes long, so every byte of
-        // the range is backed; it aliases no Rust object. Only the returned
+        // file we checked is at least `len` bytes long and sealed against
+        // shrinking (above), so every byte of the range is backed for the
+        // mapping's whole life; it aliases no Rust object. Only the returned
         // pointer refers to it, owned by the `SharedWords` built below.
         let ptr = unsafe {
             mmap(
@@ -195,7 +223,8 @@ impl SharedWords {
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: `ptr` is page-aligned (so aligned for `AtomicU64`) and
         // points to `words * 8` mapped, readable and writable bytes that
-        // stay mapped until `self` is dropped, which the returned borrow
+        // stay mapped, and backed (the file is sealed against shrinking,
+        // see `map`), until `self` is dropped, which the returned borrow
         // cannot outlive. `AtomicU64` has the layout of `u64` and any bit
         // pattern is valid; other processes change the words only through
         // atomic operations too.
@@ -315,6 +344,33 @@ pub fn set_defer_accept(listener: BorrowedFd<'_>, on: bool) -> std::io::Result<(
     }
 }
 
+/// Bind `socket` (TCP, not yet connected) to `ip` for an outgoing
+/// connection, with `IP_BIND_ADDRESS_NO_PORT` set first: the port is
+/// chosen at `connect`, per destination, so one source address is not
+/// limited to one ephemeral port range across every backend. Neither
+/// rustix nor socket2 exposes this option.
+pub fn bind_source(socket: &impl AsFd, ip: std::net::IpAddr) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    let fd = socket.as_fd();
+    // SAFETY: `fd` is borrowed for the duration of the call; the option
+    // value points at a live `c_int` on this stack frame and the length
+    // passed is exactly its size. setsockopt only reads it. (The option is
+    // at the IP level and applies to IPv6 sockets too.)
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket2::SockRef::from(&fd).bind(&std::net::SocketAddr::new(ip, 0).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +381,29 @@ mod tests {
         assert_eq!(cpu_plan(&[2, 3, 5, 7], 3), Some((2, vec![3, 5, 7])));
         assert_eq!(cpu_plan(&[4], 2), Some((4, vec![4, 4])));
         assert_eq!(cpu_plan(&[], 2), None);
+    }
+
+    #[test]
+    fn a_bound_source_takes_no_port_until_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        bind_source(&socket, "127.0.0.3".parse().unwrap()).unwrap();
+        let before = socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(before, "127.0.0.3:0".parse().unwrap());
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), "127.0.0.3".parse::<std::net::IpAddr>().unwrap());
+        assert_ne!(peer.port(), 0);
+        // The option is an IP-level one; IPv6 sockets take it too.
+        let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        bind_source(&v6, "::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            v6.local_addr().unwrap().as_socket().unwrap(),
+            "[::1]:0".parse().unwrap()
+        );
     }
 
     #[test]

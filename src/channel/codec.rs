@@ -44,9 +44,17 @@ const ROUTABLE: u8 = 0x01;
 /// (0 none, 1 v1, 2 v2). A table without `send-proxy` encodes as before
 /// the field existed.
 const SEND_PROXY_SHIFT: u8 = 1;
+/// In a backend entry's flags byte: the index of its source list (u16)
+/// follows. A table without sources encodes as before the field existed;
+/// the lists themselves follow the last entry.
+const HAS_SOURCE: u8 = 0x08;
+/// In a backend entry's flags byte: every bit that has a meaning.
+const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
+
+mod sources;
 
 const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
@@ -90,8 +98,17 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                     Some(Version::V1) => 1,
                     Some(Version::V2) => 2,
                 };
-                out.push((u8::from(b.routable) * ROUTABLE) | (send_proxy << SEND_PROXY_SHIFT));
+                let has_source = if b.source.is_some() { HAS_SOURCE } else { 0 };
+                out.push(
+                    (u8::from(b.routable) * ROUTABLE)
+                        | (send_proxy << SEND_PROXY_SHIFT)
+                        | has_source,
+                );
+                if let Some(i) = b.source {
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
             }
+            sources::put(out, cfg)?;
         }
         Down::Conns(conns) => return encode_conns(conns, out),
         Down::Drain { timeout } => {
@@ -180,16 +197,23 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 let column = r.u16("backend column")?;
                 let addr = r.addr()?;
                 let flags = r.u8("backend flags")?;
-                let send_proxy = match flags >> SEND_PROXY_SHIFT {
+                let bad_flags = FrameError::Invalid {
+                    what: "backend flags",
+                    value: flags.into(),
+                };
+                if flags & !KNOWN_FLAGS != 0 {
+                    return Err(bad_flags);
+                }
+                let send_proxy = match (flags >> SEND_PROXY_SHIFT) & 0x03 {
                     0 => None,
                     1 => Some(Version::V1),
                     2 => Some(Version::V2),
-                    _ => {
-                        return Err(FrameError::Invalid {
-                            what: "backend flags",
-                            value: flags.into(),
-                        });
-                    }
+                    _ => return Err(bad_flags),
+                };
+                let source = if flags & HAS_SOURCE != 0 {
+                    Some(r.u16("source list index")?)
+                } else {
+                    None
                 };
                 backends.push(BackendEntry {
                     id,
@@ -197,8 +221,10 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     addr,
                     routable: flags & ROUTABLE != 0,
                     send_proxy,
+                    source,
                 });
             }
+            let sources = sources::read(&mut r, &backends)?;
             Down::Config(WorkerConfig {
                 seq,
                 connect_timeout,
@@ -208,6 +234,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 splice,
                 report_closes,
                 backends,
+                sources,
             })
         }
         DOWN_CONNS => {

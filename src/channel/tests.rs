@@ -28,6 +28,7 @@ fn sample_config() -> WorkerConfig {
                 addr: "10.0.0.5:80".parse().unwrap(),
                 routable: true,
                 send_proxy: None,
+                source: Some(1),
             },
             BackendEntry {
                 id: 7,
@@ -35,6 +36,7 @@ fn sample_config() -> WorkerConfig {
                 addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 8443),
                 routable: false,
                 send_proxy: Some(Version::V2),
+                source: Some(0),
             },
             BackendEntry {
                 id: 8,
@@ -42,7 +44,12 @@ fn sample_config() -> WorkerConfig {
                 addr: "10.0.0.6:80".parse().unwrap(),
                 routable: true,
                 send_proxy: Some(Version::V1),
+                source: None,
             },
+        ],
+        sources: vec![
+            vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
         ],
     }
 }
@@ -182,6 +189,8 @@ fn frames_without_the_proxy_fields_are_unchanged() {
 
     let mut cfg = sample_config();
     cfg.backends.truncate(1);
+    cfg.backends[0].source = None;
+    cfg.sources.clear();
     Down::Config(cfg).encode(&mut buf).unwrap();
     // The last byte of the only entry: routable, no send-proxy.
     assert_eq!(buf.last(), Some(&1));
@@ -195,6 +204,29 @@ fn frames_without_the_proxy_fields_are_unchanged() {
             value: 0b110
         })
     );
+}
+
+#[test]
+fn source_lists_travel_once_and_are_named_by_index() {
+    let cfg = sample_config();
+    let mut buf = Vec::new();
+    Down::Config(cfg.clone()).encode(&mut buf).unwrap();
+    assert_eq!(Down::decode(&buf), Ok(Down::Config(cfg.clone())));
+    // An index past the lists is refused, naming it.
+    let mut bad = cfg.clone();
+    bad.backends[2].source = Some(2);
+    Down::Config(bad).encode(&mut buf).unwrap();
+    assert_eq!(
+        Down::decode(&buf),
+        Err(FrameError::Invalid {
+            what: "source list index",
+            value: 2
+        })
+    );
+    // So is a list longer than a backend may have.
+    let mut long = cfg;
+    long.sources[0] = vec![IpAddr::V6(Ipv6Addr::LOCALHOST); 17];
+    assert!(Down::Config(long).encode(&mut buf).is_err());
 }
 
 #[test]

@@ -4,12 +4,14 @@
 //! file's `path:line:column` and key). Every value's syntax is checked
 //! first; host names are looked up last.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
+
+mod protect;
 
 use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
@@ -17,7 +19,6 @@ use super::parse::{BackendArg, BackendSpec, ResolveGroup, expand_backend, parse_
 use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, values};
 use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::{AccessLog, Splice};
-use crate::cli::ProxyArgs;
 use crate::policy::{PolicyName, PolicyOptions};
 
 /// One value as given: its text, how an error shows it, where it is.
@@ -37,7 +38,7 @@ enum At<'a> {
 
 /// Where values come from: the flags, then the file.
 struct Sources<'a> {
-    args: &'a ProxyArgs,
+    args: &'a super::Flags,
     file: Option<&'a LoadedFile>,
 }
 
@@ -175,7 +176,7 @@ fn resolve_error(src: &Sources, given: &Given, why: String) -> ConfigError {
     }))
 }
 
-pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
+pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
     let src = Sources { args, file };
     let empty = FileConfig::default();
     let keys = file.map_or(&empty, |f| &f.keys);
@@ -311,20 +312,29 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
     let backlog = src
         .typed("backlog", t.backlog, &keys.backlog, values::backlog)?
         .unwrap_or(1024);
+    // Each limit is what was given for it, or none: none is derived from
+    // another.
     let limits = Limits {
-        max_conns: src.typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?,
-        max_conns_per_worker: src.typed(
-            "max-conns-per-worker",
-            t.max_conns_per_worker,
-            &keys.max_conns_per_worker,
-            values::limit_u64,
-        )?,
-        max_conns_per_ip: src.typed(
-            "max-conns-per-ip",
-            t.max_conns_per_ip,
-            &keys.max_conns_per_ip,
-            values::limit_u32,
-        )?,
+        max_conns: src
+            .typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?
+            .and_then(|l| l.0),
+        max_conns_per_worker: src
+            .typed(
+                "max-conns-per-worker",
+                t.max_conns_per_worker,
+                &keys.max_conns_per_worker,
+                values::limit_u64,
+            )?
+            .and_then(|l| l.0),
+        max_conns_per_ip: src
+            .typed(
+                "max-conns-per-ip",
+                t.max_conns_per_ip,
+                &keys.max_conns_per_ip,
+                values::limit_u32,
+            )?
+            .and_then(|l| l.0)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         per_ip_ipv6_prefix: src
             .typed(
                 "per-ip-ipv6-prefix",
@@ -347,6 +357,7 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
             .typed("fall", t.fall, &keys.fall, values::checks)?
             .unwrap_or(3),
     };
+    let protect = protect::read(&src, args, keys)?;
     let splice = src
         .typed("splice", t.splice, &keys.splice, values::splice)?
         .unwrap_or(Splice::Auto);
@@ -400,6 +411,22 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         },
         None => AccessLog::Off,
     };
+    let pid_file = match src.one(
+        "pid_file",
+        "pid-file",
+        r.pid_file.as_deref(),
+        &keys.pid_file,
+    ) {
+        Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.pid_file) => {
+            return Err(src.bad(&g, Invalid::new("expected a file path")));
+        }
+        // (A new front after an upgrade rewrites the same file whatever
+        // its working directory.)
+        Some(g) => src
+            .check(&g, values::pid_file)?
+            .map(|p| std::path::absolute(&p).unwrap_or(p)),
+        None => None,
+    };
     let user_given = src.one("user", "user", r.user.as_deref(), &keys.user);
     let group_given = src.one("group", "group", r.group.as_deref(), &keys.group);
     let user_name = user_given
@@ -435,7 +462,8 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
-    let (backends, resolve) = expand(&src, &backend_given, &parsed)?;
+    let source = protect.local_sources(&src)?;
+    let (backends, resolve) = expand(&src, &backend_given, &parsed, &source)?;
     let run_as = match (&user_given, user_name) {
         (Some(ug), Some(user)) => Some(
             crate::privileges::look_up(&user, group_name.as_deref()).map_err(
@@ -469,10 +497,14 @@ pub(super) fn build(args: &ProxyArgs, file: Option<&LoadedFile>) -> Result<Confi
         defer_accept,
         limits,
         health,
+        probe: protect.probe,
+        source,
+        slow_start: protect.slow_start,
         splice,
         cpu_affinity,
         access_log,
         run_as,
+        pid_file,
         file: file.map(|f| f.path.clone()),
         acl: Arc::new(acl),
         accept_proxy: Arc::new(accept_proxy),
@@ -489,7 +521,7 @@ fn is_string(raw: &Option<Raw>) -> bool {
 /// tables spelled out as `--backend` text.
 fn backend_items<'a>(
     src: &Sources<'a>,
-    args: &ProxyArgs,
+    args: &super::Flags,
     keys: &'a FileConfig,
 ) -> Result<Vec<Given<'a>>, ConfigError> {
     let mut items = src.list("backend", "backends", &args.backend, &keys.backends);
@@ -506,28 +538,30 @@ fn backend_items<'a>(
 
 /// Resolve the backends: named ones first, so an address a `resolve` name
 /// also returns stays the named one.
+/// Each backend's sources are checked here, where its origin is known
+/// (`protect::usable`).
 fn expand(
     src: &Sources,
     given: &[Given],
     parsed: &[BackendArg],
+    global: &[IpAddr],
 ) -> Result<(Vec<BackendSpec>, Vec<ResolveGroup>), ConfigError> {
+    let usable = |g: &Given, specs| protect::usable(src, g, specs, global);
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(parsed.len());
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| !a.resolve) {
-        backends.extend(expand_backend(a).map_err(|why| resolve_error(src, g, why))?);
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        backends.extend(usable(g, specs)?);
     }
     let mut resolve = Vec::new();
     for (g, a) in given.iter().zip(parsed).filter(|(_, a)| a.resolve) {
-        for b in expand_backend(a).map_err(|why| resolve_error(src, g, why))? {
+        let specs = expand_backend(a).map_err(|why| resolve_error(src, g, why))?;
+        for b in usable(g, specs)? {
             // (A member is named by its address: the address decides.)
             if !backends.iter().any(|o| o.addr == b.addr) {
                 backends.push(b);
             }
         }
-        resolve.push(ResolveGroup {
-            name: a.name.clone(),
-            weight: a.weight,
-            send_proxy: a.send_proxy,
-        });
+        resolve.push(ResolveGroup::of(a));
     }
     if backends.len() > MAX_BACKENDS {
         return Err(ConfigError::Rule {
@@ -538,5 +572,6 @@ fn expand(
             ),
         });
     }
+    protect::check_lists(src, &given[0], &backends, global)?;
     Ok((backends, resolve))
 }

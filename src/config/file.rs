@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::{Spanned, Value};
 
 use super::error::{ConfigError, Invalid, Origin};
+use super::options;
 
 /// A value as written, with its position in the file.
 pub type Raw = Spanned<Value>;
@@ -21,7 +22,7 @@ pub type Raw = Spanned<Value>;
 pub struct FileConfig {
     /// `"ADDR"` or `["ADDR", ...]`.
     pub listen: Option<Spanned<List>>,
-    /// `["HOST:PORT[,weight=N][,resolve]" | { address, weight, resolve }, ...]`
+    /// `["HOST:PORT[,OPTION...]" | { address, OPTION = VALUE, ... }, ...]`
     /// (a single entry need not be in a list).
     pub backends: Option<Spanned<List>>,
     pub workers: Option<Raw>,
@@ -43,6 +44,11 @@ pub struct FileConfig {
     pub health_interval: Option<Raw>,
     pub resolve_interval: Option<Raw>,
     pub health_timeout: Option<Raw>,
+    pub health_send: Option<Raw>,
+    pub health_expect: Option<Raw>,
+    pub slow_start: Option<Raw>,
+    /// `"IP"`, `"IP;IP"` or `["IP", ...]`.
+    pub source: Option<Spanned<List>>,
     pub rise: Option<Raw>,
     pub fall: Option<Raw>,
     pub splice: Option<Raw>,
@@ -56,6 +62,7 @@ pub struct FileConfig {
     pub access_log: Option<Raw>,
     pub user: Option<Raw>,
     pub group: Option<Raw>,
+    pub pid_file: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep
@@ -158,44 +165,82 @@ pub fn shown(value: &Value) -> String {
 }
 
 /// A backend entry as the text `--backend` would carry: a string as is, a
-/// table `{ address, weight, resolve, send-proxy }` spelled out.
+/// table `{ address = "HOST:PORT", OPTION = VALUE, ... }` spelled out with
+/// the options of `options::OPTIONS` as keys: a bare option as `true` or
+/// `false`, a valued one as a string or a number, and one that lists
+/// (`source`) also as a list of strings.
 pub fn backend_spec(value: &Value) -> Result<String, Invalid> {
-    const SHAPE: &str = "expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }";
-    const KEYS: [&str; 4] = ["address", "weight", "resolve", "send-proxy"];
+    let shape = || {
+        Invalid::new(format!(
+            "expected \"{}\" or a table {{ address = \"HOST:PORT\", ... }} with those options as keys",
+            options::syntax()
+        ))
+    };
     let table = match value {
         Value::String(s) => return Ok(s.clone()),
         Value::Table(t) => t,
-        _ => return Err(Invalid::new(SHAPE)),
+        _ => return Err(shape()),
     };
-    if let Some(key) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(Invalid::new(format!(
-            "unknown key '{key}' in a backend table (expected address, weight, resolve, send-proxy)"
-        ))
-        .similar_a("key", key, KEYS));
-    }
+    let keys = || std::iter::once("address").chain(options::OPTIONS.iter().map(|o| o.name));
     let Some(Value::String(address)) = table.get("address") else {
-        return Err(Invalid::new(SHAPE));
+        return Err(shape());
     };
     let mut spec = address.clone();
-    match table.get("weight") {
-        None => {}
-        Some(Value::Integer(w)) => spec.push_str(&format!(",weight={w}")),
-        Some(_) => return Err(Invalid::new(SHAPE)),
-    }
-    match table.get("resolve") {
-        None | Some(Value::Boolean(false)) => {}
-        Some(Value::Boolean(true)) => spec.push_str(",resolve"),
-        Some(_) => return Err(Invalid::new(SHAPE)),
-    }
-    match table.get("send-proxy") {
-        None => {}
-        // Checked with the rest of the text (`send-proxy=v3` is refused
-        // in the same words as the flag's).
-        Some(Value::String(v)) if !v.contains(',') => spec.push_str(&format!(",send-proxy={v}")),
-        Some(Value::Integer(v)) => spec.push_str(&format!(",send-proxy={v}")),
-        Some(_) => return Err(Invalid::new(SHAPE)),
+    for (key, value) in table {
+        if key == "address" {
+            continue;
+        }
+        let Some(opt) = options::find(key) else {
+            let expected: Vec<&str> = keys().collect();
+            return Err(Invalid::new(format!(
+                "unknown key '{key}' in a backend table (expected {})",
+                expected.join(", ")
+            ))
+            .similar_a("key", key, keys()));
+        };
+        // A value is checked with the rest of the text (`send-proxy = "v3"`
+        // is refused in the same words as the flag's); it must not carry
+        // another option in with it.
+        let plain = |s: &str| !s.contains(',');
+        let text = match (opt.value, value) {
+            (None, Value::Boolean(true)) => Some(String::new()),
+            (None, Value::Boolean(false)) => None,
+            (Some(_), Value::String(v)) if plain(v) => Some(v.clone()),
+            (Some(_), Value::Integer(v)) => Some(v.to_string()),
+            (Some(_), Value::Array(items)) if opt.list => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(v) if plain(v) && !v.contains(';') => parts.push(v.as_str()),
+                        _ => return Err(shape()),
+                    }
+                }
+                Some(parts.join(";"))
+            }
+            _ => return Err(shape()),
+        };
+        match text {
+            Some(t) if opt.value.is_some() => spec.push_str(&format!(",{key}={t}")),
+            Some(_) => spec.push_str(&format!(",{key}")),
+            None => {}
+        }
     }
     Ok(spec)
+}
+
+/// serde's "unknown field `max-conn`, expected one of `listen`, ..." (the
+/// whole list of keys) as one short line, with the key that was probably
+/// meant.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let keys: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    Some(match super::error::closest(key, keys.iter().copied()) {
+        Some(near) => format!("unknown key '{key}'\n  tip: a similar key exists: '{near}'"),
+        None => {
+            format!("unknown key '{key}' (the keys are the flags' long names: see rrproxy --help)")
+        }
+    })
 }
 
 /// A config file, read and parsed, with what it takes to point at a value.
@@ -227,11 +272,12 @@ impl LoadedFile {
                     .span()
                     .map(|span| line_column(&text, span.start))
                     .unwrap_or((1, 1));
+                let message = err.message().trim().replace('\n', " ");
                 Err(ConfigError::Parse {
                     path: path.to_path_buf(),
                     line,
                     column,
-                    message: err.message().trim().replace('\n', " "),
+                    message: unknown_key(&message).unwrap_or(message),
                 })
             }
         }

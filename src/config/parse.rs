@@ -1,11 +1,13 @@
-//! Backends as written (`HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]`) and the
-//! resolution of host names, shared by flags, the config file and `ctl
-//! backend add`.
+//! Backends as written (`HOST:PORT[,OPTION...]`, the options in
+//! `options`) and the resolution of host names, shared by flags, the
+//! config file and `ctl backend add`.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use super::error::Invalid;
+use super::options;
 use crate::proxy_protocol::Version;
 
 /// Largest accepted backend weight.
@@ -26,17 +28,27 @@ pub struct BackendSpec {
     /// bytes (`send-proxy=v1|v2`).
     #[serde(default)]
     pub send_proxy: Option<Version>,
+    /// Connect from these local addresses, in turn (`source=IP[;IP...]`);
+    /// empty: `--source`, else the system's choice.
+    #[serde(default)]
+    pub source: Vec<IpAddr>,
+    /// Slow start after coming up (`slow-start=D`); `Some(0)`: off, even
+    /// with `--slow-start`; `None`: as `--slow-start` says.
+    #[serde(default)]
+    pub slow_start: Option<Duration>,
 }
 
 /// A backend argument as written, before any resolution:
-/// `HOST:PORT[,weight=N][,resolve]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `HOST:PORT[,OPTION...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackendArg {
     pub name: String,
     pub weight: u32,
     /// Every address of the name is a backend, re-resolved while running.
     pub resolve: bool,
     pub send_proxy: Option<Version>,
+    pub source: Vec<IpAddr>,
+    pub slow_start: Option<Duration>,
 }
 
 /// A host name whose addresses are all backends, kept up to date by
@@ -46,9 +58,14 @@ pub struct ResolveGroup {
     /// `host:port` as written.
     pub name: String,
     pub weight: u32,
-    /// Every address found is a backend with this `send-proxy`.
+    /// Every address found is a backend with this `send-proxy`, `source`
+    /// and `slow-start`.
     #[serde(default)]
     pub send_proxy: Option<Version>,
+    #[serde(default)]
+    pub source: Vec<IpAddr>,
+    #[serde(default)]
+    pub slow_start: Option<Duration>,
 }
 
 impl fmt::Display for BackendSpec {
@@ -59,6 +76,15 @@ impl fmt::Display for BackendSpec {
         }
         if let Some(v) = self.send_proxy {
             write!(f, ",send-proxy={v}")?;
+        }
+        if !self.source.is_empty() {
+            let ips: Vec<String> = self.source.iter().map(IpAddr::to_string).collect();
+            write!(f, ",source={}", ips.join(";"))?;
+        }
+        match self.slow_start {
+            None => {}
+            Some(d) if d.is_zero() => write!(f, ",slow-start=off")?,
+            Some(d) => write!(f, ",slow-start={}", humantime::format_duration(d))?,
         }
         Ok(())
     }
@@ -112,58 +138,30 @@ pub fn resolve_all(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// The options a backend takes after its address.
-const OPTIONS: [&str; 3] = ["weight", "resolve", "send-proxy"];
-
-/// `host:port[,weight=N][,resolve][,send-proxy=v1|v2]`, syntax only
-/// (nothing is resolved).
+/// `host:port[,OPTION...]` (the options of `options::OPTIONS`), syntax
+/// only (nothing is resolved).
 pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
     let mut parts = text.trim().split(',');
     let name = parts.next().unwrap_or_default().trim().to_string();
     if name.is_empty() {
-        return Err(Invalid::new(
-            "expected HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]",
-        ));
+        return Err(Invalid::new(format!("expected {}", options::syntax())));
     }
-    let mut weight = 1;
-    let mut resolve = false;
-    let mut send_proxy = None;
+    let mut arg = BackendArg {
+        name,
+        weight: 1,
+        ..BackendArg::default()
+    };
+    let mut seen = Vec::new();
     for opt in parts {
-        let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
-        match key.trim() {
-            "weight" => {
-                weight = value
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|w| (1..=MAX_WEIGHT).contains(w))
-                    .ok_or_else(|| {
-                        Invalid::new(format!("weight must be 1..={MAX_WEIGHT}, got '{value}'"))
-                    })?;
-            }
-            "resolve" if value.is_empty() => resolve = true,
-            "send-proxy" => {
-                send_proxy = Some(value.trim().parse::<Version>().map_err(|_| {
-                    Invalid::new(format!(
-                        "send-proxy must be v1 or v2 (the PROXY protocol version), got '{}'",
-                        value.trim()
-                    ))
-                })?);
-            }
-            other => {
-                return Err(Invalid::new(format!(
-                    "unknown option '{other}' (expected weight=N, resolve or send-proxy=v1|v2)"
-                ))
-                .similar_a("option", other, OPTIONS));
-            }
-        }
+        options::apply(&mut arg, opt, &mut seen)?;
     }
+    let (name, resolve) = (arg.name.as_str(), arg.resolve);
     if name.parse::<SocketAddr>().is_ok() {
         if resolve {
             return Err(Invalid::new("resolve needs a host name, not an address"));
         }
     } else {
-        check_host_port(&name).map_err(|why| {
+        check_host_port(name).map_err(|why| {
             let bad = Invalid::new(why);
             if name.parse::<u16>().is_ok() {
                 bad.hint(format!(
@@ -177,12 +175,7 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
     if name.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
         return Err(Invalid::new("port 0 is not a backend port"));
     }
-    Ok(BackendArg {
-        name,
-        weight,
-        resolve,
-        send_proxy,
-    })
+    Ok(arg)
 }
 
 /// The backends one argument stands for: one (a host name's first
@@ -197,13 +190,11 @@ pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, String> {
             weight: arg.weight,
             group: None,
             send_proxy: arg.send_proxy,
+            source: arg.source.clone(),
+            slow_start: arg.slow_start,
         }]);
     }
-    let group = ResolveGroup {
-        name: arg.name.clone(),
-        weight: arg.weight,
-        send_proxy: arg.send_proxy,
-    };
+    let group = ResolveGroup::of(arg);
     Ok(resolve_all(&arg.name)?
         .into_iter()
         .map(|addr| group_member(&group, addr))
@@ -218,16 +209,38 @@ pub fn group_member(group: &ResolveGroup, addr: SocketAddr) -> BackendSpec {
         weight: group.weight,
         group: Some(group.name.clone()),
         send_proxy: group.send_proxy,
+        source: group.source.clone(),
+        slow_start: group.slow_start,
     }
 }
 
-/// `host:port[,weight=N][,send-proxy=v1|v2]`, one backend, resolved now (for `ctl backend
-/// add`, where `resolve` has no place: discovery belongs in the config).
-pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
+impl ResolveGroup {
+    /// The group a `resolve` argument stands for.
+    pub fn of(arg: &BackendArg) -> ResolveGroup {
+        ResolveGroup {
+            name: arg.name.clone(),
+            weight: arg.weight,
+            send_proxy: arg.send_proxy,
+            source: arg.source.clone(),
+            slow_start: arg.slow_start,
+        }
+    }
+}
+
+/// `host:port[,OPTION...]`, one backend, resolved now (for `ctl backend
+/// add`, where `resolve` has no place: discovery belongs in the config),
+/// its sources checked against `global` (the running `--source`) and
+/// this host's addresses.
+pub fn parse_backend(text: &str, global: &[IpAddr]) -> Result<BackendSpec, String> {
     let bad = |why: String| format!("invalid backend '{text}': {why}");
     let arg = parse_backend_arg(text).map_err(|e| bad(e.to_string()))?;
     if arg.resolve {
         return Err(bad("resolve is for --backend and the config file".into()));
     }
-    Ok(expand_backend(&arg).map_err(bad)?.remove(0))
+    let spec = expand_backend(&arg).map_err(bad)?.remove(0);
+    super::sources::check_family(&spec, global).map_err(bad)?;
+    for &ip in &spec.source {
+        super::sources::check_local(ip).map_err(bad)?;
+    }
+    Ok(spec)
 }

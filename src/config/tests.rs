@@ -2,20 +2,21 @@
 
 mod access;
 mod props;
+mod protect;
 
 use std::path::Path;
 
 use super::*;
-use crate::cli::ProxyArgs;
+use crate::config::Flags;
 
-pub(super) fn args(backends: &[&str]) -> ProxyArgs {
-    ProxyArgs {
+pub(super) fn args(backends: &[&str]) -> Flags {
+    Flags {
         backend: backends.iter().map(|s| s.to_string()).collect(),
-        ..ProxyArgs::default()
+        ..Flags::default()
     }
 }
 
-pub(super) fn err(a: &ProxyArgs) -> String {
+pub(super) fn err(a: &Flags) -> String {
     // (The message, as `rrproxy` prints it after `rrproxy: error: `.)
     Config::load(a).unwrap_err().to_string()
 }
@@ -31,13 +32,54 @@ fn defaults_fill_everything_but_backends() {
     assert!(c.workers >= 1);
 }
 
+/// Every limit is off unless set, none is derived from another, and
+/// `off` is a value (on the command line it overrides the file's number).
+#[test]
+fn limits_are_off_unless_set_and_off_is_a_value() {
+    let c = Config::load(&args(&["127.0.0.1:80"])).unwrap();
+    assert_eq!(c.limits.max_conns, None);
+    assert_eq!(c.limits.max_conns_per_worker, None);
+    assert_eq!(c.limits.per_ip(), None);
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.max_conns = Some(values::limit_u64("2").unwrap());
+    let c = Config::load(&a).unwrap();
+    assert_eq!(c.limits.max_conns, Some(2));
+    assert_eq!(c.limits.per_ip(), None, "no per-IP limit from --max-conns");
+    let dir = std::env::temp_dir().join(format!("rrproxy-cfg-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.toml");
+    std::fs::write(
+        &path,
+        "max-conns = \"off\"\nmax-conns-per-worker = 7\nmax-conns-per-ip = 3\n",
+    )
+    .unwrap();
+    let mut a = args(&["127.0.0.1:80"]);
+    a.config = Some(path);
+    let c = Config::load(&a).unwrap();
+    assert_eq!(
+        (
+            c.limits.max_conns,
+            c.limits.max_conns_per_worker,
+            c.limits.per_ip()
+        ),
+        (None, Some(7), Some(3))
+    );
+    a.tuning.max_conns_per_ip = Some(values::limit_u32("off").unwrap());
+    assert_eq!(
+        Config::load(&a).unwrap().limits.per_ip(),
+        None,
+        "the flag wins"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn backend_forms() {
-    let b = parse_backend("10.0.0.5:80,weight=3").unwrap();
+    let b = parse_backend("10.0.0.5:80,weight=3", &[]).unwrap();
     assert_eq!((b.name.as_str(), b.weight), ("10.0.0.5:80", 3));
-    let b = parse_backend("[::1]:8080").unwrap();
+    let b = parse_backend("[::1]:8080", &[]).unwrap();
     assert_eq!(b.addr, "[::1]:8080".parse().unwrap());
-    let b = parse_backend("localhost:9000").unwrap();
+    let b = parse_backend("localhost:9000", &[]).unwrap();
     assert_eq!(b.addr.port(), 9000);
     assert_eq!(b.name, "localhost:9000");
 }
@@ -92,9 +134,16 @@ fn bad_backends_name_the_problem() {
             "localhost:80,resolve",
             "resolve is for --backend and the config file",
         ),
-        ("localhost:80,resolve=yes", "unknown option 'resolve'"),
+        (
+            "localhost:80,resolve=yes",
+            "option 'resolve' takes no value",
+        ),
+        (
+            "10.0.0.5:80,weight=2,weight=3",
+            "option 'weight' is given twice",
+        ),
     ] {
-        let e = parse_backend(spec).unwrap_err().to_string();
+        let e = parse_backend(spec, &[]).unwrap_err().to_string();
         assert!(e.contains(spec), "{e}");
         assert!(e.contains(needle), "{spec}: {e}");
     }
@@ -163,9 +212,9 @@ pub(super) fn file_err(body: &str) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("x.toml");
     std::fs::write(&path, body).unwrap();
-    let a = ProxyArgs {
+    let a = Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     };
     let e = Config::load(&a).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -193,9 +242,9 @@ splice = false
 "#,
     )
     .unwrap();
-    let mut a = ProxyArgs {
+    let mut a = Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     };
     let c = Config::load(&a).unwrap();
     assert_eq!(c.workers, 2);
@@ -276,7 +325,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "max-conns = 0\n",
-            "x.toml:2:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more\n  tip: leave it out for no limit",
+            "x.toml:2:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more, or off\n  tip: for no limit, write off (or leave it out)",
         ),
         (
             "rise = -1\n",
@@ -310,13 +359,25 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
             "workers = [2]\n",
             "x.toml:2:11: invalid value '[2]' for 'workers': expected a number 1..=256 or auto",
         ),
+        (
+            "max-conn = 5\n",
+            "x.toml:2:1: unknown key 'max-conn'\n  tip: a similar key exists: 'max-conns'",
+        ),
+        (
+            "helth-interval = \"5s\"\n",
+            "x.toml:2:1: unknown key 'helth-interval'\n  tip: a similar key exists: 'health-interval'",
+        ),
+        (
+            "zzz = 1\n",
+            "x.toml:2:1: unknown key 'zzz' (the keys are the flags' long names: see rrproxy --help)",
+        ),
     ] {
         assert_eq!(file_err(&format!("{B}{body}")), want, "{body}");
     }
     for (body, want) in [
         (
             "backends = [\"127.0.0.1:80\", { address = \"127.0.0.1:81\", wieght = 2 }]\n",
-            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy)\n  tip: a similar key exists: 'weight'",
+            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy, source, slow-start)\n  tip: a similar key exists: 'weight'",
         ),
         (
             "backends = [\"127.0.0.1:80\",\n  \"127.0.0.1:80,weight=0\"]\n",
@@ -324,7 +385,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [3]\n",
-            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
+            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "backends = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
@@ -332,7 +393,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [true]\n",
-            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2]\" or { address = \"HOST:PORT\", weight = N, resolve = true, send-proxy = \"v2\" }",
+            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "workers = 2\n",

@@ -1,185 +1,15 @@
 //! Control commands: doing what a line asks (looked up in the command
-//! table, `table`) against the front, and rendering the reply as a table or
-//! as JSON.
+//! table, `table`) by asking the front (its methods; every command that
+//! changes the running state goes through its phase machine, which may
+//! refuse it), and rendering the reply as a table or as JSON.
 
 use serde::Serialize;
 
 use crate::config::parse_backend;
-use crate::front::{Admin, Front, Shared};
+use crate::front::Shared;
 use crate::policy::PolicyName;
-use crate::stats::{Col, ColCell, SlotWord};
-use crate::supervisor::Role;
 
 use super::table::{self, Action};
-
-/// `status`.
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub build: &'static str,
-    pub pid: u32,
-    pub uptime_seconds: u64,
-    pub policy: PolicyName,
-    pub listen: Vec<String>,
-    pub metrics: Option<String>,
-    pub workers: usize,
-    pub workers_up: usize,
-    pub backends: usize,
-    pub backends_up: usize,
-    pub active_connections: u64,
-    pub total_connections: u64,
-    pub pending_connections: usize,
-    pub accepting: bool,
-    pub rolling_restart: bool,
-    pub upgrading: bool,
-    /// How the last restart of the workers ended.
-    pub last_restart: Option<String>,
-    /// Worker processes by build id (more than one while an upgrade rolls).
-    pub builds: Vec<String>,
-}
-
-/// One row of `workers`.
-#[derive(Debug, Serialize)]
-pub struct WorkerRow {
-    pub slot: usize,
-    pub pid: Option<u32>,
-    pub state: &'static str,
-    pub active: u64,
-    pub total: u64,
-    pub restarts: u64,
-    /// The build the serving (or starting) process runs.
-    pub build: Option<String>,
-    /// Older processes of this slot still finishing their connections.
-    pub draining_pids: Vec<u32>,
-}
-
-/// One row of `backends`.
-#[derive(Debug, Serialize)]
-pub struct BackendRow {
-    pub address: String,
-    pub resolved: String,
-    /// For a backend found by DNS discovery: the `host:port` it came from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// The PROXY protocol version written to it, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub send_proxy: Option<crate::proxy_protocol::Version>,
-    pub state: &'static str,
-    pub weight: u32,
-    pub active: u64,
-    pub total: u64,
-    pub failures: u64,
-}
-
-fn short(build: &str) -> String {
-    build.chars().take(12).collect()
-}
-
-pub fn status(f: &Front) -> Status {
-    let cfg = f.config.load();
-    let mut builds: Vec<&str> = f
-        .workers
-        .procs()
-        .filter_map(|p| p.build.as_deref())
-        .collect();
-    builds.sort();
-    builds.dedup();
-    let builds = builds.into_iter().map(short).collect();
-    Status {
-        version: crate::version::VERSION,
-        build: crate::version::build_id(),
-        pid: std::process::id(),
-        uptime_seconds: f.state.started.elapsed().as_secs(),
-        policy: f.policy.name(),
-        listen: f.listeners.addrs.iter().map(|a| a.to_string()).collect(),
-        metrics: f.listeners.metrics.as_ref().map(|(a, _)| a.to_string()),
-        workers: cfg.workers,
-        workers_up: f
-            .workers
-            .slots
-            .iter()
-            .filter(|s| s.serving().is_some())
-            .count(),
-        backends: f.backends.list.len(),
-        backends_up: f.backends.views.iter().filter(|v| v.routable).count(),
-        active_connections: f.total_active() - f.ledger.pending.len() as u64,
-        total_connections: (0..f.workers.slots.len())
-            .map(|i| f.counters.slot_get(i, SlotWord::Handed))
-            .sum(),
-        pending_connections: f.ledger.pending.len(),
-        accepting: !f.listeners.paused,
-        rolling_restart: f.state.rolling,
-        upgrading: f.state.upgrading,
-        last_restart: f.state.last_roll.as_ref().map(|r| match r {
-            Ok(m) => m.clone(),
-            Err(m) => format!("failed: {m}"),
-        }),
-        builds,
-    }
-}
-
-pub fn workers(f: &Front) -> Vec<WorkerRow> {
-    f.workers
-        .slots
-        .iter()
-        .map(|s| {
-            let current = s
-                .serving()
-                .or_else(|| s.procs.iter().find(|p| p.role == Role::Starting));
-            WorkerRow {
-                slot: s.index,
-                pid: current.map(|p| p.pid),
-                state: s.state(),
-                active: f.views[s.index].active,
-                total: f.counters.slot_get(s.index, SlotWord::Handed),
-                restarts: f.counters.slot_get(s.index, SlotWord::Restarts),
-                build: current.and_then(|p| p.build.as_deref().map(short)),
-                draining_pids: s
-                    .procs
-                    .iter()
-                    .filter(|p| p.role == Role::Retiring)
-                    .map(|p| p.pid)
-                    .collect(),
-            }
-        })
-        .collect()
-}
-
-pub fn backends(f: &Front) -> Vec<BackendRow> {
-    let cells = f.live_cells();
-    let table = &f.counters.table;
-    let total = |col: usize, w: Col| -> u64 {
-        ColCell::of(table.base(col)).get(w)
-            + cells
-                .iter()
-                .filter_map(|&c| table.cell(c).col(col))
-                .map(|c| c.get(w))
-                .sum::<u64>()
-    };
-    f.backends
-        .list
-        .iter()
-        .enumerate()
-        .map(|(i, b)| BackendRow {
-            address: b.spec.name.clone(),
-            resolved: b.spec.addr.to_string(),
-            from: b.spec.group.clone(),
-            send_proxy: b.spec.send_proxy,
-            state: match (b.admin, b.healthy) {
-                (Admin::Draining, _) => "draining",
-                (Admin::Disabled, _) => "disabled",
-                (Admin::Enabled, true) => "up",
-                (Admin::Enabled, false) => "down",
-            },
-            weight: b.spec.weight,
-            active: f.backends.active(i, table, &cells),
-            total: total(b.column, Col::Conns),
-            failures: total(b.column, Col::FailRefused)
-                + total(b.column, Col::FailTimeout)
-                + total(b.column, Col::FailOther),
-        })
-        .collect()
-}
 
 /// A reply, and whether this front handed over to a new one with it (the
 /// session then lets the process go once the reply is written).
@@ -207,6 +37,18 @@ pub async fn execute(front: &Shared, line: &str) -> Reply {
     Reply { text, handed_over }
 }
 
+/// An admin error; for a name no backend has, with the name probably meant.
+fn backend_error(f: &crate::front::Front, e: crate::front::AdminError) -> String {
+    match &e {
+        crate::front::AdminError::NoSuchBackend(name) => {
+            let rows = f.backend_rows();
+            let names = rows.iter().map(|r| r.address.as_str());
+            e.to_string() + &table::did_you_mean(name, names)
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn to_json<T: Serialize>(value: &T) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| format!("cannot encode reply: {e}"))
 }
@@ -227,7 +69,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         (Action::Status, _) => {
             // What workers counted up to now, not up to the last look.
             front.borrow_mut().refresh_all_views();
-            let s = status(&front.borrow());
+            let s = front.borrow().status();
             if json {
                 to_json(&s)
             } else {
@@ -236,7 +78,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::Workers, _) => {
             front.borrow_mut().refresh_all_views();
-            let rows = workers(&front.borrow());
+            let rows = front.borrow().worker_rows();
             if json {
                 to_json(&rows)
             } else {
@@ -245,7 +87,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::Backends, _) => {
             front.borrow_mut().refresh_all_views();
-            let rows = backends(&front.borrow());
+            let rows = front.borrow().backend_rows();
             if json {
                 to_json(&rows)
             } else {
@@ -253,7 +95,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
         }
         (Action::Policy, []) => {
-            let name = front.borrow().policy.name();
+            let name = front.borrow().policy();
             if json {
                 to_json(&serde_json::json!({ "policy": name }))
             } else {
@@ -261,14 +103,21 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
         }
         (Action::Policy, [name, ..]) => {
-            let name: PolicyName = name.parse()?;
-            let old = front.borrow_mut().set_policy(name);
+            let name: PolicyName = name.parse().map_err(|e: String| {
+                let names = PolicyName::ALL.map(PolicyName::as_str);
+                e + &table::did_you_mean(name, names)
+            })?;
+            let old = front
+                .borrow_mut()
+                .set_policy(name)
+                .map_err(|e| e.to_string())?;
             ok_json(json, format!("policy {old} -> {name}"))
         }
         (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
+            let global = front.borrow().config().source.clone();
             // Resolve off the event loop: a slow DNS server must not stall it.
-            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec))
+            let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
                 .map_err(|e| e.to_string())??;
             let name = parsed.to_string();
@@ -279,27 +128,21 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             ok_json(json, format!("backend {name} added"))
         }
         (Action::BackendRemove, [name, ..]) => {
-            front
-                .borrow_mut()
-                .remove_backend(name)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().remove_backend(name);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(
                 json,
                 format!("backend {name} draining; removed when its connections end"),
             )
         }
         (Action::BackendEnable, [name, ..]) => {
-            front
-                .borrow_mut()
-                .set_backend_enabled(name, true)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().set_backend_enabled(name, true);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(json, format!("backend {name} enabled"))
         }
         (Action::BackendDisable, [name, ..]) => {
-            front
-                .borrow_mut()
-                .set_backend_enabled(name, false)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().set_backend_enabled(name, false);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(
                 json,
                 format!("backend {name} disabled: no new connections, existing ones finish"),
@@ -329,7 +172,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             ok_json(json, msg)
         }
         (Action::Acl, _) => {
-            let view = crate::front::AclView::of(&front.borrow());
+            let view = front.borrow().acl_view();
             if json {
                 to_json(&view)
             } else {

@@ -9,6 +9,9 @@
 //!   [`Config`] (so an upgrade keeps `ctl` edits, and a reload reports the
 //!   ones it undoes); this part holds a copy for the hot path, refreshed
 //!   whenever the config changes ([`Access::configure`]).
+//! - The per-IP limit (`--max-conns-per-ip`): a client over it is reset,
+//!   counted in `rrproxy_refused_connections_total` and logged like a
+//!   denial.
 //! - PROXY headers from `--accept-proxy` sources (see `header`): the
 //!   header's source is the client from then on, for the access list, the
 //!   per-IP limit, the policy, the logs and `send-proxy`.
@@ -22,14 +25,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{Conn, Front, refuse};
+use super::{Conn, Counters, refuse};
 use crate::acl::{Acl, Action, Cidr, Networks, Verdict};
 use crate::config::Config;
 use crate::stats::FrontWord;
 
-pub use header::{MAX_HEADER_WAITS, Waiting};
+use header::Waiting;
+pub use header::{AccessState, MAX_HEADER_WAITS};
 
 pub struct Access {
     /// The access lists in force (the config's, shared).
@@ -42,6 +46,7 @@ pub struct Access {
     next_wait: u64,
     denied_log: Throttle,
     header_log: Throttle,
+    limit_log: Throttle,
 }
 
 impl Access {
@@ -54,6 +59,7 @@ impl Access {
             next_wait: 0,
             denied_log: Throttle::default(),
             header_log: Throttle::default(),
+            limit_log: Throttle::default(),
         }
     }
 
@@ -102,28 +108,27 @@ impl Throttle {
     }
 }
 
-impl Front {
-    /// A connection whose client is known: refused if the access list or
-    /// the client's per-IP limit says so, else dispatched. Nothing has
-    /// been handed to a worker or a backend touched for a refused one.
-    pub fn admit(&mut self, conn: Conn) {
-        let ip = conn.ip();
-        if !self.access_admits(&conn) {
-            return;
+impl Access {
+    /// `conn`'s client is at its per-IP limit (`limit`): reset it, count
+    /// it and say so, like an access list denial (at most a line a second).
+    pub fn refuse_at_limit(&mut self, conn: &Conn, limit: u32, counters: &Counters) {
+        counters.bump(FrontWord::RefusedPerIp, 1);
+        refuse(&conn.stream);
+        if let Some(held) = self.limit_log.pass() {
+            warn!(
+                client.addr = %conn.peer,
+                limit,
+                also_refused_since_last_line = held,
+                "client refused: at --max-conns-per-ip"
+            );
         }
-        if !self.admit_ip(ip) {
-            self.counters.bump(FrontWord::RefusedPerIp, 1);
-            refuse(&conn.stream);
-            return;
-        }
-        self.dispatch(conn);
-        self.update_paused();
     }
 
     /// The access list's decision for `conn`'s client; a refused client is
-    /// reset, counted and (at most once a second) logged.
-    fn access_admits(&mut self, conn: &Conn) -> bool {
-        let acl = &self.access.acl;
+    /// reset, counted and (at most once a second) logged. Nothing has been
+    /// handed to a worker or a backend touched for a refused one.
+    pub fn admits(&mut self, conn: &Conn, counters: &Counters) -> bool {
+        let acl = &self.acl;
         if acl.is_empty() {
             return true;
         }
@@ -131,9 +136,9 @@ impl Front {
         if verdict.admitted() {
             return true;
         }
-        self.counters.bump(FrontWord::Denied, 1);
+        counters.bump(FrontWord::Denied, 1);
         refuse(&conn.stream);
-        if let Some(held) = self.access.denied_log.pass() {
+        if let Some(held) = self.denied_log.pass() {
             let why = match verdict {
                 Verdict::Denied => "a deny entry matches",
                 _ => "not in the allow list",
@@ -148,71 +153,88 @@ impl Front {
         false
     }
 
-    /// `ctl acl allow|deny CIDR` (`action` given) or `ctl acl remove CIDR`
-    /// (`None`): edit the running lists without touching a connection.
-    /// Returns the reply.
-    pub fn acl_edit(&mut self, action: Option<Action>, text: &str) -> Result<String, String> {
-        let (cidr, host_bits) = Cidr::parse_noting_host_bits(text).map_err(|e| e.to_string())?;
-        let cur = self.config.load().acl.clone();
-        let before = cur.listed(cidr);
-        let next = match action {
-            Some(a) => cur.with(a, cidr),
-            None => cur.without(cidr),
-        };
-        let Some(next) = next else {
-            return match action {
-                Some(a) => Ok(format!(
-                    "{cidr} is already in the {a} list; nothing changed"
-                )),
-                None => Err(format!("{cidr} is in neither list (see `acl`)")),
-            };
-        };
-        let mut msg = match (action, before) {
-            (Some(a), Some(b)) => format!("{cidr} moved from the {b} list to the {a} list"),
-            (Some(a), None) => format!("{cidr} added to the {a} list"),
-            (None, Some(b)) => format!("{cidr} removed from the {b} list"),
-            (None, None) => format!("{cidr} removed"),
-        };
-        if host_bits {
-            msg.push_str(&format!(" (written {}: host bits cleared)", text.trim()));
+    /// The running lists, for `ctl acl`.
+    pub fn view(&self) -> AclView {
+        AclView {
+            allow: self.acl.allow().to_vec(),
+            deny: self.acl.deny().to_vec(),
+            accept_proxy: self.trusted.cidrs().to_vec(),
         }
-        if action == Some(Action::Allow) && cur.allow().is_empty() {
-            msg.push_str("; the allow list was empty: from now on only clients in it are served");
-        }
-        if action.is_none() && before == Some(Action::Allow) && next.allow().is_empty() {
-            msg.push_str("; the allow list is empty now: every client not denied is served");
-        }
-        let next = Arc::new(next);
-        self.update_config(|c| c.acl = next);
-        self.access.configure(&self.config.load());
-        // What a reload would compare with the file: where ctl put it.
-        self.state.overrides.acl.insert(cidr, action);
-        info!(change = %msg, "access list changed");
-        Ok(msg)
     }
+}
 
-    /// What a reload to `new` undoes of the `ctl acl` edits in `edits`,
-    /// one note each.
-    pub(super) fn acl_reload_notes(
-        edits: &std::collections::BTreeMap<Cidr, Option<Action>>,
-        new: &Config,
-    ) -> Vec<String> {
-        let shown = |a: Option<Action>| match a {
-            Some(a) => format!("in the {a} list"),
-            None => "in neither list".to_string(),
+/// An edit of the access lists by `ctl acl`, worked out against the lists
+/// in force.
+pub struct AclEdit {
+    pub cidr: Cidr,
+    /// The lists after the edit; `None`: nothing changes.
+    pub next: Option<Acl>,
+    /// The reply.
+    pub msg: String,
+}
+
+/// `ctl acl allow|deny CIDR` (`action` given) or `ctl acl remove CIDR`
+/// (`None`) against the lists `cur`: the lists after, and what to say.
+pub fn edit(cur: &Acl, action: Option<Action>, text: &str) -> Result<AclEdit, String> {
+    let (cidr, host_bits) = Cidr::parse_noting_host_bits(text).map_err(|e| e.to_string())?;
+    let before = cur.listed(cidr);
+    let next = match action {
+        Some(a) => cur.with(a, cidr),
+        None => cur.without(cidr),
+    };
+    let Some(next) = next else {
+        return match action {
+            Some(a) => Ok(AclEdit {
+                cidr,
+                next: None,
+                msg: format!("{cidr} is already in the {a} list; nothing changed"),
+            }),
+            None => Err(format!("{cidr} is in neither list (see `acl`)")),
         };
-        edits
-            .iter()
-            .filter(|&(&cidr, &set)| new.acl.listed(cidr) != set)
-            .map(|(&cidr, &set)| {
-                format!(
-                    "acl {cidr} {} (set by ctl) -> {} (from the configuration)",
-                    shown(set),
-                    shown(new.acl.listed(cidr))
-                )
-            })
-            .collect()
+    };
+    let mut msg = match (action, before) {
+        (Some(a), Some(b)) => format!("{cidr} moved from the {b} list to the {a} list"),
+        (Some(a), None) => format!("{cidr} added to the {a} list"),
+        (None, Some(b)) => format!("{cidr} removed from the {b} list"),
+        (None, None) => format!("{cidr} removed"),
+    };
+    if host_bits {
+        msg.push_str(&format!(" (written {}: host bits cleared)", text.trim()));
     }
+    if action == Some(Action::Allow) && cur.allow().is_empty() {
+        msg.push_str("; the allow list was empty: from now on only clients in it are served");
+    }
+    if action.is_none() && before == Some(Action::Allow) && next.allow().is_empty() {
+        msg.push_str("; the allow list is empty now: every client not denied is served");
+    }
+    Ok(AclEdit {
+        cidr,
+        next: Some(next),
+        msg,
+    })
+}
+
+/// What a reload to `new` undoes of the `ctl acl` edits in `edits`, one
+/// note each.
+pub fn reload_notes(
+    edits: &std::collections::BTreeMap<Cidr, Option<Action>>,
+    new: &Config,
+) -> Vec<String> {
+    let shown = |a: Option<Action>| match a {
+        Some(a) => format!("in the {a} list"),
+        None => "in neither list".to_string(),
+    };
+    edits
+        .iter()
+        .filter(|&(&cidr, &set)| new.acl.listed(cidr) != set)
+        .map(|(&cidr, &set)| {
+            format!(
+                "acl {cidr} {} (set by ctl) -> {} (from the configuration)",
+                shown(set),
+                shown(new.acl.listed(cidr))
+            )
+        })
+        .collect()
 }
 
 /// The running lists, for `ctl acl`.
@@ -225,14 +247,6 @@ pub struct AclView {
 }
 
 impl AclView {
-    pub fn of(front: &Front) -> AclView {
-        AclView {
-            allow: front.access.acl.allow().to_vec(),
-            deny: front.access.acl.deny().to_vec(),
-            accept_proxy: front.access.trusted.cidrs().to_vec(),
-        }
-    }
-
     /// One line per entry, or what an empty list means.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! The front's backend table: configured backends with stable ids, their
+//! The front's `Backends` part: configured backends with stable ids, their
 //! admin and health state, their statistics columns, and the counts
 //! policies read.
 //!
@@ -8,22 +8,50 @@
 //! (`inflight`) plus what the workers hold on it (their statistics cells),
 //! refreshed by [`Backends::refresh_active`].
 //!
+//! Slow start: a backend that comes up while the proxy runs (health, `ctl
+//! backend enable`, added) has its view's `ramp` raised from
+//! [`RAMP_FLOOR`] to full over its slow-start duration
+//! ([`Backends::refresh_ramps`], on every change and a few times a
+//! second), so the policies see its effective weight rise.
+//!
 //! Columns: each backend has a column of the statistics table. A column
 //! is freed when its backend leaves, and reused only once every worker
 //! has applied a backend table without it (the worker zeroes its cells of
 //! a column when it does), so a new backend never inherits old counts.
+//!
+//! Health (see `health` for the checks themselves): `fall` failed checks
+//! in a row take a backend out, `rise` good ones bring it back; `fall`
+//! connect failures by workers within [`PASSIVE_WINDOW`] with no success
+//! between take it out too, and without active checks it is tried again
+//! after [`PASSIVE_COOLDOWN`]. Every change of admin or health state goes
+//! through the methods here, which keep the views' `routable` in step.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::info;
 
-use super::health::CheckState;
+use super::AdminError;
 use crate::channel::BackendEntry;
-use crate::config::BackendSpec;
-use crate::policy::{BackendView, backend_key};
+use crate::config::{BackendSpec, Health, MAX_BACKENDS, ResolveGroup, group_member};
+use crate::metrics::BackendLabel;
+use crate::policy::{BackendView, RAMP_FULL, backend_key};
+use crate::proxy_protocol::Version;
 use crate::stats::{Col, ColCell, Table};
 
+/// Failed connects must fall within this window to mark a backend down.
+pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+/// Without active checks, a passively failed backend is tried again after
+/// this long.
+pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Where a slow start begins: 5% of the full share.
+pub const RAMP_FLOOR: u32 = RAMP_FULL / 20;
+
 /// What an operator asked of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Admin {
     Enabled,
@@ -33,22 +61,64 @@ pub enum Admin {
     Draining,
 }
 
+/// Per-backend check state.
+#[derive(Debug, Default, Clone)]
+struct CheckState {
+    consecutive_ok: u32,
+    consecutive_fail: u32,
+    /// Passive: failed connects in the current window, when it began, and
+    /// how many connections had been established when last looked.
+    passive_fails: u32,
+    passive_since: Option<Instant>,
+    conns_seen: u64,
+    /// Marked down by traffic (not by checks), at this time.
+    passive_down: Option<Instant>,
+    /// The last active check: passed, or why not; `None` before the first.
+    last: Option<Result<(), String>>,
+    /// Came up (health, enable, added) while running, at this time: slow
+    /// start ramps from here (see `Backends::refresh_ramps`). `None` at
+    /// start, and once the ramp is over.
+    up_since: Option<Instant>,
+}
+
+#[derive(Serialize, Deserialize)]
 pub struct Backend {
-    pub id: u32,
-    pub spec: BackendSpec,
-    pub admin: Admin,
+    id: u32,
+    spec: BackendSpec,
+    admin: Admin,
     /// Result of health checking (always true when checks are off).
-    pub healthy: bool,
-    pub check: CheckState,
+    healthy: bool,
+    #[serde(skip)]
+    check: CheckState,
     /// Its statistics column.
-    pub column: usize,
+    column: usize,
     /// The backend table sequence from which `column` is this backend's.
-    pub column_seq: u64,
+    column_seq: u64,
     /// Handed to a worker, not yet taken out of its channel.
-    pub inflight: u64,
+    inflight: u64,
 }
 
 impl Backend {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    pub fn admin(&self) -> Admin {
+        self.admin
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
     pub fn routable(&self) -> bool {
         self.admin == Admin::Enabled && self.healthy
     }
@@ -57,24 +127,39 @@ impl Backend {
     pub fn enabled(&self) -> bool {
         self.admin == Admin::Enabled
     }
+
+    /// A word for `ctl backends`.
+    pub fn state(&self) -> &'static str {
+        match (self.admin, self.healthy) {
+            (Admin::Draining, _) => "draining",
+            (Admin::Disabled, _) => "disabled",
+            (Admin::Enabled, true) => "up",
+            (Admin::Enabled, false) => "down",
+        }
+    }
 }
 
-#[derive(Default)]
+/// The backend table; the hand-over serialises it whole (views and the
+/// index are rebuilt, check counts start again).
+#[derive(Default, Serialize, Deserialize)]
 pub struct Backends {
-    pub list: Vec<Backend>,
+    list: Vec<Backend>,
     /// Parallel to `list`: what policies see.
-    pub views: Vec<BackendView>,
+    #[serde(skip)]
+    views: Vec<BackendView>,
+    #[serde(skip)]
     by_id: HashMap<u32, usize>,
-    pub next_id: u32,
+    next_id: u32,
     /// Columns given back, with the table sequence from which they are
     /// unused.
-    pub free_columns: Vec<(usize, u64)>,
+    free_columns: Vec<(usize, u64)>,
     /// Columns never used yet start here.
-    pub next_column: usize,
+    next_column: usize,
     /// How many columns the statistics table has.
-    pub columns: usize,
+    #[serde(skip)]
+    columns: usize,
     /// The sequence number of the last backend table sent to workers.
-    pub table_seq: u64,
+    table_seq: u64,
 }
 
 impl Backends {
@@ -83,6 +168,30 @@ impl Backends {
             columns,
             ..Backends::default()
         }
+    }
+
+    /// The part taken over from a previous front, for a table of `columns`.
+    pub fn from_handover(mut self, columns: usize) -> Backends {
+        self.columns = columns;
+        self.views = self.list.iter().map(view_of).collect();
+        self.reindex();
+        self
+    }
+
+    pub fn list(&self) -> &[Backend] {
+        &self.list
+    }
+
+    pub fn get(&self, i: usize) -> &Backend {
+        &self.list[i]
+    }
+
+    pub fn views(&self) -> &[BackendView] {
+        &self.views
+    }
+
+    pub fn table_seq(&self) -> u64 {
+        self.table_seq
     }
 
     /// The sequence number for a new backend table.
@@ -120,13 +229,7 @@ impl Backends {
         let column = self.take_column(table, applied_everywhere)?;
         let id = self.next_id;
         self.next_id += 1;
-        self.views.push(BackendView {
-            key: backend_key(&spec.name),
-            weight: spec.weight,
-            routable: true,
-            active: 0,
-        });
-        self.list.push(Backend {
+        let b = Backend {
             id,
             spec,
             admin: Admin::Enabled,
@@ -135,21 +238,150 @@ impl Backends {
             column,
             column_seq: self.table_seq + 1,
             inflight: 0,
-        });
+        };
+        self.views.push(view_of(&b));
+        self.list.push(b);
         self.reindex();
         Some(id)
     }
 
-    /// Put back a backend carried over from a previous front (upgrade).
-    pub fn restore(&mut self, b: Backend) {
-        self.views.push(BackendView {
-            key: backend_key(&b.spec.name),
-            weight: b.spec.weight,
-            routable: b.routable(),
-            active: 0,
-        });
-        self.list.push(b);
-        self.reindex();
+    /// Add a backend unless the table is full (counting those draining).
+    /// `applied_everywhere`: the oldest backend table every live worker
+    /// has applied (a freed column is reused only after it).
+    /// Added while running, it starts with its slow start (`slow_start`:
+    /// `--slow-start`), if it has one.
+    pub fn add_checked(
+        &mut self,
+        spec: BackendSpec,
+        table: &Table,
+        applied_everywhere: u64,
+        slow_start: Option<Duration>,
+    ) -> Result<u32, AdminError> {
+        if self.list.len() >= MAX_BACKENDS {
+            return Err(AdminError::TooMany(MAX_BACKENDS));
+        }
+        let id = self
+            .add(spec, table, applied_everywhere)
+            .ok_or(AdminError::TooMany(MAX_BACKENDS))?;
+        self.start_ramp(self.list.len() - 1, slow_start);
+        Ok(id)
+    }
+
+    /// Whether a backend named `name` may be added (`ctl backend add`).
+    pub fn may_add(&self, name: &str) -> Result<(), AdminError> {
+        match self.find(name) {
+            Some(i) if self.list[i].admin == Admin::Draining => {
+                Err(AdminError::Draining(name.into()))
+            }
+            Some(_) => Err(AdminError::Exists(name.into())),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend an admin command names (not one being removed).
+    pub fn target(&self, name: &str) -> Result<usize, AdminError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| AdminError::NoSuchBackend(name.into()))?;
+        if self.list[i].admin == Admin::Draining {
+            return Err(AdminError::Draining(name.into()));
+        }
+        Ok(i)
+    }
+
+    /// Make the table what `specs` (a config file) says: drain the
+    /// backends it no longer lists, update the ones whose spec changed,
+    /// add the new ones. Returns a note for each it could not add.
+    pub fn reconcile(
+        &mut self,
+        specs: &[BackendSpec],
+        table: &Table,
+        applied_everywhere: u64,
+        slow_start: Option<Duration>,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        for b in &mut self.list {
+            if b.admin != Admin::Draining && !specs.iter().any(|s| s.name == b.spec.name) {
+                tracing::info!(backend = %b.spec.name, "backend removed by reload; draining");
+                b.admin = Admin::Draining;
+            }
+        }
+        self.refresh_routable();
+        for spec in specs {
+            match self.find(&spec.name) {
+                Some(i) if self.list[i].admin != Admin::Draining => {
+                    if self.list[i].spec != *spec {
+                        self.set_spec(i, spec.clone());
+                    }
+                }
+                _ => match self.add_checked(spec.clone(), table, applied_everywhere, slow_start) {
+                    Ok(_) => tracing::info!(backend = %spec, "backend added by reload"),
+                    Err(err) => {
+                        tracing::warn!(backend = %spec, cause = %err, "backend not added by reload");
+                        notes.push(format!("backend {spec} not added: {err}"));
+                    }
+                },
+            }
+        }
+        notes
+    }
+
+    /// Bring a `resolve` name's backends in line with a fresh look-up
+    /// (`addrs`, not empty): add the new addresses, drain the vanished ones
+    /// (never the last backend standing). An address already listed under
+    /// another name is left to that one, and one of a family the source
+    /// addresses (`config`'s) cannot reach is not added. Returns whether
+    /// anything changed.
+    pub fn apply_resolved(
+        &mut self,
+        group: &ResolveGroup,
+        addrs: &[SocketAddr],
+        table: &Table,
+        applied_everywhere: u64,
+        config: &crate::config::Config,
+    ) -> bool {
+        let members: Vec<SocketAddr> = self
+            .list
+            .iter()
+            .filter(|b| b.admin != Admin::Draining && b.spec.group.as_deref() == Some(&group.name))
+            .map(|b| b.spec.addr)
+            .collect();
+        let (add, gone) = super::resolver::diff(&members, addrs);
+        let mut changed = false;
+        for addr in add {
+            if self.list.iter().any(|b| b.spec.addr == addr) {
+                continue; // listed under another name, or still draining
+            }
+            let spec = group_member(group, addr);
+            if let Err(why) = crate::config::sources::check_family(&spec, &config.source) {
+                tracing::warn!(name = %group.name, backend = %spec.name, cause = %why, "not adding this address");
+                continue;
+            }
+            let name = spec.name.clone();
+            if let Err(err) = self.add_checked(spec, table, applied_everywhere, config.slow_start) {
+                tracing::warn!(name = %group.name, backend = %name, cause = %err, "not adding this address");
+                continue;
+            }
+            tracing::info!(name = %group.name, backend = %name, "backend discovered");
+            changed = true;
+        }
+        for addr in gone {
+            let Some(i) = self.list.iter().position(|b| {
+                b.admin != Admin::Draining
+                    && b.spec.addr == addr
+                    && b.spec.group.as_deref() == Some(&group.name)
+            }) else {
+                continue;
+            };
+            if self.serving() <= 1 {
+                tracing::warn!(name = %group.name, backend = %addr, "address gone from the name, but it is the last backend; keeping it");
+                continue;
+            }
+            self.set_admin(i, Admin::Draining);
+            tracing::info!(name = %group.name, backend = %addr, "backend gone from the name; draining");
+            changed = true;
+        }
+        changed
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {
@@ -169,11 +401,27 @@ impl Backends {
         b.inflight + held(table, cells, b.column)
     }
 
+    /// A column's total of `w`: the base plus the live processes' cells.
+    pub fn total(&self, i: usize, w: Col, table: &Table, cells: &[usize]) -> u64 {
+        let col = self.list[i].column;
+        ColCell::of(table.base(col)).get(w)
+            + cells
+                .iter()
+                .filter_map(|&c| table.cell(c).col(col))
+                .map(|c| c.get(w))
+                .sum::<u64>()
+    }
+
     /// Recompute every view's `active` (for least-conn).
     pub fn refresh_active(&mut self, table: &Table, cells: &[usize]) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
             v.active = b.inflight + held(table, cells, b.column);
         }
+    }
+
+    /// Whether any backend is being removed.
+    pub fn any_draining(&self) -> bool {
+        self.list.iter().any(|b| b.admin == Admin::Draining)
     }
 
     /// Drop backends that are draining and have nothing left, freeing
@@ -206,11 +454,107 @@ impl Backends {
             .collect();
     }
 
+    /// Backend `i` came up just now: its slow start (if it has one) begins.
+    pub fn start_ramp(&mut self, i: usize, global: Option<Duration>) {
+        self.list[i].check.up_since = Some(Instant::now());
+        self.refresh_ramps(global);
+    }
+
+    /// Set every view's ramp for now: `RAMP_FLOOR` + the time since it
+    /// came up over its slow-start duration (its `slow-start=`, else
+    /// `global`), full once that has passed or with no slow start.
+    pub fn refresh_ramps(&mut self, global: Option<Duration>) {
+        let now = Instant::now();
+        for (b, v) in self.list.iter_mut().zip(self.views.iter_mut()) {
+            let span = b.spec.slow_start.or(global).filter(|d| !d.is_zero());
+            v.ramp = match (b.check.up_since, span) {
+                (Some(t), Some(span)) if now.duration_since(t) < span => {
+                    let frac = now.duration_since(t).as_secs_f64() / span.as_secs_f64();
+                    ((frac * f64::from(RAMP_FULL)) as u32).clamp(RAMP_FLOOR, RAMP_FULL)
+                }
+                (Some(_), Some(span)) => {
+                    info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+                _ => {
+                    b.check.up_since = None;
+                    RAMP_FULL
+                }
+            };
+        }
+    }
+
+    /// How far backend `i` has ramped up, in percent, while it ramps.
+    pub fn ramp_percent(&self, i: usize) -> Option<u8> {
+        let r = self.views[i].ramp;
+        (r < RAMP_FULL)
+            .then(|| ((u64::from(r) * 100 + u64::from(RAMP_FULL / 2)) / u64::from(RAMP_FULL)) as u8)
+    }
+
     /// Recompute the routable flags from admin and health state.
-    pub fn refresh_routable(&mut self) {
+    fn refresh_routable(&mut self) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
             v.routable = b.routable();
         }
+    }
+
+    /// Backend `i`'s health just changed: a backend that came up begins
+    /// its slow start (`global`: `--slow-start`), one that went down stops
+    /// ramping. Returns why it is down, for the log.
+    pub fn health_changed(&mut self, i: usize, source: &str, global: Option<Duration>) -> &str {
+        let b = &mut self.list[i];
+        b.check.up_since = b.healthy.then(Instant::now);
+        self.refresh_ramps(global);
+        let b = &self.list[i];
+        match (&b.check.last, source) {
+            (Some(Err(why)), "check") => why.as_str(),
+            _ => "connects from workers failed",
+        }
+    }
+
+    /// The last active check of backend `i`: `ok`, or why it failed;
+    /// `None` before the first.
+    pub fn last_check(&self, i: usize) -> Option<String> {
+        self.list[i].check.last.as_ref().map(|r| match r {
+            Ok(()) => "ok".to_string(),
+            Err(why) => why.clone(),
+        })
+    }
+
+    /// Failed active checks of backend `i` in all (the front's count, in
+    /// the statistics base) and how many of the last ones in a row.
+    pub fn check_failures(&self, i: usize, table: &crate::stats::Table) -> (u64, u32) {
+        let b = &self.list[i];
+        (
+            ColCell::of(table.base(b.column)).get(Col::CheckFailures),
+            b.check.consecutive_fail,
+        )
+    }
+
+    /// Whether `spec`'s source addresses fit the workers' table beside the
+    /// other backends' (`global`: `--source`).
+    pub fn check_sources(
+        &self,
+        spec: &BackendSpec,
+        global: &[std::net::IpAddr],
+    ) -> Result<(), String> {
+        let mut specs: Vec<BackendSpec> = self.list.iter().map(|b| b.spec.clone()).collect();
+        specs.push(spec.clone());
+        crate::config::sources::check_lists(&specs, global)
+    }
+
+    /// Set backend `i`'s admin state.
+    pub fn set_admin(&mut self, i: usize, admin: Admin) {
+        self.list[i].admin = admin;
+        self.refresh_routable();
+    }
+
+    /// Backend `i`'s spec changed (a reload): same name, maybe a new
+    /// weight or address.
+    pub fn set_spec(&mut self, i: usize, spec: BackendSpec) {
+        self.views[i].weight = spec.weight;
+        self.list[i].spec = spec;
     }
 
     /// Views for a fail-open pick: every enabled backend counts as routable.
@@ -254,18 +598,185 @@ impl Backends {
     }
 
     /// The table a worker needs: every listed backend, routable or not
-    /// (so it can account for connections still on a drained one).
-    pub fn worker_table(&self) -> Vec<BackendEntry> {
+    /// (so it can account for connections still on a drained one), and
+    /// the source address lists they use (`global`: `--source`), each
+    /// list once.
+    pub fn worker_table(
+        &self,
+        global: &[std::net::IpAddr],
+    ) -> (Vec<BackendEntry>, Vec<Vec<std::net::IpAddr>>) {
+        let mut lists: Vec<Vec<std::net::IpAddr>> = Vec::new();
+        let entries = self
+            .list
+            .iter()
+            .map(|b| {
+                let from = crate::config::sources::of(&b.spec, global);
+                let source = (!from.is_empty()).then(|| {
+                    let i = lists.iter().position(|l| *l == from).unwrap_or_else(|| {
+                        lists.push(from);
+                        lists.len() - 1
+                    });
+                    i as u16
+                });
+                BackendEntry {
+                    id: b.id,
+                    column: b.column as u16,
+                    addr: b.spec.addr,
+                    routable: b.routable(),
+                    send_proxy: b.spec.send_proxy,
+                    source,
+                }
+            })
+            .collect();
+        (entries, lists)
+    }
+
+    /// The specs of every backend not being removed (what the config in
+    /// force lists).
+    pub fn specs(&self) -> Vec<BackendSpec> {
         self.list
             .iter()
-            .map(|b| BackendEntry {
-                id: b.id,
-                column: b.column as u16,
-                addr: b.spec.addr,
-                routable: b.routable(),
-                send_proxy: b.spec.send_proxy,
+            .filter(|b| b.admin != Admin::Draining)
+            .map(|b| b.spec.clone())
+            .collect()
+    }
+
+    /// For `/metrics`: each backend's name, column, state and weight.
+    pub fn labels(&self) -> Vec<BackendLabel> {
+        self.list
+            .iter()
+            .map(|b| BackendLabel {
+                name: b.spec.name.clone(),
+                column: b.column,
+                up: b.routable(),
+                weight: b.spec.weight,
             })
             .collect()
+    }
+
+    /// Each backend's (column, sequence from which the column is its own),
+    /// for folding a departed process's counts.
+    pub fn columns(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.list.iter().map(|b| (b.column, b.column_seq))
+    }
+
+    /// What active health checks connect to: (id, address, PROXY version).
+    pub fn check_targets(&self) -> Vec<(u32, SocketAddr, Option<Version>)> {
+        self.list
+            .iter()
+            .map(|b| (b.id, b.spec.addr, b.spec.send_proxy))
+            .collect()
+    }
+
+    /// Apply one active check of backend `id` (`Err`: why it failed); a
+    /// failed one is counted in its column, and the first failure after a
+    /// success is logged with its reason. Returns the backend's index if
+    /// its health changed.
+    pub fn record_check(
+        &mut self,
+        id: u32,
+        result: Result<(), String>,
+        health: &Health,
+        table: &Table,
+    ) -> Option<usize> {
+        let i = self.index_of(id)?;
+        let b = &mut self.list[i];
+        let was = b.healthy;
+        match result {
+            Ok(()) => {
+                b.check.consecutive_fail = 0;
+                b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
+                b.check.last = Some(Ok(()));
+                if !b.healthy && b.check.consecutive_ok >= health.rise {
+                    b.healthy = true;
+                    b.check.passive_down = None;
+                }
+            }
+            Err(why) => {
+                b.check.consecutive_ok = 0;
+                b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
+                crate::stats::bump(
+                    ColCell::of(table.base(b.column)).word(Col::CheckFailures),
+                    1,
+                );
+                if b.check.consecutive_fail == 1 && b.healthy {
+                    info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
+                }
+                b.check.last = Some(Err(why));
+                if b.healthy && b.check.consecutive_fail >= health.fall {
+                    b.healthy = false;
+                }
+            }
+        }
+        let changed = b.healthy != was;
+        self.refresh_routable();
+        changed.then_some(i)
+    }
+
+    /// A worker could not connect to backend `id`; `conns` is how many
+    /// connections to it have been established in all (a success since
+    /// the last failure starts the count again). Returns the backend's
+    /// index if this took it out.
+    pub fn record_passive_failure(
+        &mut self,
+        id: u32,
+        conns: u64,
+        fall: u32,
+        now: Instant,
+    ) -> Option<usize> {
+        let i = self.index_of(id)?;
+        let b = &mut self.list[i];
+        let c = &mut b.check;
+        let fresh = c.conns_seen != conns
+            || c.passive_since
+                .is_none_or(|t| now.duration_since(t) > PASSIVE_WINDOW);
+        c.conns_seen = conns;
+        if fresh {
+            c.passive_fails = 1;
+            c.passive_since = Some(now);
+        } else {
+            c.passive_fails = c.passive_fails.saturating_add(1);
+        }
+        if b.healthy && c.passive_fails >= fall {
+            b.healthy = false;
+            c.passive_down = Some(now);
+            c.consecutive_ok = 0;
+            c.passive_fails = 0;
+            c.passive_since = None;
+            self.refresh_routable();
+            return Some(i);
+        }
+        None
+    }
+
+    /// Without active checks: backends taken out by traffic at least
+    /// [`PASSIVE_COOLDOWN`] ago are back. Returns their indexes.
+    pub fn cooldowns(&mut self, now: Instant) -> Vec<usize> {
+        let mut back = Vec::new();
+        for (i, b) in self.list.iter_mut().enumerate() {
+            if let Some(t) = b.check.passive_down {
+                if !b.healthy && now.duration_since(t) >= PASSIVE_COOLDOWN {
+                    b.healthy = true;
+                    b.check.passive_down = None;
+                    info!(backend = %b.spec.name, after = ?PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
+                    back.push(i);
+                }
+            }
+        }
+        if !back.is_empty() {
+            self.refresh_routable();
+        }
+        back
+    }
+}
+
+fn view_of(b: &Backend) -> BackendView {
+    BackendView {
+        key: backend_key(&b.spec.name),
+        weight: b.spec.weight,
+        routable: b.routable(),
+        active: 0,
+        ramp: RAMP_FULL,
     }
 }
 

@@ -1,22 +1,39 @@
-//! The front's `Counters` part: the statistics table, the snapshot the
-//! metrics endpoint renders with, and folding a departed process into the
-//! bases.
+//! The front's `Counters` part: the shared-memory statistics table every
+//! process counts in, the snapshot of names and states the metrics
+//! endpoint renders with, and folding a departed process's counts into
+//! the bases (so no counter ever goes back). Across an upgrade the table
+//! itself passes over (its descriptor), with the counts that live only in
+//! the front (failed look-ups per `resolve` name, the front's own dropped
+//! log lines).
 
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Front;
+use serde::{Deserialize, Serialize};
+
+use crate::handover::FdSource;
 use crate::metrics::{BackendLabel, Exporter, SlotLabel, Snapshot};
+use crate::policy::PolicyName;
 use crate::stats::{
     self, ColCell, DURATION_BOUNDS, FrontWord, ProcCell, ProcWord, SlotWord, Table,
 };
 
 pub struct Counters {
-    pub table: Arc<Table>,
+    table: Arc<Table>,
     /// What `/metrics` renders with; changed under its lock.
-    pub snapshot: Arc<Mutex<Snapshot>>,
+    snapshot: Arc<Mutex<Snapshot>>,
     /// Set once this front has handed over to a new one: the metrics
     /// endpoint stops accepting (the new front serves the shared socket).
     handed_over: tokio::sync::watch::Sender<bool>,
+}
+
+/// The counters across an upgrade (the table's descriptor travels beside).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CountersState {
+    resolve_failures: Vec<(String, u64)>,
+    /// The old front's own dropped log lines (workers count theirs in the
+    /// statistics table, which passes over whole).
+    log_lines_dropped: u64,
 }
 
 impl Counters {
@@ -26,6 +43,10 @@ impl Counters {
             snapshot: Arc::new(Mutex::new(Snapshot::default())),
             handed_over: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     pub fn exporter(&self) -> Exporter {
@@ -65,11 +86,29 @@ impl Counters {
         stats::bump(self.table.slot(slot, w), n);
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Snapshot> {
+    fn lock(&self) -> MutexGuard<'_, Snapshot> {
         match self.snapshot.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Publish names and states for `/metrics` (when slots, processes,
+    /// backends, health or the policy change; not per connection).
+    pub fn publish(
+        &self,
+        policy: PolicyName,
+        slots: Vec<SlotLabel>,
+        backends: Vec<BackendLabel>,
+        ready: bool,
+    ) {
+        let cells = slots.iter().flat_map(|s| s.cells.iter().copied()).collect();
+        let mut snap = self.lock();
+        snap.policy = Some(policy);
+        snap.slots = slots;
+        snap.cells = cells;
+        snap.backends = backends;
+        snap.ready = ready;
     }
 
     /// A resolve name failed once more.
@@ -88,61 +127,17 @@ impl Counters {
             snap.resolve_failures.push((name.to_string(), 0));
         }
     }
-}
 
-impl Front {
-    /// Publish names and states for `/metrics` (not per connection: when
-    /// slots, processes, backends, health or the policy change).
-    pub fn publish(&self) {
-        let slots: Vec<SlotLabel> = self
-            .workers
-            .slots
-            .iter()
-            .map(|s| SlotLabel {
-                up: s.serving().is_some(),
-                cells: s.procs.iter().map(|p| p.cell).collect(),
-            })
-            .collect();
-        let cells = slots.iter().flat_map(|s| s.cells.iter().copied()).collect();
-        let backends = self
-            .backends
-            .list
-            .iter()
-            .map(|b| BackendLabel {
-                name: b.spec.name.clone(),
-                column: b.column,
-                up: b.routable(),
-                weight: b.spec.weight,
-            })
-            .collect();
-        let ready = !self.state.shutting_down && self.workers.any_serving();
-        let mut snap = self.counters.lock();
-        snap.policy = Some(self.policy.name());
-        snap.slots = slots;
-        snap.cells = cells;
-        snap.backends = backends;
-        snap.ready = ready;
-    }
-
-    /// The pending count, for `/metrics`.
-    pub fn publish_pending(&self) {
-        self.counters
-            .set(FrontWord::Pending, self.ledger.pending.len() as u64);
-    }
-
-    /// The cells of every live process.
-    pub fn live_cells(&self) -> Vec<usize> {
-        self.workers.procs().map(|p| p.cell).collect()
-    }
-
-    /// A process of `slot` using `cell` is gone: add what it counted to the
-    /// bases and stop rendering its cell (under the snapshot lock, so a
-    /// scrape sees it exactly once), then clear the cell for reuse.
-    pub fn fold_cell(&mut self, slot: usize, cell: usize) {
-        let table = self.counters.table.clone();
+    /// A process of `slot` using `cell` is gone: add what it counted to
+    /// the bases and stop rendering its cell (under the snapshot lock, so
+    /// a scrape sees it exactly once), then clear the cell for reuse.
+    /// `columns` are the backends' (column, table sequence from which the
+    /// column is theirs): a column counts only for its present owner.
+    pub fn fold(&self, slot: usize, cell: usize, columns: impl Iterator<Item = (usize, u64)>) {
+        let table = &self.table;
         let dead = table.cell(cell);
         {
-            let mut snap = self.counters.lock();
+            let mut snap = self.lock();
             stats::bump(
                 table.slot(slot, SlotWord::BytesInBase),
                 dead.get(ProcWord::BytesIn),
@@ -152,27 +147,19 @@ impl Front {
                 dead.get(ProcWord::BytesOut),
             );
             let front = |w| table.front(w);
-            stats::bump(front(FrontWord::FailedBase), dead.get(ProcWord::Failed));
-            stats::bump(
-                front(FrontWord::RedispatchedBase),
-                dead.get(ProcWord::Redispatched),
-            );
-            stats::bump(
-                front(FrontWord::FirstByteTimeoutsBase),
-                dead.get(ProcWord::FirstByteTimeouts),
-            );
-            stats::bump(
-                front(FrontWord::AccessLogDroppedBase),
-                dead.get(ProcWord::AccessLogDropped),
-            );
-            stats::bump(
-                front(FrontWord::LogDroppedBase),
-                dead.get(ProcWord::LogDropped),
-            );
-            stats::bump(
-                front(FrontWord::DurationSumNsBase),
-                dead.get(ProcWord::DurationSumNs),
-            );
+            for (base, word) in [
+                (FrontWord::FailedBase, ProcWord::Failed),
+                (FrontWord::RedispatchedBase, ProcWord::Redispatched),
+                (
+                    FrontWord::FirstByteTimeoutsBase,
+                    ProcWord::FirstByteTimeouts,
+                ),
+                (FrontWord::AccessLogDroppedBase, ProcWord::AccessLogDropped),
+                (FrontWord::LogDroppedBase, ProcWord::LogDropped),
+                (FrontWord::DurationSumNsBase, ProcWord::DurationSumNs),
+            ] {
+                stats::bump(front(base), dead.get(word));
+            }
             for i in 0..=DURATION_BOUNDS.len() {
                 stats::bump(
                     table.duration_bucket_base(i),
@@ -180,13 +167,12 @@ impl Front {
                 );
             }
             let applied = dead.get(ProcWord::ConfigSeq);
-            for b in &self.backends.list {
-                // Only what it counted for the column's present owner.
-                if applied < b.column_seq {
+            for (column, column_seq) in columns {
+                if applied < column_seq {
                     continue;
                 }
-                if let Some(col) = dead.col(b.column) {
-                    ColCell::of(table.base(b.column)).absorb(col);
+                if let Some(col) = dead.col(column) {
+                    ColCell::of(table.base(column)).absorb(col);
                 }
             }
             snap.cells.retain(|&c| c != cell);
@@ -195,6 +181,23 @@ impl Front {
             }
         }
         table.clear_cell(cell);
-        self.workers.give_cell(cell);
+    }
+
+    /// What the counters hand to a new front; the table's descriptor is
+    /// pushed on `fds`.
+    pub fn handover<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> CountersState {
+        fds.push(self.table.fd());
+        CountersState {
+            resolve_failures: self.lock().resolve_failures.clone(),
+            log_lines_dropped: crate::logging::dropped_lines(),
+        }
+    }
+
+    pub fn from_handover(state: CountersState, fds: &mut FdSource) -> Result<Counters, String> {
+        let table = Table::open(fds.next("the statistics table")?).map_err(|e| e.to_string())?;
+        let counters = Counters::new(Arc::new(table));
+        counters.lock().resolve_failures = state.resolve_failures;
+        crate::logging::inherit_dropped(state.log_lines_dropped);
+        Ok(counters)
     }
 }

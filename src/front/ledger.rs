@@ -1,129 +1,232 @@
-//! The connection ledger: what the front is accountable for between
-//! `accept` and the moment a worker takes a connection out of its channel.
+//! The front's `Ledger` part: the connections it is accountable for
+//! before a worker has them, and its per-client counts.
 //!
-//! - `pending`: accepted, no worker can take it yet;
-//! - per worker process, `inflight`: handed (sent on its channel), not yet
-//!   received; each one is counted on its planned backend (`Backends`
-//!   keeps the per-backend sum for least-conn and for reaping);
-//! - per client (only with a per-IP limit: `--max-conns-per-ip`, or half
-//!   of `--max-conns`): open connections, released by the workers'
-//!   `Closed` events. A client is an IPv4 address, or an IPv6 address's
+//! - `pending`: accepted, no worker can take it yet. Served in arrival
+//!   order: a new connection waits behind every older one
+//!   ([`Ledger::wait`]); one taken out to be handed and not placed goes
+//!   back first ([`Ledger::put_back`]); connections taken back from a
+//!   worker (it died before reading them, or its channel refused them)
+//!   were accepted before anything still waiting and go first
+//!   ([`Ledger::requeue`]).
+//! - per client (only with a per-IP limit, `--max-conns-per-ip`): open
+//!   connections, released by the workers' `Closed` events. A client is
+//!   an IPv4 address, or an IPv6 address's
 //!   leading `--per-ip-ipv6-prefix` bits (a /64 by default: one host
 //!   usually owns a whole /64 and could walk it).
+//! - the id the next connection gets (log correlation).
 //!
-//! Once a worker has received a connection, it counts it in its own
-//! statistics cell; the front reads those words and never keeps a second
-//! copy. Every change of the front's own counts goes through the methods
-//! here, so no caller can do half an update.
+//! What is in flight to a worker (handed, not yet received) is counted by
+//! each worker process (`supervisor`) and per backend (`Backends`); once a
+//! worker has received a connection it counts it in its own statistics
+//! cell, which the front reads and never copies.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
-use std::time::Instant;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use hashbrown::HashMap;
-use tracing::debug;
+use serde::{Deserialize, Serialize};
 
-use super::{Conn, Front};
-use crate::stats::ProcWord;
-use crate::supervisor::WorkerProc;
+use crate::channel::Handoff;
+use crate::handover::FdSource;
+
+/// An accepted client connection not yet handed to a worker.
+pub struct Conn {
+    pub stream: TcpStream,
+    /// The client: the connection's peer, or for a connection from an
+    /// `--accept-proxy` source, the source its PROXY header named.
+    pub peer: SocketAddr,
+    /// The address the client connected to, when the socket cannot tell
+    /// (a PROXY header's destination); `None`: the socket's local address.
+    pub destination: Option<SocketAddr>,
+}
+
+impl Conn {
+    pub fn ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+
+    /// A connection described by `h`, on its descriptor (taken back from a
+    /// worker's channel).
+    pub fn of_handoff(stream: TcpStream, h: &Handoff) -> Conn {
+        Conn {
+            stream,
+            peer: h.client,
+            destination: h.destination,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Ledger {
-    /// Accepted connections waiting for a worker with room.
-    pub pending: VecDeque<Conn>,
-    /// Open connections per client IP (only with `--max-conns-per-ip`).
-    pub per_ip: HashMap<IpAddr, u32>,
-    /// The id the next connection gets (for log correlation).
-    pub next_conn: u64,
+    /// Accepted connections waiting for a worker with room, oldest first.
+    pending: VecDeque<Conn>,
+    /// Open connections per client (only with a per-IP limit).
+    per_ip: HashMap<IpAddr, u32>,
+    /// The id the next connection gets.
+    next_conn: u64,
 }
 
-pub use crate::acl::limit_key as client_of;
+/// The ledger across an upgrade (the pending connections' descriptors
+/// travel beside it, oldest first).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LedgerState {
+    pending: Vec<(SocketAddr, Option<SocketAddr>)>,
+    per_ip: Vec<(IpAddr, u32)>,
+    next_conn: u64,
+}
 
-impl Front {
-    /// The per-IP limit's client for `ip`.
-    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
-        client_of(ip, self.limits.per_ip_ipv6_prefix)
+impl Ledger {
+    /// A new connection waits for a worker, behind every older one.
+    pub fn wait(&mut self, conn: Conn) {
+        self.pending.push_back(conn);
     }
 
-    /// Count a new connection from `ip`; false if that client is at its
-    /// limit (the caller refuses the connection).
-    pub fn admit_ip(&mut self, ip: IpAddr) -> bool {
-        let Some(max) = self.limits.per_ip() else {
-            return true;
-        };
-        let ip = self.client_key(ip);
-        let n = self.ledger.per_ip.entry(ip).or_default();
+    /// The oldest waiting connection, to be handed now.
+    pub fn take_oldest(&mut self) -> Option<Conn> {
+        self.pending.pop_front()
+    }
+
+    /// A connection taken with [`Ledger::take_oldest`] that no worker could
+    /// take after all: first in line again.
+    pub fn put_back(&mut self, conn: Conn) {
+        self.pending.push_front(conn);
+    }
+
+    /// Connections that were on their way to a worker and are back (a
+    /// worker died before reading them, or its channel refused them):
+    /// accepted before any that waits now, so they go first, in their
+    /// order.
+    pub fn requeue(&mut self, conns: Vec<Conn>) {
+        for conn in conns.into_iter().rev() {
+            self.pending.push_front(conn);
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Close every waiting connection (shutdown): never handed out, the
+    /// client sees the close. Returns how many.
+    pub fn close_pending(&mut self) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        n
+    }
+
+    /// The id for a new connection.
+    pub fn next_conn(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn - 1
+    }
+
+    /// Count a new connection of client `key`; false if that client is at
+    /// `max` (the caller refuses the connection).
+    pub fn admit_ip(&mut self, key: IpAddr, max: u32) -> bool {
+        let n = self.per_ip.entry(key).or_default();
         if *n >= max {
-            debug!(client.addr = %ip, limit = max, "per-IP limit reached; refusing");
             return false;
         }
         *n += 1;
         true
     }
 
-    /// `k` connections from `ip` ended.
-    /// `k` connections of the client `ip` (already a key) ended.
-    pub fn release_ip_n(&mut self, ip: IpAddr, k: u32) {
-        if self.ledger.per_ip.is_empty() {
-            return;
-        }
-        if let Some(n) = self.ledger.per_ip.get_mut(&ip) {
-            *n = n.saturating_sub(k);
-            if *n == 0 {
-                self.ledger.per_ip.remove(&ip);
+    /// `n` connections of client `key` ended.
+    pub fn release_ip(&mut self, key: IpAddr, n: u32) {
+        if let Some(c) = self.per_ip.get_mut(&key) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.per_ip.remove(&key);
             }
         }
     }
 
-    /// A connection from `ip` ended.
-    pub fn release_ip(&mut self, ip: IpAddr) {
-        let key = self.client_key(ip);
-        self.release_ip_n(key, 1);
-    }
-
-    /// A connection from `client` that worker process `id` had ended.
-    pub fn closed(&mut self, slot: usize, id: u64, client: IpAddr) {
-        let key = self.client_key(client);
-        if let Some(p) = self.workers.slots[slot].proc_mut(id) {
-            p.ip_sub(key, 1);
+    /// What the ledger hands to a new front; the waiting connections'
+    /// descriptors are pushed on `fds`.
+    pub fn handover<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> LedgerState {
+        for c in &self.pending {
+            fds.push(c.stream.as_fd());
         }
-        self.release_ip_n(key, 1);
-    }
-
-    /// Trim every process's `inflight` by what its worker has received
-    /// since the last look, uncounting those from their backends' sums.
-    pub fn sync_received(&mut self) {
-        let table = self.counters.table.clone();
-        for slot in &mut self.workers.slots {
-            for p in &mut slot.procs {
-                let received = table.cell(p.cell).get(ProcWord::Received);
-                let mut taken = received.saturating_sub(p.received_seen);
-                p.received_seen = received;
-                if taken > 0 {
-                    p.unread_since = (p.handed > received).then(Instant::now);
-                }
-                while taken > 0 {
-                    let Some(backend) = p.inflight.pop_front() else {
-                        break;
-                    };
-                    self.backends.sub_inflight(backend);
-                    taken -= 1;
-                }
-            }
+        LedgerState {
+            pending: self
+                .pending
+                .iter()
+                .map(|c| (c.peer, c.destination))
+                .collect(),
+            per_ip: self.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect(),
+            next_conn: self.next_conn,
         }
     }
 
-    /// A process is gone: uncount whatever the front still counted for it
-    /// (its in-flight handoffs and its clients' per-IP counts). Returns the
-    /// connections it held that were lost (handed and not finished).
-    pub fn forget_proc(&mut self, proc: &mut WorkerProc) -> u64 {
-        for backend in proc.inflight.drain(..) {
-            self.backends.sub_inflight(backend);
+    pub fn from_handover(state: LedgerState, fds: &mut FdSource) -> Result<Ledger, String> {
+        let mut pending = VecDeque::new();
+        for (peer, destination) in state.pending {
+            let fd = fds.next(&format!("pending connection from {peer}"))?;
+            pending.push_back(Conn {
+                stream: TcpStream::from(fd),
+                peer,
+                destination,
+            });
         }
-        for (ip, n) in std::mem::take(&mut proc.ips) {
-            self.release_ip_n(ip, n);
+        Ok(Ledger {
+            pending,
+            per_ip: state.per_ip.into_iter().collect(),
+            next_conn: state.next_conn,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn conn(l: &TcpListener, port: u16) -> Conn {
+        let stream = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        Conn {
+            stream,
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+            destination: None,
         }
-        let cell = self.counters.cell(proc.cell);
-        proc.handed.saturating_sub(cell.get(ProcWord::Finished))
+    }
+
+    fn order(ledger: &mut Ledger) -> Vec<u16> {
+        std::iter::from_fn(|| ledger.take_oldest())
+            .map(|c| c.peer.port())
+            .collect()
+    }
+
+    /// Waiting connections are handed out in arrival order: the first to
+    /// wait is the first served (it was the last: every new connection
+    /// went in front of the others).
+    #[test]
+    fn pending_connections_are_served_first_come_first_served() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ledger = Ledger::default();
+        for port in [1, 2, 3] {
+            ledger.wait(conn(&l, port));
+        }
+        // The oldest is tried and cannot be placed: still first.
+        let first = ledger.take_oldest().unwrap();
+        assert_eq!(first.peer.port(), 1);
+        ledger.put_back(first);
+        ledger.wait(conn(&l, 4));
+        // Recovered from a dead worker: before anything that waits.
+        ledger.requeue(vec![conn(&l, 10), conn(&l, 11)]);
+        assert_eq!(order(&mut ledger), [10, 11, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_client_at_its_limit_is_refused_until_one_of_its_connections_ends() {
+        let mut ledger = Ledger::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(ledger.admit_ip(ip, 2));
+        assert!(ledger.admit_ip(ip, 2));
+        assert!(!ledger.admit_ip(ip, 2));
+        ledger.release_ip(ip, 1);
+        assert!(ledger.admit_ip(ip, 2));
+        ledger.release_ip(ip, 5);
+        assert!(ledger.per_ip.is_empty());
     }
 }

@@ -6,7 +6,9 @@
 //! no worker ready, all channels full) the loop waits for the pause to lift
 //! and clients wait in the kernel backlog. Running out of descriptors
 //! (EMFILE/ENFILE) backs off instead of spinning, logs at most once a
-//! second, and recovers by itself.
+//! second, and recovers by itself; so does an error of the listening
+//! socket itself (one shut down under it), which would otherwise come back
+//! at once, forever.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,17 +28,26 @@ use crate::stats::FrontWord;
 /// and whether they accept now.
 pub struct Listeners {
     sockets: Vec<Rc<AsyncFd<std::net::TcpListener>>>,
-    pub addrs: Vec<SocketAddr>,
+    addrs: Vec<SocketAddr>,
     /// Listeners are paused; see `Front::should_pause`.
-    pub paused: bool,
+    paused: bool,
     /// Wakes paused listeners.
-    pub resume: Rc<Notify>,
+    resume: Rc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The metrics endpoint's address and a copy of its socket (served by
     /// its own thread; kept here for a handover).
-    pub metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
+    metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
     /// The control socket's path and a copy of its socket (for a handover).
-    pub control: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+    control: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+}
+
+/// The listeners across an upgrade (every socket's descriptor travels
+/// beside it: the listening sockets, then the metrics and control ones).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ListenersState {
+    listen: Vec<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    control: Option<std::path::PathBuf>,
 }
 
 impl Listeners {
@@ -57,6 +68,105 @@ impl Listeners {
             metrics: None,
             control: None,
         })
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pause or resume accepting; resuming wakes the accept loops.
+    /// Returns whether it changed.
+    pub fn set_paused(&mut self, paused: bool) -> bool {
+        if paused == self.paused {
+            return false;
+        }
+        self.paused = paused;
+        if !paused {
+            self.resume.notify_waiters();
+        }
+        true
+    }
+
+    /// Keep a copy of the metrics socket (serving on `addr`) for a handover.
+    pub fn keep_metrics(&mut self, addr: SocketAddr, fd: std::os::fd::OwnedFd) {
+        self.metrics = Some((addr, fd));
+    }
+
+    /// Keep a copy of the control socket (at `path`) for a handover.
+    pub fn keep_control(&mut self, path: std::path::PathBuf, fd: std::os::fd::OwnedFd) {
+        self.control = Some((path, fd));
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
+    }
+
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|(p, _)| p.as_path())
+    }
+
+    /// What the listeners hand to a new front; every socket's descriptor
+    /// is pushed on `fds`.
+    pub fn handover<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> ListenersState {
+        fds.extend(self.sockets.iter().map(|s| s.get_ref().as_fd()));
+        if let Some((_, fd)) = &self.metrics {
+            fds.push(fd.as_fd());
+        }
+        if let Some((_, fd)) = &self.control {
+            fds.push(fd.as_fd());
+        }
+        ListenersState {
+            listen: self.addrs.clone(),
+            metrics: self.metrics_addr(),
+            control: self.control.as_ref().map(|(p, _)| p.clone()),
+        }
+    }
+
+    /// The listeners a new front takes over, and the metrics and control
+    /// sockets it is to serve.
+    #[allow(clippy::type_complexity)]
+    pub fn from_handover(
+        state: ListenersState,
+        fds: &mut crate::handover::FdSource,
+    ) -> Result<
+        (
+            Listeners,
+            Option<std::net::TcpListener>,
+            Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
+        ),
+        String,
+    > {
+        let mut sockets = Vec::new();
+        for a in &state.listen {
+            let l = std::net::TcpListener::from(fds.next(&format!("listener {a}"))?);
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            sockets.push(l);
+        }
+        let metrics = match state.metrics {
+            Some(_) => Some(std::net::TcpListener::from(fds.next("the metrics socket")?)),
+            None => None,
+        };
+        let control = match state.control {
+            Some(p) => Some((
+                p,
+                std::os::unix::net::UnixListener::from(fds.next("the control socket")?),
+            )),
+            None => None,
+        };
+        let mut listeners = Listeners::new(sockets).map_err(|e| e.to_string())?;
+        if let (Some(addr), Some(l)) = (state.metrics, &metrics) {
+            let dup = l.try_clone().map_err(|e| e.to_string())?;
+            listeners.keep_metrics(addr, dup.into());
+        }
+        if let Some((p, l)) = &control {
+            let dup = l.try_clone().map_err(|e| e.to_string())?;
+            listeners.keep_control(p.clone(), dup.into());
+        }
+        Ok((listeners, metrics, control))
     }
 
     /// Start an accept loop per socket, on this thread (the front's event
@@ -99,11 +209,6 @@ impl Listeners {
             })?;
         }
         Ok(())
-    }
-
-    /// The sockets' descriptors (for a handover).
-    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.sockets.iter().map(|s| s.get_ref().as_fd()).collect()
     }
 }
 
@@ -150,6 +255,29 @@ fn is_resource_error(err: &io::Error) -> bool {
         .any(|e| e.raw_os_error() == c))
 }
 
+/// An error about one connection only (the client gave up, or a network
+/// error the kernel passes on from it, as accept(2) says): the next
+/// accept may well succeed. Any other error (the listening socket shut
+/// down or broken) would come back at once, forever: the loop backs off.
+fn is_connection_error(err: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let per_connection = [
+        Errno::CONNABORTED,
+        Errno::PROTO,
+        Errno::PERM,
+        Errno::NETDOWN,
+        Errno::NOPROTOOPT,
+        Errno::HOSTDOWN,
+        Errno::NONET,
+        Errno::HOSTUNREACH,
+        Errno::OPNOTSUPP,
+        Errno::NETUNREACH,
+        Errno::TIMEDOUT,
+        Errno::INTR,
+    ];
+    matches!(err.raw_os_error(), Some(c) if per_connection.iter().any(|e| e.raw_os_error() == c))
+}
+
 /// Accept on `listener` until the front shuts down.
 pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListener>>) {
     let local = listener.get_ref().local_addr().ok();
@@ -159,14 +287,14 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
     loop {
         // Wait while paused.
         loop {
-            let resume = front.borrow().listeners.resume.clone();
+            let resume = front.borrow().listeners().resume.clone();
             let lifted = resume.notified();
             {
                 let f = front.borrow();
-                if f.state.shutting_down {
+                if f.stopping() {
                     return;
                 }
-                if !f.listeners.paused {
+                if !f.listeners().paused {
                     break;
                 }
             }
@@ -175,7 +303,8 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
         let Ok(mut guard) = listener.readable().await else {
             return;
         };
-        let mut resource_error = None;
+        // An error that retrying at once would only repeat.
+        let mut trouble = None;
         let mut full_round = false;
         {
             let mut f = front.borrow_mut();
@@ -184,7 +313,7 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
             // per connection.
             f.refresh_all_views();
             for n in 0..ACCEPT_BATCH {
-                if f.listeners.paused {
+                if f.listeners().paused {
                     break;
                 }
                 full_round = n + 1 == ACCEPT_BATCH;
@@ -194,28 +323,39 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
                         f.accepted(stream, peer);
                     }
                     Ok(Err(err)) if is_resource_error(&err) => {
-                        f.counters.bump(FrontWord::AcceptEmfile, 1);
-                        resource_error = Some(err);
+                        f.count(FrontWord::AcceptEmfile, 1);
+                        trouble = Some((
+                            err,
+                            "cannot accept: out of file descriptors or memory; backing off",
+                        ));
                         break;
                     }
-                    Ok(Err(err)) => {
+                    Ok(Err(err)) if is_connection_error(&err) => {
                         // The client gave up (ECONNABORTED) or similar.
-                        f.counters.bump(FrontWord::AcceptOther, 1);
+                        f.count(FrontWord::AcceptOther, 1);
                         debug!(listener = ?local, cause = %err, "accept failed");
+                    }
+                    Ok(Err(err)) => {
+                        f.count(FrontWord::AcceptOther, 1);
+                        trouble = Some((
+                            err,
+                            "cannot accept: the listening socket fails; backing off",
+                        ));
+                        break;
                     }
                     Err(_would_block) => break,
                 }
             }
             f.flush();
         }
-        if let Some(err) = resource_error {
+        if let Some((err, what)) = trouble {
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 warn!(
                     listener = ?local,
                     cause = %err,
                     suppressed,
                     retry_in = ?backoff,
-                    "cannot accept: out of file descriptors or memory; backing off"
+                    "{what}"
                 );
                 last_log = Some(Instant::now());
                 suppressed = 0;

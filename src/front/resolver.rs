@@ -30,10 +30,10 @@ pub async fn run(front: Shared) {
     loop {
         let interval = {
             let f = front.borrow();
-            let cfg = f.config.load_full();
+            let cfg = f.config();
             for g in &cfg.resolve {
                 // Every name's failure series exists from the start (at 0).
-                f.counters.resolve_known(&g.name);
+                f.counters().resolve_known(&g.name);
             }
             cfg.resolve_interval
         };
@@ -41,10 +41,10 @@ pub async fn run(front: Shared) {
         tokio::time::sleep(interval.unwrap_or(Duration::from_secs(5))).await;
         let (interval, groups) = {
             let f = front.borrow();
-            if f.state.shutting_down {
+            if f.stopping() {
                 return;
             }
-            let cfg = f.config.load();
+            let cfg = f.config();
             (cfg.resolve_interval, cfg.resolve.clone())
         };
         if interval.is_none() {
@@ -58,12 +58,12 @@ pub async fn run(front: Shared) {
                 Ok(Err(e)) => Err(format!("look-up task failed: {e}")),
                 Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
             };
-            if front.borrow().state.shutting_down {
+            if front.borrow().stopping() {
                 return;
             }
             // A reload during the look-up may have dropped or changed the
             // name: apply only what the config still asks for.
-            if !front.borrow().config.load().resolve.contains(&group) {
+            if !front.borrow().config().resolve.contains(&group) {
                 continue;
             }
             match result {
@@ -74,7 +74,7 @@ pub async fn run(front: Shared) {
                     front.borrow_mut().apply_resolved(&group, &addrs);
                 }
                 Err(why) => {
-                    front.borrow().counters.resolve_failed(&group.name);
+                    front.borrow().counters().resolve_failed(&group.name);
                     if failing.insert(group.name.clone()) {
                         warn!(name = %group.name, cause = %why, "backend name does not resolve; keeping its last known addresses");
                     }

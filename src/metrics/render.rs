@@ -15,7 +15,7 @@ use super::*;
 use crate::policy::PolicyName;
 use crate::proxy_protocol::HeaderError;
 use crate::stats::{
-    self, CONNECT_BOUNDS, Col, ColCell, DURATION_BOUNDS, FrontWord, ProcWord, SlotWord, Table,
+    self, CONNECT, Col, ColCell, Counts, DURATION, FrontWord, Hist, ProcWord, SlotWord, Table,
 };
 
 /// What the renderer needs to know beyond the numbers: which slots and
@@ -82,53 +82,75 @@ impl Out {
             .find(|(n, _, _)| *n == name)
             .copied()
             .unwrap_or((name, "untyped", ""));
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let _ = write!(self.0, "# HELP {name} ");
+        for c in help.chars() {
+            match c {
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                c => self.0.push(c),
+            }
+        }
+        let _ = writeln!(self.0, "\n# TYPE {name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.series(name, "", labels, None, value);
+    }
+
+    /// One line: `name` + `suffix`, the labels (and `le`), the value.
+    /// Writes straight into the buffer: no allocation per line.
+    fn series(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        le: Option<&str>,
+        value: impl std::fmt::Display,
+    ) {
         self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.0, "{k}=\"{v}\"");
-            }
+        self.0.push_str(suffix);
+        let le = le.map(|v| ("le", v));
+        let mut first = true;
+        for (k, v) in labels.iter().chain(le.as_ref()) {
+            self.0.push(if first { '{' } else { ',' });
+            first = false;
+            self.0.push_str(k);
+            self.0.push_str("=\"");
+            self.label_value(v);
+            self.0.push('"');
+        }
+        if !first {
             self.0.push('}');
         }
         let _ = writeln!(self.0, " {value}");
     }
 
-    /// A histogram from per-bucket counts (not cumulative) and a sum in ns.
-    fn histogram(
-        &mut self,
-        name: &str,
-        labels: &[(&str, &str)],
-        bounds: &[f64],
-        counts: &[u64],
-        sum_ns: u64,
-    ) {
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        for (i, &b) in bounds.iter().enumerate() {
-            cumulative += counts[i];
-            let le = b.to_string();
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
-            self.sample(&bucket, &l, cumulative);
+    fn label_value(&mut self, v: &str) {
+        if !v.contains(['\\', '"', '\n']) {
+            self.0.push_str(v);
+            return;
         }
-        cumulative += counts[bounds.len()];
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        self.sample(&bucket, &l, cumulative);
-        self.sample(&format!("{name}_sum"), labels, sum_ns as f64 / 1e9);
-        self.sample(&format!("{name}_count"), labels, cumulative);
+        for c in v.chars() {
+            match c {
+                '\\' => self.0.push_str("\\\\"),
+                '"' => self.0.push_str("\\\""),
+                '\n' => self.0.push_str("\\n"),
+                c => self.0.push(c),
+            }
+        }
+    }
+
+    /// A histogram from its counts (per bucket, not cumulative) and its
+    /// bounds written as `le` values.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], le: &[String], h: &Counts) {
+        let mut cumulative = 0u64;
+        for (i, &n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let bound = le.get(i).map_or("+Inf", String::as_str);
+            self.series(name, "_bucket", labels, Some(bound), cumulative);
+        }
+        self.series(name, "_sum", labels, None, h.sum_ns as f64 / 1e9);
+        self.series(name, "_count", labels, None, cumulative);
     }
 }
 
@@ -156,7 +178,10 @@ pub fn proc_active(table: &Table, cell: usize) -> u64 {
 
 /// Render the whole exposition.
 pub fn render(table: &Table, snap: &Snapshot) -> String {
-    let mut o = Out(String::with_capacity(16 * 1024));
+    // About 2.5 kB per backend (the connect histogram is most of it).
+    let mut o = Out(String::with_capacity(
+        16 * 1024 + snap.backends.len() * 2560,
+    ));
     let front = |w: FrontWord| stats::get(table.front(w));
     let slot_names: Vec<String> = (0..snap.slots.len()).map(|i| i.to_string()).collect();
 
@@ -229,25 +254,15 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
         }
     }
     o.family(BACKEND_CONNECT_SECONDS);
+    let le = CONNECT.le();
+    let mut h = Counts::new(Hist::<{ CONNECT.bounds_ns.len() }>::BUCKETS);
     for b in &snap.backends {
-        let counts: Vec<u64> = (0..=CONNECT_BOUNDS.len())
-            .map(|i| {
-                let base = stats::get(ColCell::of(table.base(b.column)).connect_bucket(i));
-                base + cells
-                    .iter()
-                    .filter_map(|&c| table.cell(c).col(b.column))
-                    .map(|c| stats::get(c.connect_bucket(i)))
-                    .sum::<u64>()
-            })
-            .collect();
-        let sum = col_total(table, cells, b.column, Col::ConnectSumNs);
-        o.histogram(
-            BACKEND_CONNECT_SECONDS,
-            &[("backend", &b.name)],
-            &CONNECT_BOUNDS,
-            &counts,
-            sum,
-        );
+        h.clear();
+        h.add(ColCell::of(table.base(b.column)).connect());
+        for c in cells.iter().filter_map(|&c| table.cell(c).col(b.column)) {
+            h.add(c.connect());
+        }
+        o.histogram(BACKEND_CONNECT_SECONDS, &[("backend", &b.name)], &le, &h);
     }
     o.family(RESOLVE_FAILURES);
     for (name, n) in &snap.resolve_failures {
@@ -357,16 +372,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
 
     // Connection lifetimes, all workers.
     o.family(CONNECTION_SECONDS);
-    let counts: Vec<u64> = (0..=DURATION_BOUNDS.len())
-        .map(|i| {
-            stats::get(table.duration_bucket_base(i))
-                + cells
-                    .iter()
-                    .map(|&c| stats::get(table.cell(c).duration_bucket(i)))
-                    .sum::<u64>()
-        })
-        .collect();
-    let sum = front(FrontWord::DurationSumNsBase) + over(table, cells, ProcWord::DurationSumNs);
-    o.histogram(CONNECTION_SECONDS, &[], &DURATION_BOUNDS, &counts, sum);
+    let mut h = Counts::new(Hist::<{ DURATION.bounds_ns.len() }>::BUCKETS);
+    h.add(table.duration_base());
+    for &c in cells {
+        h.add(table.cell(c).duration());
+    }
+    o.histogram(CONNECTION_SECONDS, &[], &DURATION.le(), &h);
     o.0
 }

@@ -5,6 +5,9 @@
 //! Backends: the routable backend with the fewest active connections
 //! *relative to its weight*, i.e. the smallest `active / weight`, compared
 //! exactly by cross-multiplication (`a_i * w_j < a_j * w_i`, in `u128`).
+//! The weight is the effective one: a slow-starting backend holds at most
+//! its ramped share of the connections (idle backends tie at 0 whatever
+//! their weights).
 //!
 //! Ties rotate: each scan starts one past the previous choice and keeps the
 //! first of the tied minimums it meets, so an idle start spreads 0, 1, 2, …
@@ -70,7 +73,7 @@ impl Policy for LeastConn {
 
     fn pick_backend(&mut self, _client: IpAddr, backends: &[BackendView]) -> Option<usize> {
         let load = |b: &BackendView| {
-            let w = u128::from(b.weight.max(1));
+            let w = u128::from(b.effective_weight());
             b.routable.then_some((u128::from(b.active), w))
         };
         // a/wa < b/wb  <=>  a*wb < b*wa (weights are positive).
@@ -98,8 +101,8 @@ impl Policy for LeastConn {
         let start = self.next_backend % n;
         let less = |i: usize, j: usize| {
             let (a, b) = (&backends[i], &backends[j]);
-            u128::from(a.active) * u128::from(b.weight.max(1))
-                < u128::from(b.active) * u128::from(a.weight.max(1))
+            u128::from(a.active) * u128::from(b.effective_weight())
+                < u128::from(b.active) * u128::from(a.effective_weight())
         };
         let mut k = 0;
         for step in 0..n {
@@ -147,6 +150,7 @@ mod tests {
                 weight,
                 routable: true,
                 active,
+                ramp: crate::policy::RAMP_FULL,
             })
             .collect()
     }
@@ -282,5 +286,24 @@ mod tests {
         assert_eq!(out, [4, 0, 1]);
         let mut two = [0usize; 2];
         assert_eq!(lc.fallbacks(CLIENT, 4, &b[..2], &mut two), 2);
+    }
+
+    #[test]
+    fn a_ramping_backend_holds_its_ramped_share_of_connections() {
+        let mut lc = LeastConn::default();
+        let mut b = backends(&[(1, 0), (1, 0)]);
+        b[1].ramp = crate::policy::RAMP_FULL / 10;
+        // Connections that stay open: the ramping one ends with a tenth
+        // of the other's.
+        for _ in 0..110 {
+            let i = lc.pick_backend(CLIENT, &b).unwrap();
+            b[i].active += 1;
+        }
+        assert_eq!((b[0].active, b[1].active), (100, 10));
+        let mut out = [0usize; 1];
+        // Its fallback order sees the same weights: 10/0.1 > 100/1.
+        b[1].active = 11;
+        assert_eq!(lc.fallbacks(CLIENT, 2, &[b[0], b[1], b[0]], &mut out), 1);
+        assert_eq!(out, [0]);
     }
 }

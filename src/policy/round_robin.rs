@@ -1,6 +1,7 @@
 //! Round-robin: strict rotation over the routable workers, and smooth
 //! weighted rotation (as in nginx) over the routable backends, so weights
-//! 1:3 interleave as a b b b rather than a b b b in bursts.
+//! 1:3 interleave as a b b b rather than a b b b in bursts. Backends are
+//! weighted by their effective weight (a slow-starting one's ramps up).
 
 use std::net::IpAddr;
 
@@ -44,7 +45,8 @@ impl Policy for RoundRobin {
             if !b.routable {
                 continue;
             }
-            let w = i64::from(b.weight.max(1));
+            // (At most 1000 * 2^16 each: the sums fit easily.)
+            let w = b.effective_weight() as i64;
             self.current[i] += w;
             total += w;
             if best.is_none_or(|j| self.current[i] > self.current[j]) {
@@ -89,6 +91,7 @@ mod tests {
                 weight,
                 routable: true,
                 active: 0,
+                ramp: crate::policy::RAMP_FULL,
             })
             .collect()
     }
@@ -166,5 +169,29 @@ mod tests {
         assert_eq!(firsts.len(), 3, "{firsts:?}");
         let mut none = [0usize; 2];
         assert_eq!(rr.fallbacks(CLIENT, 0, &backends(&[1]), &mut none), 0);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_ramped_share() {
+        let mut rr = RoundRobin::default();
+        let mut b = backends(&[1, 1, 2]);
+        // A quarter of the way: weight 0.5 of 2.5.
+        b[2].ramp = crate::policy::RAMP_FULL / 4;
+        let picks: Vec<_> = (0..500)
+            .map(|_| rr.pick_backend(CLIENT, &b).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 100);
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 200);
+        // At full ramp it is as if there were none.
+        b[2].ramp = crate::policy::RAMP_FULL;
+        let mut plain = RoundRobin::default();
+        let mut ramped = RoundRobin::default();
+        let unramped = backends(&[1, 1, 2]);
+        for _ in 0..40 {
+            assert_eq!(
+                plain.pick_backend(CLIENT, &unramped),
+                ramped.pick_backend(CLIENT, &b)
+            );
+        }
     }
 }

@@ -27,6 +27,17 @@
 //!    answer the full ranking gives. No allocation, no lock.
 //! 5. Worker slots: plain (unweighted) rendezvous on the full client hash
 //!    over the routable slots, slot `s` keyed by `mix64(s ^ SEED_SLOT)`.
+//! 6. Slow start: the ranking always uses the configured weights. A
+//!    routable backend that is ramping up (`ramp` below
+//!    [`super::RAMP_FULL`]) is taken by a bucket only if the bucket's ramp
+//!    draw for it, `mix64(bucket_hash ^ key ^ SEED_RAMP)`'s top 16 bits,
+//!    is below `ramp`; otherwise the bucket goes on down its ranking. So a
+//!    client whose first choice is ramping goes there with probability =
+//!    the ramp fraction; whether it does is fixed per client (bucket) and
+//!    backend, and since the ramp only rises, a client that has moved
+//!    back stays back: each client moves at most once, never flaps. If
+//!    every routable backend is held back this way, the best routable one
+//!    is taken anyway.
 
 use std::net::IpAddr;
 
@@ -42,6 +53,7 @@ const TOP: usize = 1 + crate::channel::MAX_FALLBACKS;
 // Fixed seeds (arbitrary constants). Changing one re-deals every client.
 const SEED_BUCKET: u64 = 0xa409_3822_299f_31d0;
 const SEED_SLOT: u64 = 0x082e_fa98_ec4e_6c89;
+const SEED_RAMP: u64 = 0x4528_21e6_38d0_1377;
 
 const EMPTY: u32 = u32::MAX;
 const UNFILLED: Entry = Entry {
@@ -132,9 +144,18 @@ fn beats(d: f64, key: u64, other_d: f64, other_key: u64) -> bool {
     d < other_d || (d == other_d && key < other_key)
 }
 
-/// The best routable backend for a bucket by a full scan of the views.
+/// Whether a bucket takes backend `b` now: always, unless it is ramping
+/// up (slow start) and the bucket's ramp draw for it is not yet below
+/// the ramp.
+fn admits(bh: u64, b: &BackendView) -> bool {
+    b.ramp >= super::RAMP_FULL || (mix64(bh ^ b.key ^ SEED_RAMP) >> 48) < u64::from(b.ramp)
+}
+
+/// The best routable backend for a bucket that admits it, else the best
+/// routable one, by a full scan of the views.
 fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
     let mut best: Option<(f64, u64, usize)> = None;
+    let mut admitted: Option<(f64, u64, usize)> = None;
     for (i, b) in backends.iter().enumerate() {
         if !b.routable {
             continue;
@@ -143,8 +164,11 @@ fn scan(bh: u64, backends: &[BackendView]) -> Option<usize> {
         if best.is_none_or(|(bd, bk, _)| beats(d, b.key, bd, bk)) {
             best = Some((d, b.key, i));
         }
+        if admits(bh, b) && admitted.is_none_or(|(bd, bk, _)| beats(d, b.key, bd, bk)) {
+            admitted = Some((d, b.key, i));
+        }
     }
-    best.map(|(_, _, i)| i)
+    admitted.or(best).map(|(_, _, i)| i)
 }
 
 /// The best routable backends other than `first` for a bucket, best
@@ -205,7 +229,7 @@ impl Policy for Sticky {
                 if (b.key, b.weight) != (self.keys[i as usize], self.weights[i as usize]) {
                     break; // List changed without a rebuild: scan.
                 }
-                if b.routable {
+                if b.routable && admits(bh, b) {
                     return Some(i as usize);
                 }
             }
@@ -267,263 +291,4 @@ impl Policy for Sticky {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    use super::*;
-    use crate::policy::{PolicyOptions, backend_key, build};
-
-    fn views(weights: &[u32]) -> Vec<BackendView> {
-        let view = |(i, &weight)| BackendView {
-            key: backend_key(&format!("10.1.0.{i}:80")),
-            weight,
-            routable: true,
-            active: 0,
-        };
-        weights.iter().enumerate().map(view).collect()
-    }
-
-    fn built(v: &[BackendView]) -> Sticky {
-        let mut s = Sticky::new(128);
-        s.rebuild(v);
-        s
-    }
-
-    fn ips(n: u32) -> impl Iterator<Item = IpAddr> {
-        (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
-    }
-
-    /// The key of each client's backend (keys survive reindexing).
-    fn keys(s: &mut Sticky, v: &[BackendView], n: u32) -> Vec<u64> {
-        let key = |ip| v[s.pick_backend(ip, v).unwrap()].key;
-        ips(n).map(key).collect()
-    }
-
-    fn workers(n: usize) -> Vec<WorkerView> {
-        let w = WorkerView {
-            routable: true,
-            active: 0,
-        };
-        vec![w; n]
-    }
-
-    /// Backend and slot (of 8) for `ip`.
-    fn pick(s: &mut dyn Policy, ip: IpAddr, v: &[BackendView]) -> (usize, usize) {
-        (
-            s.pick_backend(ip, v).unwrap(),
-            s.pick_worker(ip, &workers(8)).unwrap(),
-        )
-    }
-
-    #[test]
-    fn same_ip_same_backend_and_slot() {
-        let ip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
-        for n in [3, 32] {
-            let v = views(&vec![1; n]);
-            let mut s = built(&v);
-            for ip in [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), ip6] {
-                let first = pick(&mut s, ip, &v);
-                assert!((0..100).all(|_| pick(&mut s, ip, &v) == first));
-            }
-        }
-    }
-
-    #[test]
-    fn fresh_instances_agree_whatever_the_order() {
-        for n in [3, 32] {
-            let v = views(&vec![2; n]);
-            let mut a = build(PolicyName::Sticky, &v, &PolicyOptions::default());
-            let mut b = built(&v);
-            let rev: Vec<_> = v.iter().rev().copied().collect();
-            let mut c = built(&rev);
-            for ip in ips(1000) {
-                let (i, slot) = pick(&mut *a, ip, &v);
-                assert_eq!(pick(&mut b, ip, &v), (i, slot));
-                assert_eq!(rev[c.pick_backend(ip, &rev).unwrap()].key, v[i].key);
-            }
-        }
-    }
-
-    #[test]
-    fn golden_answers_never_change() {
-        // Pins the hash definition: every rrproxy version must agree.
-        let v = views(&[1, 2, 3, 4, 5]);
-        let mut s = built(&v);
-        let got: String = ips(40)
-            .map(|ip| pick(&mut s, ip, &v))
-            .map(|(b, w)| format!("{b}{w}"))
-            .collect();
-        assert_eq!(
-            got,
-            "47334104322247333434443321203106123627174233142511363725151730220041330626233234"
-        );
-    }
-
-    #[test]
-    fn removing_a_backend_moves_only_its_clients() {
-        for (n, gone) in [(3, 1), (32, 5)] {
-            let v = views(&vec![1; n]);
-            let mut s = built(&v);
-            let before = keys(&mut s, &v, 10_000);
-            let mut less = v.clone();
-            less.remove(gone);
-            s.rebuild(&less);
-            let after = keys(&mut s, &less, 10_000);
-            assert!(before.contains(&v[gone].key));
-            for (b, a) in before.iter().zip(&after) {
-                assert!(*b == v[gone].key || a == b, "a kept backend's client moved");
-            }
-        }
-    }
-
-    #[test]
-    fn adding_a_fourth_moves_about_a_quarter_to_it() {
-        let v4 = views(&[1, 1, 1, 1]);
-        let mut s = built(&v4[..3]);
-        let before = keys(&mut s, &v4[..3], 10_000);
-        s.rebuild(&v4);
-        let after = keys(&mut s, &v4, 10_000);
-        let moved = before.iter().zip(&after).filter(|(b, a)| a != b);
-        assert!(moved.clone().all(|(_, &a)| a == v4[3].key));
-        let frac = moved.count() as f64 / 10_000.0;
-        assert!((0.23..0.27).contains(&frac), "moved {frac}");
-    }
-
-    #[test]
-    fn a_down_backend_fails_over_and_comes_back() {
-        // Also enough down that some buckets' whole cached ranking is.
-        let cases: [(usize, &[usize]); 3] = [(3, &[1]), (32, &[1]), (32, &[1, 2, 3, 4, 6, 7])];
-        for (n, down) in cases {
-            let mut v = views(&vec![1; n]);
-            let mut s = built(&v);
-            let before = keys(&mut s, &v, 10_000);
-            down.iter().for_each(|&i| v[i].routable = false);
-            let during = keys(&mut s, &v, 10_000);
-            for (b, d) in before.iter().zip(&during) {
-                let was_down = down.iter().any(|&i| v[i].key == *b);
-                assert!(was_down != (d == b), "only the down backends' clients move");
-            }
-            down.iter().for_each(|&i| v[i].routable = true);
-            assert_eq!(keys(&mut s, &v, 10_000), before);
-        }
-    }
-
-    #[test]
-    fn weights_are_honoured() {
-        let v = views(&[1, 3]);
-        let got = keys(&mut built(&v), &v, 10_000);
-        let heavy = got.iter().filter(|&&k| k == v[1].key).count();
-        assert!((7_200..7_800).contains(&heavy), "weight 3: {heavy}");
-    }
-
-    #[test]
-    fn equal_backends_share_evenly() {
-        let v = views(&[1, 1, 1]);
-        let got = keys(&mut built(&v), &v, 30_000);
-        for b in &v {
-            let c = got.iter().filter(|&&k| k == b.key).count();
-            assert!((9_500..=10_500).contains(&c), "{c} of 30000");
-        }
-    }
-
-    #[test]
-    fn a_down_slot_moves_only_its_clients() {
-        let mut s = Sticky::new(128);
-        let mut w = workers(4);
-        let before: Vec<_> = ips(4000).map(|ip| s.pick_worker(ip, &w).unwrap()).collect();
-        assert!((0..4).all(|slot| before.iter().filter(|&&b| b == slot).count() > 900));
-        w[2].routable = false;
-        for (ip, &b) in ips(4000).zip(&before) {
-            let now = s.pick_worker(ip, &w).unwrap();
-            assert!(now != 2 && (b == 2 || now == b));
-        }
-    }
-
-    #[test]
-    fn ipv6_prefix_groups_a_slash_64() {
-        let v = views(&[1, 1, 1, 1]);
-        let (mut p64, mut all) = (Sticky::new(64), built(&v));
-        p64.rebuild(&v);
-        let net = |low| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0000_0001_u128 << 64 | low));
-        let first = pick(&mut p64, net(1), &v);
-        let mut spread = std::collections::HashSet::new();
-        for ip in (0..200).map(|i| net(u128::from(mix64(i)))) {
-            assert_eq!(pick(&mut p64, ip, &v), first);
-            spread.insert(pick(&mut all, ip, &v).0);
-        }
-        assert_eq!(spread.len(), 4, "by default the whole address counts");
-    }
-
-    #[test]
-    fn ipv4_mapped_hashes_as_ipv4() {
-        let v = views(&[1, 1, 1]);
-        let mut s = built(&v);
-        for v4 in ips(1000) {
-            let IpAddr::V4(a) = v4 else { unreachable!() };
-            let mapped = IpAddr::V6(a.to_ipv6_mapped());
-            assert_eq!(pick(&mut s, mapped, &v), pick(&mut s, v4, &v));
-        }
-    }
-
-    #[test]
-    fn cache_gives_exactly_the_full_scan_answer() {
-        let mut v = views(&(1..=40).collect::<Vec<_>>());
-        let mut s = built(&v);
-        let full = |ip, v: &[BackendView]| scan(bucket_of(client_key(ip, 128)).1, v);
-        for round in 0..8u64 {
-            for (i, b) in v.iter_mut().enumerate() {
-                b.routable = round == 0 || mix64(round << 8 | i as u64) % 4 != 0;
-            }
-            assert!(ips(5000).all(|ip| s.pick_backend(ip, &v) == full(ip, &v)));
-        }
-        // A list changed without a rebuild is scanned, not misread.
-        v.iter_mut().for_each(|b| b.routable = true);
-        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        let i = s.pick_backend(ip, &v).unwrap();
-        v.swap(i, (i + 1) % 40);
-        assert_eq!(s.pick_backend(ip, &v), Some((i + 1) % 40));
-    }
-
-    #[test]
-    fn none_only_when_nothing_is_routable() {
-        for n in [1, 2, 3, 32] {
-            let mut v = views(&vec![1; n]);
-            let mut w = workers(4);
-            let mut s = built(&v);
-            // Shorter lists than the cached ranking; the last one left.
-            v[..n - 1].iter_mut().for_each(|b| b.routable = false);
-            assert!(ips(100).all(|ip| s.pick_backend(ip, &v) == Some(n - 1)));
-            v.iter_mut().for_each(|b| b.routable = false);
-            w.iter_mut().for_each(|w| w.routable = false);
-            let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            assert_eq!(s.pick_backend(ip, &v).or(s.pick_worker(ip, &w)), None);
-            assert_eq!(s.pick_backend(ip, &[]).or(s.pick_worker(ip, &[])), None);
-        }
-    }
-
-    #[test]
-    fn fallbacks_are_where_the_client_goes_once_its_backend_is_down() {
-        let mut v = views(&[1, 2, 1, 3, 1, 1, 2]);
-        let mut s = built(&v);
-        for ip in ips(500) {
-            let first = s.pick_backend(ip, &v).unwrap();
-            let mut next = [0usize; 4];
-            let n = s.fallbacks(ip, first, &v, &mut next);
-            assert_eq!(n, 4);
-            assert!(!next[..n].contains(&first));
-            // With the first down, the client lands on its first fallback;
-            // with that one down too, on the second.
-            v[first].routable = false;
-            assert_eq!(s.pick_backend(ip, &v), Some(next[0]), "{ip}");
-            v[next[0]].routable = false;
-            assert_eq!(s.pick_backend(ip, &v), Some(next[1]), "{ip}");
-            // The scan agrees with the cached ranking.
-            let mut scanned = [0usize; 4];
-            v[first].routable = true;
-            v[next[0]].routable = true;
-            let (_, bh) = bucket_of(client_key(ip, 128));
-            assert_eq!(scan_top(bh, first, &v, &mut scanned), 4);
-            assert_eq!(scanned, next);
-        }
-    }
-}
+mod tests;

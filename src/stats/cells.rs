@@ -7,10 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{
-    COL_WORDS, CONNECT_BOUNDS, Col, DURATION_BOUNDS, PROC_HEAD_WORDS, ProcWord, bucket, bump, get,
-    nanos, set,
-};
+use super::{COL_WORDS, CONNECT, Col, DURATION, Hist, PROC_HEAD_WORDS, ProcWord, bump, get, set};
 use crate::channel::FailReason;
 
 /// One process cell.
@@ -51,13 +48,16 @@ impl<'a> ProcCell<'a> {
         &self.words[ProcWord::DurationBucket0 as usize + i]
     }
 
+    /// The connection-duration histogram's words: sum, then buckets.
+    pub fn duration(&self) -> &'a [AtomicU64] {
+        let start = ProcWord::DurationSumNs as usize;
+        &self.words[start..start + Hist::<{ DURATION.bounds_ns.len() }>::WORDS]
+    }
+
     /// A connection lasted `d`.
+    #[inline]
     pub fn record_duration(&self, d: Duration) {
-        bump(self.word(ProcWord::DurationSumNs), nanos(d));
-        bump(
-            self.duration_bucket(bucket(&DURATION_BOUNDS, d.as_secs_f64())),
-            1,
-        );
+        DURATION.record(self.duration(), d);
     }
 
     /// Backend column `col` of this cell, if the table has it.
@@ -71,12 +71,38 @@ impl<'a> ProcCell<'a> {
         })
     }
 
-    /// The front asks to be told when this worker makes room.
+    /// The front asks to be told when this worker makes room. The caller
+    /// must then issue a `SeqCst` fence before it reads `Finished` and
+    /// `Received` (see [`ProcCell::finish`] for why).
     pub fn request_wake(&self) {
         self.word(ProcWord::Wake).store(1, Ordering::SeqCst);
     }
 
-    /// The worker: was a wake-up asked for (and now taken)?
+    /// The worker: `n` more connections are finished; was a wake-up asked
+    /// for (and now taken)?
+    ///
+    /// This and the front's `request_wake` then read form a Dekker
+    /// pattern: the worker stores `Finished` then loads `Wake`; the front
+    /// stores `Wake` then loads `Finished` (and `Received`). If each side
+    /// could see its load before its own store became visible to the
+    /// other (a store-buffer reordering, which x86 does too), the worker
+    /// would see no wake-up asked for and the front would see no room
+    /// made: the listeners would stay paused until the next upkeep tick. A
+    /// `SeqCst` fence on each side between the store and the load rules
+    /// that out: of the two fences, the one that comes later in their
+    /// single total order sees the other side's store.
+    pub fn finish(&self, n: u64) -> bool {
+        bump(self.word(ProcWord::Finished), n);
+        // Orders this worker's store of `Finished` (and its earlier stores
+        // of `Received`) before its load of `Wake` below. Pairs with the
+        // fence in `Front::request_wakes`, which orders the front's store
+        // of `Wake` before its loads of `Finished` and `Received`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.take_wake()
+    }
+
+    /// The worker: was a wake-up asked for (and now taken)? Use
+    /// [`ProcCell::finish`] after counting, which fences first.
     pub fn take_wake(&self) -> bool {
         let w = self.word(ProcWord::Wake);
         w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::SeqCst) != 0
@@ -122,14 +148,17 @@ impl<'a> ColCell<'a> {
         set(w, get(w).saturating_sub(1));
     }
 
+    /// The connect-time histogram's words: sum, then buckets.
+    pub fn connect(&self) -> &'a [AtomicU64] {
+        let start = Col::ConnectSumNs as usize;
+        &self.words[start..start + Hist::<{ CONNECT.bounds_ns.len() }>::WORDS]
+    }
+
     /// Connected, after `connect_time`.
+    #[inline]
     pub fn opened(&self, connect_time: Duration) {
         bump(self.word(Col::Conns), 1);
-        bump(self.word(Col::ConnectSumNs), nanos(connect_time));
-        bump(
-            self.connect_bucket(bucket(&CONNECT_BOUNDS, connect_time.as_secs_f64())),
-            1,
-        );
+        CONNECT.record(self.connect(), connect_time);
     }
 
     pub fn failed(&self, reason: FailReason) {

@@ -23,7 +23,7 @@ use std::process::Stdio;
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
 use tokio::io::Interest;
 
-use crate::cli::{LogArgs, LogFormat};
+use crate::logging::{LogFormat, LogOptions};
 use crate::sys;
 
 /// The executable workers are started from.
@@ -63,7 +63,7 @@ pub fn spawn_worker(
     exe: &Exe,
     slot: usize,
     worker_end: &impl AsFd,
-    log: &LogArgs,
+    log: &LogOptions,
     cpu: Option<usize>,
 ) -> io::Result<(u32, OwnedFd)> {
     let fd = sys::raw(&worker_end.as_fd());
@@ -75,7 +75,7 @@ pub fn spawn_worker(
         .arg("--channel-fd")
         .arg(fd.to_string())
         .arg("--log-format")
-        .arg(match log.log_format {
+        .arg(match log.format {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         })

@@ -205,8 +205,9 @@ async fn connect_any(
         let preface = backend
             .send_proxy
             .map(|v| proxy_header(client, handoff).encode(v));
+        let source = routes.next_source(backend.id);
         let deadline = began + config.connect_timeout;
-        match connect_one(worker, backend.addr, deadline, preface.as_deref()).await {
+        match connect_one(worker, backend.addr, source, deadline, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
@@ -223,11 +224,13 @@ async fn connect_any(
     None
 }
 
-/// Connect to `addr` and write `preface` (a PROXY header) if any, all
-/// by `deadline` (kept by the worker's [`Deadlines`](super::deadline)).
+/// Connect to `addr` (from `source`, if given) and write `preface` (a
+/// PROXY header) if any, all by `deadline` (kept by the worker's
+/// [`Deadlines`](super::deadline)).
 async fn connect_one(
     worker: &Worker,
     addr: SocketAddr,
+    source: Option<IpAddr>,
     deadline: Instant,
     preface: Option<&[u8]>,
 ) -> Result<TcpStream, FailReason> {
@@ -238,6 +241,9 @@ async fn connect_one(
             Some(Protocol::TCP),
         )?;
         socket.set_tcp_nodelay(true)?;
+        if let Some(ip) = source {
+            crate::sys::bind_source(&socket, ip)?;
+        }
         match socket.connect(&addr.into()) {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -302,3 +302,73 @@ fn a_stopped_worker_is_replaced_and_its_clients_are_served() {
         || proxy.worker_pids()[0].is_some_and(|p| p != stopped),
     );
 }
+
+/// A listening socket that fails under the front (here: shut down by the
+/// service manager that passed it, so every accept fails with EINVAL while
+/// the socket stays readable) does not make the accept loop spin: it
+/// backs off and says so, at most a line a second.
+#[test]
+fn a_listening_socket_that_fails_does_not_make_the_front_spin() {
+    use std::process::{Command, Stdio};
+    let b = name_backend("l");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = socket2::SockRef::from(&listener);
+    sock.set_cloexec(false).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let dir = temp_dir("accept-fails");
+    let log = dir.join("stderr.log");
+    let script = format!(
+        "exec 3<&{fd}; exec {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec {BIN} --backend {} --workers 1 --metrics off --control off",
+        b.addr
+    );
+    let mut child = std::os::unix::process::CommandExt::process_group(
+        Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+        0,
+    )
+    .spawn()
+    .unwrap();
+    let front = child.id();
+    wait_until(
+        Duration::from_secs(10),
+        "service on the inherited socket",
+        || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .ok()
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                    let mut line = String::new();
+                    BufReader::new(&mut s).read_line(&mut line).ok()?;
+                    (line.trim() == "l").then_some(())
+                })
+                .is_some()
+        },
+    );
+    // The "service manager" shuts its socket down: accept now fails, at
+    // once and forever, on a socket that polls readable.
+    sock.shutdown(Shutdown::Read).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let before = cpu_seconds(front);
+    let watched = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let spent = cpu_seconds(front) - before;
+    let wall = watched.elapsed().as_secs_f64();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{front}")])
+        .status();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        spent < 0.1 * wall,
+        "the front used {spent:.2}s of CPU in {wall:.2}s with a failing listener:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("the listening socket fails; backing off"),
+        "{stderr}"
+    );
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,7 +44,7 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_backend_received_bytes_total",
     "rrproxy_backend_sent_bytes_total",
     "rrproxy_backend_weight",
-    "rrproxy_backend_connect_duration_seconds_bucket",
+    "rrproxy_backend_connect_seconds_bucket",
     "rrproxy_connection_duration_seconds_bucket",
     "rrproxy_accepted_connections_total",
     "rrproxy_accept_errors_total",
@@ -122,10 +122,7 @@ fn a_known_workload_shows_in_every_metric() {
         Some(5.0)
     );
     assert_eq!(
-        m.get(
-            "rrproxy_backend_connect_duration_seconds_count",
-            &[("backend", &e)]
-        ),
+        m.get("rrproxy_backend_connect_seconds_count", &[("backend", &e)]),
         Some(10.0)
     );
     assert_eq!(m.get("rrproxy_accepted_connections_total", &[]), Some(10.0));
@@ -316,6 +313,8 @@ fn json_logs_are_json_and_connections_are_not_logged_by_default() {
     for _ in 0..5 {
         fetch_name(&proxy);
     }
+    // (Log lines are written asynchronously.)
+    proxy.wait_log("\"worker up\"");
     let log = proxy.stderr();
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() >= 3, "{log}");

@@ -54,7 +54,7 @@ pub struct Peer {
 impl Peer {
     /// Run `cmd` (already configured) in its own process group, output to
     /// `dir/NAME.out`, and wait until it accepts on `ready`.
-    fn start(name: &'static str, mut cmd: Command, dir: PathBuf, ready: SocketAddr) -> Peer {
+    pub fn start(name: &'static str, mut cmd: Command, dir: PathBuf, ready: SocketAddr) -> Peer {
         let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -149,6 +149,19 @@ pub fn haproxy(config: &str, ready: SocketAddr) -> Peer {
     let mut cmd = Command::new(tool("haproxy"));
     cmd.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
     Peer::start("haproxy", cmd, dir, ready)
+}
+
+/// redis-server on 127.0.0.1:`port`, in the foreground, with no
+/// persistence (nothing is written but its output).
+pub fn redis(port: u16) -> Peer {
+    let dir = temp_dir("redis");
+    let mut cmd = Command::new(tool("redis-server"));
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--protected-mode", "no"])
+        .arg("--dir")
+        .arg(&dir);
+    Peer::start("redis", cmd, dir, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// One HTTP/1.0 GET through `to` from the local address `from` (port 0:

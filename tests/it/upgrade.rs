@@ -184,6 +184,7 @@ fn an_upgrade_to_another_build_under_load_fails_nothing_and_counters_go_on() {
         "rrproxy_backend_connections_total",
         "rrproxy_backend_received_bytes_total",
         "rrproxy_connection_duration_seconds_count",
+        "rrproxy_backend_connect_seconds_count",
     ] {
         assert!(
             counter(&after, name) >= counter(&before, name) + 1.0,
@@ -291,24 +292,41 @@ fn a_new_binary_that_cannot_take_over_changes_nothing() {
     proxy.wait_log("is not executable");
 }
 
+/// An upgrade asked for while the workers are still being replaced after
+/// the last one goes ahead and supersedes that restart (the reply says
+/// so): the newest front replaces every worker, and the stream held by the
+/// oldest worker finishes intact.
 #[test]
-fn one_upgrade_at_a_time() {
+fn an_upgrade_during_a_restart_of_the_workers_supersedes_it() {
     let echo = echo_backend();
     let proxy = ProxyCmd::new(&[echo.addr])
         .workers(1)
         .args(["--drain-timeout", "30s"])
         .start();
-    // A stream holds the old worker, so the roll after the upgrade waits.
+    // A stream holds the old worker, so the restart after the upgrade waits.
     let stream = Stream::start(&proxy, 9, 4 << 20, Duration::from_millis(20));
     let front = front_pid(&proxy);
     assert!(proxy.ctl("upgrade").contains("front upgraded"));
+    assert_eq!(proxy.ctl_json("status")["rolling_restart"], true);
     let again = proxy.ctl("upgrade");
     assert!(
-        again.starts_with("error:") && again.contains("still being replaced"),
+        again.contains("front upgraded") && again.contains("superseded"),
         "{again}"
     );
-    stream.check("stream across the upgrade");
-    wait_upgraded(&proxy, front, Duration::from_secs(60));
+    stream.check("stream across two upgrades");
+    let newest = wait_upgraded(&proxy, front, Duration::from_secs(60));
+    let build = proxy.ctl_json("status")["build"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(Duration::from_secs(30), "only the newest workers", || {
+        all_worker_pids(&proxy).len() == 1
+    });
+    assert_eq!(
+        proxy.ctl_json("workers")[0]["build"].as_str().unwrap(),
+        &build[..12]
+    );
+    assert_ne!(newest, front);
 }
 
 /// SIGHUP, SIGUSR1, SIGUSR2 and SIGINT to every worker, then SIGHUP to the

@@ -43,14 +43,23 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         socket_addr(),
         any::<bool>(),
         send_proxy,
+        prop::option::of(any::<u16>()),
     )
-        .prop_map(|(id, column, addr, routable, send_proxy)| BackendEntry {
-            id,
-            column,
-            addr,
-            routable,
-            send_proxy,
-        });
+        .prop_map(
+            |(id, column, addr, routable, send_proxy, source)| BackendEntry {
+                id,
+                column,
+                addr,
+                routable,
+                send_proxy,
+                source,
+            },
+        );
+    let ip = socket_addr().prop_map(|a| a.ip());
+    let sources = prop::collection::vec(
+        prop::collection::vec(ip, 1..=crate::channel::MAX_SOURCES),
+        0..4,
+    );
     (
         (any::<u64>(), micros(), micros(), micros()),
         (
@@ -59,21 +68,37 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
             any::<bool>(),
         ),
         prop::collection::vec(backend, 0..24),
+        sources,
     )
         .prop_map(
             |(
                 (seq, connect_timeout, idle_timeout, drain_timeout),
                 (first_byte_timeout, splice, report_closes),
-                backends,
-            )| WorkerConfig {
-                seq,
-                connect_timeout,
-                idle_timeout,
-                drain_timeout,
-                first_byte_timeout,
-                splice,
-                report_closes,
-                backends,
+                mut backends,
+                mut sources,
+            )| {
+                // A backend names one of the lists that travel with it.
+                for b in &mut backends {
+                    b.source = b
+                        .source
+                        .filter(|_| !sources.is_empty())
+                        .map(|i| i % sources.len() as u16);
+                }
+                // Lists travel only with an entry that names one.
+                if backends.iter().all(|b| b.source.is_none()) {
+                    sources.clear();
+                }
+                WorkerConfig {
+                    seq,
+                    connect_timeout,
+                    idle_timeout,
+                    drain_timeout,
+                    first_byte_timeout,
+                    splice,
+                    report_closes,
+                    backends,
+                    sources,
+                }
             },
         )
 }

@@ -26,7 +26,7 @@ fn send_proxy_is_a_backend_option_in_flags_files_and_ctl() {
     );
     // The name is the address alone: metrics and ctl are unchanged by it.
     assert_eq!(c.backends[0].name, "127.0.0.1:80");
-    let b = parse_backend("127.0.0.1:83,send-proxy=v2").unwrap();
+    let b = parse_backend("127.0.0.1:83,send-proxy=v2", &[]).unwrap();
     assert_eq!(b.send_proxy, Some(Version::V2));
     // A `resolve` name's addresses all get it.
     let c = Config::load(&args(&["localhost:9000,resolve,send-proxy=v1"])).unwrap();
@@ -86,9 +86,9 @@ fn access_lists_from_flags_and_the_file() {
         "backends = \"127.0.0.1:80\"\nallow = [\"10.0.0.0/8\"]\ndeny = \"10.9.0.0/16\"\naccept-proxy = [\"127.0.0.1\", \"::1\"]\nproxy-header-timeout = \"1s\"\n",
     )
     .unwrap();
-    let c = Config::load(&ProxyArgs {
+    let c = Config::load(&Flags {
         config: Some(path.clone()),
-        ..ProxyArgs::default()
+        ..Flags::default()
     })
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use proptest::prelude::*;
 
 use super::super::*;
-use crate::cli::ProxyArgs;
+use crate::config::Flags;
 
 /// Every key `FileConfig` knows, but those that hold addresses.
 const KEYS: &[&str] = &[
@@ -173,7 +173,15 @@ fn check_parse_error(text: &str, err: &ConfigError) -> Result<(), TestCaseError>
         width,
         err
     );
-    prop_assert!(!message.is_empty() && !message.contains('\n'), "{}", err);
+    // One line naming the problem, optionally followed by one tip line.
+    let (head, tip) = match message.split_once('\n') {
+        Some((head, tip)) => (head, Some(tip)),
+        None => (message.as_str(), None),
+    };
+    prop_assert!(!head.is_empty(), "{}", err);
+    if let Some(tip) = tip {
+        prop_assert!(tip.starts_with("  tip: ") && !tip.contains('\n'), "{}", err);
+    }
     let prefix = format!("test.toml:{line}:{column}: ");
     prop_assert!(err.to_string().starts_with(&prefix), "{}", err);
     Ok(())
@@ -217,10 +225,10 @@ proptest! {
                 // Validation too: the file with one safe backend given as a
                 // flag (which replaces the file's backends).
                 let file = TempFile::new(&text);
-                let args = ProxyArgs {
+                let args = Flags {
                     backend: vec!["127.0.0.1:9".into()],
                     config: Some(file.0.clone()),
-                    ..ProxyArgs::default()
+                    ..Flags::default()
                 };
                 if let Err(err) = Config::load(&args) {
                     // One line, then at most a `tip:` line or two.

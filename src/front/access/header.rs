@@ -19,20 +19,22 @@
 //! Upgrades: when the front freezes for a handover, the reads stop (their
 //! tasks are cancelled; a read only consumes once the whole header is
 //! there, and then without yielding, so a cancelled read has consumed
-//! nothing, bar a v2 header longer than the 256 bytes one peek sees, which
-//! is read in pieces) and the connections travel to the new front, which
-//! reads their headers anew when it thaws; if the upgrade fails, the old
-//! front resumes them.
+//! nothing, however long the header) and the connections travel to the
+//! new front, which reads their headers anew when it thaws; if the upgrade
+//! fails, the old front resumes them.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::rc::Rc;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::{Rc, Weak};
 
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use super::client_of;
-use crate::front::{Conn, Front, refuse};
+use super::{Access, client_of};
+use crate::config::Config;
+use crate::front::{Conn, Counters, Front, refuse};
+use crate::handover::FdSource;
 use crate::proxy_protocol::{self, HeaderError, Parsed};
 use crate::stats::FrontWord;
 
@@ -46,43 +48,51 @@ use crate::stats::FrontWord;
 pub const MAX_HEADER_WAITS: usize = 4096;
 
 /// One connection whose header is being read.
-pub struct Waiting {
+pub(super) struct Waiting {
     stream: Rc<tokio::net::TcpStream>,
     peer: SocketAddr,
     /// The read in progress; `None` while suspended for a handover.
     task: Option<AbortHandle>,
 }
 
-impl Front {
-    /// Start reading the PROXY header of a connection from a trusted source.
-    pub(in crate::front) fn read_header(&mut self, stream: std::net::TcpStream, peer: SocketAddr) {
+impl Access {
+    /// Start reading the PROXY header of a connection from a trusted
+    /// source (unless `frozen`: then it is read once the front thaws). The
+    /// read ends in `Front::header_read`, through `front`.
+    pub fn read_header(
+        &mut self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        front: &Weak<RefCell<Front>>,
+        frozen: bool,
+        counters: &Counters,
+    ) {
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
-                let id = self.access.next_wait;
-                self.access.next_wait += 1;
+                let id = self.next_wait;
+                self.next_wait += 1;
                 let w = Waiting {
                     stream: Rc::new(stream),
                     peer,
                     task: None,
                 };
-                self.access.waiting.insert(id, w);
-                if !self.state.frozen {
-                    self.start_read(id);
+                self.waiting.insert(id, w);
+                if !frozen {
+                    self.start_read(id, front);
                 }
             }
             Err(err) => {
                 // Registering with the event loop failed (out of memory):
                 // that connection only.
-                self.header_failed(peer, HeaderError::Io(err.kind()), None);
+                self.header_failed(peer, HeaderError::Io(err.kind()), None, counters);
             }
         }
-        self.update_paused();
     }
 
-    fn start_read(&mut self, id: u64) {
-        let timeout = self.access.header_timeout;
-        let me = self.me.clone();
-        let Some(w) = self.access.waiting.get_mut(&id) else {
+    fn start_read(&mut self, id: u64, front: &Weak<RefCell<Front>>) {
+        let timeout = self.header_timeout;
+        let me = front.clone();
+        let Some(w) = self.waiting.get_mut(&id) else {
             return;
         };
         let stream = w.stream.clone();
@@ -96,12 +106,15 @@ impl Front {
         w.task = Some(task.abort_handle());
     }
 
-    /// A read ended: admit the connection with the header's client, or
-    /// close it.
-    fn header_read(&mut self, id: u64, result: Result<Parsed, HeaderError>) {
-        let Some(w) = self.access.waiting.remove(&id) else {
-            return;
-        };
+    /// A read ended: the connection with the header's client, to admit;
+    /// or `None` (it was closed: no header, a bad one, a late one).
+    pub fn header_read(
+        &mut self,
+        id: u64,
+        result: Result<Parsed, HeaderError>,
+        counters: &Counters,
+    ) -> Option<Conn> {
+        let w = self.waiting.remove(&id)?;
         let stream = match Rc::try_unwrap(w.stream) {
             Ok(stream) => stream.into_std(),
             // A cancelled read's task may not have let go of it yet: keep
@@ -114,14 +127,12 @@ impl Front {
         let (stream, parsed) = match (stream, result) {
             (Ok(stream), Ok(parsed)) => (stream, parsed),
             (Ok(stream), Err(why)) => {
-                self.header_failed(w.peer, why, Some(&stream));
-                self.update_paused();
-                return;
+                self.header_failed(w.peer, why, Some(&stream), counters);
+                return None;
             }
             (Err(err), _) => {
-                self.header_failed(w.peer, HeaderError::Io(err.kind()), None);
-                self.update_paused();
-                return;
+                self.header_failed(w.peer, HeaderError::Io(err.kind()), None, counters);
+                return None;
             }
         };
         let (peer, destination) = client_of(&parsed.header, w.peer);
@@ -131,13 +142,11 @@ impl Front {
             version = %parsed.version,
             "PROXY header read"
         );
-        self.admit(Conn {
+        Some(Conn {
             stream,
             peer,
             destination,
-        });
-        // Not inside an accept round: send the batch now.
-        self.flush();
+        })
     }
 
     /// Close a connection whose header could not be read (a reset), count
@@ -147,12 +156,13 @@ impl Front {
         peer: SocketAddr,
         why: HeaderError,
         stream: Option<&std::net::TcpStream>,
+        counters: &Counters,
     ) {
         if let Some(s) = stream {
             refuse(s);
         }
-        self.counters.bump(FrontWord::header_error(&why), 1);
-        match self.access.header_log.pass() {
+        counters.bump(FrontWord::header_error(&why), 1);
+        match self.header_log.pass() {
             Some(held) => warn!(
                 source = %peer,
                 reason = why.reason(),
@@ -167,7 +177,7 @@ impl Front {
     /// Stop every read (the front freezes for a handover). Nothing has been
     /// consumed of a header whose read is stopped; see the module doc.
     pub fn suspend_header_reads(&mut self) {
-        for w in self.access.waiting.values_mut() {
+        for w in self.waiting.values_mut() {
             if let Some(t) = w.task.take() {
                 t.abort();
             }
@@ -176,39 +186,59 @@ impl Front {
 
     /// Start the reads that are not running: suspended ones after a failed
     /// upgrade, inherited ones after a successful one.
-    pub fn resume_header_reads(&mut self) {
+    pub fn resume_header_reads(&mut self, front: &Weak<RefCell<Front>>) {
         let idle: Vec<u64> = self
-            .access
             .waiting
             .iter()
             .filter(|(_, w)| w.task.is_none())
             .map(|(&id, _)| id)
             .collect();
         for id in idle {
-            self.start_read(id);
+            self.start_read(id, front);
         }
     }
 
-    /// The connections whose header is still to be read, for a handover
-    /// (the front is frozen: their reads are suspended).
-    pub fn header_waits(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
-        self.access
-            .waiting
-            .values()
-            .map(|w| (w.peer, w.stream.as_fd()))
-            .collect()
+    /// What the part hands to a new front: the connections whose header is
+    /// still to be read (the front is frozen: their reads are suspended),
+    /// their descriptors pushed on `fds`.
+    pub fn handover<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> AccessState {
+        let mut header_waits = Vec::new();
+        for w in self.waiting.values() {
+            fds.push(w.stream.as_fd());
+            header_waits.push(w.peer);
+        }
+        AccessState { header_waits }
     }
 
-    /// Connections handed over whose header is still to be read; read when
-    /// the front thaws ([`Front::resume_header_reads`]).
-    pub fn adopt_header_waits(&mut self, conns: Vec<(SocketAddr, OwnedFd)>) {
-        for (peer, fd) in conns {
+    /// The part a new front takes over: the lists and settings of
+    /// `config`, and the connections whose header it is to read when it
+    /// thaws ([`Access::resume_header_reads`]).
+    pub fn from_handover(
+        config: &Config,
+        state: AccessState,
+        fds: &mut FdSource,
+        counters: &Counters,
+    ) -> Result<Access, String> {
+        let mut access = Access::new(config);
+        for peer in state.header_waits {
+            let fd = fds.next(&format!(
+                "connection from {peer} waiting for its PROXY header"
+            ))?;
             let stream = std::net::TcpStream::from(fd);
             if let Err(err) = stream.set_nonblocking(true) {
-                self.header_failed(peer, HeaderError::Io(err.kind()), Some(&stream));
+                access.header_failed(peer, HeaderError::Io(err.kind()), Some(&stream), counters);
                 continue;
             }
-            self.read_header(stream, peer);
+            access.read_header(stream, peer, &Weak::new(), true, counters);
         }
+        Ok(access)
     }
+}
+
+/// The `Access` part across an upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AccessState {
+    /// Connections from `--accept-proxy` sources whose header is still to
+    /// be read (by their source address; descriptors beside).
+    header_waits: Vec<SocketAddr>,
 }

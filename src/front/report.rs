@@ -1,0 +1,163 @@
+//! What the front tells `ctl` about itself: `status`, a row per worker
+//! slot, a row per backend. Built from the parts' read-only views; the
+//! control socket renders them as a table or JSON.
+
+use serde::Serialize;
+
+use super::{Backends, Counters, Routing};
+use crate::policy::PolicyName;
+use crate::stats::{Col, SlotWord};
+use crate::supervisor::{Role, Workers};
+
+/// `status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub build: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    /// Where the front is in its life (see DESIGN.md, "Lifecycle").
+    pub phase: &'static str,
+    pub policy: PolicyName,
+    pub listen: Vec<String>,
+    pub metrics: Option<String>,
+    pub workers: usize,
+    pub workers_up: usize,
+    pub backends: usize,
+    pub backends_up: usize,
+    pub active_connections: u64,
+    pub total_connections: u64,
+    pub pending_connections: usize,
+    pub accepting: bool,
+    pub rolling_restart: bool,
+    pub upgrading: bool,
+    /// How the last restart of the workers ended.
+    pub last_restart: Option<String>,
+    /// Worker processes by build id (more than one while an upgrade rolls).
+    pub builds: Vec<String>,
+    /// `--drain-timeout` (how long a restart of the workers may take
+    /// depends on it).
+    pub drain_timeout_seconds: f64,
+}
+
+/// One row of `workers`.
+#[derive(Debug, Serialize)]
+pub struct WorkerRow {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: &'static str,
+    pub active: u64,
+    pub total: u64,
+    pub restarts: u64,
+    /// The build the serving (or starting) process runs.
+    pub build: Option<String>,
+    /// Older processes of this slot still finishing their connections.
+    pub draining_pids: Vec<u32>,
+}
+
+/// One row of `backends`.
+#[derive(Debug, Serialize)]
+pub struct BackendRow {
+    pub address: String,
+    pub resolved: String,
+    /// For a backend found by DNS discovery: the `host:port` it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The PROXY protocol version written to it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
+    pub state: &'static str,
+    pub weight: u32,
+    /// While slow start ramps it up: how far, in percent of its weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
+    pub active: u64,
+    pub total: u64,
+    /// Connects to it that failed (refused, timed out, other), in all.
+    pub failures: u64,
+    /// Active health checks of it that failed, in all.
+    pub check_failures: u64,
+    /// Of those, how many in a row up to the last check (0 once one
+    /// passes).
+    pub check_failures_in_a_row: u32,
+    /// The last active health check: `ok`, or why it failed; absent
+    /// before the first (or with checks off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+}
+
+pub(super) fn short(build: &str) -> String {
+    build.chars().take(12).collect()
+}
+
+/// The builds the worker processes run, short and sorted.
+pub(super) fn builds(workers: &Workers) -> Vec<String> {
+    let mut builds: Vec<&str> = workers.procs().filter_map(|p| p.build()).collect();
+    builds.sort();
+    builds.dedup();
+    builds.into_iter().map(short).collect()
+}
+
+/// Total connections handed to every slot over its life.
+pub(super) fn handed(workers: &Workers, counters: &Counters) -> u64 {
+    (0..workers.len())
+        .map(|i| counters.slot_get(i, SlotWord::Handed))
+        .sum()
+}
+
+pub(super) fn workers(workers: &Workers, routing: &Routing, counters: &Counters) -> Vec<WorkerRow> {
+    workers
+        .slots()
+        .iter()
+        .map(|s| {
+            let current = s.current();
+            WorkerRow {
+                slot: s.index(),
+                pid: current.map(|p| p.pid()),
+                state: s.state(),
+                active: routing.view(s.index()).active,
+                total: counters.slot_get(s.index(), SlotWord::Handed),
+                restarts: counters.slot_get(s.index(), SlotWord::Restarts),
+                build: current.and_then(|p| p.build().map(short)),
+                draining_pids: s
+                    .procs()
+                    .iter()
+                    .filter(|p| p.role() == Role::Retiring)
+                    .map(|p| p.pid())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+pub(super) fn backends(
+    backends: &Backends,
+    cells: &[usize],
+    counters: &Counters,
+) -> Vec<BackendRow> {
+    let table = counters.table();
+    backends
+        .list()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let total = |w| backends.total(i, w, table, cells);
+            let (check_failures, check_failures_in_a_row) = backends.check_failures(i, table);
+            BackendRow {
+                address: b.spec().name.clone(),
+                resolved: b.spec().addr.to_string(),
+                from: b.spec().group.clone(),
+                send_proxy: b.spec().send_proxy,
+                state: b.state(),
+                weight: b.spec().weight,
+                slow_start_percent: backends.ramp_percent(i).filter(|_| b.routable()),
+                active: backends.active(i, table, cells),
+                total: total(Col::Conns),
+                failures: total(Col::FailRefused) + total(Col::FailTimeout) + total(Col::FailOther),
+                check_failures,
+                check_failures_in_a_row,
+                check: backends.last_check(i),
+            }
+        })
+        .collect()
+}
