@@ -3,6 +3,7 @@
 //! replaces the old one whole; nothing mutates a `Config` in place.
 
 mod build;
+pub mod diff;
 mod error;
 pub mod escape;
 mod file;

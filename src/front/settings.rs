@@ -318,6 +318,19 @@ pub fn plan(
             notes.push(format!("backend {name} removed by ctl: added back"));
         }
     }
+    // What the file itself changed (ctl's changes are the lines above).
+    let by_ctl: Vec<&str> = o
+        .added
+        .iter()
+        .chain(&o.removed)
+        .map(String::as_str)
+        .collect();
+    notes.extend(crate::config::diff::changes(
+        &cur,
+        &new,
+        o.policy.is_some(),
+        &by_ctl,
+    ));
     notes.extend(super::access::reload_notes(&o.acl, &new));
     for spec in &new.backends {
         let disabled = default.is_some_and(|backends| {

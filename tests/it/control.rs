@@ -610,3 +610,49 @@ fn a_reload_over_the_backend_limit_counting_draining_ones_is_refused() {
         proxy.ctl_json("backends").as_array().unwrap().len() == 1023
     });
 }
+
+/// A reload driven by an edited file says what the file changed (the
+/// policy, backends added and removed, a weight, a timeout), in the reply
+/// and in the log; the running proxy then does what the file says.
+#[test]
+fn a_reload_of_an_edited_file_lists_what_it_changed() {
+    let dir = temp_dir("edited");
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let c = name_backend("c");
+    let config = write_config(
+        &dir,
+        &format!(
+            "backends = [\"{}\", \"{}\"]\npolicy = \"round-robin\"\n",
+            a.addr, b.addr
+        ),
+    );
+    let proxy = ProxyCmd::new(&[])
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .start();
+    write_config(
+        &dir,
+        &format!(
+            "backends = [\"{},weight=3\", \"{}\"]\npolicy = \"least-conn\"\nconnect-timeout = \"2s\"\n",
+            b.addr, c.addr
+        ),
+    );
+    let reply = proxy.ctl("config reload");
+    assert!(reply.starts_with("configuration reloaded"), "{reply}");
+    for line in [
+        "policy round-robin -> least-conn".to_string(),
+        format!("backend {} weight 1 -> 3", b.addr),
+        format!("backend {} added", c.addr),
+        format!("backend {} removed (its connections drain)", a.addr),
+        "connect-timeout 5s -> 2s".to_string(),
+    ] {
+        assert!(reply.contains(&line), "no {line:?} in:\n{reply}");
+        proxy.wait_log(&line);
+    }
+    assert!(proxy.ctl("policy").contains("least-conn"));
+    // Reloading the same file again changes nothing and says so by
+    // listing nothing.
+    let again = proxy.ctl("config reload");
+    assert_eq!(again.trim_end(), "configuration reloaded", "{again}");
+}
