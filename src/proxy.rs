@@ -164,6 +164,7 @@ pub async fn serve(
         crate::privileges::check(who).map_err(FrontError::Privileges)?;
     }
     let nofile = crate::sys::raise_nofile_limit();
+    let mut asked = Vec::new();
     let sockets = match activated_listeners()? {
         Some(inherited) => {
             info!(
@@ -178,6 +179,7 @@ pub async fn serve(
                 let l = front::bind_listener(addr, backlog)
                     .map_err(|source| FrontError::Listen { addr, source })?;
                 bound.push(l);
+                asked.push(addr);
             }
             bound
         }
@@ -185,13 +187,25 @@ pub async fn serve(
     let table = Arc::new(table_for(config.workers)?);
     let counters = Counters::new(table.clone());
     let mut listeners = Listeners::new(sockets).map_err(FrontError::Runtime)?;
+    // Bound from the plan, in its order: each remembers the address
+    // asked for (port 0 included), which reloads compare against.
+    listeners.set_asked(&asked);
     // Only when asked: sockets from the service manager keep the unit's
-    // own DeferAcceptSec= otherwise.
-    for (addr, on) in front::defer_plan(&config) {
-        if on {
+    // own DeferAcceptSec= otherwise. (They are not the config's addresses:
+    // the top-level setting covers them all.)
+    if asked.is_empty() {
+        if config.defer_accept {
             listeners
-                .set_defer_accept_at(addr, true)
+                .set_defer_accept(true)
                 .map_err(FrontError::Fatal)?;
+        }
+    } else {
+        for (addr, on) in front::defer_plan(&config) {
+            if on {
+                listeners
+                    .set_defer_accept_at(addr, true)
+                    .map_err(FrontError::Fatal)?;
+            }
         }
     }
     let metrics = match config.metrics {

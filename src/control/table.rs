@@ -100,13 +100,13 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "services",
         "",
-        "services: listeners, server names, policy, backends up/total, connections",
+        "services: listeners, server names, policy, backends up, connections",
         Run(Services),
     ),
     row(
         "policy",
         "[NAME]",
-        "show, or switch to round-robin|least-conn|sticky (--service NAME: of that service)",
+        "show, or switch to round-robin|least-conn|sticky (--service NAME)",
         Run(Policy),
     ),
     row(

@@ -29,6 +29,9 @@ use crate::stats::FrontWord;
 pub struct Listeners {
     sockets: Vec<Rc<AsyncFd<std::net::TcpListener>>>,
     addrs: Vec<SocketAddr>,
+    /// Each socket's address as the config asked for it (`127.0.0.1:0`
+    /// for a port the kernel chose): what reloads compare against.
+    asked: Vec<SocketAddr>,
     /// Listeners are paused; see `Front::should_pause`.
     paused: bool,
     /// Wakes paused listeners.
@@ -50,6 +53,9 @@ pub struct Listeners {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenersState {
     listen: Vec<SocketAddr>,
+    /// (Empty from a front that did not keep them: as bound.)
+    #[serde(default)]
+    asked: Vec<SocketAddr>,
     metrics: Option<SocketAddr>,
     control: Option<std::path::PathBuf>,
     /// (A build without `--status` never gets one: its command line and
@@ -70,13 +76,14 @@ impl Listeners {
     /// Register listening sockets with the event loop (not accepting yet:
     /// see [`Listeners::start`]).
     pub fn new(sockets: Vec<std::net::TcpListener>) -> io::Result<Listeners> {
-        let addrs = sockets.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().filter_map(|l| l.local_addr().ok()).collect();
         let sockets = sockets
             .into_iter()
             .map(|l| crate::sys::register(l, tokio::io::Interest::READABLE).map(Rc::new))
             .collect::<io::Result<_>>()?;
         Ok(Listeners {
             sockets,
+            asked: addrs.clone(),
             addrs,
             paused: true,
             resume: Rc::new(Notify::new()),
@@ -89,6 +96,25 @@ impl Listeners {
 
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses as asked for, in the order of [`Listeners::addrs`].
+    pub fn asked(&self) -> &[SocketAddr] {
+        &self.asked
+    }
+
+    /// Say what each socket was asked for (as bound by default), when the
+    /// sockets were bound from `asked` in its order.
+    pub fn set_asked(&mut self, asked: &[SocketAddr]) {
+        if asked.len() == self.addrs.len() {
+            self.asked = asked.to_vec();
+        }
+    }
+
+    /// The socket asked for as `addr`, or bound on it.
+    fn position(&self, addr: SocketAddr) -> Option<usize> {
+        (self.asked.iter().position(|&a| a == addr))
+            .or_else(|| self.addrs.iter().position(|&a| a == addr))
     }
 
     pub fn paused(&self) -> bool {
@@ -151,6 +177,7 @@ impl Listeners {
         }
         ListenersState {
             listen: self.addrs.clone(),
+            asked: self.asked.clone(),
             metrics: self.metrics_addr(),
             control: self.control.as_ref().map(|(p, _)| p.clone()),
             status: self.status_addr(),
@@ -187,6 +214,7 @@ impl Listeners {
             None => None,
         };
         let mut listeners = Listeners::new(sockets).map_err(|e| e.to_string())?;
+        listeners.set_asked(&state.asked);
         if let (Some(addr), Some(l)) = (state.status, &status) {
             let dup = l.try_clone().map_err(|e| e.to_string())?;
             listeners.keep_status(addr, dup.into());
@@ -228,9 +256,11 @@ impl Listeners {
         }
     }
 
-    /// A listener added by a reload: accepting at once if the others are.
+    /// A listener added by a reload (asked for as `asked`): accepting at
+    /// once if the others are.
     pub fn add(
         &mut self,
+        asked: SocketAddr,
         socket: std::net::TcpListener,
         front: &std::rc::Weak<std::cell::RefCell<super::Front>>,
     ) -> io::Result<()> {
@@ -244,12 +274,13 @@ impl Listeners {
         }
         self.sockets.push(l);
         self.addrs.push(addr);
+        self.asked.push(asked);
         Ok(())
     }
 
     /// Close the listener on `addr` (a reload removed it).
     pub fn remove(&mut self, addr: SocketAddr) {
-        let Some(i) = self.addrs.iter().position(|&a| a == addr) else {
+        let Some(i) = self.position(addr) else {
             return;
         };
         if let Some(t) = (i < self.tasks.len()).then(|| self.tasks.remove(i)) {
@@ -257,11 +288,12 @@ impl Listeners {
         }
         self.sockets.remove(i);
         self.addrs.remove(i);
+        self.asked.remove(i);
     }
 
     /// Turn defer-accept on or off on the listener on `addr`.
     pub fn set_defer_accept_at(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
-        let Some(i) = self.addrs.iter().position(|&a| a == addr) else {
+        let Some(i) = self.position(addr) else {
             return Ok(());
         };
         crate::sys::set_defer_accept(self.sockets[i].get_ref().as_fd(), on)

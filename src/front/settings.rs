@@ -258,8 +258,8 @@ pub struct Plan {
     pub config: Config,
     /// What applying it changes, keeps or undoes, one line each.
     pub notes: Vec<String>,
-    /// Listening sockets bound for the addresses it adds.
-    pub bound: Vec<std::net::TcpListener>,
+    /// Sockets bound for the addresses it adds, with the address asked.
+    pub bound: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
 }
 
 /// Plan applying `new` (the file and flags as they are now) to a front

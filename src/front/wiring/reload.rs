@@ -38,7 +38,7 @@ impl Front {
             .map(|s| s.backends());
         let mut plan = crate::front::settings::plan(&self.settings, new, default, lingering)?;
         // New listeners are bound now, so that a failure changes nothing.
-        let running = self.listeners.addrs().to_vec();
+        let running = self.listeners.asked().to_vec();
         for (addr, backlog) in listen_plan(&plan.config) {
             if running.contains(&addr) {
                 continue;
@@ -46,7 +46,7 @@ impl Front {
             let l = crate::front::bind_listener(addr, backlog)
                 .map_err(|err| format!("cannot listen on {addr}: {err}; nothing changed"))?;
             plan.notes.push(format!("listening on {addr}"));
-            plan.bound.push(l);
+            plan.bound.push((addr, l));
         }
         for addr in running {
             if !plan.config.all_listen().contains(&addr) {
@@ -74,15 +74,15 @@ impl Front {
         } = plan;
         let cur = self.settings.get();
         let wanted = config.all_listen();
-        for addr in self.listeners.addrs().to_vec() {
+        for addr in self.listeners.asked().to_vec() {
             if !wanted.contains(&addr) {
                 self.listeners.remove(addr);
                 info!(listener = %addr, "listener closed by reload");
             }
         }
-        for l in bound {
+        for (asked, l) in bound {
             let addr = l.local_addr().ok();
-            if let Err(err) = self.listeners.add(l, &self.me) {
+            if let Err(err) = self.listeners.add(asked, l, &self.me) {
                 warn!(listener = ?addr, cause = %err, "cannot register a new listener");
                 notes.push(format!("cannot accept on {addr:?}: {err}"));
             } else {
@@ -97,7 +97,21 @@ impl Front {
         }
         self.settings.clear_overrides();
         let applied = self.table_applied_everywhere();
+        let policies = |f: &Self| -> Vec<(String, PolicyName)> {
+            let live = f.services.iter().filter(|s| !s.leaving());
+            live.map(|s| (s.name().to_string(), s.routing().policy()))
+                .collect()
+        };
+        let before = policies(self);
         notes.extend(self.services.apply(&config, self.counters.table(), applied));
+        // A service the file switched to another policy, as `ctl policy`
+        // counts it.
+        let switched = policies(self)
+            .iter()
+            .filter(|(n, p)| before.iter().any(|(bn, bp)| bn == n && bp != p))
+            .count();
+        self.counters
+            .bump(FrontWord::PolicyChanges, switched as u64);
         let access_log_changed = cur.access_log != config.access_log;
         self.settings.replace(config);
         let cfg = self.settings.get();
