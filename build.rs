@@ -11,6 +11,8 @@
 //!   health check tests run it as a real backend);
 //! - `has_openssl`, `has_curl`: on `PATH` (the TLS rig makes certificates
 //!   and speaks TLS with them);
+//! - `has_chromium`: `chromium` on `PATH` or in `/usr/bin` (the status
+//!   page is tested in a real, headless browser);
 //! - `has_private_mounts`: root, and `unshare(1)` can bind-mount a file in
 //!   a private mount namespace (the DNS discovery tests);
 //! - `has_pid_namespaces`: root, and `unshare(1)` can run a process as
@@ -26,7 +28,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const CFGS: [&str; 11] = [
+const CFGS: [&str; 12] = [
     "has_promtool",
     "has_prometheus",
     "has_python3",
@@ -38,6 +40,7 @@ const CFGS: [&str; 11] = [
     "has_openssl",
     "has_curl",
     "is_root",
+    "has_chromium",
 ];
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         on_path("openssl"),
         on_path("curl"),
         is_root(),
+        on_path("chromium") || Path::new("/usr/bin/chromium").is_file(),
     ];
     for (cfg, ok) in CFGS.into_iter().zip(found) {
         if require || ok {

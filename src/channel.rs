@@ -29,7 +29,7 @@ pub use codec::FrameError;
 /// Protocol version: the first byte of every frame. An upgrade needs the
 /// old and the new build to speak the same version (the new front talks to
 /// the old workers until they are replaced).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest frame either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Most descriptors carried by one frame (the kernel allows 253).
@@ -99,7 +99,23 @@ pub struct WorkerConfig {
     /// The source address lists backends connect from (`--source`,
     /// `source=`), each once; a backend names its list by index.
     pub sources: Vec<Vec<std::net::IpAddr>>,
+    /// The per-connection settings of the services other than the one
+    /// the fields above describe; a backend names its service's by index.
+    pub services: Vec<ServiceConns>,
 }
+
+/// A service's own per-connection settings, for the connections to its
+/// backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConns {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Close a client that sent no byte within this; `None`: never.
+    pub first_byte_timeout: Option<Duration>,
+}
+
+/// Most services a worker config describes.
+pub const MAX_SERVICES: usize = 256;
 
 /// When workers forward with splice(2) instead of buffered copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -144,6 +160,9 @@ pub struct BackendEntry {
     /// Connect from the addresses of this list of
     /// [`WorkerConfig::sources`], in turn; `None`: the system's choice.
     pub source: Option<u16>,
+    /// Its service's settings: this entry of [`WorkerConfig::services`];
+    /// `None`: the config's own.
+    pub service: Option<u16>,
 }
 
 /// Most backends a handoff names to fall back on (`--retries`).

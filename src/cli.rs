@@ -149,6 +149,12 @@ pub struct CtlArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// The service a per-service command acts on (`policy`, `backends`,
+    /// `backend ...`, `acl ...`, `explain`); needed when the proxy runs
+    /// several. The same as `--service S` among the command's words.
+    #[arg(long, value_name = "S")]
+    pub service: Option<String>,
+
     /// The command and its arguments, e.g. `status`, `workers`,
     /// `policy sticky`, `backend add 10.0.0.7:80`. `help` lists them all.
     #[arg(required = true, num_args = 1.., value_name = "COMMAND")]

@@ -10,6 +10,7 @@ mod file;
 mod flags;
 pub mod options;
 mod parse;
+pub mod services;
 pub mod sources;
 pub mod values;
 
@@ -25,6 +26,7 @@ pub use parse::{
     BackendArg, BackendSpec, ResolveGroup, expand_backend, group_member, parse_backend,
     parse_backend_arg, resolve, resolve_all,
 };
+pub use services::{DEFAULT_SERVICE, MAX_SERVICES, Service};
 
 use crate::acl::{Acl, Networks};
 use crate::channel::{AccessLog, Splice};
@@ -104,6 +106,10 @@ pub struct Config {
     pub policy_options: PolicyOptions,
     /// Where `/metrics` is served; `None` when disabled.
     pub metrics: Option<SocketAddr>,
+    /// `--status`: the status page's own address (besides the metrics
+    /// one); `None` when not asked for.
+    #[serde(default)]
+    pub status: Option<SocketAddr>,
     /// Control socket path; `None` when disabled.
     pub control: Option<PathBuf>,
     pub connect_timeout: Duration,
@@ -162,6 +168,18 @@ pub struct Config {
     /// How long such a source has to send the whole header.
     #[serde(default = "default_proxy_header_timeout")]
     pub proxy_header_timeout: Duration,
+    /// How long a connection on a listener that routes by server name may
+    /// take to send its ClientHello (`sni-timeout`).
+    #[serde(default = "default_sni_timeout")]
+    pub sni_timeout: Duration,
+    /// The `[[service]]` tables, built (the top level itself is the
+    /// `default` service when it has backends; see `services`).
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+fn default_sni_timeout() -> Duration {
+    crate::sni::DEFAULT_TIMEOUT
 }
 
 impl Config {
@@ -184,13 +202,17 @@ impl Config {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
         let backends: Vec<String> = self.backends.iter().map(|b| b.to_string()).collect();
-        let mut out = format!(
-            "listen {} -> backends {} with {} workers, policy {}",
-            listen.join(","),
-            backends.join(","),
-            self.workers,
-            self.policy
-        );
+        let mut out = if self.backends.is_empty() {
+            format!("{} workers", self.workers)
+        } else {
+            format!(
+                "listen {} -> backends {} with {} workers, policy {}",
+                listen.join(","),
+                backends.join(","),
+                self.workers,
+                self.policy
+            )
+        };
         if !self.acl.is_empty() {
             out.push_str(&format!(
                 ", access list {} allow / {} deny",
@@ -228,6 +250,24 @@ impl Config {
         }
         if let Some(d) = self.slow_start {
             out.push_str(&format!(", slow start {}", humantime::format_duration(d)));
+        }
+        for s in &self.services {
+            let c = &s.config;
+            let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+            let backends: Vec<String> = c.backends.iter().map(|b| b.to_string()).collect();
+            out.push_str(&format!(
+                "; service {}: listen {} -> backends {}, policy {}",
+                s.name,
+                listen.join(","),
+                backends.join(","),
+                c.policy
+            ));
+            if !s.sni.is_empty() {
+                out.push_str(&format!(", sni {}", s.sni.join(",")));
+            }
+            if c.defer_accept {
+                out.push_str(", defer-accept");
+            }
         }
         out
     }

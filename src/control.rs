@@ -13,6 +13,7 @@
 
 mod client;
 mod commands;
+mod explain;
 mod socket;
 pub mod table;
 mod top;

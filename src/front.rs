@@ -36,6 +36,7 @@
 mod access;
 mod backends;
 mod counters;
+pub mod explain;
 mod flow;
 mod health;
 mod ledger;
@@ -46,7 +47,9 @@ pub mod phase;
 mod report;
 mod resolver;
 mod routing;
+mod services;
 mod settings;
+pub mod status;
 pub mod upgrade;
 mod upkeep;
 mod watch;
@@ -60,10 +63,12 @@ pub use lifecycle::Lifecycle;
 pub use limits::fd_budget;
 pub use listener::{Listeners, accept_loop, bind as bind_listener};
 pub use phase::{Event, Phase, Step};
-pub use report::{BackendRow, Status, WorkerRow};
+pub use report::{BackendRow, ServiceRow, Status, WorkerRow};
 pub use routing::Routing;
+pub use services::{Service, Services};
 pub use settings::Settings;
 pub use wiring::{Front, Parts, Shared};
+pub(crate) use wiring::{defer_plan, listen_plan};
 
 use crate::config::{Config, ConfigError};
 
@@ -79,6 +84,11 @@ pub enum FrontError {
     },
     #[error("cannot serve metrics on {addr}: {source}{}", metrics_tip(.source))]
     Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the status page on {addr}: {source}")]
+    Status {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -135,6 +145,9 @@ pub enum AdminError {
     TooMany(usize),
     #[error("{0}")]
     Refused(&'static str),
+    /// The command names no service, or one that does not exist.
+    #[error("{0}")]
+    Service(String),
     /// The backend cannot be added as given (its source addresses).
     #[error("{0}")]
     Invalid(String),
@@ -169,10 +182,16 @@ pub async fn reload(front: &Shared) -> Result<ReloadReport, String> {
     notify(&[sd_notify::NotifyState::Ready]);
     match result {
         Ok(Ok(config)) => {
-            let applied = front
-                .borrow_mut()
+            let mut f = front.borrow_mut();
+            let applied = f
                 .apply_file(config)
                 .map_err(|why| format!("reload rejected: {why}"));
+            let text = match &applied {
+                Ok(r) if r.notes.is_empty() => "configuration reloaded".to_string(),
+                Ok(r) => format!("configuration reloaded: {}", r.notes.join("; ")),
+                Err(why) => why.clone(),
+            };
+            f.record_event(crate::status::EventKind::Reload, text);
             if let Err(why) = &applied {
                 tracing::error!("{why}");
             }
@@ -180,7 +199,11 @@ pub async fn reload(front: &Shared) -> Result<ReloadReport, String> {
         }
         Ok(Err(err)) => {
             tracing::error!(cause = %err, "reload rejected: keeping the running configuration");
-            Err(format!("reload rejected: {err}"))
+            let why = format!("reload rejected: {err}");
+            front
+                .borrow_mut()
+                .record_event(crate::status::EventKind::Reload, why.clone());
+            Err(why)
         }
         Err(err) => Err(format!("reload failed: {err}")),
     }

@@ -33,7 +33,7 @@ use crate::channel::fdpass::{Channel, Received};
 /// The environment variable that tells a new front to take over.
 pub const ENV: &str = "RRPROXY_UPGRADE_FD";
 /// Bumped when the handover conversation or value changes shape.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 const HELLO: u8 = b'H';
 const ERROR: u8 = b'X';

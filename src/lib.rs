@@ -34,8 +34,11 @@
 //!   limit keys.
 //! - [`control`]: the control socket and the `rrproxy ctl` client.
 //! - [`logging`]: log setup: a non-blocking, lossy writer to stderr.
-//! - [`metrics`]: metric names and the Prometheus endpoint.
+//! - [`metrics`]: metric names and the HTTP endpoint (`/metrics`, and the
+//!   status page's routes).
 //! - [`pidfile`]: `--pid-file`, written by the front that serves.
+//! - [`status`]: the status page (`/status`, `/status.json`): its data,
+//!   rates, paging, HTML, and the front's event ring.
 //! - [`signals`]: catching the signals a process has no use for.
 //! - [`privileges`]: becoming `--user` after binding, for good.
 //! - [`version`]: the version and build id of this binary.
@@ -68,6 +71,7 @@ pub mod proxy_protocol;
 pub mod signals;
 pub mod sni;
 pub mod stats;
+pub mod status;
 pub mod supervisor;
 pub mod sys;
 pub mod version;
@@ -87,6 +91,7 @@ pub const LAYERS: &[&str] = &[
     "worker",
     "access_log",
     "metrics",
+    "status",
     "config",
     "acl",
     "policy",

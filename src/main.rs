@@ -51,7 +51,12 @@ fn main() -> ExitCode {
                     Err(err) => fail("rrproxy ctl top", &err),
                 };
             }
-            match rrproxy::control::ctl(&path, &args.command, args.json) {
+            let mut command = args.command.clone();
+            if let Some(service) = &args.service {
+                // The proxy says which commands take it.
+                command.extend(["--service".to_string(), service.clone()]);
+            }
+            match rrproxy::control::ctl(&path, &command, args.json) {
                 Ok(reply) if reply.is_empty() => ExitCode::SUCCESS,
                 Ok(reply) => out(&reply),
                 Err(err) => fail("rrproxy ctl", &err),

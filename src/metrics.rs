@@ -1,4 +1,5 @@
-//! Metric names, their help text, and the Prometheus endpoint.
+//! Metric names, their help text, and the HTTP endpoint (Prometheus
+//! `/metrics`, and the status page's routes: see [`crate::status`]).
 //!
 //! Every name is a constant here, next to its description, so dashboards,
 //! alerts, tests and the README have one place to agree with. Labels are
@@ -21,7 +22,7 @@ mod http;
 mod render;
 
 pub use http::{Endpoint, start as start_endpoint};
-pub use render::{BackendLabel, Exporter, SlotLabel, Snapshot, render};
+pub use render::{BackendLabel, Exporter, ServiceLabel, SlotLabel, Snapshot, render};
 
 pub const WORKER_CONNECTIONS: &str = "rrproxy_worker_connections_total";
 pub const WORKER_ACTIVE: &str = "rrproxy_worker_active_connections";
@@ -62,10 +63,40 @@ pub const FIRST_BYTE_TIMEOUTS: &str = "rrproxy_client_first_byte_timeouts_total"
 pub const DENIED: &str = "rrproxy_denied_connections_total";
 pub const PROXY_HEADER_ERRORS: &str = "rrproxy_proxy_header_errors_total";
 pub const ACCESS_LOG_DROPPED: &str = "rrproxy_access_log_lines_dropped_total";
+pub const SERVICE_CONNECTIONS: &str = "rrproxy_service_connections_total";
+pub const SNI_CONNECTIONS: &str = "rrproxy_sni_connections_total";
+
+/// Why a connection on a listener that routes by server name went where
+/// it went: `found` (a name of the service's matched), `no_match` (a name
+/// no service claims), `no_sni`, `not_tls`, `malformed`, `too_large`
+/// (the hello), `timeout`, `closed`, `io` (no hello in time, the client
+/// left, a read failed). The service is the one that took it, or empty
+/// when none did (the connection was closed).
+pub const SNI_REASONS: [&str; 9] = [
+    "found",
+    "no_match",
+    "no_sni",
+    "not_tls",
+    "malformed",
+    "too_large",
+    "timeout",
+    "closed",
+    "io",
+];
 
 /// Every metric: name, Prometheus type, help text. The renderer writes
 /// the `# HELP` and `# TYPE` lines from here.
 pub const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        SERVICE_CONNECTIONS,
+        "counter",
+        "Connections routed to each service (before the access list and the per-IP limit).",
+    ),
+    (
+        SNI_CONNECTIONS,
+        "counter",
+        "Connections on listeners that route by TLS server name, by the service that took them (empty: none, closed) and reason (found, no_match, no_sni, not_tls, malformed, too_large, timeout, closed, io).",
+    ),
     (
         WORKER_CONNECTIONS,
         "counter",

@@ -8,6 +8,7 @@
 mod least_conn;
 mod round_robin;
 mod sticky;
+mod why;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use clap::ValueEnum;
 pub use least_conn::LeastConn;
 pub use round_robin::RoundRobin;
 pub use sticky::Sticky;
+pub use why::Why;
 
 /// The policy names users type.
 #[derive(
@@ -141,6 +143,14 @@ pub trait Policy: Send {
     fn rebuild(&mut self, backends: &[BackendView]) {
         let _ = backends;
     }
+
+    /// A copy with the same state, for a dry run of the picks (`ctl
+    /// explain` runs them on it: the same code, nothing changes here).
+    fn boxed_clone(&self) -> Box<dyn Policy>;
+
+    /// Why the picks for `client` come out as they do now: the state they
+    /// read (read only).
+    fn why(&self, client: IpAddr, workers: &[WorkerView], backends: &[BackendView]) -> Why;
 }
 
 /// Routable backends other than `first`, starting at `start` in list

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::config::Flags;
 use crate::config::{Config, MAX_BACKENDS};
 use crate::front::upgrade::TakeOver;
-use crate::front::{self, Backends, Counters, Event, FrontError, Ledger, Listeners, Phase, Shared};
+use crate::front::{self, Counters, Event, FrontError, Ledger, Listeners, Phase, Shared};
 use crate::logging::LogOptions;
 use crate::signals::{Caught, FrontSignals};
 use crate::stats::{FrontWord, Table};
@@ -106,10 +106,10 @@ async fn serve_upgraded(
         }
     };
     let front = rebuilt.front;
-    if let Some(l) = rebuilt.metrics {
-        let exporter = front.borrow().counters().exporter();
-        crate::metrics::start_endpoint(l, exporter).map_err(FrontError::Runtime)?;
-    }
+    let (asker, requests) = crate::status::channel();
+    let exporter = front.borrow().counters().exporter();
+    crate::metrics::start_endpoint(rebuilt.metrics, rebuilt.status, exporter, asker)
+        .map_err(FrontError::Runtime)?;
     let control = rebuilt
         .control
         .map(|(path, l)| crate::control::Control::adopt(path, l))
@@ -124,7 +124,7 @@ async fn serve_upgraded(
         }
     }
     info!(version = %crate::version::describe(), "rrproxy took over from the previous front");
-    run_front(&front, control, None, signals).await
+    run_front(&front, control, None, signals, requests).await
 }
 
 /// What `serve` tells its caller once it is accepting (the demo uses it).
@@ -164,6 +164,7 @@ pub async fn serve(
         crate::privileges::check(who).map_err(FrontError::Privileges)?;
     }
     let nofile = crate::sys::raise_nofile_limit();
+    let mut asked = Vec::new();
     let sockets = match activated_listeners()? {
         Some(inherited) => {
             info!(
@@ -174,10 +175,11 @@ pub async fn serve(
         }
         None => {
             let mut bound = Vec::new();
-            for &addr in &config.listen {
-                let l = front::bind_listener(addr, config.backlog)
+            for (addr, backlog) in front::listen_plan(&config) {
+                let l = front::bind_listener(addr, backlog)
                     .map_err(|source| FrontError::Listen { addr, source })?;
                 bound.push(l);
+                asked.push(addr);
             }
             bound
         }
@@ -185,22 +187,56 @@ pub async fn serve(
     let table = Arc::new(table_for(config.workers)?);
     let counters = Counters::new(table.clone());
     let mut listeners = Listeners::new(sockets).map_err(FrontError::Runtime)?;
+    // Bound from the plan, in its order: each remembers the address
+    // asked for (port 0 included), which reloads compare against.
+    listeners.set_asked(&asked);
     // Only when asked: sockets from the service manager keep the unit's
-    // own DeferAcceptSec= otherwise.
-    if config.defer_accept {
-        listeners
-            .set_defer_accept(true)
-            .map_err(FrontError::Fatal)?;
+    // own DeferAcceptSec= otherwise. (They are not the config's addresses:
+    // the top-level setting covers them all.)
+    if asked.is_empty() {
+        if config.defer_accept {
+            listeners
+                .set_defer_accept(true)
+                .map_err(FrontError::Fatal)?;
+        }
+    } else {
+        for (addr, on) in front::defer_plan(&config) {
+            if on {
+                listeners
+                    .set_defer_accept_at(addr, true)
+                    .map_err(FrontError::Fatal)?;
+            }
+        }
     }
-    if let Some(addr) = config.metrics {
-        let l = std::net::TcpListener::bind(addr)
-            .map_err(|source| FrontError::Metrics { addr, source })?;
-        let ep = crate::metrics::start_endpoint(
-            l.try_clone().map_err(FrontError::Runtime)?,
-            counters.exporter(),
-        )
-        .map_err(|source| FrontError::Metrics { addr, source })?;
-        listeners.keep_metrics(ep.addr, OwnedFd::from(l));
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| FrontError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let status = match config.status {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| FrontError::Status { addr, source })?,
+        ),
+        None => None,
+    };
+    let copy = |l: &Option<std::net::TcpListener>| {
+        l.as_ref()
+            .map(|l| l.try_clone().map(OwnedFd::from))
+            .transpose()
+            .map_err(FrontError::Runtime)
+    };
+    let (metrics_fd, status_fd) = (copy(&metrics)?, copy(&status)?);
+    let (asker, requests) = crate::status::channel();
+    let ep = crate::metrics::start_endpoint(metrics, status, counters.exporter(), asker)
+        .map_err(FrontError::Runtime)?;
+    if let (Some(addr), Some(fd)) = (ep.metrics, metrics_fd) {
+        listeners.keep_metrics(addr, fd);
+    }
+    if let (Some(addr), Some(fd)) = (ep.status, status_fd) {
+        listeners.keep_status(addr, fd);
     }
     let owner = config.run_as.as_ref().map(|r| (r.uid, r.gid));
     let control = match &config.control {
@@ -236,10 +272,7 @@ pub async fn serve(
         cap,
         nofile,
     );
-    let mut backends = Backends::new(table.columns());
-    for spec in &config.backends {
-        backends.add(spec.clone(), &table, 0);
-    }
+    let services = front::Services::new(&config, &table, config.workers);
     counters.set(FrontWord::MaxFds, nofile);
     counters.set(FrontWord::WorkerLimit, cap);
     let access = front::Access::new(&config);
@@ -247,7 +280,8 @@ pub async fn serve(
         settings: front::Settings::new(config, args),
         listeners,
         workers,
-        backends,
+        services,
+        sni_waits: Default::default(),
         access,
         ledger: Ledger::default(),
         counters,
@@ -258,7 +292,7 @@ pub async fn serve(
         crate::pidfile::write(&path).map_err(|source| FrontError::PidFile { path, source })?;
     }
     info!(config = %summary, nofile, per_worker_limit = cap, version = %crate::version::describe(), "rrproxy starting");
-    run_front(&front, control, started, signals).await
+    run_front(&front, control, started, signals, requests).await
 }
 
 /// Start the front's tasks and serve until its life is over: every
@@ -269,13 +303,16 @@ pub(crate) async fn run_front(
     control: Option<crate::control::Control>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
     mut signals: FrontSignals,
+    status: crate::status::Requests,
 ) -> Result<(), FrontError> {
-    let (listen_addrs, metrics_addr) = {
+    let (listen_addrs, metrics_addr, status_addr) = {
         let f = front.borrow();
-        (f.listeners().addrs().to_vec(), f.listeners().metrics_addr())
+        let l = f.listeners();
+        (l.addrs().to_vec(), l.metrics_addr(), l.status_addr())
     };
     front::Front::start_listeners(front);
     front::start_tasks(front);
+    tokio::task::spawn_local(front::status::answer(front.clone(), status));
     let control_path = control.as_ref().map(|c| c.path.clone());
     if let Some(c) = control {
         tokio::task::spawn_local(crate::control::serve(front.clone(), c));
@@ -291,7 +328,10 @@ pub(crate) async fn run_front(
         info!(listen = %a, "listening");
     }
     if let Some(a) = metrics_addr {
-        info!(metrics = %format!("http://{a}/metrics"), "serving metrics");
+        info!(metrics = %format!("http://{a}/metrics"), status = %format!("http://{a}/status"), "serving metrics and the status page");
+    }
+    if let Some(a) = status_addr {
+        info!(status = %format!("http://{a}/status"), "serving the status page");
     }
     loop {
         let changed = front.borrow().life().changed();

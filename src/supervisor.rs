@@ -147,6 +147,11 @@ impl Slot {
         self.procs.iter().any(|p| p.role != Role::Retiring)
     }
 
+    /// A respawn is scheduled (a crash's backoff is running).
+    pub fn respawn_pending(&self) -> bool {
+        self.respawn_scheduled
+    }
+
     /// The respawn scheduled after a crash is due now.
     pub fn respawn_due(&mut self) {
         self.respawn_scheduled = false;

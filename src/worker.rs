@@ -34,7 +34,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::access_log::AccessLog;
 use crate::channel::fdpass::{self, Channel, Damaged, Received};
-use crate::channel::{BackendEntry, Down, Event, Handoff, MAX_FRAME, Up, WorkerConfig};
+use crate::channel::{
+    BackendEntry, Down, Event, Handoff, MAX_FRAME, ServiceConns, Up, WorkerConfig,
+};
 use crate::stats::{self, ProcCell, ProcWord};
 use report::Reporter;
 
@@ -113,6 +115,20 @@ impl Routes {
 
     pub fn entry(&self, id: u32) -> Option<&BackendEntry> {
         self.index_of(id).map(|i| &self.config.backends[i])
+    }
+
+    /// The per-connection settings of backend `id`'s service (the
+    /// config's own for a backend of the first service, or one unknown).
+    pub fn conns(&self, id: u32) -> ServiceConns {
+        let own = ServiceConns {
+            connect_timeout: self.config.connect_timeout,
+            idle_timeout: self.config.idle_timeout,
+            first_byte_timeout: self.config.first_byte_timeout,
+        };
+        self.entry(id)
+            .and_then(|b| b.service)
+            .and_then(|i| self.config.services.get(usize::from(i)).copied())
+            .unwrap_or(own)
     }
 }
 

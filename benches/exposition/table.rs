@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rrproxy::metrics::{BackendLabel, SlotLabel, Snapshot};
+use rrproxy::metrics::{BackendLabel, ServiceLabel, SlotLabel, Snapshot};
 use rrproxy::policy::{PolicyName, mix64};
 use rrproxy::stats::{self, Col, ProcWord, SlotWord, Table};
 
@@ -29,6 +29,7 @@ pub fn table() -> (Table, Snapshot) {
             .collect(),
         backends: (0..BACKENDS)
             .map(|i| BackendLabel {
+                service: "default".to_string(),
                 name: format!("10.1.{}.{}:8080", i / 250, i % 250),
                 column: i,
                 up: i % 50 != 0,
@@ -38,6 +39,7 @@ pub fn table() -> (Table, Snapshot) {
         cells: (0..WORKERS).collect(),
         resolve_failures: Vec::new(),
         ready: true,
+        services: vec![ServiceLabel::new("default")],
     };
     traffic(&table, 1, 1_000);
     (table, snap)

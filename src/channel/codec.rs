@@ -48,8 +48,12 @@ const SEND_PROXY_SHIFT: u8 = 1;
 /// follows. A table without sources encodes as before the field existed;
 /// the lists themselves follow the last entry.
 const HAS_SOURCE: u8 = 0x08;
+/// In a backend entry's flags byte: the index of its service's settings
+/// (u16) follows (after the source index). A table of one service encodes
+/// as before the field existed; the settings follow the source lists.
+const HAS_SERVICE: u8 = 0x10;
 /// In a backend entry's flags byte: every bit that has a meaning.
-const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE;
+const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE | HAS_SERVICE;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
@@ -99,16 +103,22 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                     Some(Version::V2) => 2,
                 };
                 let has_source = if b.source.is_some() { HAS_SOURCE } else { 0 };
+                let has_service = if b.service.is_some() { HAS_SERVICE } else { 0 };
                 out.push(
                     (u8::from(b.routable) * ROUTABLE)
                         | (send_proxy << SEND_PROXY_SHIFT)
-                        | has_source,
+                        | has_source
+                        | has_service,
                 );
                 if let Some(i) = b.source {
                     out.extend_from_slice(&i.to_le_bytes());
                 }
+                if let Some(i) = b.service {
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
             }
             sources::put(out, cfg)?;
+            sources::put_services(out, cfg)?;
         }
         Down::Conns(conns) => return encode_conns(conns, out),
         Down::Drain { timeout } => {
@@ -215,6 +225,11 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 } else {
                     None
                 };
+                let service = if flags & HAS_SERVICE != 0 {
+                    Some(r.u16("service index")?)
+                } else {
+                    None
+                };
                 backends.push(BackendEntry {
                     id,
                     column,
@@ -222,9 +237,11 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     routable: flags & ROUTABLE != 0,
                     send_proxy,
                     source,
+                    service,
                 });
             }
             let sources = sources::read(&mut r, &backends)?;
+            let services = sources::read_services(&mut r, &backends)?;
             Down::Config(WorkerConfig {
                 seq,
                 connect_timeout,
@@ -235,6 +252,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                 report_closes,
                 backends,
                 sources,
+                services,
             })
         }
         DOWN_CONNS => {

@@ -29,6 +29,7 @@ fn sample_config() -> WorkerConfig {
                 routable: true,
                 send_proxy: None,
                 source: Some(1),
+                service: None,
             },
             BackendEntry {
                 id: 7,
@@ -37,6 +38,7 @@ fn sample_config() -> WorkerConfig {
                 routable: false,
                 send_proxy: Some(Version::V2),
                 source: Some(0),
+                service: Some(1),
             },
             BackendEntry {
                 id: 8,
@@ -45,11 +47,24 @@ fn sample_config() -> WorkerConfig {
                 routable: true,
                 send_proxy: Some(Version::V1),
                 source: None,
+                service: Some(0),
             },
         ],
         sources: vec![
             vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
             vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+        ],
+        services: vec![
+            ServiceConns {
+                connect_timeout: Duration::from_millis(300),
+                idle_timeout: Duration::from_secs(7),
+                first_byte_timeout: None,
+            },
+            ServiceConns {
+                connect_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(60),
+                first_byte_timeout: Some(Duration::from_millis(500)),
+            },
         ],
     }
 }

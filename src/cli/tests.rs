@@ -119,7 +119,8 @@ fn the_man_synopsis_shows_value_placeholders() {
         "[--metrics <ADDR|off>]",
         "[--drain-timeout <DURATION>]",
         "[--cpu-affinity]",
-        "rrproxy\\fR ctl [--control <PATH>] [--json] <COMMAND>...",
+        "rrproxy\\fR ctl [--control <PATH>] [--json] [--service <S>] <COMMAND>...",
+        "[--status <ADDR|off>]",
         "rrproxy\\fR check [OPTIONS]",
     ] {
         assert!(synopsis.contains(want), "{want} not in {synopsis}");

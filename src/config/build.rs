@@ -177,6 +177,24 @@ fn resolve_error(src: &Sources, given: &Given, why: String) -> ConfigError {
 }
 
 pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
+    let tables = file
+        .and_then(|f| f.keys.service.as_deref())
+        .filter(|t| !t.is_empty());
+    let mut top = build_one(args, file, tables.is_none())?;
+    if let (Some(file), Some(tables)) = (file, tables) {
+        top.services = super::services::build(args, file, tables, &mut top)?;
+    }
+    Ok(top)
+}
+
+/// One service's settings (the top level's, with its `default` service
+/// when `backends` are given). `need_backends`: no `[[service]]` exists,
+/// so the top level must have backends.
+pub(super) fn build_one(
+    args: &super::Flags,
+    file: Option<&LoadedFile>,
+    need_backends: bool,
+) -> Result<Config, ConfigError> {
     let src = Sources { args, file };
     let empty = FileConfig::default();
     let keys = file.map_or(&empty, |f| &f.keys);
@@ -238,6 +256,11 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
     let metrics_spec = match &metrics_given {
         Some(g) => src.check(g, values::metrics)?,
         None => Some("127.0.0.1:9898".to_string()),
+    };
+    let status_given = src.one("status", "status", args.status.as_deref(), &keys.status);
+    let status_spec = match &status_given {
+        Some(g) => src.check(g, values::metrics)?,
+        None => None,
     };
     let control = match src.one("control", "control", args.control.as_deref(), &keys.control) {
         // A path must be a string: `control = 5` is a mistake.
@@ -441,14 +464,27 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
         return Err(src.bad(g, Invalid::new("needs --user (the user to run as)")));
     }
 
+    let sni_timeout = src
+        .typed("sni-timeout", None, &keys.sni_timeout, values::timeout)?
+        .unwrap_or(crate::sni::DEFAULT_TIMEOUT);
     // Every value given is well-formed; one was needed.
-    if backend_given.is_empty() {
+    if backend_given.is_empty() && need_backends {
         return Err(ConfigError::NoBackend {
             file: file.map(|f| f.path.clone()),
         });
     }
+    if let (true, Some(g)) = (backend_given.is_empty(), listen_given.first()) {
+        return Err(src.bad(
+            g,
+            Invalid::new(
+                "the top-level `listen` is the default service's, which has no backends: move it into a [[service]], or give `backends`",
+            ),
+        ));
+    }
     // Look-ups last.
-    let listen = if listen_given.is_empty() {
+    let listen = if backend_given.is_empty() {
+        Vec::new()
+    } else if listen_given.is_empty() {
         vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
     } else {
         listen_given
@@ -462,8 +498,27 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
         (Some(g), Some(spec)) => Some(look_up(&src, g, &spec)?),
         (None, Some(_)) => Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
     };
+    let status = match (&status_given, status_spec) {
+        (Some(g), Some(spec)) => {
+            let addr = look_up(&src, g, &spec)?;
+            if addr.port() != 0 && Some(addr) == metrics {
+                return Err(src.bad(
+                    g,
+                    Invalid::new(
+                        "that is the metrics address, which serves the status page already",
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+        _ => None,
+    };
     let source = protect.local_sources(&src)?;
-    let (backends, resolve) = expand(&src, &backend_given, &parsed, &source)?;
+    let (backends, resolve) = if backend_given.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        expand(&src, &backend_given, &parsed, &source)?
+    };
     let run_as = match (&user_given, user_name) {
         (Some(ug), Some(user)) => Some(
             crate::privileges::look_up(&user, group_name.as_deref()).map_err(
@@ -487,6 +542,7 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
             sticky_ipv6_prefix: prefix,
         },
         metrics,
+        status,
         control,
         connect_timeout,
         idle_timeout,
@@ -509,6 +565,8 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
         acl: Arc::new(acl),
         accept_proxy: Arc::new(accept_proxy),
         proxy_header_timeout,
+        sni_timeout,
+        services: Vec::new(),
     })
 }
 

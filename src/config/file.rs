@@ -17,7 +17,7 @@ use super::options;
 pub type Raw = Spanned<Value>;
 
 /// The keys as written. Every one is optional: flags fill or override.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     /// `"ADDR"` or `["ADDR", ...]`.
@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub policy: Option<Raw>,
     pub sticky_ipv6_prefix: Option<Raw>,
     pub metrics: Option<Raw>,
+    pub status: Option<Raw>,
     pub control: Option<Raw>,
     pub connect_timeout: Option<Raw>,
     pub idle_timeout: Option<Raw>,
@@ -63,11 +64,16 @@ pub struct FileConfig {
     pub user: Option<Raw>,
     pub group: Option<Raw>,
     pub pid_file: Option<Raw>,
+    /// How long a connection on an SNI listener may take to send its
+    /// ClientHello.
+    pub sni_timeout: Option<Raw>,
+    /// `[[service]]` tables (see `services`).
+    pub service: Option<Vec<super::services::ServiceTable>>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep
 /// their own positions; a single value has the key's.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum List {
     One(Value),
     Many(Vec<Raw>),
@@ -237,6 +243,12 @@ fn unknown_key(message: &str) -> Option<String> {
     let keys: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
     Some(match super::error::closest(key, keys.iter().copied()) {
         Some(near) => format!("unknown key '{key}'\n  tip: a similar key exists: '{near}'"),
+        // Only a `[[service]]` table takes `name`: it says what it takes
+        // (not every flag is a service's).
+        None if keys.contains(&"name") => format!(
+            "unknown key '{key}' in a [[service]] table (it takes {})",
+            keys.join(", ")
+        ),
         None => {
             format!("unknown key '{key}' (the keys are the flags' long names: see rrproxy --help)")
         }
@@ -280,6 +292,16 @@ impl LoadedFile {
                     message: unknown_key(&message).unwrap_or(message),
                 })
             }
+        }
+    }
+
+    /// The same file with other keys (a service's, merged with the top
+    /// level's): positions still point into this file.
+    pub fn with_keys(&self, keys: FileConfig) -> LoadedFile {
+        LoadedFile {
+            path: self.path.clone(),
+            text: self.text.clone(),
+            keys,
         }
     }
 

@@ -62,6 +62,11 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR|off")]
     pub metrics: Option<String>,
 
+    /// Serve the status page (/status, /status.json) on ADDR too, or
+    /// "off". The metrics address always serves it. [default: off]
+    #[arg(long, value_name = "ADDR|off")]
+    pub status: Option<String>,
+
     /// Control socket path, or "off". Only root and the proxy's user may
     /// use it. [default: ctl.sock in $XDG_RUNTIME_DIR/rrproxy,
     /// /run/rrproxy as root, else /tmp/rrproxy-$UID (made mode 0700)]

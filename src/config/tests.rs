@@ -3,6 +3,7 @@
 mod access;
 mod props;
 mod protect;
+mod services;
 
 use std::path::Path;
 
@@ -71,6 +72,31 @@ fn limits_are_off_unless_set_and_off_is_a_value() {
         "the flag wins"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_status_address_is_off_by_default_and_not_the_metrics_one() {
+    let mut a = args(&["127.0.0.1:80"]);
+    assert_eq!(Config::load(&a).unwrap().status, None);
+    a.status = Some("127.0.0.1:9899".into());
+    assert_eq!(
+        Config::load(&a).unwrap().status,
+        Some("127.0.0.1:9899".parse().unwrap())
+    );
+    a.status = Some("off".into());
+    assert_eq!(Config::load(&a).unwrap().status, None);
+    a.status = Some("9899".into());
+    assert!(err(&a).starts_with("invalid value '9899' for '--status <ADDR|off>'"));
+    // Port 0 (any free port) for both is two sockets, not one.
+    a.metrics = Some("127.0.0.1:0".into());
+    a.status = Some("127.0.0.1:0".into());
+    assert!(Config::load(&a).is_ok());
+    a.metrics = None;
+    a.status = Some("127.0.0.1:9898".into());
+    assert_eq!(
+        err(&a),
+        "invalid value '127.0.0.1:9898' for '--status <ADDR|off>': that is the metrics address, which serves the status page already"
+    );
 }
 
 #[test]

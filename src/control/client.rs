@@ -364,11 +364,45 @@ pub fn render_workers(rows: &[WorkerRow]) -> String {
     )
 }
 
-pub fn render_backends(rows: &[BackendRow]) -> String {
+/// `services` as a table.
+pub fn render_services(rows: &[crate::front::ServiceRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
+                if r.leaving {
+                    format!("{} (removed, draining)", r.name)
+                } else {
+                    r.name.clone()
+                },
+                r.listen.join(","),
+                if r.sni.is_empty() {
+                    "-".into()
+                } else {
+                    r.sni.join(",")
+                },
+                r.policy.to_string(),
+                format!("{}/{}", r.backends_up, r.backends),
+                r.active.to_string(),
+                r.total.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE", "LISTEN", "SNI", "POLICY", "UP", "ACTIVE", "TOTAL",
+        ],
+        &body,
+    )
+}
+
+pub fn render_backends(rows: &[BackendRow]) -> String {
+    // A column for the service only when there are several.
+    let several = rows.iter().any(|r| r.service != rows[0].service);
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
                 match (&r.from, r.send_proxy) {
                     (Some(name), None) => format!("{} ({name})", r.address),
                     (Some(name), Some(v)) => format!("{} ({name}, send-proxy={v})", r.address),
@@ -385,22 +419,27 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                 r.failures.to_string(),
                 check_failures(r.check_failures, r.check_failures_in_a_row),
                 r.check.clone().unwrap_or_else(|| "-".into()),
-            ]
+            ];
+            if several {
+                row.insert(0, r.service.clone());
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "BACKEND",
-            "STATE",
-            "WEIGHT",
-            "ACTIVE",
-            "TOTAL",
-            "CONNECT-FAILS",
-            "CHECK-FAILS",
-            "CHECK",
-        ],
-        &body,
-    )
+    let mut head = vec![
+        "BACKEND",
+        "STATE",
+        "WEIGHT",
+        "ACTIVE",
+        "TOTAL",
+        "CONNECT-FAILS",
+        "CHECK-FAILS",
+        "CHECK",
+    ];
+    if several {
+        head.insert(0, "SERVICE");
+    }
+    table(&head, &body)
 }
 
 /// Failed health checks in all, and how many of the last ones in a row.

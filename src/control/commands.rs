@@ -27,7 +27,10 @@ pub async fn execute(front: &Shared, line: &str) -> Reply {
         words.pop();
     }
     let upgrade = matches!(words.first(), Some(&"upgrade") | Some(&"reload"));
-    let result = run(front, &words, json).await;
+    let result = match take_service(&mut words) {
+        Ok(service) => run(front, &words, json, service.as_deref()).await,
+        Err(e) => Err(e),
+    };
     let handed_over = upgrade && result.is_ok();
     let text = match (result, json) {
         (Ok(text), _) => text,
@@ -38,10 +41,14 @@ pub async fn execute(front: &Shared, line: &str) -> Reply {
 }
 
 /// An admin error; for a name no backend has, with the name probably meant.
-fn backend_error(f: &crate::front::Front, e: crate::front::AdminError) -> String {
+fn backend_error(
+    f: &crate::front::Front,
+    service: Option<&str>,
+    e: crate::front::AdminError,
+) -> String {
     match &e {
         crate::front::AdminError::NoSuchBackend(name) => {
-            let rows = f.backend_rows();
+            let rows = f.backend_rows(service).unwrap_or_default();
             let names = rows.iter().map(|r| r.address.as_str());
             e.to_string() + &table::did_you_mean(name, names)
         }
@@ -61,8 +68,65 @@ fn ok_json(json: bool, msg: String) -> Result<String, String> {
     }
 }
 
-async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, String> {
+/// Take `--service NAME` (or `--service=NAME`) out of `words`.
+fn take_service(words: &mut Vec<&str>) -> Result<Option<String>, String> {
+    let Some(at) = words
+        .iter()
+        .position(|w| *w == "--service" || w.starts_with("--service="))
+    else {
+        return Ok(None);
+    };
+    let name = match words[at].strip_prefix("--service=") {
+        Some(name) => {
+            let name = name.to_string();
+            words.remove(at);
+            name
+        }
+        None => {
+            let Some(name) = words.get(at + 1).map(|n| n.to_string()) else {
+                return Err("--service needs a service name (see `services`)".into());
+            };
+            words.drain(at..at + 2);
+            name
+        }
+    };
+    if words.iter().any(|w| w.starts_with("--service")) {
+        return Err("--service is given twice".into());
+    }
+    Ok(Some(name))
+}
+
+/// Whether `action` acts on one service (and so takes `--service`).
+fn per_service(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Backends
+            | Action::Policy
+            | Action::BackendAdd
+            | Action::BackendRemove
+            | Action::BackendEnable
+            | Action::BackendDisable
+            | Action::Acl
+            | Action::AclAllow
+            | Action::AclDeny
+            | Action::AclRemove
+            | Action::Explain
+    )
+}
+
+async fn run(
+    front: &Shared,
+    words: &[&str],
+    json: bool,
+    service: Option<&str>,
+) -> Result<String, String> {
     let (spec, action, args) = table::lookup(words)?;
+    if service.is_some() && !per_service(action) {
+        return Err(format!(
+            "`{}` does not take --service (it is about the whole proxy)",
+            spec.name
+        ));
+    }
     match (action, args) {
         (Action::Help, _) if json => to_json(&table::help_rows()),
         (Action::Help, _) => Ok(table::help()),
@@ -87,15 +151,24 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
         }
         (Action::Backends, _) => {
             front.borrow_mut().refresh_all_views();
-            let rows = front.borrow().backend_rows();
+            let rows = front.borrow().backend_rows(service)?;
             if json {
                 to_json(&rows)
             } else {
                 Ok(super::client::render_backends(&rows))
             }
         }
+        (Action::Services, _) => {
+            front.borrow_mut().refresh_all_views();
+            let rows = front.borrow().service_rows();
+            if json {
+                to_json(&rows)
+            } else {
+                Ok(super::client::render_services(&rows))
+            }
+        }
         (Action::Policy, []) => {
-            let name = front.borrow().policy();
+            let name = front.borrow().policy(service)?;
             if json {
                 to_json(&serde_json::json!({ "policy": name }))
             } else {
@@ -109,13 +182,17 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             })?;
             let old = front
                 .borrow_mut()
-                .set_policy(name)
+                .set_policy(service, name)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("policy {old} -> {name}"))
         }
         (Action::BackendAdd, [spec, ..]) => {
             let spec = spec.to_string();
-            let global = front.borrow().config().source.clone();
+            let global = {
+                let f = front.borrow();
+                let i = f.services().named(service)?;
+                f.services().get(i).config().source.clone()
+            };
             // Resolve off the event loop: a slow DNS server must not stall it.
             let parsed = tokio::task::spawn_blocking(move || parse_backend(&spec, &global))
                 .await
@@ -123,26 +200,26 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             let name = parsed.to_string();
             front
                 .borrow_mut()
-                .add_backend(parsed)
+                .add_backend(service, parsed)
                 .map_err(|e| e.to_string())?;
             ok_json(json, format!("backend {name} added"))
         }
         (Action::BackendRemove, [name, ..]) => {
-            let done = front.borrow_mut().remove_backend(name);
-            done.map_err(|e| backend_error(&front.borrow(), e))?;
+            let done = front.borrow_mut().remove_backend(service, name);
+            done.map_err(|e| backend_error(&front.borrow(), service, e))?;
             ok_json(
                 json,
                 format!("backend {name} draining; removed when its connections end"),
             )
         }
         (Action::BackendEnable, [name, ..]) => {
-            let done = front.borrow_mut().set_backend_enabled(name, true);
-            done.map_err(|e| backend_error(&front.borrow(), e))?;
+            let done = front.borrow_mut().set_backend_enabled(service, name, true);
+            done.map_err(|e| backend_error(&front.borrow(), service, e))?;
             ok_json(json, format!("backend {name} enabled"))
         }
         (Action::BackendDisable, [name, ..]) => {
-            let done = front.borrow_mut().set_backend_enabled(name, false);
-            done.map_err(|e| backend_error(&front.borrow(), e))?;
+            let done = front.borrow_mut().set_backend_enabled(service, name, false);
+            done.map_err(|e| backend_error(&front.borrow(), service, e))?;
             ok_json(
                 json,
                 format!("backend {name} disabled: no new connections, existing ones finish"),
@@ -172,7 +249,7 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             ok_json(json, msg)
         }
         (Action::Acl, _) => {
-            let view = front.borrow().acl_view();
+            let view = front.borrow().acl_view(service)?;
             if json {
                 to_json(&view)
             } else {
@@ -185,12 +262,27 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 Action::AclDeny => Some(crate::acl::Action::Deny),
                 _ => None,
             };
-            let msg = front.borrow_mut().acl_edit(list, cidr)?;
+            let msg = front.borrow_mut().acl_edit(service, list, cidr)?;
             ok_json(json, msg)
         }
         (Action::LogReopen, _) => {
             let msg = front.borrow_mut().reopen_access_log()?;
             ok_json(json, msg)
+        }
+        (Action::Explain, args) => {
+            let ip = super::explain::parse(args)?;
+            // The counts as the workers have them now (as `status` does):
+            // what the next dispatch reads.
+            front.borrow_mut().refresh_all_views();
+            let e = front
+                .borrow()
+                .explain(ip, service)
+                .map_err(|e| e.to_string())?;
+            if json {
+                to_json(&e)
+            } else {
+                Ok(super::explain::render(&e))
+            }
         }
         (Action::Top, _) => Err(format!(
             "'{}' runs in rrproxy ctl, not on the control socket",

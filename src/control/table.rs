@@ -16,6 +16,7 @@ pub enum Action {
     Status,
     Workers,
     Backends,
+    Services,
     Policy,
     BackendAdd,
     BackendRemove,
@@ -28,6 +29,7 @@ pub enum Action {
     AclDeny,
     AclRemove,
     LogReopen,
+    Explain,
     Help,
     Quit,
     /// Runs in `rrproxy ctl`, not on the socket.
@@ -42,7 +44,7 @@ impl Action {
     /// is not: a second copy could start a second upgrade.
     pub fn repeatable(self) -> bool {
         match self {
-            Status | Workers | Backends | Acl | Help | Quit | Top => true,
+            Status | Workers | Backends | Services | Acl | Explain | Help | Quit | Top => true,
             // Setting a policy or an admin state twice lands in the same
             // place.
             Policy | BackendEnable | BackendDisable => true,
@@ -96,9 +98,15 @@ pub const COMMANDS: &[Spec] = &[
         Run(Backends),
     ),
     row(
+        "services",
+        "",
+        "services: listeners, server names, policy, backends up, connections",
+        Run(Services),
+    ),
+    row(
         "policy",
         "[NAME]",
-        "show, or switch to round-robin|least-conn|sticky",
+        "show, or switch to round-robin|least-conn|sticky (--service NAME)",
         Run(Policy),
     ),
     row(
@@ -173,6 +181,12 @@ pub const COMMANDS: &[Spec] = &[
         "",
         "every worker reopens the --access-log file (like SIGUSR1; logrotate)",
         Run(LogReopen),
+    ),
+    row(
+        "explain",
+        "ADDR [--service S]",
+        "which worker slot and backend a client address gets now, and why",
+        Run(Explain),
     ),
     row(
         "top",
@@ -279,11 +293,20 @@ pub fn action(spec: &Spec) -> Action {
     Help
 }
 
-/// Least and most argument words a synopsis allows (`[X]` is optional).
+/// Least and most argument words a synopsis allows (the words of a
+/// `[...]` group, like `[X]` or `[--service S]`, are optional).
 fn arity(synopsis: &str) -> (usize, usize) {
-    let words: Vec<&str> = synopsis.split_whitespace().collect();
-    let optional = words.iter().filter(|w| w.starts_with('[')).count();
-    (words.len() - optional, words.len())
+    let mut depth = 0usize;
+    let (mut required, mut all) = (0, 0);
+    for w in synopsis.split_whitespace() {
+        depth += w.matches('[').count();
+        all += 1;
+        if depth == 0 {
+            required += 1;
+        }
+        depth = depth.saturating_sub(w.matches(']').count());
+    }
+    (required, all)
 }
 
 /// Keep echoed input short in error replies.
@@ -434,6 +457,20 @@ mod tests {
         assert_eq!(
             lookup(&["acl", "allow"]).unwrap_err(),
             "usage: acl allow CIDR"
+        );
+        assert_eq!(arity("ADDR [--service S]"), (1, 3));
+        assert_eq!(arity("[PATH]"), (0, 1));
+        assert_eq!(lookup(&["explain", "10.0.0.1"]).unwrap().1, Explain);
+        assert_eq!(
+            lookup(&["explain", "10.0.0.1", "--service", "web"])
+                .unwrap()
+                .2
+                .len(),
+            3
+        );
+        assert_eq!(
+            lookup(&["explain"]).unwrap_err(),
+            "usage: explain ADDR [--service S]"
         );
     }
 

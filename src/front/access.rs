@@ -127,8 +127,7 @@ impl Access {
     /// The access list's decision for `conn`'s client; a refused client is
     /// reset, counted and (at most once a second) logged. Nothing has been
     /// handed to a worker or a backend touched for a refused one.
-    pub fn admits(&mut self, conn: &Conn, counters: &Counters) -> bool {
-        let acl = &self.acl;
+    pub fn admits(&mut self, acl: &Acl, conn: &Conn, counters: &Counters) -> bool {
         if acl.is_empty() {
             return true;
         }
@@ -151,6 +150,19 @@ impl Access {
             );
         }
         false
+    }
+
+    /// For `ctl explain`: a service's access list `acl`'s decision for
+    /// `ip` (the one [`Access::admits`] makes), and the entries that match
+    /// it.
+    pub fn explain(acl: &Acl, ip: std::net::IpAddr) -> (Verdict, Vec<(Action, Cidr)>) {
+        let verdict = if acl.is_empty() {
+            Verdict::Admit
+        } else {
+            acl.admits(ip)
+        };
+        let matching = acl.entries().filter(|(_, c)| c.contains(ip)).collect();
+        (verdict, matching)
     }
 
     /// The running lists, for `ctl acl`.

@@ -40,6 +40,11 @@ use crate::metrics::BackendLabel;
 use crate::policy::{BackendView, RAMP_FULL, backend_key};
 use crate::proxy_protocol::Version;
 use crate::stats::{Col, ColCell, Table};
+use crate::status::HEALTH_HISTORY;
+
+mod checks;
+mod columns;
+pub use columns::{Columns, SharedColumns};
 
 /// Failed connects must fall within this window to mark a backend down.
 pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
@@ -75,6 +80,10 @@ struct CheckState {
     passive_down: Option<Instant>,
     /// The last active check: passed, or why not; `None` before the first.
     last: Option<Result<(), String>>,
+    /// The last `checks` (at most [`HEALTH_HISTORY`]) active check
+    /// results, newest in bit 0 (1: passed).
+    history: u32,
+    checks: u8,
     /// Came up (health, enable, added) while running, at this time: slow
     /// start ramps from here (see `Backends::refresh_ramps`). `None` at
     /// start, and once the ramp is over.
@@ -139,9 +148,10 @@ impl Backend {
     }
 }
 
-/// The backend table; the hand-over serialises it whole (views and the
-/// index are rebuilt, check counts start again).
-#[derive(Default, Serialize, Deserialize)]
+/// One service's backend table; the hand-over serialises it whole (views
+/// and the index are rebuilt, check counts start again). Ids and columns
+/// come from the [`Columns`] all services share.
+#[derive(Serialize, Deserialize)]
 pub struct Backends {
     list: Vec<Backend>,
     /// Parallel to `list`: what policies see.
@@ -149,30 +159,23 @@ pub struct Backends {
     views: Vec<BackendView>,
     #[serde(skip)]
     by_id: HashMap<u32, usize>,
-    next_id: u32,
-    /// Columns given back, with the table sequence from which they are
-    /// unused.
-    free_columns: Vec<(usize, u64)>,
-    /// Columns never used yet start here.
-    next_column: usize,
-    /// How many columns the statistics table has.
     #[serde(skip)]
-    columns: usize,
-    /// The sequence number of the last backend table sent to workers.
-    table_seq: u64,
+    alloc: SharedColumns,
 }
 
 impl Backends {
-    pub fn new(columns: usize) -> Backends {
+    pub fn new(alloc: SharedColumns) -> Backends {
         Backends {
-            columns,
-            ..Backends::default()
+            list: Vec::new(),
+            views: Vec::new(),
+            by_id: HashMap::new(),
+            alloc,
         }
     }
 
-    /// The part taken over from a previous front, for a table of `columns`.
-    pub fn from_handover(mut self, columns: usize) -> Backends {
-        self.columns = columns;
+    /// The part taken over from a previous front, sharing `alloc`.
+    pub fn from_handover(mut self, alloc: SharedColumns) -> Backends {
+        self.alloc = alloc;
         self.views = self.list.iter().map(view_of).collect();
         self.reindex();
         self
@@ -191,31 +194,12 @@ impl Backends {
     }
 
     pub fn table_seq(&self) -> u64 {
-        self.table_seq
+        self.alloc.borrow().table_seq
     }
 
     /// The sequence number for a new backend table.
     pub fn next_table_seq(&mut self) -> u64 {
-        self.table_seq += 1;
-        self.table_seq
-    }
-
-    /// A column for a new backend: a never-used one, or one freed before
-    /// `applied_everywhere` (the oldest table every live worker has
-    /// applied). Its base is zeroed.
-    fn take_column(&mut self, table: &Table, applied_everywhere: u64) -> Option<usize> {
-        let col = if self.next_column < self.columns {
-            self.next_column += 1;
-            self.next_column - 1
-        } else {
-            let i = self
-                .free_columns
-                .iter()
-                .position(|&(_, freed)| freed <= applied_everywhere)?;
-            self.free_columns.swap_remove(i).0
-        };
-        ColCell::of(table.base(col)).clear();
-        Some(col)
+        self.alloc.borrow_mut().next_table_seq()
     }
 
     /// Add a backend (enabled, healthy until checked). Returns its id, or
@@ -226,9 +210,12 @@ impl Backends {
         table: &Table,
         applied_everywhere: u64,
     ) -> Option<u32> {
-        let column = self.take_column(table, applied_everywhere)?;
-        let id = self.next_id;
-        self.next_id += 1;
+        let mut alloc = self.alloc.borrow_mut();
+        let column = alloc.take_column(table, applied_everywhere)?;
+        let id = alloc.next_id;
+        alloc.next_id += 1;
+        let column_seq = alloc.table_seq + 1;
+        drop(alloc);
         let b = Backend {
             id,
             spec,
@@ -236,7 +223,7 @@ impl Backends {
             healthy: true,
             check: CheckState::default(),
             column,
-            column_seq: self.table_seq + 1,
+            column_seq,
             inflight: 0,
         };
         self.views.push(view_of(&b));
@@ -433,7 +420,9 @@ impl Backends {
             if self.list[i].admin == Admin::Draining && self.active(i, table, cells) == 0 {
                 let b = self.list.remove(i);
                 self.views.remove(i);
-                self.free_columns.push((b.column, self.table_seq + 1));
+                let mut alloc = self.alloc.borrow_mut();
+                let seq = alloc.table_seq + 1;
+                alloc.free_columns.push((b.column, seq));
                 gone.push(b.spec.name);
             } else {
                 i += 1;
@@ -452,96 +441,6 @@ impl Backends {
             .enumerate()
             .map(|(i, b)| (b.id, i))
             .collect();
-    }
-
-    /// Backend `i` came up just now: its slow start (if it has one) begins.
-    pub fn start_ramp(&mut self, i: usize, global: Option<Duration>) {
-        self.list[i].check.up_since = Some(Instant::now());
-        self.refresh_ramps(global);
-    }
-
-    /// Set every view's ramp for now: `RAMP_FLOOR` + the time since it
-    /// came up over its slow-start duration (its `slow-start=`, else
-    /// `global`), full once that has passed or with no slow start.
-    pub fn refresh_ramps(&mut self, global: Option<Duration>) {
-        let now = Instant::now();
-        for (b, v) in self.list.iter_mut().zip(self.views.iter_mut()) {
-            let span = b.spec.slow_start.or(global).filter(|d| !d.is_zero());
-            v.ramp = match (b.check.up_since, span) {
-                (Some(t), Some(span)) if now.duration_since(t) < span => {
-                    let frac = now.duration_since(t).as_secs_f64() / span.as_secs_f64();
-                    ((frac * f64::from(RAMP_FULL)) as u32).clamp(RAMP_FLOOR, RAMP_FULL)
-                }
-                (Some(_), Some(span)) => {
-                    info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
-                    b.check.up_since = None;
-                    RAMP_FULL
-                }
-                _ => {
-                    b.check.up_since = None;
-                    RAMP_FULL
-                }
-            };
-        }
-    }
-
-    /// How far backend `i` has ramped up, in percent, while it ramps.
-    pub fn ramp_percent(&self, i: usize) -> Option<u8> {
-        let r = self.views[i].ramp;
-        (r < RAMP_FULL)
-            .then(|| ((u64::from(r) * 100 + u64::from(RAMP_FULL / 2)) / u64::from(RAMP_FULL)) as u8)
-    }
-
-    /// Recompute the routable flags from admin and health state.
-    fn refresh_routable(&mut self) {
-        for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
-            v.routable = b.routable();
-        }
-    }
-
-    /// Backend `i`'s health just changed: a backend that came up begins
-    /// its slow start (`global`: `--slow-start`), one that went down stops
-    /// ramping. Returns why it is down, for the log.
-    pub fn health_changed(&mut self, i: usize, source: &str, global: Option<Duration>) -> &str {
-        let b = &mut self.list[i];
-        b.check.up_since = b.healthy.then(Instant::now);
-        self.refresh_ramps(global);
-        let b = &self.list[i];
-        match (&b.check.last, source) {
-            (Some(Err(why)), "check") => why.as_str(),
-            _ => "connects from workers failed",
-        }
-    }
-
-    /// The last active check of backend `i`: `ok`, or why it failed;
-    /// `None` before the first.
-    pub fn last_check(&self, i: usize) -> Option<String> {
-        self.list[i].check.last.as_ref().map(|r| match r {
-            Ok(()) => "ok".to_string(),
-            Err(why) => why.clone(),
-        })
-    }
-
-    /// Failed active checks of backend `i` in all (the front's count, in
-    /// the statistics base) and how many of the last ones in a row.
-    pub fn check_failures(&self, i: usize, table: &crate::stats::Table) -> (u64, u32) {
-        let b = &self.list[i];
-        (
-            ColCell::of(table.base(b.column)).get(Col::CheckFailures),
-            b.check.consecutive_fail,
-        )
-    }
-
-    /// Whether `spec`'s source addresses fit the workers' table beside the
-    /// other backends' (`global`: `--source`).
-    pub fn check_sources(
-        &self,
-        spec: &BackendSpec,
-        global: &[std::net::IpAddr],
-    ) -> Result<(), String> {
-        let mut specs: Vec<BackendSpec> = self.list.iter().map(|b| b.spec.clone()).collect();
-        specs.push(spec.clone());
-        crate::config::sources::check_lists(&specs, global)
     }
 
     /// Set backend `i`'s admin state.
@@ -625,6 +524,7 @@ impl Backends {
                     routable: b.routable(),
                     send_proxy: b.spec.send_proxy,
                     source,
+                    service: None,
                 }
             })
             .collect();
@@ -646,6 +546,7 @@ impl Backends {
         self.list
             .iter()
             .map(|b| BackendLabel {
+                service: String::new(),
                 name: b.spec.name.clone(),
                 column: b.column,
                 up: b.routable(),
@@ -658,115 +559,6 @@ impl Backends {
     /// for folding a departed process's counts.
     pub fn columns(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
         self.list.iter().map(|b| (b.column, b.column_seq))
-    }
-
-    /// What active health checks connect to: (id, address, PROXY version).
-    pub fn check_targets(&self) -> Vec<(u32, SocketAddr, Option<Version>)> {
-        self.list
-            .iter()
-            .map(|b| (b.id, b.spec.addr, b.spec.send_proxy))
-            .collect()
-    }
-
-    /// Apply one active check of backend `id` (`Err`: why it failed); a
-    /// failed one is counted in its column, and the first failure after a
-    /// success is logged with its reason. Returns the backend's index if
-    /// its health changed.
-    pub fn record_check(
-        &mut self,
-        id: u32,
-        result: Result<(), String>,
-        health: &Health,
-        table: &Table,
-    ) -> Option<usize> {
-        let i = self.index_of(id)?;
-        let b = &mut self.list[i];
-        let was = b.healthy;
-        match result {
-            Ok(()) => {
-                b.check.consecutive_fail = 0;
-                b.check.consecutive_ok = b.check.consecutive_ok.saturating_add(1);
-                b.check.last = Some(Ok(()));
-                if !b.healthy && b.check.consecutive_ok >= health.rise {
-                    b.healthy = true;
-                    b.check.passive_down = None;
-                }
-            }
-            Err(why) => {
-                b.check.consecutive_ok = 0;
-                b.check.consecutive_fail = b.check.consecutive_fail.saturating_add(1);
-                crate::stats::bump(
-                    ColCell::of(table.base(b.column)).word(Col::CheckFailures),
-                    1,
-                );
-                if b.check.consecutive_fail == 1 && b.healthy {
-                    info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
-                }
-                b.check.last = Some(Err(why));
-                if b.healthy && b.check.consecutive_fail >= health.fall {
-                    b.healthy = false;
-                }
-            }
-        }
-        let changed = b.healthy != was;
-        self.refresh_routable();
-        changed.then_some(i)
-    }
-
-    /// A worker could not connect to backend `id`; `conns` is how many
-    /// connections to it have been established in all (a success since
-    /// the last failure starts the count again). Returns the backend's
-    /// index if this took it out.
-    pub fn record_passive_failure(
-        &mut self,
-        id: u32,
-        conns: u64,
-        fall: u32,
-        now: Instant,
-    ) -> Option<usize> {
-        let i = self.index_of(id)?;
-        let b = &mut self.list[i];
-        let c = &mut b.check;
-        let fresh = c.conns_seen != conns
-            || c.passive_since
-                .is_none_or(|t| now.duration_since(t) > PASSIVE_WINDOW);
-        c.conns_seen = conns;
-        if fresh {
-            c.passive_fails = 1;
-            c.passive_since = Some(now);
-        } else {
-            c.passive_fails = c.passive_fails.saturating_add(1);
-        }
-        if b.healthy && c.passive_fails >= fall {
-            b.healthy = false;
-            c.passive_down = Some(now);
-            c.consecutive_ok = 0;
-            c.passive_fails = 0;
-            c.passive_since = None;
-            self.refresh_routable();
-            return Some(i);
-        }
-        None
-    }
-
-    /// Without active checks: backends taken out by traffic at least
-    /// [`PASSIVE_COOLDOWN`] ago are back. Returns their indexes.
-    pub fn cooldowns(&mut self, now: Instant) -> Vec<usize> {
-        let mut back = Vec::new();
-        for (i, b) in self.list.iter_mut().enumerate() {
-            if let Some(t) = b.check.passive_down {
-                if !b.healthy && now.duration_since(t) >= PASSIVE_COOLDOWN {
-                    b.healthy = true;
-                    b.check.passive_down = None;
-                    info!(backend = %b.spec.name, after = ?PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
-                    back.push(i);
-                }
-            }
-        }
-        if !back.is_empty() {
-            self.refresh_routable();
-        }
-        back
     }
 }
 

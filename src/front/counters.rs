@@ -82,6 +82,21 @@ impl Counters {
         stats::get(self.table.slot(slot, w))
     }
 
+    /// Bytes from and to clients through `slot` over its life: its
+    /// departed processes' (the bases) and its live ones' (`cells`).
+    pub fn slot_bytes(&self, slot: usize, cells: &[usize]) -> (u64, u64) {
+        let over = |w| {
+            cells
+                .iter()
+                .map(|&c| self.table.cell(c).get(w))
+                .sum::<u64>()
+        };
+        (
+            self.slot_get(slot, SlotWord::BytesInBase) + over(ProcWord::BytesIn),
+            self.slot_get(slot, SlotWord::BytesOutBase) + over(ProcWord::BytesOut),
+        )
+    }
+
     pub fn slot_bump(&self, slot: usize, w: SlotWord, n: u64) {
         stats::bump(self.table.slot(slot, w), n);
     }
@@ -100,6 +115,7 @@ impl Counters {
         policy: PolicyName,
         slots: Vec<SlotLabel>,
         backends: Vec<BackendLabel>,
+        services: Vec<crate::metrics::ServiceLabel>,
         ready: bool,
     ) {
         let cells = slots.iter().flat_map(|s| s.cells.iter().copied()).collect();
@@ -108,6 +124,7 @@ impl Counters {
         snap.slots = slots;
         snap.cells = cells;
         snap.backends = backends;
+        snap.services = services;
         snap.ready = ready;
     }
 

@@ -47,13 +47,21 @@ pub async fn run(front: Shared) {
             if f.stopping() {
                 return;
             }
-            let cfg = f.config();
-            cfg.health.interval.map(|interval| {
-                let targets: Vec<(u32, Plan)> = f
-                    .backends()
-                    .list()
-                    .iter()
-                    .map(|b| {
+            // Rounds at the shortest interval of any service; each
+            // service's backends with its own probe, timeout and sources.
+            let services = f.services();
+            let interval = services
+                .iter()
+                .filter_map(|s| s.config().health.interval)
+                .min();
+            interval.map(|interval| {
+                let mut targets: Vec<(u32, Plan)> = Vec::new();
+                for s in services.iter() {
+                    let cfg = s.config();
+                    if cfg.health.interval.is_none() {
+                        continue;
+                    }
+                    for b in s.backends().list() {
                         let from = sources::of(b.spec(), &cfg.source);
                         let plan = Plan {
                             addr: b.spec().addr,
@@ -63,9 +71,9 @@ pub async fn run(front: Shared) {
                             expect: cfg.probe.expect.clone(),
                             timeout: cfg.health.timeout,
                         };
-                        (b.id(), plan)
-                    })
-                    .collect();
+                        targets.push((b.id(), plan));
+                    }
+                }
                 (interval, targets)
             })
         };

@@ -39,6 +39,8 @@ pub struct Conn {
     /// The address the client connected to, when the socket cannot tell
     /// (a PROXY header's destination); `None`: the socket's local address.
     pub destination: Option<SocketAddr>,
+    /// The id of the service it is for, once routed.
+    pub service: Option<u32>,
 }
 
 impl Conn {
@@ -53,6 +55,7 @@ impl Conn {
             stream,
             peer: h.client,
             destination: h.destination,
+            service: None,
         }
     }
 }
@@ -72,6 +75,9 @@ pub struct Ledger {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LedgerState {
     pending: Vec<(SocketAddr, Option<SocketAddr>)>,
+    /// Parallel to `pending`: each one's service id.
+    #[serde(default)]
+    services: Vec<Option<u32>>,
     per_ip: Vec<(IpAddr, u32)>,
     next_conn: u64,
 }
@@ -124,12 +130,21 @@ impl Ledger {
     /// Count a new connection of client `key`; false if that client is at
     /// `max` (the caller refuses the connection).
     pub fn admit_ip(&mut self, key: IpAddr, max: u32) -> bool {
-        let n = self.per_ip.entry(key).or_default();
-        if *n >= max {
+        if !self.ip_has_room(key, max) {
             return false;
         }
-        *n += 1;
+        *self.per_ip.entry(key).or_default() += 1;
         true
+    }
+
+    /// Whether client `key` may open one more connection under `max`.
+    pub fn ip_has_room(&self, key: IpAddr, max: u32) -> bool {
+        self.ip_count(key) < max
+    }
+
+    /// Connections client `key` has open now (counted with a limit only).
+    pub fn ip_count(&self, key: IpAddr) -> u32 {
+        self.per_ip.get(&key).copied().unwrap_or(0)
     }
 
     /// `n` connections of client `key` ended.
@@ -154,6 +169,7 @@ impl Ledger {
                 .iter()
                 .map(|c| (c.peer, c.destination))
                 .collect(),
+            services: self.pending.iter().map(|c| c.service).collect(),
             per_ip: self.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect(),
             next_conn: self.next_conn,
         }
@@ -161,12 +177,13 @@ impl Ledger {
 
     pub fn from_handover(state: LedgerState, fds: &mut FdSource) -> Result<Ledger, String> {
         let mut pending = VecDeque::new();
-        for (peer, destination) in state.pending {
+        for (i, (peer, destination)) in state.pending.into_iter().enumerate() {
             let fd = fds.next(&format!("pending connection from {peer}"))?;
             pending.push_back(Conn {
                 stream: TcpStream::from(fd),
                 peer,
                 destination,
+                service: state.services.get(i).copied().flatten(),
             });
         }
         Ok(Ledger {
@@ -188,6 +205,7 @@ mod tests {
             stream,
             peer: SocketAddr::from(([127, 0, 0, 1], port)),
             destination: None,
+            service: None,
         }
     }
 

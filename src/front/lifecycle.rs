@@ -4,7 +4,9 @@
 //! workers change, tasks woken when a freeze ends, the upgrade in
 //! progress (to cancel it), the new front after a commit (to pass a stop
 //! on to it), and the control sessions a front that handed over lets
-//! finish. Also what the proxy says about its life in `ctl status`.
+//! finish. Also what the proxy says about its life in `ctl status` and on
+//! the status page: when it started (kept across upgrades) and the last
+//! events ([`EventRing`], handed over too).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use tokio::task::AbortHandle;
 
 use super::phase::{self, Action, Event, Phase};
 use crate::handover::Link;
+use crate::status::{EventKind, EventRing};
 
 pub struct Lifecycle {
     phase: Phase,
@@ -25,6 +28,12 @@ pub struct Lifecycle {
     /// Why the proxy cannot go on (no worker can run): it exits 1.
     fatal: Option<String>,
     started: Instant,
+    /// When this front started, and when the proxy did (an upgrade keeps
+    /// the first front's), in ms since the Unix epoch.
+    front_started_ms: u64,
+    started_ms: u64,
+    /// The last events, for the status page.
+    events: EventRing,
     /// The original command line (re-used by an upgrade).
     argv: Vec<std::ffi::OsString>,
     /// The path this front was started from, as it was then: an upgrade
@@ -53,6 +62,9 @@ impl Lifecycle {
             thaw: Rc::new(Notify::new()),
             fatal: None,
             started: Instant::now(),
+            front_started_ms: crate::status::unix_ms(),
+            started_ms: crate::status::unix_ms(),
+            events: EventRing::default(),
             argv: std::env::args_os().collect(),
             exe_path: std::env::current_exe()
                 .ok()
@@ -111,6 +123,32 @@ impl Lifecycle {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    pub fn front_started_ms(&self) -> u64 {
+        self.front_started_ms
+    }
+
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Taken over: the proxy started then (0: the previous front did not
+    /// say), and these things had happened.
+    pub fn take_over_history(&mut self, started_ms: u64, events: Vec<crate::status::Event>) {
+        if started_ms > 0 {
+            self.started_ms = started_ms;
+        }
+        self.events = EventRing::from_events(events);
+    }
+
+    /// Note something that happened, for the status page.
+    pub fn record(&mut self, kind: EventKind, text: String) {
+        self.events.record(kind, text);
+    }
+
+    pub fn events(&self) -> &EventRing {
+        &self.events
     }
 
     pub fn argv(&self) -> &[std::ffi::OsString] {

@@ -29,6 +29,9 @@ use crate::stats::FrontWord;
 pub struct Listeners {
     sockets: Vec<Rc<AsyncFd<std::net::TcpListener>>>,
     addrs: Vec<SocketAddr>,
+    /// Each socket's address as the config asked for it (`127.0.0.1:0`
+    /// for a port the kernel chose): what reloads compare against.
+    asked: Vec<SocketAddr>,
     /// Listeners are paused; see `Front::should_pause`.
     paused: bool,
     /// Wakes paused listeners.
@@ -39,39 +42,79 @@ pub struct Listeners {
     metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
     /// The control socket's path and a copy of its socket (for a handover).
     control: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+    /// `--status`: the status page's own address and a copy of its socket
+    /// (served by the metrics endpoint's thread; kept for a handover).
+    status: Option<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 /// The listeners across an upgrade (every socket's descriptor travels
-/// beside it: the listening sockets, then the metrics and control ones).
+/// beside it: the listening sockets, then the metrics, control and status
+/// ones).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenersState {
     listen: Vec<SocketAddr>,
+    /// (Empty from a front that did not keep them: as bound.)
+    #[serde(default)]
+    asked: Vec<SocketAddr>,
     metrics: Option<SocketAddr>,
     control: Option<std::path::PathBuf>,
+    /// (A build without `--status` never gets one: its command line and
+    /// config file would not load.)
+    #[serde(default)]
+    status: Option<SocketAddr>,
+}
+
+/// The sockets a new front serves beside its listeners: metrics, control,
+/// status.
+pub struct Served {
+    pub metrics: Option<std::net::TcpListener>,
+    pub control: Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
+    pub status: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
     /// Register listening sockets with the event loop (not accepting yet:
     /// see [`Listeners::start`]).
     pub fn new(sockets: Vec<std::net::TcpListener>) -> io::Result<Listeners> {
-        let addrs = sockets.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().filter_map(|l| l.local_addr().ok()).collect();
         let sockets = sockets
             .into_iter()
             .map(|l| crate::sys::register(l, tokio::io::Interest::READABLE).map(Rc::new))
             .collect::<io::Result<_>>()?;
         Ok(Listeners {
             sockets,
+            asked: addrs.clone(),
             addrs,
             paused: true,
             resume: Rc::new(Notify::new()),
             tasks: Vec::new(),
             metrics: None,
             control: None,
+            status: None,
         })
     }
 
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses as asked for, in the order of [`Listeners::addrs`].
+    pub fn asked(&self) -> &[SocketAddr] {
+        &self.asked
+    }
+
+    /// Say what each socket was asked for (as bound by default), when the
+    /// sockets were bound from `asked` in its order.
+    pub fn set_asked(&mut self, asked: &[SocketAddr]) {
+        if asked.len() == self.addrs.len() {
+            self.asked = asked.to_vec();
+        }
+    }
+
+    /// The socket asked for as `addr`, or bound on it.
+    fn position(&self, addr: SocketAddr) -> Option<usize> {
+        (self.asked.iter().position(|&a| a == addr))
+            .or_else(|| self.addrs.iter().position(|&a| a == addr))
     }
 
     pub fn paused(&self) -> bool {
@@ -101,6 +144,16 @@ impl Listeners {
         self.control = Some((path, fd));
     }
 
+    /// Keep a copy of the `--status` socket (serving on `addr`) for a
+    /// handover.
+    pub fn keep_status(&mut self, addr: SocketAddr, fd: std::os::fd::OwnedFd) {
+        self.status = Some((addr, fd));
+    }
+
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(|(a, _)| *a)
+    }
+
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(a, _)| *a)
     }
@@ -119,27 +172,24 @@ impl Listeners {
         if let Some((_, fd)) = &self.control {
             fds.push(fd.as_fd());
         }
+        if let Some((_, fd)) = &self.status {
+            fds.push(fd.as_fd());
+        }
         ListenersState {
             listen: self.addrs.clone(),
+            asked: self.asked.clone(),
             metrics: self.metrics_addr(),
             control: self.control.as_ref().map(|(p, _)| p.clone()),
+            status: self.status_addr(),
         }
     }
 
-    /// The listeners a new front takes over, and the metrics and control
-    /// sockets it is to serve.
-    #[allow(clippy::type_complexity)]
+    /// The listeners a new front takes over, and the metrics, control and
+    /// status sockets it is to serve.
     pub fn from_handover(
         state: ListenersState,
         fds: &mut crate::handover::FdSource,
-    ) -> Result<
-        (
-            Listeners,
-            Option<std::net::TcpListener>,
-            Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
-        ),
-        String,
-    > {
+    ) -> Result<(Listeners, Served), String> {
         let mut sockets = Vec::new();
         for a in &state.listen {
             let l = std::net::TcpListener::from(fds.next(&format!("listener {a}"))?);
@@ -157,7 +207,18 @@ impl Listeners {
             )),
             None => None,
         };
+        let status = match state.status {
+            Some(_) => Some(std::net::TcpListener::from(
+                fds.next("the status page's socket")?,
+            )),
+            None => None,
+        };
         let mut listeners = Listeners::new(sockets).map_err(|e| e.to_string())?;
+        listeners.set_asked(&state.asked);
+        if let (Some(addr), Some(l)) = (state.status, &status) {
+            let dup = l.try_clone().map_err(|e| e.to_string())?;
+            listeners.keep_status(addr, dup.into());
+        }
         if let (Some(addr), Some(l)) = (state.metrics, &metrics) {
             let dup = l.try_clone().map_err(|e| e.to_string())?;
             listeners.keep_metrics(addr, dup.into());
@@ -166,7 +227,14 @@ impl Listeners {
             let dup = l.try_clone().map_err(|e| e.to_string())?;
             listeners.keep_control(p.clone(), dup.into());
         }
-        Ok((listeners, metrics, control))
+        Ok((
+            listeners,
+            Served {
+                metrics,
+                control,
+                status,
+            },
+        ))
     }
 
     /// Start an accept loop per socket, on this thread (the front's event
@@ -186,6 +254,50 @@ impl Listeners {
                 l.clone(),
             )));
         }
+    }
+
+    /// A listener added by a reload (asked for as `asked`): accepting at
+    /// once if the others are.
+    pub fn add(
+        &mut self,
+        asked: SocketAddr,
+        socket: std::net::TcpListener,
+        front: &std::rc::Weak<std::cell::RefCell<super::Front>>,
+    ) -> io::Result<()> {
+        let addr = socket.local_addr()?;
+        let l = Rc::new(crate::sys::register(socket, tokio::io::Interest::READABLE)?);
+        if !self.tasks.is_empty() {
+            if let Some(front) = front.upgrade() {
+                self.tasks
+                    .push(tokio::task::spawn_local(accept_loop(front, l.clone())));
+            }
+        }
+        self.sockets.push(l);
+        self.addrs.push(addr);
+        self.asked.push(asked);
+        Ok(())
+    }
+
+    /// Close the listener on `addr` (a reload removed it).
+    pub fn remove(&mut self, addr: SocketAddr) {
+        let Some(i) = self.position(addr) else {
+            return;
+        };
+        if let Some(t) = (i < self.tasks.len()).then(|| self.tasks.remove(i)) {
+            t.abort();
+        }
+        self.sockets.remove(i);
+        self.addrs.remove(i);
+        self.asked.remove(i);
+    }
+
+    /// Turn defer-accept on or off on the listener on `addr`.
+    pub fn set_defer_accept_at(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
+        let Some(i) = self.position(addr) else {
+            return Ok(());
+        };
+        crate::sys::set_defer_accept(self.sockets[i].get_ref().as_fd(), on)
+            .map_err(|err| format!("cannot set defer-accept on {addr}: {err}"))
     }
 
     /// Stop accepting and close the sockets (shutdown).
@@ -320,7 +432,7 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
                 match guard.try_io(|l| accept(l.get_ref())) {
                     Ok(Ok((stream, peer))) => {
                         backoff = BACKOFF_MIN;
-                        f.accepted(stream, peer);
+                        f.accepted(stream, peer, local);
                     }
                     Ok(Err(err)) if is_resource_error(&err) => {
                         f.count(FrontWord::AcceptEmfile, 1);

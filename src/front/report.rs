@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Backends, Counters, Routing};
+use super::{Backends, Counters, Routing, Services};
 use crate::policy::PolicyName;
 use crate::stats::{Col, SlotWord};
 use crate::supervisor::{Role, Workers};
@@ -18,7 +18,10 @@ pub struct Status {
     pub uptime_seconds: u64,
     /// Where the front is in its life (see DESIGN.md, "Lifecycle").
     pub phase: &'static str,
+    /// The first service's policy (see `services` for each one's).
     pub policy: PolicyName,
+    /// Every service's name.
+    pub services: Vec<String>,
     pub listen: Vec<String>,
     pub metrics: Option<String>,
     pub workers: usize,
@@ -55,9 +58,30 @@ pub struct WorkerRow {
     pub draining_pids: Vec<u32>,
 }
 
+/// One row of `services`.
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    pub name: String,
+    pub listen: Vec<String>,
+    /// Server names it takes on its listeners (empty: all of them, or
+    /// what no other service's names match).
+    pub sni: Vec<String>,
+    pub policy: PolicyName,
+    pub backends: usize,
+    pub backends_up: usize,
+    /// Connections its backends hold now (in flight included).
+    pub active: u64,
+    /// Connections routed to it so far.
+    pub total: u64,
+    /// Removed by a reload, draining.
+    pub leaving: bool,
+}
+
 /// One row of `backends`.
 #[derive(Debug, Serialize)]
 pub struct BackendRow {
+    /// The service it belongs to.
+    pub service: String,
     pub address: String,
     pub resolved: String,
     /// For a backend found by DNS discovery: the `host:port` it came from.
@@ -84,6 +108,31 @@ pub struct BackendRow {
     /// before the first (or with checks off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<String>,
+}
+
+pub(super) fn services(
+    services: &Services,
+    cells: &[usize],
+    counters: &Counters,
+) -> Vec<ServiceRow> {
+    let table = counters.table();
+    services
+        .iter()
+        .map(|s| {
+            let b = s.backends();
+            ServiceRow {
+                name: s.name().to_string(),
+                listen: s.config().listen.iter().map(|a| a.to_string()).collect(),
+                sni: s.sni().to_vec(),
+                policy: s.routing().policy(),
+                backends: b.list().len(),
+                backends_up: b.views().iter().filter(|v| v.routable).count(),
+                active: (0..b.list().len()).map(|i| b.active(i, table, cells)).sum(),
+                total: s.connections(),
+                leaving: s.leaving(),
+            }
+        })
+        .collect()
 }
 
 pub(super) fn short(build: &str) -> String {
@@ -131,6 +180,7 @@ pub(super) fn workers(workers: &Workers, routing: &Routing, counters: &Counters)
 }
 
 pub(super) fn backends(
+    service: &str,
     backends: &Backends,
     cells: &[usize],
     counters: &Counters,
@@ -144,6 +194,7 @@ pub(super) fn backends(
             let total = |w| backends.total(i, w, table, cells);
             let (check_failures, check_failures_in_a_row) = backends.check_failures(i, table);
             BackendRow {
+                service: service.to_string(),
                 address: b.spec().name.clone(),
                 resolved: b.spec().addr.to_string(),
                 from: b.spec().group.clone(),

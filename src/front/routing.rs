@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use crate::channel::{Fallbacks, MAX_FALLBACKS};
-use crate::policy::{self, BackendView, Policy, PolicyName, PolicyOptions, WorkerView};
+use crate::policy::{self, BackendView, Policy, PolicyName, PolicyOptions, Why, WorkerView};
 
 use super::Backends;
 
@@ -103,24 +103,68 @@ impl Routing {
         backends: &Backends,
         retries: usize,
     ) -> Option<(usize, Fallbacks)> {
-        let pick = |policy: &mut Box<dyn Policy>, views: &[BackendView]| {
-            let first = policy.pick_backend(ip, views)?;
-            let mut idx = [0usize; MAX_FALLBACKS];
-            let n = policy.fallbacks(ip, first, views, &mut idx[..retries.min(MAX_FALLBACKS)]);
-            let mut ids = [0u32; MAX_FALLBACKS];
-            for (id, &i) in ids.iter_mut().zip(&idx[..n]) {
-                *id = backends.get(i).id();
-            }
-            Some((first, Fallbacks::new(&ids[..n])))
-        };
-        if let Some(p) = pick(&mut self.policy, backends.views()) {
-            return Some(p);
-        }
-        let views = backends.fail_open_views();
-        if views.iter().any(|v| v.routable) {
+        let (first, fallbacks, fail_open) = pick(&mut *self.policy, ip, backends, retries)?;
+        if fail_open {
             super::log_fail_open();
-            return pick(&mut self.policy, &views);
         }
-        None
+        Some((first, fallbacks))
     }
+
+    /// What a connection from `ip` would get now, without changing
+    /// anything: [`Routing::pick_worker`] and [`Routing::pick_backend`], in
+    /// the order dispatch calls them, run on a copy of the policy (the
+    /// same code, the same views), and the policy's reasons.
+    pub fn dry_run(&self, ip: IpAddr, backends: &Backends, retries: usize) -> DryRun {
+        let mut copy = self.policy.boxed_clone();
+        let why = self.policy.why(ip, &self.views, backends.views());
+        let slot = copy.pick_worker(ip, &self.views);
+        // Dispatch asks for a backend only once it has a slot.
+        let backend = slot.and(pick(&mut *copy, ip, backends, retries));
+        DryRun {
+            slot,
+            backend,
+            why,
+            workers: self.views.clone(),
+        }
+    }
+}
+
+/// What [`Routing::dry_run`] found.
+pub struct DryRun {
+    /// The slot; `None`: no worker can take a connection now (it waits).
+    pub slot: Option<usize>,
+    /// The backend (index), its fallbacks (ids), and whether every backend
+    /// was down (failing open); `None`: none enabled, or no slot.
+    pub backend: Option<(usize, Fallbacks, bool)>,
+    pub why: Why,
+    /// The views the worker pick read.
+    pub workers: Vec<WorkerView>,
+}
+
+/// The pick of [`Routing::pick_backend`] on `policy`: the backend, its
+/// fallbacks, and whether it failed open.
+fn pick(
+    policy: &mut dyn Policy,
+    ip: IpAddr,
+    backends: &Backends,
+    retries: usize,
+) -> Option<(usize, Fallbacks, bool)> {
+    let pick = |policy: &mut dyn Policy, views: &[BackendView]| {
+        let first = policy.pick_backend(ip, views)?;
+        let mut idx = [0usize; MAX_FALLBACKS];
+        let n = policy.fallbacks(ip, first, views, &mut idx[..retries.min(MAX_FALLBACKS)]);
+        let mut ids = [0u32; MAX_FALLBACKS];
+        for (id, &i) in ids.iter_mut().zip(&idx[..n]) {
+            *id = backends.get(i).id();
+        }
+        Some((first, Fallbacks::new(&ids[..n])))
+    };
+    if let Some((first, fallbacks)) = pick(policy, backends.views()) {
+        return Some((first, fallbacks, false));
+    }
+    let views = backends.fail_open_views();
+    if views.iter().any(|v| v.routable) {
+        return pick(policy, &views).map(|(first, fallbacks)| (first, fallbacks, true));
+    }
+    None
 }

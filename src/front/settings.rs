@@ -174,6 +174,7 @@ impl Settings {
         seq: u64,
         backends: Vec<BackendEntry>,
         sources: Vec<Vec<std::net::IpAddr>>,
+        services: Vec<crate::channel::ServiceConns>,
     ) -> Option<Vec<u8>> {
         let cfg = self.get();
         let msg = Down::Config(crate::channel::WorkerConfig {
@@ -186,6 +187,7 @@ impl Settings {
             report_closes: cfg.limits.per_ip().is_some(),
             backends,
             sources,
+            services,
         });
         let mut frame = Vec::new();
         match msg.encode(&mut frame) {
@@ -256,6 +258,8 @@ pub struct Plan {
     pub config: Config,
     /// What applying it changes, keeps or undoes, one line each.
     pub notes: Vec<String>,
+    /// Sockets bound for the addresses it adds, with the address asked.
+    pub bound: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
 }
 
 /// Plan applying `new` (the file and flags as they are now) to a front
@@ -266,14 +270,14 @@ pub struct Plan {
 pub fn plan(
     settings: &Settings,
     new: Config,
-    backends: &Backends,
+    default: Option<&Backends>,
     lingering: usize,
 ) -> Result<Plan, String> {
     let cur = settings.get();
-    if new.backends.len() + lingering > MAX_BACKENDS {
+    let count: usize = new.service_list().iter().map(|s| s.2.backends.len()).sum();
+    if count + lingering > MAX_BACKENDS {
         return Err(format!(
-            "{} backends plus {lingering} still draining connections would exceed the limit of {MAX_BACKENDS}; the running configuration stays",
-            new.backends.len()
+            "{count} backends plus {lingering} still draining connections would exceed the limit of {MAX_BACKENDS}; the running configuration stays",
         ));
     }
     let mut notes = Vec::new();
@@ -284,9 +288,9 @@ pub fn plan(
         ));
     }
     for (what, changed) in [
-        ("listen", cur.listen != new.listen),
         ("workers", cur.workers != new.workers),
         ("metrics", cur.metrics != new.metrics),
+        ("status", cur.status != new.status),
         ("control", cur.control != new.control),
         ("backlog", cur.backlog != new.backlog),
         ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
@@ -329,9 +333,11 @@ pub fn plan(
     ));
     notes.extend(super::access::reload_notes(&o.acl, &new));
     for spec in &new.backends {
-        let disabled = backends
-            .find(&spec.name)
-            .is_some_and(|i| backends.get(i).admin() == Admin::Disabled);
+        let disabled = default.is_some_and(|backends| {
+            backends
+                .find(&spec.name)
+                .is_some_and(|i| backends.get(i).admin() == Admin::Disabled)
+        });
         if disabled {
             notes.push(format!(
                 "backend {} disabled by ctl: stays disabled",
@@ -353,9 +359,9 @@ pub fn plan(
         }
     }
     let config = Config {
-        listen: cur.listen.clone(),
         workers: cur.workers,
         metrics: cur.metrics,
+        status: cur.status,
         control: cur.control.clone(),
         backlog: cur.backlog,
         cpu_affinity: cur.cpu_affinity,
@@ -363,5 +369,9 @@ pub fn plan(
         pid_file: cur.pid_file.clone(),
         ..new
     };
-    Ok(Plan { config, notes })
+    Ok(Plan {
+        config,
+        notes,
+        bound: Vec::new(),
+    })
 }

@@ -153,6 +153,10 @@ pub async fn upgrade(front: &Shared, path: Option<PathBuf>) -> Result<String, St
         Ok(msg) => Ok(msg),
         Err(why) => {
             warn!("upgrade failed, nothing changed: {why}");
+            f.record_event(
+                crate::status::EventKind::Upgrade,
+                format!("upgrade failed, nothing changed: {why}"),
+            );
             let _ = f.handle(Event::UpgradeFailed);
             if !f.stopping() {
                 notify(&[sd_notify::NotifyState::Ready]);
@@ -473,6 +477,15 @@ pub fn commit(front: &Shared, plan: Option<Box<Plan>>, stop: Option<Event>, link
             let _ = f.handle(Event::Stop);
         }
         let paused_us = state::unix_micros().saturating_sub(f.life().frozen_at_us());
+        f.record_event(
+            crate::status::EventKind::Upgrade,
+            format!(
+                "this front (pid {}, rrproxy {}) took over; clients waited at most {:.1} ms",
+                std::process::id(),
+                crate::version::describe(),
+                paused_us as f64 / 1000.0
+            ),
+        );
         let _ = f.handle(Event::TookOver);
         if stop == Some(Event::LinkStop) {
             let _ = f.handle(Event::LinkStop);

@@ -1,11 +1,14 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the front is
-//! alive) and `/readyz` (at least one worker is ready), served by hyper on a
+//! alive), `/readyz` (at least one worker is ready), and the status page
+//! (`/status`, `/status.json`; see [`crate::status`]), served by hyper on a
 //! thread of its own so a scrape never delays the front's accept loop.
+//! `--status ADDR` adds a second socket on the same thread that serves
+//! only the status page (and `/` as the page).
 //!
-//! At most [`MAX_CONNECTIONS`] connections are served at once; one more is
-//! closed as soon as it is accepted. A client that sends no complete
-//! request header within [`HEADER_TIMEOUT`] is disconnected, so silent
-//! connections cannot hold the slots for long.
+//! At most [`MAX_CONNECTIONS`] connections are served at once, both
+//! sockets together; one more is closed as soon as it is accepted. A
+//! client that sends no complete request header within [`HEADER_TIMEOUT`]
+//! is disconnected, so silent connections cannot hold the slots for long.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +22,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::Exporter;
+use crate::status::Asker;
+use crate::status::serve::{Format, Pages, Refusal};
 use tracing::{debug, warn};
 
 /// Most metrics connections served at once.
@@ -27,16 +32,59 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running endpoint.
+/// Where a running endpoint serves.
 pub struct Endpoint {
-    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub status: Option<SocketAddr>,
 }
 
-/// Serve the exposition on `listener` (already bound, so "address in use"
-/// is a startup error) from a thread of its own.
-pub fn start(listener: std::net::TcpListener, exporter: Exporter) -> std::io::Result<Endpoint> {
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
+/// What a socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    /// The metrics address: everything.
+    All,
+    /// `--status`: the status page only.
+    Status,
+}
+
+/// What every connection's handler shares.
+struct Shared {
+    exporter: Exporter,
+    pages: Pages,
+}
+
+/// Serve the exposition and the status page on `metrics`, and the status
+/// page alone on `status` (both already bound, so "address in use" is a
+/// startup error), from a thread of its own; `asker` reaches the front.
+/// Neither socket: nothing is started.
+pub fn start(
+    metrics: Option<std::net::TcpListener>,
+    status: Option<std::net::TcpListener>,
+    exporter: Exporter,
+    asker: Asker,
+) -> std::io::Result<Endpoint> {
+    let mut sockets = Vec::new();
+    let mut bound = Endpoint {
+        metrics: None,
+        status: None,
+    };
+    for (listener, routes) in [(metrics, Routes::All), (status, Routes::Status)] {
+        let Some(listener) = listener else { continue };
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        match routes {
+            Routes::All => bound.metrics = Some(addr),
+            Routes::Status => bound.status = Some(addr),
+        }
+        sockets.push((listener, routes));
+    }
+    if sockets.is_empty() {
+        return Ok(bound);
+    }
+    let shared = Arc::new(Shared {
+        exporter,
+        pages: Pages::new(asker),
+    });
     std::thread::Builder::new()
         .name("rrproxy-metrics".into())
         .spawn(move || {
@@ -50,12 +98,26 @@ pub fn start(listener: std::net::TcpListener, exporter: Exporter) -> std::io::Re
                     return;
                 }
             };
-            runtime.block_on(serve(listener, exporter));
+            runtime.block_on(async move {
+                let open = Arc::new(AtomicUsize::new(0));
+                let loops: Vec<_> = sockets
+                    .into_iter()
+                    .map(|(l, routes)| tokio::spawn(serve(l, routes, shared.clone(), open.clone())))
+                    .collect();
+                for l in loops {
+                    let _ = l.await;
+                }
+            });
         })?;
-    Ok(Endpoint { addr: bound })
+    Ok(bound)
 }
 
-async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
+async fn serve(
+    listener: std::net::TcpListener,
+    routes: Routes,
+    shared: Arc<Shared>,
+    open: Arc<AtomicUsize>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(err) => {
@@ -63,9 +125,8 @@ async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
             return;
         }
     };
-    let open = Arc::new(AtomicUsize::new(0));
     let mut refused = 0u64;
-    let mut handed_over = exporter.handed_over.clone();
+    let mut handed_over = shared.exporter.handed_over.clone();
     loop {
         // After an upgrade's hand-over the new front answers: scrapers
         // wait in the shared socket's queue rather than reach a front
@@ -97,12 +158,12 @@ async fn serve(listener: std::net::TcpListener, exporter: Exporter) {
         }
         open.fetch_add(1, Ordering::Relaxed);
         let slot = Slot(open.clone());
-        let exporter = exporter.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &exporter);
-                async move { Ok::<_, Infallible>(response) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &shared, routes).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -124,16 +185,21 @@ impl Drop for Slot {
     }
 }
 
-fn respond(req: &Request<Incoming>, exporter: &Exporter) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, ctype: &'static str, body: String| {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(ctype),
-        );
-        resp
-    };
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+async fn respond(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    routes: Routes,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -141,23 +207,57 @@ fn respond(req: &Request<Incoming>, exporter: &Exporter) -> Response<Full<Bytes>
             "only GET\n".into(),
         );
     }
-    match req.uri().path() {
-        "/metrics" => reply(
+    let query = req.uri().query().unwrap_or("");
+    let exporter = &shared.exporter;
+    match (routes, req.uri().path()) {
+        (Routes::All, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             exporter.render(),
         ),
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if exporter.ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => reply(
+        (Routes::All, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (Routes::All, "/readyz") if exporter.ready() => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        (Routes::All, "/readyz") => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "no worker ready\n".into(),
         ),
-        _ => reply(
+        (_, "/status") | (Routes::Status, "/") => {
+            status(shared, query, Format::Html, "text/html; charset=utf-8").await
+        }
+        (_, "/status.json") => status(shared, query, Format::Json, "application/json").await,
+        (Routes::All, _) => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /status, /status.json, /healthz or /readyz\n".into(),
+        ),
+        (Routes::Status, _) => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /status or /status.json\n".into(),
         ),
     }
+}
+
+async fn status(
+    shared: &Shared,
+    query: &str,
+    format: Format,
+    ctype: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut resp = match shared.pages.get(query, format).await {
+        Ok(body) => reply(StatusCode::OK, ctype, body),
+        Err(Refusal { code, text }) => reply(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "text/plain; charset=utf-8",
+            format!("{text}\n"),
+        ),
+    };
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }

@@ -9,6 +9,7 @@
 //! misses one.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -32,6 +33,44 @@ pub struct Snapshot {
     pub resolve_failures: Vec<(String, u64)>,
     /// At least one worker is ready and the front is not stopping.
     pub ready: bool,
+    /// Every service, and (named "") what SNI routing led nowhere.
+    pub services: Vec<ServiceLabel>,
+}
+
+/// A service's counts that live in the front (shared with it: the front
+/// counts, `/metrics` reads).
+#[derive(Debug, Clone)]
+pub struct ServiceLabel {
+    pub name: String,
+    /// Connections routed to the service.
+    pub connections: Arc<AtomicU64>,
+    /// SNI outcomes that led to it, per [`super::SNI_REASONS`].
+    pub sni: Arc<[AtomicU64; super::SNI_REASONS.len()]>,
+}
+
+impl ServiceLabel {
+    pub fn new(name: &str) -> ServiceLabel {
+        ServiceLabel {
+            name: name.to_string(),
+            connections: Arc::new(AtomicU64::new(0)),
+            sni: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    pub fn sni_counts(&self) -> Vec<u64> {
+        self.sni.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Counts carried over from a previous front.
+    pub fn set_sni_counts(&self, counts: &[u64]) {
+        for (a, &n) in self.sni.iter().zip(counts) {
+            a.store(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_connections(&self, n: u64) {
+        self.connections.store(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,6 +83,8 @@ pub struct SlotLabel {
 
 #[derive(Debug, Clone)]
 pub struct BackendLabel {
+    /// Its service's name.
+    pub service: String,
     pub name: String,
     pub column: usize,
     pub up: bool,
@@ -218,7 +259,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
     let per_backend = |o: &mut Out, name: &str, value: &dyn Fn(&BackendLabel) -> u64| {
         o.family(name);
         for b in &snap.backends {
-            o.sample(name, &[("backend", &b.name)], value(b));
+            o.sample(
+                name,
+                &[("service", &b.service), ("backend", &b.name)],
+                value(b),
+            );
         }
     };
     let total = |w: Col| move |b: &BackendLabel| col_total(table, cells, b.column, w);
@@ -248,7 +293,11 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             let v = col_total(table, cells, b.column, w);
             o.sample(
                 BACKEND_CONNECT_FAILURES,
-                &[("backend", &b.name), ("reason", reason)],
+                &[
+                    ("service", &b.service),
+                    ("backend", &b.name),
+                    ("reason", reason),
+                ],
                 v,
             );
         }
@@ -262,7 +311,32 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
         for c in cells.iter().filter_map(|&c| table.cell(c).col(b.column)) {
             h.add(c.connect());
         }
-        o.histogram(BACKEND_CONNECT_SECONDS, &[("backend", &b.name)], &le, &h);
+        o.histogram(
+            BACKEND_CONNECT_SECONDS,
+            &[("service", &b.service), ("backend", &b.name)],
+            &le,
+            &h,
+        );
+    }
+    o.family(SERVICE_CONNECTIONS);
+    for s in snap.services.iter().filter(|s| !s.name.is_empty()) {
+        o.sample(
+            SERVICE_CONNECTIONS,
+            &[("service", &s.name)],
+            s.connections.load(Ordering::Relaxed),
+        );
+    }
+    o.family(SNI_CONNECTIONS);
+    if snap.services.iter().any(|s| s.name.is_empty()) {
+        for s in &snap.services {
+            for (reason, n) in super::SNI_REASONS.iter().zip(s.sni.iter()) {
+                o.sample(
+                    SNI_CONNECTIONS,
+                    &[("service", &s.name), ("reason", reason)],
+                    n.load(Ordering::Relaxed),
+                );
+            }
+        }
     }
     o.family(RESOLVE_FAILURES);
     for (name, n) in &snap.resolve_failures {

@@ -16,9 +16,9 @@
 
 use std::net::IpAddr;
 
-use super::{BackendView, Policy, PolicyName, WorkerView};
+use super::{BackendView, Policy, PolicyName, Why, WorkerView};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LeastConn {
     /// Where the next worker scan starts.
     next_worker: usize,
@@ -123,6 +123,17 @@ impl Policy for LeastConn {
             }
         }
         k
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Policy> {
+        Box::new(self.clone())
+    }
+
+    fn why(&self, _client: IpAddr, workers: &[WorkerView], backends: &[BackendView]) -> Why {
+        Why::LeastConn {
+            worker_scan_from: self.next_worker % workers.len().max(1),
+            backend_scan_from: self.next_backend % backends.len().max(1),
+        }
     }
 }
 

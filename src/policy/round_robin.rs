@@ -5,9 +5,9 @@
 
 use std::net::IpAddr;
 
-use super::{BackendView, Policy, PolicyName, WorkerView};
+use super::{BackendView, Policy, PolicyName, RAMP_FULL, Why, WorkerView};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RoundRobin {
     /// Next worker slot to try.
     next_worker: usize,
@@ -75,6 +75,25 @@ impl Policy for RoundRobin {
 
     fn rebuild(&mut self, backends: &[BackendView]) {
         self.current = vec![0; backends.len()];
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Policy> {
+        Box::new(self.clone())
+    }
+
+    fn why(&self, _client: IpAddr, workers: &[WorkerView], backends: &[BackendView]) -> Why {
+        // A pick on a list of another length starts every credit at 0.
+        let fresh = self.current.len() != backends.len();
+        Why::RoundRobin {
+            next_slot: self.next_worker % workers.len().max(1),
+            credit: (0..backends.len())
+                .map(|i| match fresh {
+                    true => 0.0,
+                    false => self.current[i] as f64 / f64::from(RAMP_FULL),
+                })
+                .collect(),
+            next_fallback: self.next_fallback % backends.len().max(1),
+        }
     }
 }
 

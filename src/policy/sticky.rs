@@ -41,7 +41,7 @@
 
 use std::net::IpAddr;
 
-use super::{BackendView, Policy, PolicyName, WorkerView, client_key, mix64, neg_ln_unit};
+use super::{BackendView, Policy, PolicyName, Why, WorkerView, client_key, mix64, neg_ln_unit};
 
 /// log2 of the number of client buckets. Part of the hash definition:
 /// changing it re-deals every client.
@@ -69,7 +69,7 @@ struct Entry {
     top: [u32; TOP],
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Sticky {
     ipv6_prefix: u8,
     /// The list the cache was ranked for, from the last `rebuild`.
@@ -120,6 +120,11 @@ impl Sticky {
         }
         entry.top
     }
+}
+
+/// Slot `slot`'s rendezvous score for the client hash `h` (highest wins).
+fn slot_score(h: u64, slot: usize) -> u64 {
+    mix64(h ^ mix64(slot as u64 ^ SEED_SLOT))
 }
 
 /// The client's bucket and that bucket's rendezvous hash.
@@ -210,7 +215,7 @@ impl Policy for Sticky {
             if !w.routable {
                 continue;
             }
-            let score = mix64(h ^ mix64(slot as u64 ^ SEED_SLOT));
+            let score = slot_score(h, slot);
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, slot));
             }
@@ -268,6 +273,29 @@ impl Policy for Sticky {
             }
         }
         scan_top(bh, first, backends, out)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Policy> {
+        Box::new(self.clone())
+    }
+
+    /// The scores the picks compare: slots by [`slot_score`],
+    /// backends by `weight / -ln(u)` (the inverse of the draw, so the
+    /// highest wins), each with whether the bucket takes it while it ramps.
+    fn why(&self, client: IpAddr, workers: &[WorkerView], backends: &[BackendView]) -> Why {
+        let h = client_key(client, self.ipv6_prefix);
+        let (bucket, bh) = bucket_of(h);
+        Why::Sticky {
+            bucket,
+            slot_scores: (0..workers.len())
+                .map(|s| slot_score(h, s) as f64 / u64::MAX as f64)
+                .collect(),
+            backend_scores: backends
+                .iter()
+                .map(|b| 1.0 / draw(bh, b.key, inv_weight(b.weight)))
+                .collect(),
+            ramp_admits: backends.iter().map(|b| admits(bh, b)).collect(),
+        }
     }
 
     fn rebuild(&mut self, backends: &[BackendView]) {

@@ -99,13 +99,14 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
         from_backend: col.map_or(&spare, |c| c.word(Col::BytesDown)),
         conn: &bytes,
     };
+    // The service's settings (its backends all have the same).
+    let conns = routes.conns(handoff.backend);
     let outcome = pump::pump(
         &mut client,
         &mut upstream,
-        routes.config.idle_timeout,
+        conns.idle_timeout,
         // Counted from when this worker got the client, connect included.
-        routes
-            .config
+        conns
             .first_byte_timeout
             .map(|limit| limit.saturating_sub(started.elapsed())),
         routes.config.splice,
@@ -191,7 +192,6 @@ async fn connect_any(
     handoff: &Handoff,
     client: &TcpStream,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
-    let config = &routes.config;
     // The planned backend, then the fallbacks the front's policy chose
     // (`--retries` of them at most): each at most once, each within the
     // connect timeout, so a client waits at most (1 + retries) of them.
@@ -206,7 +206,7 @@ async fn connect_any(
             .send_proxy
             .map(|v| proxy_header(client, handoff).encode(v));
         let source = routes.next_source(backend.id);
-        let deadline = began + config.connect_timeout;
+        let deadline = began + routes.conns(backend.id).connect_timeout;
         match connect_one(worker, backend.addr, source, deadline, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {

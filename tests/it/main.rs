@@ -3,11 +3,13 @@
 
 mod access;
 mod accesslog;
+mod browser;
 mod client_address;
 mod control;
 mod ctl;
 mod defer_accept;
 mod discovery;
+mod explain;
 mod faults;
 mod foundation;
 mod histograms;
@@ -19,7 +21,9 @@ mod peers;
 mod pidfile;
 mod policies;
 mod protect;
+mod services;
 mod shims;
+mod status;
 mod supervision;
 mod support;
 mod tls;

@@ -122,7 +122,7 @@ fn a_redis_check_takes_out_a_server_that_answers_loading() {
     let to = |a: SocketAddr| {
         m.get(
             "rrproxy_backend_connections_total",
-            &[("backend", &a.to_string())],
+            &[("service", "default"), ("backend", &a.to_string())],
         )
     };
     assert_eq!(to(loading.addr), Some(0.0));

@@ -772,6 +772,11 @@ impl Load {
         Load::run(proxy.listen, clients, read_some)
     }
 
+    /// The same through the listener at `addr` (a service's).
+    pub fn start_at(addr: SocketAddr, clients: usize) -> Load {
+        Load::run(addr, clients, read_some)
+    }
+
     /// The same against an echo backend.
     pub fn start_echo(proxy: &Proxy, clients: usize) -> Load {
         Load::run(proxy.listen, clients, echo_line)

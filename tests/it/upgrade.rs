@@ -2,7 +2,7 @@
 //! connection; one build at a time; stray signals; the front's own death.
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::thread;
 use std::time::Duration;
@@ -19,7 +19,16 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn start(proxy: &Proxy, seed: u64, len: usize, pace: Duration) -> Stream {
-        let s = proxy.connect();
+        Stream::over(proxy.connect(), seed, len, pace)
+    }
+
+    /// The same through the listener at `addr` (a service's).
+    pub(crate) fn start_at(addr: SocketAddr, seed: u64, len: usize, pace: Duration) -> Stream {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        Stream::over(s, seed, len, pace)
+    }
+
+    fn over(s: TcpStream, seed: u64, len: usize, pace: Duration) -> Stream {
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let data = random_bytes(seed, len);
         let mut w = s.try_clone().unwrap();

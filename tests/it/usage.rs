@@ -274,7 +274,7 @@ fn the_man_page_synopsis_shows_value_placeholders() {
         "[-l|--listen <ADDR>]...",
         "[-w|--workers <N|auto>]",
         "[-c|--config <FILE>]",
-        "ctl [--control <PATH>] [--json] <COMMAND>...",
+        "ctl [--control <PATH>] [--json] [--service <S>] <COMMAND>...",
     ] {
         assert!(synopsis.contains(want), "{want} not in:\n{synopsis}");
     }

@@ -44,17 +44,31 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         any::<bool>(),
         send_proxy,
         prop::option::of(any::<u16>()),
+        prop::option::of(any::<u16>()),
     )
         .prop_map(
-            |(id, column, addr, routable, send_proxy, source)| BackendEntry {
+            |(id, column, addr, routable, send_proxy, source, service)| BackendEntry {
                 id,
                 column,
                 addr,
                 routable,
                 send_proxy,
                 source,
+                service,
             },
         );
+    let service = (
+        micros(),
+        micros(),
+        prop::option::of(micros().prop_filter("zero means off", |d| !d.is_zero())),
+    )
+        .prop_map(|(connect_timeout, idle_timeout, first_byte_timeout)| {
+            crate::channel::ServiceConns {
+                connect_timeout,
+                idle_timeout,
+                first_byte_timeout,
+            }
+        });
     let ip = socket_addr().prop_map(|a| a.ip());
     let sources = prop::collection::vec(
         prop::collection::vec(ip, 1..=crate::channel::MAX_SOURCES),
@@ -69,6 +83,7 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         ),
         prop::collection::vec(backend, 0..24),
         sources,
+        prop::collection::vec(service, 0..4),
     )
         .prop_map(
             |(
@@ -76,7 +91,18 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
                 (first_byte_timeout, splice, report_closes),
                 mut backends,
                 mut sources,
+                mut services,
             )| {
+                // A backend names one of the services that travel with it.
+                for b in &mut backends {
+                    b.service = b
+                        .service
+                        .filter(|_| !services.is_empty())
+                        .map(|i| i % services.len() as u16);
+                }
+                if backends.iter().all(|b| b.service.is_none()) {
+                    services.clear();
+                }
                 // A backend names one of the lists that travel with it.
                 for b in &mut backends {
                     b.source = b
@@ -98,6 +124,7 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
                     report_closes,
                     backends,
                     sources,
+                    services,
                 }
             },
         )

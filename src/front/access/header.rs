@@ -146,6 +146,7 @@ impl Access {
             stream,
             peer,
             destination,
+            service: None,
         })
     }
 

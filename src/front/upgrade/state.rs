@@ -5,10 +5,10 @@
 //!
 //! Descriptors travel beside the value, in the order the parts push them
 //! (see `Front::handover`): the listeners (listening sockets, then the
-//! metrics and control sockets), the statistics table, each worker
+//! metrics, control and status sockets), the statistics table, each worker
 //! process's channel ends and pidfd (slot by slot), the connections
 //! waiting for a worker, then those whose PROXY header is still to be
-//! read; the new front takes them in the same order ([`rebuild`]).
+//! read, then those whose ClientHello is still to be read; the new front takes them in the same order ([`rebuild`]).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -19,9 +19,10 @@ use crate::front::access::AccessState;
 use crate::front::counters::CountersState;
 use crate::front::ledger::LedgerState;
 use crate::front::listener::ListenersState;
+use crate::front::services::{Services, ServicesOut, ServicesState, SniWaits};
 use crate::front::settings::SettingsState;
 use crate::front::{
-    Access, Backends, Counters, Front, Ledger, Lifecycle, Listeners, Parts, Phase, Settings, Shared,
+    Access, Counters, Front, Ledger, Lifecycle, Listeners, Parts, Phase, Settings, Shared,
 };
 use crate::handover::FdSource;
 use crate::supervisor::{SpawnPlan, Workers, WorkersState};
@@ -36,7 +37,7 @@ pub struct HandoverOut<'a> {
     pub workers: WorkersState,
     pub ledger: LedgerState,
     pub access: AccessState,
-    pub backends: &'a Backends,
+    pub services: ServicesOut<'a>,
     pub life: LifeState,
 }
 
@@ -49,7 +50,7 @@ pub struct Handover {
     workers: WorkersState,
     ledger: LedgerState,
     access: AccessState,
-    backends: Backends,
+    services: ServicesState,
     life: LifeState,
 }
 
@@ -61,6 +62,13 @@ pub struct LifeState {
     /// When the old front stopped accepting (µs since the Unix epoch), so
     /// the new one can say how long clients waited in the backlog.
     pub frozen_at_us: u64,
+    /// When the proxy started (ms since the Unix epoch; 0 from a front
+    /// that did not say).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// The status page's last events.
+    #[serde(default)]
+    pub events: Vec<crate::status::Event>,
 }
 
 /// Now, in microseconds since the Unix epoch (0 if the clock is before it).
@@ -77,6 +85,8 @@ pub struct Rebuilt {
     pub control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
     /// The metrics socket, to serve.
     pub metrics: Option<std::net::TcpListener>,
+    /// The `--status` socket, to serve.
+    pub status: Option<std::net::TcpListener>,
 }
 
 /// Rebuild the front from a handover (the new front), each part from what
@@ -93,7 +103,7 @@ pub fn rebuild(
     let mut fds = FdSource::new(fds);
     let settings = Settings::from_handover(h.settings, Some(flags));
     let config = settings.get();
-    let (listeners, metrics, control) = Listeners::from_handover(h.listeners, &mut fds)?;
+    let (listeners, served) = Listeners::from_handover(h.listeners, &mut fds)?;
     let counters = Counters::from_handover(h.counters, &mut fds)?;
     let table = counters.table().clone();
     let cap = crate::front::proc_cap(&config, nofile);
@@ -101,17 +111,22 @@ pub fn rebuild(
         Workers::from_handover(h.workers, &mut fds, plan, table.procs(), cap, nofile)?;
     let ledger = Ledger::from_handover(h.ledger, &mut fds)?;
     let access = Access::from_handover(&config, h.access, &mut fds, &counters)?;
-    let backends = h.backends.from_handover(table.columns());
+    let mut services_state = h.services;
+    let sni_waits =
+        SniWaits::from_handover(std::mem::take(&mut services_state.sni_waits), &mut fds)?;
+    let services = Services::from_handover(services_state, &table, workers.len());
     let mut life = Lifecycle::new(Phase::TakingOver { stop: false });
     if let Some(outcome) = h.life.last_roll {
         life.set_last_roll(outcome);
     }
     life.set_frozen_at_us(h.life.frozen_at_us);
+    life.take_over_history(h.life.started_ms, h.life.events);
     let front = Front::assemble(Parts {
         settings,
         listeners,
         workers,
-        backends,
+        services,
+        sni_waits,
         access,
         ledger,
         counters,
@@ -120,7 +135,8 @@ pub fn rebuild(
     front.borrow_mut().adopted(adopted, nofile);
     Ok(Rebuilt {
         front,
-        control,
-        metrics,
+        control: served.control,
+        metrics: served.metrics,
+        status: served.status,
     })
 }

@@ -196,8 +196,10 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             routable: true,
             send_proxy: None,
             source: None,
+            service: None,
         }],
         sources: Vec::new(),
+        services: Vec::new(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
 
