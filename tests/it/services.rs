@@ -348,3 +348,60 @@ fn an_upgrade_carries_three_services_under_load_and_fails_nothing() {
         assert!(n > 400.0, "s{i}'s count went on across the upgrade: {n}");
     }
 }
+
+/// A reload that edits one named service says what it changed in that
+/// service, prefixed with its name, once each; the other service is not
+/// mentioned.
+#[test]
+fn a_reload_lists_what_changed_in_each_named_service() {
+    let (a, b, c, d) = (
+        name_backend("a"),
+        name_backend("b"),
+        name_backend("c"),
+        name_backend("d"),
+    );
+    let (pw, po) = (free_port(), free_port());
+    let dir = temp_dir("services-notes");
+    let other = format!(
+        "[[service]]\nname = \"other\"\nlisten = \"127.0.0.1:{po}\"\nbackends = [\"{}\"]\n",
+        d.addr
+    );
+    let path = config(
+        &dir,
+        &format!(
+            "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:{pw}\"\nbackends = [\"{}\", \"{}\"]\n\n{other}",
+            a.addr, b.addr
+        ),
+    );
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .workers(1)
+        .args(["--config".to_string(), path.display().to_string()])
+        .start();
+    config(
+        &dir,
+        &format!(
+            "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:{pw}\"\npolicy = \"sticky\"\nconnect-timeout = \"2s\"\nbackends = [\"{},weight=2\", \"{}\"]\n\n{other}",
+            a.addr, c.addr
+        ),
+    );
+    let reply = proxy.ctl("config reload");
+    assert!(reply.starts_with("configuration reloaded"), "{reply}");
+    for line in [
+        "service web: policy round-robin -> sticky".to_string(),
+        format!("service web: backend {} weight 1 -> 2", a.addr),
+        format!("service web: backend {} added", c.addr),
+        format!(
+            "service web: backend {} removed (its connections drain)",
+            b.addr
+        ),
+        "service web: connect-timeout 5s -> 2s".to_string(),
+    ] {
+        assert_eq!(
+            reply.matches(&line).count(),
+            1,
+            "{line:?} once in:\n{reply}"
+        );
+    }
+    assert!(!reply.contains("service other"), "{reply}");
+}

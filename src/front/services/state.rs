@@ -159,6 +159,13 @@ impl Services {
             if *s.config == *cfg && s.sni == sni {
                 continue;
             }
+            if name != crate::config::DEFAULT_SERVICE {
+                // The top level (the default service) is described by the
+                // settings' plan, which knows what `ctl` changed.
+                for n in crate::config::diff::changes(&s.config, &cfg, true, &[]) {
+                    notes.push(format!("service {name}: {n}"));
+                }
+            }
             let before = s.backends.specs();
             for n in s
                 .backends
@@ -169,10 +176,12 @@ impl Services {
             if s.config.policy != cfg.policy || s.config.policy_options != cfg.policy_options {
                 s.routing
                     .switch(cfg.policy, s.backends.views(), &cfg.policy_options);
-                notes.push(format!(
-                    "service {name}: policy {} -> {}",
-                    s.config.policy, cfg.policy
-                ));
+                if name != crate::config::DEFAULT_SERVICE {
+                    notes.push(format!(
+                        "service {name}: policy {} -> {}",
+                        s.config.policy, cfg.policy
+                    ));
+                }
             } else if before != s.backends.specs() {
                 s.routing.rebuild(s.backends.views());
             }
