@@ -427,6 +427,113 @@ def show_batches(path):
     print("  raw: " + json.dumps({k: v for k, v in b.items() if k != "hist"}))
 
 
+# ---------------------------------------------------------------- syscalls
+
+# The system calls `perf stat` counts one by one in the syscall cell (every
+# one a proxy here makes per connection or per wake-up); the rest are
+# counted together ("other": raw_syscalls:sys_enter minus these). Opening
+# all ~360 syscall tracepoints takes perf about 15 s, these about 2.
+SYSCALLS = ("accept accept4 read write readv writev recvfrom sendto recvmsg "
+            "sendmsg recvmmsg sendmmsg epoll_wait epoll_pwait epoll_pwait2 "
+            "epoll_ctl poll ppoll select socket connect bind listen getsockopt "
+            "setsockopt getsockname getpeername shutdown close splice tee pipe2 "
+            "fcntl ioctl futex sched_yield brk mmap munmap madvise mprotect "
+            "timerfd_settime eventfd2 rt_sigprocmask getpid dup dup3 "
+            "clock_nanosleep nanosleep io_uring_enter").split()
+
+
+def perf_events():
+    """The -e list for the syscall cell."""
+    return ",".join(["syscalls:sys_enter_" + s for s in SYSCALLS]
+                    + ["raw_syscalls:sys_enter", "context-switches", "task-clock"])
+
+
+def tid_roles(root):
+    """JSON {tid: "root"|"others"} for every thread of the tree now: the
+    started process's threads are "root" (rrproxy's front, nginx's
+    master, HAProxy and pen themselves), its descendants' are "others"
+    (workers)."""
+    out = {}
+    for p in tree_pids(root):
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                out[t] = "root" if p == root else "others"
+        except OSError:
+            continue
+    return out
+
+
+def parse_perf(path, roles_path, requests):
+    """`perf stat --per-thread -x,` output -> per connection, per role
+    ("root", "others", "all"): every counted syscall, "other" syscalls,
+    "total", "context-switches" and "cpu_us" (task-clock)."""
+    with open(roles_path) as f:
+        roles = json.load(f)
+    n = float(requests)
+    raw = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) < 4 or line.startswith("#"):
+                continue
+            thread, value, event = parts[0], parts[1], parts[3]
+            tid = thread.rsplit("-", 1)[-1]
+            role = roles.get(tid)
+            if role is None or not value.replace(".", "", 1).isdigit():
+                continue
+            v = float(value)
+            for r in (role, "all"):
+                d = raw.setdefault(r, {})
+                d[event] = d.get(event, 0.0) + v
+    out = {}
+    for role, d in raw.items():
+        per = {}
+        named = 0.0
+        for event, v in d.items():
+            if event.startswith("syscalls:sys_enter_"):
+                per[event[len("syscalls:sys_enter_"):]] = v / n
+                named += v
+        total = d.get("raw_syscalls:sys_enter", 0.0)
+        per = {k: round(v, 3) for k, v in per.items() if v >= 0.0005}
+        per["other"] = round(max(0.0, total - named) / n, 3)
+        per["total"] = round(total / n, 3)
+        per["context-switches"] = round(d.get("context-switches", 0.0) / n, 3)
+        # task-clock is in msec.
+        per["cpu_us"] = round(d.get("task-clock", 0.0) * 1000.0 / n, 2)
+        out[role] = per
+    return out
+
+
+def show_syscalls(paths):
+    """Print the syscall cells' breakdown: per proxy and role, the system
+    calls per connection, largest first."""
+    print("system calls per connection (perf stat on one extra close cell per "
+          "proxy; front/master = the started process, workers = its children):")
+    for path in paths:
+        try:
+            with open(path) as f:
+                j = json.load(f)
+        except (OSError, ValueError):
+            continue
+        name = j.get("proxy", "?")
+        roles = j.get("roles", {})
+        multi = bool(roles.get("others"))
+        for role in (("root", "others") if multi else ("all",)):
+            per = roles.get(role) or {}
+            if not per:
+                continue
+            label = name if not multi else "%s %s" % (
+                name, "front/master" if role == "root" else "workers")
+            calls = sorted(((k, v) for k, v in per.items()
+                            if k not in ("total", "context-switches", "cpu_us", "other") and v >= 0.005),
+                           key=lambda kv: -kv[1])
+            head = "  %s: %.2f syscalls, %.2f context switches, %.1f us (perf task-clock)" % (
+                label, per.get("total", 0), per.get("context-switches", 0), per.get("cpu_us", 0))
+            print(head)
+            print("    " + ", ".join("%s %.2f" % kv for kv in calls)
+                  + (", other %.2f" % per["other"] if per.get("other", 0) >= 0.005 else ""))
+
+
 # ---------------------------------------------------------------- report
 
 # (metric, label, better) in the order the table shows them.
@@ -438,7 +545,12 @@ ROWS = [
     ("close_cores_busy_pct", "  proxy CPUs busy % (all tasks, softirq)", "down"),
     ("close_ctxsw_per_conn", "  context switches per conn", "down"),
     ("close_root_ctxsw_per_conn", "    of which front/master", "down"),
-    ("close_root_us_per_conn", "  front/master CPU us per conn", "down"),
+    ("close_us_per_conn", "  proxy CPU us per conn", "down"),
+    ("close_root_us_per_conn", "    of which front/master", "down"),
+    ("close_others_us_per_conn", "    of which workers", "down"),
+    ("close_sys_per_conn", "  syscalls per conn (perf, extra cell)", "down"),
+    ("close_root_sys_per_conn", "    of which front/master", "down"),
+    ("close_others_sys_per_conn", "    of which workers", "down"),
     ("close_errors", "  errors (wrk socket + non-2xx)", "down"),
     ("ka_rps", "3 keep-alive: req/s", "up"),
     ("ka_p99_ms", "3 keep-alive: p99 latency ms", "down"),
@@ -600,6 +712,14 @@ def main(argv):
         print(json.dumps(parse_wrk(argv[2])))
     elif cmd == "iperf3":
         print(json.dumps(parse_iperf3(argv[2])))
+    elif cmd == "perf-events":
+        print(perf_events())
+    elif cmd == "tid-roles":
+        print(json.dumps(tid_roles(int(argv[2]))))
+    elif cmd == "perf-parse":
+        print(json.dumps(parse_perf(argv[2], argv[3], argv[4])))
+    elif cmd == "show-syscalls":
+        show_syscalls(argv[2:])
     elif cmd == "report":
         report(argv[2], argv[3], argv[4], argv[5] if len(argv) > 5 else None)
     else:

@@ -24,12 +24,18 @@
 #                   such option [0]
 #   PROXIES         subset/order of: direct haproxy haproxy-splice nginx pen rrproxy
 #                   rrproxy-defer (rrproxy with --defer-accept; not in the default set)
+#                   rrproxy-alt (a second rrproxy build, RRPROXY_ALT; not in the default set)
+#   RRPROXY_ALT=PATH the rrproxy-alt column's binary, to compare two builds
+#                   side by side in one run (same flags as rrproxy)
 #   WORKLOADS       subset/order of: close keepalive bulk iperf3 idle
 #   IDLE_CONNS      idle connections to hold              [10000, QUICK: 2000]
 #   BULK_REPEAT     downloads of the 256 MiB file per cell [3, QUICK: 1]
 #   WRK_THREADS, WRK_CONNS   wrk -t / -c      [CPUs of the load generator, 50]
 #   TRACE_BATCHES=1 after the close rounds, one extra rrproxy cell with
 #                   benches/batches.bt on the front (batch sizes) [1 if root and bpftrace]
+#   SYSCALLS=1      after the close rounds, one extra cell per proxy with
+#                   perf stat: system calls, context switches and CPU per
+#                   connection, front/master and workers apart [1 if perf can attach]
 #   OUT_DIR         where results go                       [target/bench-results]
 
 set -uo pipefail   # no -e: one failing cell must not abort the matrix
@@ -60,6 +66,16 @@ PIN=${PIN:-1}
 # cell when bpftrace can run (root).
 if [ -z "${TRACE_BATCHES:-}" ]; then
     if command -v bpftrace >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then TRACE_BATCHES=1; else TRACE_BATCHES=0; fi
+fi
+
+# Count system calls per connection with perf stat (one extra close cell
+# per proxy) when perf can attach to other processes.
+if [ -z "${SYSCALLS:-}" ]; then
+    if command -v perf >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ "$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)" -le 0 ]; }; then
+        SYSCALLS=1
+    else
+        SYSCALLS=0
+    fi
 fi
 
 # ------------------------------------------------------------ CPU sets
@@ -202,6 +218,9 @@ for p in $PROXIES; do
             else skip "nginx stream: $NGINX_STREAM_MODULE missing"; fi ;;
         pen)
             if have pen; then want_proxies+=("$p"); else skip "pen: not installed"; fi ;;
+        rrproxy-alt)
+            if [ -n "${RRPROXY_ALT:-}" ] && [ -x "$RRPROXY_ALT" ]; then want_proxies+=("$p")
+            else skip "rrproxy-alt: set RRPROXY_ALT to a second rrproxy binary"; fi ;;
         rrproxy|rrproxy-defer)
             if [ -x "$RRPROXY" ]; then want_proxies+=("$p")
             else skip "rrproxy: no binary at $RRPROXY (cargo build --release, or set RRPROXY)"; fi ;;
@@ -223,9 +242,9 @@ done
 PROXIES="${want_proxies[*]}"
 [ ${#want_proxies[@]} -gt 0 ] && [ ${#want_workloads[@]} -gt 0 ] || { echo "nothing to run" >&2; exit 1; }
 
-PORTS=($("${LIB[@]}" freeports 8))
+PORTS=($("${LIB[@]}" freeports 9))
 P_HTTP=${PORTS[0]}; P_IPERF=${PORTS[1]}
-declare -A PPORT=([haproxy]=${PORTS[2]} [haproxy-splice]=${PORTS[3]} [nginx]=${PORTS[4]} [pen]=${PORTS[5]} [rrproxy]=${PORTS[6]} [rrproxy-defer]=${PORTS[7]})
+declare -A PPORT=([haproxy]=${PORTS[2]} [haproxy-splice]=${PORTS[3]} [nginx]=${PORTS[4]} [pen]=${PORTS[5]} [rrproxy]=${PORTS[6]} [rrproxy-defer]=${PORTS[7]} [rrproxy-alt]=${PORTS[8]})
 
 # ------------------------------------------------------------ backends
 
@@ -341,10 +360,11 @@ EOF
             # -f foreground, -r plain round robin (no client tracking table),
             # -x most simultaneous connections (default 500). Single process.
             echo "pen -f -r -x $MAXCONN 127.0.0.1:$port 127.0.0.1:$bport" > "$dir/cmdline" ;;
-        rrproxy|rrproxy-defer)
-            local defer=$RRPROXY_DEFER
+        rrproxy|rrproxy-defer|rrproxy-alt)
+            local defer=$RRPROXY_DEFER bin=$RRPROXY
             [ "$name" = rrproxy-defer ] && defer=" --defer-accept"
-            echo "$RRPROXY -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$defer $RRPROXY_ARGS" > "$dir/cmdline" ;;
+            [ "$name" = rrproxy-alt ] && bin=$RRPROXY_ALT
+            echo "$bin -q --listen 127.0.0.1:$port --backend 127.0.0.1:$bport --workers $RR_WORKERS --policy round-robin --metrics off --control off$defer $RRPROXY_ARGS" > "$dir/cmdline" ;;
     esac
 }
 
@@ -361,7 +381,7 @@ start_proxy() {
             start_bg "$name" "${PIN_PROXY[@]}" haproxy -db -f "$dir/haproxy.cfg" ;;
         nginx)
             start_bg nginx "${PIN_PROXY[@]}" nginx -e "$T/logs/nginx.log" -p "$dir" -c "$dir/nginx.conf" ;;
-        pen|rrproxy|rrproxy-defer)
+        pen|rrproxy|rrproxy-defer|rrproxy-alt)
             # shellcheck disable=SC2046
             start_bg "$name" "${PIN_PROXY[@]}" $(cat "$dir/cmdline") ;;
     esac
@@ -412,14 +432,17 @@ run_wrk() {  # run_wrk WORKLOAD PROXY ROUND [extra wrk args...]
     cpu=
     [ -n "$c0" ] && [ -n "$c1" ] && cpu=$(calc "$c1 - $c0")
     # Context switches and the front's (root process's) share, per request.
-    local sw='' rsw='' rus=''
+    # CPU per request of the whole tree, of the started process (front,
+    # master) and of its children (workers), from /proc.
+    local sw='' rsw='' rus='' ous='' multi=0
     if [ -n "$k0" ] && [ -n "$k1" ] && [ -n "$req" ] && [ "$req" != 0 ]; then
-        read -r sw rsw rus <<< "$("$PY" -S -c '
+        read -r sw rsw rus ous multi <<< "$("$PY" -S -c '
 import json, sys
 a, b, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3])
 def sw(k): return (b[k]["vol"] + b[k]["invol"]) - (a[k]["vol"] + a[k]["invol"])
+def us(k): return round((b[k]["cpu"] - a[k]["cpu"]) * 1e6 / n, 2)
 print(round((sw("root") + sw("others")) / n, 3), round(sw("root") / n, 3),
-      round((b["root"]["cpu"] - a["root"]["cpu"]) * 1e6 / n, 2))' "$k0" "$k1" "$req")"
+      us("root"), us("others"), int(b["procs"] > 1))' "$k0" "$k1" "$req")"
         echo "$p $w round $r: before $k0 after $k1 requests $req" >> "$T/logs/proc-counts.txt"
     fi
     if [ "$w" = close ]; then
@@ -434,9 +457,11 @@ print(round((sw("root") + sw("others")) / n, 3), round(sw("root") / n, 3),
             record close "$p" "$r" close_cores_busy_pct "$(calc "round(100 * ($bs1 - $bs0) / ($bt1 - $bt0) / $PROXY_CPU_COUNT, 1)")"
         fi
         [ -n "$sw" ] && record close "$p" "$r" close_ctxsw_per_conn "$sw"
-        if [[ "$p" == rrproxy* ]] && [ -n "$rsw" ]; then
+        [ -n "$cpu" ] && [ -n "$req" ] && [ "$req" != 0 ] && record close "$p" "$r" close_us_per_conn "$(calc "round($cpu * 1e6 / $req, 2)")"
+        if [ "$multi" = 1 ] && [ -n "$rsw" ]; then
             record close "$p" "$r" close_root_ctxsw_per_conn "$rsw"
             record close "$p" "$r" close_root_us_per_conn "$rus"
+            record close "$p" "$r" close_others_us_per_conn "$ous"
         fi
     else
         record keepalive "$p" "$r" ka_rps "$rps"
@@ -567,6 +592,66 @@ trace_batches() {
     log "$(head -2 "$T/batches-summary.txt" | tail -1)"
 }
 
+# trace_syscalls PROXY: one extra close cell of PROXY, after the measured
+# rounds, with `perf stat` counting system calls, context switches and CPU
+# (task-clock) per thread over exactly the wrk run (perf starts disabled
+# and is switched on and off through its control fifo). Per connection,
+# for the started process (front/master) and its children (workers):
+# rows "syscalls per conn" and the breakdown printed under the table.
+# perf's tracepoints slow the syscalls down a little, so this cell's rate
+# and CPU are not in the table.
+trace_syscalls() {
+    local p=$1 out=$T/logs/perf-$1.txt roles=$T/perf-roles-$1.json perfpid i a j req
+    if ! start_proxy "$p" "$P_HTTP"; then log "syscalls: $p did not start"; return; fi
+    if [ "$WARMUP" != 0 ]; then
+        timeout --foreground -k 5 $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" \
+            -d"${WARMUP}s" --timeout 5s -H 'Connection: close' "http://127.0.0.1:$PROXY_PORT/" > /dev/null 2>&1
+    fi
+    "${LIB[@]}" tid-roles "$PROXY_PID" > "$roles"
+    rm -f "$T/perf.ctl" "$T/perf.ack" && mkfifo "$T/perf.ctl" "$T/perf.ack" || return
+    setsid perf stat --per-thread -x, -D -1 --control "fifo:$T/perf.ctl,$T/perf.ack" \
+        -e "$("${LIB[@]}" perf-events)" -p "$("${LIB[@]}" tree-pids "$PROXY_PID" | tr ' ' ,)" \
+        -o "$out" < /dev/null > "$T/logs/perf-$p.err" 2>&1 &
+    perfpid=$!
+    # Read-write opens: they do not block if perf never opens its ends.
+    exec 7<>"$T/perf.ctl" 6<>"$T/perf.ack"
+    echo enable >&7
+    if ! read -r -t 30 -u 6 a; then
+        log "syscalls: perf stat did not start: $(head -2 "$T/logs/perf-$p.err" | tr '\n' ' ')"
+        exec 7>&- 6<&-; kill -KILL "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null
+        stop_bg "$PROXY_PID"; return
+    fi
+    timeout --foreground -k 5 $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" \
+        -d"${DURATION}s" --timeout 5s -H 'Connection: close' "http://127.0.0.1:$PROXY_PORT/" > "$T/logs/wrk-syscalls-$p.txt" 2>&1
+    echo disable >&7
+    read -r -t 10 -u 6 a
+    exec 7>&- 6<&-
+    kill -INT "$perfpid" 2>/dev/null
+    for i in $(seq 50); do kill -0 "$perfpid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$perfpid" 2>/dev/null; wait "$perfpid" 2>/dev/null
+    stop_bg "$PROXY_PID"
+    req=$(json_get "$("${LIB[@]}" wrk "$T/logs/wrk-syscalls-$p.txt")" requests)
+    if [ -z "$req" ] || [ "$req" = 0 ]; then log "syscalls: no requests through $p"; return; fi
+    j=$("${LIB[@]}" perf-parse "$out" "$roles" "$req") || return
+    echo "{\"proxy\": \"$p\", \"requests\": $req, \"roles\": $j}" > "$T/syscalls-$p.json"
+    cp "$T/syscalls-$p.json" "$T/logs/"
+    "$PY" -S -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+r = j["roles"]
+print("all", r["all"]["total"])
+if r.get("others"):
+    print("root", r.get("root", {}).get("total", 0))
+    print("others", r["others"]["total"])' "$T/syscalls-$p.json" | while read -r role v; do
+        case "$role" in
+            all) record close "$p" s close_sys_per_conn "$v" ;;
+            root) record close "$p" s close_root_sys_per_conn "$v" ;;
+            others) record close "$p" s close_others_sys_per_conn "$v" ;;
+        esac
+    done
+    log "  syscalls $p: $(json_get "$j" all | cut -c1-200)"
+}
+
 # ------------------------------------------------------------ main
 
 # busy_note: a warning line when the 1-minute load average is high.
@@ -587,6 +672,7 @@ versions() {
     have wrk && echo "wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     have iperf3 && echo "iperf3: $(iperf3 --version | head -1)"
     [ -x "$RRPROXY" ] && echo "rrproxy: $RRPROXY ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')) args: --workers $RR_WORKERS $RRPROXY_ARGS"
+    [ -n "${RRPROXY_ALT:-}" ] && [ -x "$RRPROXY_ALT" ] && echo "rrproxy-alt: $RRPROXY_ALT"
     echo "sysctl: somaxconn $(cat /proc/sys/net/core/somaxconn), tcp_tw_reuse $(cat /proc/sys/net/ipv4/tcp_tw_reuse), ip_local_port_range $(tr '\t' '-' < /proc/sys/net/ipv4/ip_local_port_range), pipe-user-pages-soft $(cat /proc/sys/fs/pipe-user-pages-soft)"
 }
 
@@ -653,6 +739,11 @@ for w in "${want_workloads[@]}"; do
     if [ "$w" = close ] && [ "$TRACE_BATCHES" = 1 ] && [[ " ${want_proxies[*]} " == *" rrproxy "* ]]; then
         trace_batches
     fi
+    if [ "$w" = close ] && [ "$SYSCALLS" = 1 ]; then
+        for p in "${want_proxies[@]}"; do
+            [ "$p" = direct ] || trace_syscalls "$p"
+        done
+    fi
 done
 
 RUN_END=$(date +%s)
@@ -674,6 +765,10 @@ FOREIGN_PCT=$(calc "round(100 * $FOREIGN / ($(nproc) * max(1, $RUN_END - $RUN_ST
     echo
     "${LIB[@]}" report "$CSV" "$PROXIES" "$BASELINE" "$OUT_DIR/$TS.json"
     [ -s "$T/batches-summary.txt" ] && { echo; cat "$T/batches-summary.txt"; }
+    if compgen -G "$T/syscalls-*.json" > /dev/null; then
+        echo
+        "${LIB[@]}" show-syscalls $(for p in "${want_proxies[@]}"; do [ -f "$T/syscalls-$p.json" ] && echo "$T/syscalls-$p.json"; done)
+    fi
     echo
     echo "Settings of every proxy (\$PORT, \$BACKEND_PORT: the loopback ports of the run):"
     print_configs

@@ -3,7 +3,8 @@
 //! Everything else in the crate goes through safe wrappers (rustix, socket2,
 //! std). What lives here needs `unsafe` because the standard library exposes
 //! it only that way: running code in the child between `fork` and `exec`,
-//! and one socket option no safe crate wraps (TCP_DEFER_ACCEPT).
+//! one socket option no safe crate wraps (TCP_DEFER_ACCEPT), and the
+//! scheduling policy of the front's event loop (`sched_setscheduler`).
 //! The file descriptor limit helpers are here too because they describe the
 //! process's relationship with the kernel, not any one role.
 
@@ -291,6 +292,31 @@ pub fn cpu_plan(allowed: &[usize], slots: usize) -> Option<(usize, Vec<usize>)> 
         .map(|i| allowed[(1 + i) % allowed.len()])
         .collect();
     Some((front, workers))
+}
+
+/// Put the calling thread under `SCHED_BATCH` (`on`) or the normal policy.
+/// A `SCHED_BATCH` thread gets the same share of the CPU as a normal one,
+/// but waking up does not let it preempt the task running on its CPU: it
+/// runs when that task blocks or its time slice ends. The policy is
+/// inherited by the threads and processes the thread starts
+/// (`SCHED_RESET_ON_FORK` resets only real-time policies), so a worker
+/// sets its own back to normal. Neither rustix nor nix wraps
+/// `sched_setscheduler`.
+pub fn sched_batch(on: bool) -> std::io::Result<()> {
+    let policy = if on {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialised `sched_param` that outlives
+    // the call, which only reads it; pid 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Set or clear TCP_DEFER_ACCEPT on a listening socket: with it, the kernel

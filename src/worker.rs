@@ -13,6 +13,7 @@
 //! worker.
 
 mod connect;
+mod deadline;
 pub mod pump;
 mod report;
 mod skip;
@@ -148,6 +149,8 @@ pub(crate) struct Worker {
     pub access_log: AccessLog,
     /// Frames from the front that could not be used.
     pub skipped: skip::Skipped,
+    /// The backend connects in flight and their deadlines.
+    pub deadlines: deadline::Deadlines,
 }
 
 impl Worker {
@@ -217,6 +220,11 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
     check_channel(&fd).map_err(channel_error)?;
     // Started through /proc/self/exe, the process would be called "exe".
     let _ = rustix::thread::set_name(c"rrproxy");
+    // A worker started by a front whose event loop runs SCHED_BATCH
+    // inherits it; a worker must preempt when its clients' bytes arrive.
+    if let Err(err) = crate::sys::sched_batch(false) {
+        debug!(slot, cause = %err, "cannot set the normal scheduling policy");
+    }
     let local = tokio::task::LocalSet::new();
     // Every line this process logs says which worker it came from.
     let span = tracing::info_span!("worker", slot);
@@ -324,10 +332,15 @@ pub(crate) async fn serve(slot: usize, channel: Rc<Channel>) -> Result<(), Worke
         stats: table,
         cell_index,
         skipped,
+        deadlines: deadline::Deadlines::default(),
     });
     worker.cell().set(ProcWord::Pid, u64::from(pid));
     worker.apply(config);
     tokio::task::spawn_local(report::flush_loop(worker.clone()));
+    tokio::task::spawn_local({
+        let worker = worker.clone();
+        async move { worker.deadlines.run().await }
+    });
     // SIGTERM drains; every other signal is ignored (Ctrl-C reaches the
     // whole process group, but the front decides how to stop).
     let mut terms =

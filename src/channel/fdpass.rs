@@ -141,7 +141,12 @@ pub fn recv_raw(
     Ok(Received::Frame(msg.bytes))
 }
 
-/// A channel end registered with the tokio reactor.
+/// A channel end registered with the tokio reactor, for readability only.
+///
+/// Writability is asked for only while a send waits for room (see
+/// [`Channel::writable`]): registered for it all the time, edge-triggered,
+/// the sender would get an event, and a wake-up if it sleeps, every time
+/// the peer reads a frame.
 pub struct Channel {
     fd: AsyncFd<OwnedFd>,
 }
@@ -151,18 +156,13 @@ impl Channel {
     pub fn new(fd: OwnedFd) -> io::Result<Channel> {
         set_nonblocking(fd.as_fd())?;
         Ok(Channel {
-            fd: crate::sys::register(fd, Interest::READABLE | Interest::WRITABLE)?,
+            fd: crate::sys::register(fd, Interest::READABLE)?,
         })
     }
 
-    /// Send now or fail with `WouldBlock`. Goes through the reactor's
-    /// readiness, so a `WouldBlock` clears it and [`Channel::writable`]
-    /// then really waits for room (a direct `sendmsg` would leave the
-    /// socket marked writable and a waiter would spin). Until the reactor
-    /// has seen the socket writable once, this reports `WouldBlock`.
+    /// Send now or fail with `WouldBlock` (the socket buffer is full).
     pub fn try_send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        self.fd
-            .try_io(Interest::WRITABLE, |fd| send_raw(fd.as_fd(), frame, fds))
+        send_raw(self.fd.get_ref().as_fd(), frame, fds)
     }
 
     /// [`Channel::try_send`] for descriptors the caller owns, without
@@ -182,18 +182,25 @@ impl Channel {
     /// Send, waiting for room in the socket buffer.
     pub async fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         loop {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| send_raw(fd.get_ref().as_fd(), frame, fds)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
+            match self.try_send(frame, fds) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                result => return result,
             }
         }
     }
 
-    /// Wait until the socket buffer has room again.
+    /// Wait until the socket buffer has room again (after a `WouldBlock`).
+    ///
+    /// A second descriptor of the same socket is registered for
+    /// writability for as long as the wait lasts (a registration's interest
+    /// cannot change in tokio). Registering reports the socket's state at
+    /// that moment, so room made between the failed send and this call is
+    /// not missed, and a socket that is still full waits for the peer to
+    /// read.
     pub async fn writable(&self) -> io::Result<()> {
-        let mut guard = self.fd.writable().await?;
-        guard.retain_ready();
+        let dup = self.fd.get_ref().try_clone()?;
+        let waiter = crate::sys::register(dup, Interest::WRITABLE)?;
+        let _ready = waiter.writable().await?;
         Ok(())
     }
 

@@ -169,8 +169,17 @@ impl Listeners {
         Ok((listeners, metrics, control))
     }
 
-    /// Start an accept loop per socket.
+    /// Start an accept loop per socket, on this thread (the front's event
+    /// loop), which goes under `SCHED_BATCH` (see [`crate::sys::sched_batch`]):
+    /// woken by a new connection while a worker runs on its CPU, the front
+    /// no longer preempts it for every connection but runs when the worker
+    /// blocks, and hands over everything that queued meanwhile in one round.
+    /// With an idle CPU it runs at once, as before. (Workers it starts set
+    /// their own policy back to normal: `worker::run`.)
     pub fn start(&mut self, front: &Shared) {
+        if let Err(err) = crate::sys::sched_batch(true) {
+            debug!(cause = %err, "cannot put the front under SCHED_BATCH; it keeps the normal policy");
+        }
         for l in &self.sockets {
             self.tasks.push(tokio::task::spawn_local(accept_loop(
                 front.clone(),
@@ -336,16 +345,18 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
         };
         // An error that retrying at once would only repeat.
         let mut trouble = None;
+        let mut full_round = false;
         {
             let mut f = front.borrow_mut();
             // What workers counted since the last round (O(workers), and
             // O(workers x backends) for least-conn): once per round, not
             // per connection.
             f.refresh_all_views();
-            for _ in 0..ACCEPT_BATCH {
+            for n in 0..ACCEPT_BATCH {
                 if f.listeners().paused {
                     break;
                 }
+                full_round = n + 1 == ACCEPT_BATCH;
                 match guard.try_io(|l| accept(l.get_ref())) {
                     Ok(Ok((stream, peer))) => {
                         backoff = BACKOFF_MIN;
@@ -393,8 +404,12 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-        } else {
-            // Let worker reports and control requests run between rounds.
+        } else if full_round {
+            // The backlog may still hold connections: let worker reports
+            // and control requests run before the next round. A round that
+            // ended short (EAGAIN, a pause) waits for readiness below,
+            // which lets them run anyway, without a `yield_now` and the
+            // extra zero-timeout poll of the reactor it costs.
             tokio::task::yield_now().await;
         }
     }

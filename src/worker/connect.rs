@@ -14,9 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use socket2::SockRef;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -64,9 +64,8 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
             return;
         }
     };
-    let header = proxy_header(&client, &handoff);
     let Some((backend, mut upstream, connect_time)) =
-        connect_any(worker, &routes, &handoff, header).await
+        connect_any(worker, &routes, &handoff, &client).await
     else {
         // A reset, not a FIN: the client must not take it for an answer.
         debug!("no backend reachable; closing client");
@@ -191,7 +190,7 @@ async fn connect_any(
     worker: &Worker,
     routes: &Routes,
     handoff: &Handoff,
-    header: Header,
+    client: &TcpStream,
 ) -> Option<(BackendEntry, TcpStream, Duration)> {
     // The planned backend, then the fallbacks the front's policy chose
     // (`--retries` of them at most): each at most once, each within the
@@ -201,16 +200,14 @@ async fn connect_any(
         .filter_map(|id| routes.entry(id).copied());
     for backend in order {
         let began = Instant::now();
-        let preface = backend.send_proxy.map(|v| header.encode(v));
+        // The header needs the accepted socket's own address (a
+        // `getsockname`): asked only for a backend that gets one.
+        let preface = backend
+            .send_proxy
+            .map(|v| proxy_header(client, handoff).encode(v));
         let source = routes.next_source(backend.id);
-        match connect_one(
-            backend.addr,
-            source,
-            routes.conns(backend.id).connect_timeout,
-            preface.as_deref(),
-        )
-        .await
-        {
+        let deadline = began + routes.conns(backend.id).connect_timeout;
+        match connect_one(worker, backend.addr, source, deadline, preface.as_deref()).await {
             Ok(stream) => return Some((backend, stream, began.elapsed())),
             Err(reason) => {
                 debug!(server.addr = %backend.addr, ?reason, "backend connect failed");
@@ -228,33 +225,49 @@ async fn connect_any(
 }
 
 /// Connect to `addr` (from `source`, if given) and write `preface` (a
-/// PROXY header) if any, all within `timeout`.
+/// PROXY header) if any, all by `deadline` (kept by the worker's
+/// [`Deadlines`](super::deadline)).
 async fn connect_one(
+    worker: &Worker,
     addr: SocketAddr,
     source: Option<IpAddr>,
-    timeout: Duration,
+    deadline: Instant,
     preface: Option<&[u8]>,
 ) -> Result<TcpStream, FailReason> {
     let attempt = async {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }?;
-        socket.set_nodelay(true)?;
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_tcp_nodelay(true)?;
         if let Some(ip) = source {
             crate::sys::bind_source(&socket, ip)?;
         }
-        let mut stream = socket.connect(addr).await?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(err) => return Err(err),
+        }
+        let mut stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+        // Made once writable, failed if the event also says the write side
+        // closed (EPOLLERR/EPOLLHUP): only then is the kernel asked why
+        // (`SO_ERROR`), where tokio's own connect asks every time.
+        let ready = stream.ready(Interest::WRITABLE).await?;
+        if ready.is_write_closed() {
+            return Err(stream
+                .take_error()?
+                .unwrap_or_else(|| io::ErrorKind::NotConnected.into()));
+        }
         if let Some(bytes) = preface {
             stream.write_all(bytes).await?;
         }
         Ok::<_, io::Error>(stream)
     };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(classify(&err)),
-        Err(_elapsed) => Err(FailReason::Timeout),
+    match worker.deadlines.within(deadline, attempt).await {
+        Some(Ok(stream)) => Ok(stream),
+        Some(Err(err)) => Err(classify(&err)),
+        None => Err(FailReason::Timeout),
     }
 }
 

@@ -548,3 +548,34 @@ fn max_conns_alone_refuses_nobody() {
         proxy.stderr()
     );
 }
+
+/// The scheduling policy of a process (field 41 of /proc/PID/stat):
+/// 0 normal, 3 batch.
+fn sched_policy(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(38).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_front_runs_sched_batch_and_its_workers_the_normal_policy() {
+    let b = name_backend("s");
+    let proxy = ProxyCmd::new(&[b.addr]).workers(2).start();
+    assert_eq!(fetch_name(&proxy), "s");
+    assert_eq!(sched_policy(proxy.pid()), 3, "the front is SCHED_BATCH");
+    for pid in proxy.worker_pids().into_iter().flatten() {
+        assert_eq!(sched_policy(pid), 0, "worker {pid} has the normal policy");
+    }
+    // A respawned worker too (SCHED_RESET_ON_FORK, not inheritance).
+    let victim = proxy.worker_pids()[0].unwrap();
+    kill(victim, "KILL");
+    let fresh = wait_for(Duration::from_secs(5), "slot 0 to get a new worker", || {
+        proxy.worker_pids()[0].filter(|&p| p != victim)
+    });
+    // (It sets its policy as it starts, right after the front spawned it.)
+    wait_until(
+        Duration::from_secs(5),
+        "the respawned worker to have the normal policy",
+        || sched_policy(fresh) == 0,
+    );
+}
