@@ -135,6 +135,11 @@ pub struct Config {
     /// over this long; `None`: off.
     #[serde(default)]
     pub slow_start: Option<Duration>,
+    /// `--queue-timeout`: how long a connection waits in a full
+    /// backend's queue; `None`: the connect timeout (see
+    /// [`Config::queue_timeout`]).
+    #[serde(default)]
+    pub queue_timeout: Option<Duration>,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
@@ -176,6 +181,11 @@ impl Config {
     /// overrides that were given at start. Errors read exactly as at start.
     pub fn reload(args: &Flags) -> Result<Config, ConfigError> {
         Config::load(args)
+    }
+
+    /// How long a connection may wait in a backend's queue.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(self.connect_timeout)
     }
 
     /// A one-line summary for logs and `rrproxy check`.
@@ -226,6 +236,12 @@ impl Config {
         }
         if let Some(d) = self.slow_start {
             out.push_str(&format!(", slow start {}", humantime::format_duration(d)));
+        }
+        if self.backends.iter().any(|b| b.maxconn.is_some()) {
+            out.push_str(&format!(
+                ", queue timeout {}",
+                humantime::format_duration(self.queue_timeout())
+            ));
         }
         out
     }

@@ -475,6 +475,7 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
         probe: protect.probe,
         source,
         slow_start: protect.slow_start,
+        queue_timeout: protect.queue_timeout,
         splice,
         cpu_affinity,
         access_log,
