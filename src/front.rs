@@ -49,6 +49,7 @@ mod routing;
 mod settings;
 pub mod upgrade;
 mod upkeep;
+mod waiting;
 mod watch;
 mod wiring;
 
@@ -64,6 +65,8 @@ pub use report::{BackendRow, Status, WorkerRow};
 pub use routing::Routing;
 pub use settings::Settings;
 pub use wiring::{Front, Parts, Shared};
+
+use std::rc::Rc;
 
 use crate::config::{Config, ConfigError};
 
@@ -143,6 +146,7 @@ pub fn start_tasks(front: &Shared) {
     tokio::task::spawn_local(health::run(front.clone()));
     tokio::task::spawn_local(resolver::run(front.clone()));
     tokio::task::spawn_local(upkeep::run(front.clone()));
+    tokio::task::spawn_local(waiting::run(Rc::downgrade(front)));
 }
 
 /// Re-read the config file and apply it (SIGHUP, `config reload`); a file

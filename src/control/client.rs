@@ -274,12 +274,22 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                     (None, Some(v)) => format!("{} (send-proxy={v})", r.address),
                     (None, None) => r.address.clone(),
                 },
-                match r.slow_start_percent {
-                    Some(p) => format!("{} (slow start {p}%)", r.state),
-                    None => r.state.to_string(),
+                match (r.slow_start_percent, r.backup && r.state == "up") {
+                    (Some(p), false) => format!("{} (slow start {p}%)", r.state),
+                    (Some(p), true) => format!("up (backup, slow start {p}%)"),
+                    (None, true) => "up (backup)".to_string(),
+                    (None, false) => r.state.to_string(),
                 },
                 r.weight.to_string(),
-                r.active.to_string(),
+                match r.maxconn {
+                    Some(max) => format!("{}/{max}", r.active),
+                    None => r.active.to_string(),
+                },
+                match (r.maxconn, r.maxqueue) {
+                    (None, _) => "-".to_string(),
+                    (Some(_), None) => r.queued.to_string(),
+                    (Some(_), Some(m)) => format!("{}/{m}", r.queued),
+                },
                 r.total.to_string(),
                 r.failures.to_string(),
                 r.check.clone().unwrap_or_else(|| "-".into()),
@@ -288,7 +298,7 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
         .collect();
     table(
         &[
-            "BACKEND", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "FAILURES", "CHECK",
+            "BACKEND", "STATE", "WEIGHT", "ACTIVE", "QUEUE", "TOTAL", "FAILURES", "CHECK",
         ],
         &body,
     )

@@ -49,6 +49,22 @@ fn ok_json(json: bool, msg: String) -> Result<String, String> {
     }
 }
 
+/// `N` or `off`, for `backend maxconn` (as `maxconn=` in `--backend`).
+fn parse_maxconn(text: &str) -> Result<Option<u32>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let short: String = text.chars().take(40).collect();
+    crate::config::options::maxconn(&short)
+        .map(Some)
+        .map_err(|_| {
+            format!(
+                "bad connection limit '{short}': a number 1..={}, or off for none",
+                crate::config::options::MAX_LIMIT
+            )
+        })
+}
+
 async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, String> {
     let (spec, action, args) = table::lookup(words)?;
     match (action, args) {
@@ -138,6 +154,14 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
                 json,
                 format!("backend {name} disabled: no new connections, existing ones finish"),
             )
+        }
+        (Action::BackendMaxconn, [name, limit, ..]) => {
+            let maxconn = parse_maxconn(limit)?;
+            let msg = front
+                .borrow_mut()
+                .set_backend_maxconn(name, maxconn)
+                .map_err(|e| e.to_string())?;
+            ok_json(json, msg)
         }
         (Action::Upgrade, args) => {
             let path = args.first().map(std::path::PathBuf::from);

@@ -21,6 +21,7 @@ pub enum Action {
     BackendRemove,
     BackendEnable,
     BackendDisable,
+    BackendMaxconn,
     Upgrade,
     ConfigReload,
     Acl,
@@ -74,7 +75,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections, failures, last check",
+        "backends: state, weight, connections (/maxconn), queue, failures, last check",
         Run(Backends),
     ),
     row(
@@ -106,6 +107,12 @@ pub const COMMANDS: &[Spec] = &[
         "ADDR",
         "no new connections to a backend; existing ones finish",
         Run(BackendDisable),
+    ),
+    row(
+        "backend maxconn",
+        "ADDR N|off",
+        "set a backend's connection limit (open ones stay; new ones queue)",
+        Run(BackendMaxconn),
     ),
     row(
         "drain",

@@ -42,6 +42,8 @@ pub struct Overrides {
     removed: BTreeSet<String>,
     /// Networks `ctl acl` put in a list (or took out of both: `None`).
     acl: BTreeMap<Cidr, Option<Action>>,
+    /// Connection limits set with `ctl backend maxconn` (`None`: off).
+    maxconn: BTreeMap<String, Option<u32>>,
 }
 
 pub struct Settings {
@@ -69,6 +71,8 @@ pub struct SettingsState {
     overrides_added: Vec<String>,
     overrides_removed: Vec<String>,
     overrides_acl: Vec<(Cidr, Option<Action>)>,
+    #[serde(default)]
+    overrides_maxconn: Vec<(String, Option<u32>)>,
 }
 
 impl Settings {
@@ -131,6 +135,11 @@ impl Settings {
     /// `ctl acl` put `cidr` in the `action` list (`None`: in neither).
     pub fn note_acl(&mut self, cidr: Cidr, action: Option<Action>) {
         self.overrides.acl.insert(cidr, action);
+    }
+
+    /// `ctl backend maxconn` set backend `name`'s limit.
+    pub fn note_maxconn(&mut self, name: &str, maxconn: Option<u32>) {
+        self.overrides.maxconn.insert(name.to_string(), maxconn);
     }
 
     /// The file was applied: `ctl` changes are forgotten.
@@ -233,6 +242,7 @@ impl Settings {
             overrides_added: o.added.iter().cloned().collect(),
             overrides_removed: o.removed.iter().cloned().collect(),
             overrides_acl: o.acl.iter().map(|(&c, &a)| (c, a)).collect(),
+            overrides_maxconn: o.maxconn.iter().map(|(n, &m)| (n.clone(), m)).collect(),
         }
     }
 
@@ -243,6 +253,7 @@ impl Settings {
             added: state.overrides_added.into_iter().collect(),
             removed: state.overrides_removed.into_iter().collect(),
             acl: state.overrides_acl.into_iter().collect(),
+            maxconn: state.overrides_maxconn.into_iter().collect(),
         };
         s
     }
@@ -314,6 +325,18 @@ pub fn plan(
         }
     }
     notes.extend(super::access::reload_notes(&o.acl, &new));
+    for (name, set) in &o.maxconn {
+        if let Some(spec) = new.backends.iter().find(|s| &s.name == name) {
+            if spec.maxconn != *set {
+                let show = |m: Option<u32>| m.map_or("off".to_string(), |n| n.to_string());
+                notes.push(format!(
+                    "backend {name} maxconn {} (set by ctl) -> {} (from the configuration)",
+                    show(*set),
+                    show(spec.maxconn)
+                ));
+            }
+        }
+    }
     for spec in &new.backends {
         let disabled = backends
             .find(&spec.name)

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::backends::Waiting;
 use super::phase::{Action, Event, Phase};
 use super::report::{self, BackendRow, Status, WorkerRow};
+use super::routing::Pick;
 use super::settings::{Plan, Settings};
 use super::{
     Access, AclView, Admin, AdminError, Backends, Conn, Counters, Ledger, Lifecycle, Listeners,
@@ -36,6 +38,8 @@ use crate::supervisor::respawn::{AfterCrash, CRASH_WINDOW};
 use crate::supervisor::{
     MAX_UNREAD, READY_TIMEOUT, Refused, Role, SpawnError, WorkerProc, Workers,
 };
+
+mod queue;
 
 pub type Shared = Rc<RefCell<Front>>;
 
@@ -153,9 +157,12 @@ impl Front {
         self.routing.policy()
     }
 
-    /// Connections the front has accepted and not yet seen finished.
+    /// Connections the front has accepted and not yet seen finished
+    /// (those waiting for a backend slot included).
     pub fn total_active(&self) -> u64 {
-        self.routing.total_active() + self.ledger.pending() as u64
+        self.routing.total_active()
+            + self.ledger.pending() as u64
+            + self.backends.queues().total() as u64
     }
 
     pub fn status(&self) -> Status {
@@ -187,6 +194,7 @@ impl Front {
             active_connections: self.routing.total_active(),
             total_connections: report::handed(&self.workers, &self.counters),
             pending_connections: self.ledger.pending(),
+            queued_connections: self.backends.queues().total(),
             accepting: !self.listeners.paused(),
             rolling_restart: phase.rolling(),
             upgrading: phase.upgrading(),
@@ -295,22 +303,49 @@ impl Front {
     }
 
     /// Choose a worker and a backend for `conn` and add it to that
-    /// worker's batch; a full batch is sent at once. `Err(conn)`: no
-    /// worker can take it now.
+    /// worker's batch; a full batch is sent at once. A connection for
+    /// which every backend it may use is at its connection limit waits in
+    /// a backend's queue (see `queue`). `Err(conn)`: no worker can take
+    /// it now.
     fn dispatch(&mut self, conn: Conn) -> Result<(), Conn> {
         let ip = conn.ip();
         let Some(slot) = self.routing.pick_worker(ip) else {
             return Err(conn);
         };
         let retries = self.settings.retries();
-        let Some((bidx, fallbacks)) = self.routing.pick_backend(ip, &self.backends, retries) else {
-            // Every backend is disabled or draining: nothing to try.
-            debug!(client.addr = %conn.peer, "no enabled backend; closing client");
-            self.counters.bump(FrontWord::FailedFront, 1);
-            self.release_ip(ip);
-            refuse(&conn.stream);
-            return Ok(());
+        // Exact counts for limited backends (cheap: a few word reads per
+        // worker and limited backend); also right after a take-over or a
+        // limit set by ctl, before any report arrived.
+        self.recount();
+        let (bidx, fallbacks) = match self.routing.pick_backend(ip, &self.backends, retries) {
+            Pick::Go(bidx, fallbacks) => (bidx, fallbacks),
+            Pick::Wait { backend, pinned } => {
+                self.wait_for(backend, Waiting::new(conn, Instant::now(), pinned, None));
+                return Ok(());
+            }
+            Pick::Nowhere => {
+                // Every backend is disabled or draining: nothing to try.
+                debug!(client.addr = %conn.peer, "no enabled backend; closing client");
+                self.counters.bump(FrontWord::FailedFront, 1);
+                self.release_ip(ip);
+                refuse(&conn.stream);
+                return Ok(());
+            }
         };
+        self.hand(slot, conn, bidx, fallbacks)
+    }
+
+    /// Add `conn` to the batch of the worker in `slot`, for backend `bidx`
+    /// then `fallbacks`; a full batch is sent at once. `Err(conn)`: the
+    /// slot has no serving worker after all.
+    fn hand(
+        &mut self,
+        slot: usize,
+        conn: Conn,
+        bidx: usize,
+        fallbacks: crate::channel::Fallbacks,
+    ) -> Result<(), Conn> {
+        let ip = conn.ip();
         let backend = self.backends.get(bidx).id();
         let track = self.settings.limits().per_ip().map(|_| self.client_key(ip));
         let id = self.ledger.next_conn();
@@ -403,7 +438,7 @@ impl Front {
                 self.counters
                     .bump(FrontWord::HandoffFailures, handoffs.len() as u64);
                 for h in &handoffs {
-                    self.backends.sub_inflight(h.backend);
+                    self.backends.unhanded(h.backend);
                 }
                 self.refresh_view(slot);
                 let watch = self
@@ -472,6 +507,7 @@ impl Front {
         if self.frozen() {
             return;
         }
+        self.serve_queues();
         while let Some(conn) = self.ledger.take_oldest() {
             if let Err(conn) = self.dispatch(conn) {
                 self.ledger.put_back(conn);
@@ -586,19 +622,36 @@ impl Front {
         }
     }
 
-    /// Handle one message from the worker process `id` in `slot`.
-    pub fn on_up(&mut self, slot: usize, id: u64, up: Up) {
+    /// Handle one message from the worker process `id` in `slot`, with
+    /// the descriptor it carried (a connection given back).
+    pub fn on_up(&mut self, slot: usize, id: u64, up: Up, fd: Option<OwnedFd>) {
         match up {
             Up::Ready { pid, build } => self.worker_ready(slot, id, pid, build),
             Up::Events(events) => {
+                let mut released = Vec::new();
                 for ev in events {
-                    self.on_event(slot, id, ev);
+                    if let WorkerEvent::Released { backend } = ev {
+                        released.push(backend);
+                    } else {
+                        self.on_event(slot, id, ev);
+                    }
                 }
                 self.refresh_all_views();
+                if !released.is_empty() {
+                    self.released(&released);
+                    self.flush();
+                }
                 if self.ledger.pending() > 0 {
                     self.retry_pending();
                 }
             }
+            Up::Returned(h) => match fd {
+                Some(fd) => {
+                    self.returned(slot, id, h, fd);
+                    self.update_paused();
+                }
+                None => warn!(slot, "a connection given back came without its descriptor"),
+            },
         }
     }
 
@@ -674,6 +727,8 @@ impl Front {
                 self.publish();
             }
             WorkerEvent::Wake => {}
+            // (Gathered by `on_up`.)
+            WorkerEvent::Released { .. } => {}
         }
     }
 
@@ -688,7 +743,7 @@ impl Front {
         let prefix = self.settings.limits().per_ip_ipv6_prefix;
         let (batch, queued) = proc.recover(prefix);
         for (h, _) in &batch {
-            self.backends.sub_inflight(h.backend);
+            self.backends.unhanded(h.backend);
         }
         let recovered: Vec<Conn> = batch
             .into_iter()
@@ -737,8 +792,8 @@ impl Front {
         else {
             return;
         };
-        for up in super::watch::queued_reports(&channel) {
-            self.on_up(slot, id, up);
+        for (up, fd) in super::watch::queued_reports(&channel) {
+            self.on_up(slot, id, up, fd);
         }
     }
 
@@ -748,7 +803,7 @@ impl Front {
     fn forget_proc(&mut self, proc: &mut WorkerProc) -> u64 {
         let (inflight, ips) = proc.forget();
         for backend in inflight {
-            self.backends.sub_inflight(backend);
+            self.backends.unhanded(backend);
         }
         for (ip, n) in ips {
             self.ledger.release_ip(ip, n);
@@ -860,6 +915,13 @@ impl Front {
         let pending = self.ledger.close_pending();
         if pending > 0 {
             warn!(pending, "closed connections that were waiting for a worker");
+        }
+        let queued = self.close_queues();
+        if queued > 0 {
+            warn!(
+                queued,
+                "closed connections that were waiting for a backend slot"
+            );
         }
         self.publish_pending();
         let now = Instant::now();
@@ -1085,19 +1147,21 @@ impl Front {
     /// at the end of this loop turn, once however many changes it holds.
     fn config_changed(&mut self) {
         self.refresh_all_views();
-        if !self.settings.schedule_broadcast() {
-            return;
-        }
-        let me = self.me.clone();
-        tokio::task::spawn_local(async move {
-            tokio::task::yield_now().await;
-            if let Some(front) = me.upgrade() {
-                let mut f = front.borrow_mut();
-                if f.settings.take_broadcast() {
-                    f.broadcast_config();
+        if self.settings.schedule_broadcast() {
+            let me = self.me.clone();
+            tokio::task::spawn_local(async move {
+                tokio::task::yield_now().await;
+                if let Some(front) = me.upgrade() {
+                    let mut f = front.borrow_mut();
+                    if f.settings.take_broadcast() {
+                        f.broadcast_config();
+                    }
                 }
-            }
-        });
+            });
+        }
+        // (After scheduling: a connection it hands out is sent after the
+        // new table, by `flush_slot`.)
+        self.queues_changed();
     }
 
     /// Send the current worker config to every live worker process now. A
@@ -1500,6 +1564,8 @@ impl Front {
         }
         self.staff();
         self.advance_roll();
+        // Slots a missed report would have freed, and upkeep's view.
+        self.queues_changed();
         if self.ledger.pending() > 0 {
             self.retry_pending();
         }
@@ -1533,6 +1599,7 @@ impl Front {
         let workers = self.workers.handover(&mut fds);
         let ledger = self.ledger.handover(&mut fds);
         let access = self.access.handover(&mut fds);
+        let queue = self.backends.queues().handover(&mut fds);
         let out = super::upgrade::state::HandoverOut {
             settings: self.settings.handover(),
             listeners,
@@ -1540,6 +1607,7 @@ impl Front {
             workers,
             ledger,
             access,
+            queue,
             backends: &self.backends,
             life: super::upgrade::state::LifeState {
                 last_roll: self.life.last_roll().cloned(),

@@ -15,7 +15,8 @@ use super::*;
 use crate::policy::PolicyName;
 use crate::proxy_protocol::HeaderError;
 use crate::stats::{
-    self, CONNECT, Col, ColCell, Counts, DURATION, FrontWord, Hist, ProcWord, SlotWord, Table,
+    self, CONNECT, Col, ColCell, Counts, DURATION, FrontWord, Hist, ProcWord, QUEUE_WAIT,
+    QueueWord, SlotWord, Table,
 };
 
 /// What the renderer needs to know beyond the numbers: which slots and
@@ -48,6 +49,8 @@ pub struct BackendLabel {
     pub column: usize,
     pub up: bool,
     pub weight: u32,
+    /// Its connection limit (`maxconn=`), if any.
+    pub maxconn: Option<u32>,
 }
 
 /// What the metrics endpoint serves from: the table and the snapshot.
@@ -263,6 +266,31 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             h.add(c.connect());
         }
         o.histogram(BACKEND_CONNECT_SECONDS, &[("backend", &b.name)], &le, &h);
+    }
+    per_backend(&mut o, BACKEND_MAXCONN, &|b| {
+        u64::from(b.maxconn.unwrap_or(0))
+    });
+    let queue = |w: QueueWord| move |b: &BackendLabel| table.queue(b.column).get(w);
+    per_backend(&mut o, BACKEND_QUEUE_LENGTH, &queue(QueueWord::Length));
+    per_backend(&mut o, BACKEND_QUEUED, &queue(QueueWord::Queued));
+    per_backend(&mut o, BACKEND_QUEUE_TIMEOUTS, &queue(QueueWord::Timeouts));
+    per_backend(
+        &mut o,
+        BACKEND_QUEUE_OVERFLOWS,
+        &queue(QueueWord::Overflows),
+    );
+    per_backend(
+        &mut o,
+        BACKEND_QUEUE_ABANDONED,
+        &queue(QueueWord::Abandoned),
+    );
+    o.family(BACKEND_QUEUE_WAIT);
+    let le = QUEUE_WAIT.le();
+    let mut h = Counts::new(Hist::<{ QUEUE_WAIT.bounds_ns.len() }>::BUCKETS);
+    for b in &snap.backends {
+        h.clear();
+        h.add(table.queue(b.column).wait());
+        o.histogram(BACKEND_QUEUE_WAIT, &[("backend", &b.name)], &le, &h);
     }
     o.family(RESOLVE_FAILURES);
     for (name, n) in &snap.resolve_failures {

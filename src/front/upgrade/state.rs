@@ -7,8 +7,9 @@
 //! (see `Front::handover`): the listeners (listening sockets, then the
 //! metrics and control sockets), the statistics table, each worker
 //! process's channel ends and pidfd (slot by slot), the connections
-//! waiting for a worker, then those whose PROXY header is still to be
-//! read; the new front takes them in the same order ([`rebuild`]).
+//! waiting for a worker, those whose PROXY header is still to be read,
+//! then those waiting for a backend slot; the new front takes them in
+//! the same order ([`rebuild`]).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::front::access::AccessState;
+use crate::front::backends::{Queues, WaitingState};
 use crate::front::counters::CountersState;
 use crate::front::ledger::LedgerState;
 use crate::front::listener::ListenersState;
@@ -36,6 +38,8 @@ pub struct HandoverOut<'a> {
     pub workers: WorkersState,
     pub ledger: LedgerState,
     pub access: AccessState,
+    /// The connections waiting for a backend slot.
+    pub queue: Vec<WaitingState>,
     pub backends: &'a Backends,
     pub life: LifeState,
 }
@@ -49,6 +53,9 @@ pub struct Handover {
     workers: WorkersState,
     ledger: LedgerState,
     access: AccessState,
+    /// (Absent from the handover of a build before queues: none.)
+    #[serde(default)]
+    queue: Vec<WaitingState>,
     backends: Backends,
     life: LifeState,
 }
@@ -101,7 +108,9 @@ pub fn rebuild(
         Workers::from_handover(h.workers, &mut fds, plan, table.procs(), cap, nofile)?;
     let ledger = Ledger::from_handover(h.ledger, &mut fds)?;
     let access = Access::from_handover(&config, h.access, &mut fds, &counters)?;
-    let backends = h.backends.from_handover(table.columns());
+    let queues = Queues::from_handover(h.queue, &mut fds)?;
+    let mut backends = h.backends.from_handover(table.columns());
+    backends.set_queues(queues, &table);
     let mut life = Lifecycle::new(Phase::TakingOver { stop: false });
     if let Some(outcome) = h.life.last_roll {
         life.set_last_roll(outcome);
