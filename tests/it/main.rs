@@ -17,6 +17,7 @@ mod observability;
 mod peers;
 mod policies;
 mod protect;
+mod queue;
 mod shims;
 mod supervision;
 mod support;

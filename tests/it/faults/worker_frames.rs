@@ -196,6 +196,7 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             routable: true,
             send_proxy: None,
             source: None,
+            limited: false,
         }],
         sources: Vec::new(),
     });
