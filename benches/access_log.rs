@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use rrproxy::access_log::ConnBytes;
 use rrproxy::access_log::{AccessLog, End, Entry, Record, Target, format};
 use rrproxy::stats::Table;
-use rrproxy::worker::pump::ConnBytes;
 
 fn record() -> Record {
     Record {

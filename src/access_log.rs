@@ -41,7 +41,6 @@ use tracing::{info, warn};
 
 pub use crate::channel::AccessLog as Target;
 use crate::stats::{ProcWord, Table};
-use crate::worker::pump::ConnBytes;
 
 /// Records that may wait for the writer before new ones are dropped.
 pub const QUEUE_RECORDS: usize = 4096;
@@ -229,6 +228,36 @@ pub fn check(target: &Target) -> std::io::Result<()> {
     }
 }
 
+/// What [`check`] finds, without creating the file (`rrproxy check`): an
+/// existing file must open for appending; for a missing one, its
+/// directory must let this user create it.
+pub fn check_without_creating(target: &Target) -> std::io::Result<()> {
+    let Target::File(path) = target else {
+        return Ok(());
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rustix::fs::{Access, AtFlags, CWD, accessat};
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            accessat(
+                CWD,
+                dir,
+                Access::WRITE_OK | Access::EXEC_OK,
+                AtFlags::EACCESS,
+            )?;
+            Ok(())
+        }
+        _ => std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+            .open(path)
+            .map(drop),
+    }
+}
+
 fn open_file(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .append(true)
@@ -381,6 +410,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// Bytes one connection moved, each way: counted by the worker's pump as
+/// they move, read here when the entry drops. (Defined here, below the
+/// worker, so the log needs nothing from it.)
+#[derive(Debug, Default)]
+pub struct ConnBytes {
+    /// From the client to the backend.
+    pub up: Cell<u64>,
+    /// From the backend to the client.
+    pub down: Cell<u64>,
 }
 
 /// One connection's access log entry, filled in as the connection goes;

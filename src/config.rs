@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{BadValue, ConfigError, Invalid, Origin};
+pub use error::{BadValue, ConfigError, Invalid, Origin, closest};
 pub use file::{FileConfig, LoadedFile};
 pub use flags::{AccessFlags, Flags, RunFlags, Spelling, TuningFlags};
 pub use parse::{
@@ -59,13 +59,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The per-IP limit in force: the one given, or half of `max_conns`
-    /// (so one client can never stop the proxy accepting for everyone).
+    /// The per-IP limit in force: the one given, if any (never derived
+    /// from `max_conns`: a limit nobody set refuses nobody).
     pub fn per_ip(&self) -> Option<u32> {
-        self.max_conns_per_ip.or_else(|| {
-            self.max_conns
-                .map(|m| u32::try_from(m.div_ceil(2)).unwrap_or(u32::MAX))
-        })
+        self.max_conns_per_ip
     }
 }
 
@@ -151,6 +148,10 @@ pub struct Config {
     /// Whom to run as after binding (`--user`, `--group`).
     #[serde(default)]
     pub run_as: Option<crate::privileges::RunAs>,
+    /// `--pid-file`, absolute. (Absent from the handover of a build
+    /// before it: none.)
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// The file this config was read from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
     /// Which clients are served (`--allow`, `--deny`; `ctl acl` edits the

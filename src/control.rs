@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 pub use crate::front::{BackendRow, Status, WorkerRow};
 pub use client::run as ctl;
-pub use socket::{Control, bind, private_dir, unlink};
+pub use socket::{Control, bind, check_path, private_dir, unlink};
 pub use top::run as top;
 
 use crate::front::Shared;

@@ -80,7 +80,7 @@ pub enum FrontError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {source}{}", metrics_tip(.source))]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -98,6 +98,11 @@ pub enum FrontError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Privileges(String),
     #[error("cannot create the statistics table: {0}")]
@@ -106,6 +111,16 @@ pub enum FrontError {
     Upgrade(String),
     #[error("{0}")]
     Fatal(String),
+}
+
+/// What to do about a metrics address in use (the default one is the same
+/// for every instance on the host).
+fn metrics_tip(err: &std::io::Error) -> &'static str {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        " (another rrproxy? give this one --metrics HOST:PORT with a free port, or --metrics off)"
+    } else {
+        ""
+    }
 }
 
 /// Why an admin request was refused. The message is shown to the operator.

@@ -58,11 +58,18 @@ fn main() -> ExitCode {
             }
         }
         // Errors read exactly as when the proxy starts with the same flags.
+        // (And every check starting makes, short of binding.)
         Some(Command::Check(args)) => match rrproxy::config::Config::load(&args.proxy) {
-            Ok(config) => {
-                println!("configuration OK: {}", config.summary());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match rrproxy::preflight::check(&config) {
+                Ok(()) => {
+                    println!("configuration OK: {}", config.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    fail("rrproxy", &err);
+                    ExitCode::from(front_exit_code(&err))
+                }
+            },
             Err(err) => {
                 fail("rrproxy", &err);
                 ExitCode::from(err.exit_code())

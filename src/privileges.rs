@@ -115,6 +115,32 @@ pub fn check(who: &RunAs) -> Result<(), String> {
     ))
 }
 
+/// Run `f` with the effective ids of `who` (and no supplementary group),
+/// then go back: for `rrproxy check`, to try what the proxy will do once
+/// it has become `who` (open the access log, write the pid file). Only
+/// for a single-threaded process (the kernel's calls change the calling
+/// thread only; glibc's wrappers change every thread, which must not
+/// happen behind another thread's back). Not root and not `who`: `f` runs
+/// as this user (starting would refuse anyway, see [`check`]).
+pub fn as_user<T>(who: &RunAs, f: impl FnOnce() -> T) -> Result<T, String> {
+    use nix::unistd::{getegid, getgroups, setegid, seteuid};
+    if already(who) || !nix::unistd::geteuid().is_root() {
+        return Ok(f());
+    }
+    let fail =
+        |what: &str, e: nix::Error| format!("cannot {what} to check as --user {}: {e}", who.user);
+    let groups = getgroups().map_err(|e| fail("read the groups", e))?;
+    let gid = getegid();
+    setgroups(&[]).map_err(|e| fail("clear the groups", e))?;
+    setegid(Gid::from_raw(who.gid)).map_err(|e| fail("switch the group", e))?;
+    seteuid(Uid::from_raw(who.uid)).map_err(|e| fail("switch the user", e))?;
+    let out = f();
+    seteuid(Uid::from_raw(0)).map_err(|e| fail("switch back to root", e))?;
+    setegid(gid).map_err(|e| fail("switch back to the group", e))?;
+    setgroups(&groups).map_err(|e| fail("restore the groups", e))?;
+    Ok(out)
+}
+
 /// Become `who` for good (see the module doc). Nothing to do if this
 /// process is `who` already.
 pub fn drop_to(who: &RunAs) -> Result<(), String> {

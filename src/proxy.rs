@@ -78,6 +78,7 @@ async fn serve_upgraded(
     // Caught before anything else: a stop passed on during the take-over
     // is kept, never the default action.
     let mut signals = FrontSignals::catch().map_err(FrontError::Runtime)?;
+    let pid_file = config.pid_file.clone();
     // Started by a front that had dropped to --user: that user already.
     if let Some(who) = &config.run_as {
         crate::privileges::drop_to(who).map_err(FrontError::Privileges)?;
@@ -115,6 +116,13 @@ async fn serve_upgraded(
         .transpose()
         .map_err(FrontError::Runtime)?;
     front::upgrade::commit(&front, plan, stop, link);
+    // This front's pid from now on (the upgrade is done: a failure here
+    // cannot undo it).
+    if let Some(path) = &pid_file {
+        if let Err(err) = crate::pidfile::write(path) {
+            warn!(path = %path.display(), cause = %err, "cannot rewrite the pid file");
+        }
+    }
     info!(version = %crate::version::describe(), "rrproxy took over from the previous front");
     run_front(&front, control, None, signals).await
 }
@@ -142,7 +150,8 @@ fn table_for(workers: usize) -> Result<Table, FrontError> {
 }
 
 /// Run the front with `config` on the current LocalSet until shutdown.
-/// `args` (if any) is re-read on SIGHUP.
+/// `args` (if any) is re-read on SIGHUP. (`rrproxy check` makes the same
+/// checks short of binding: a check added here belongs in `preflight`.)
 pub async fn serve(
     config: Config,
     args: Option<Flags>,
@@ -219,6 +228,7 @@ pub async fn serve(
     let cpus = cpu_plan(&config);
     let cap = front::proc_cap(&config, nofile);
     let summary = config.summary();
+    let pid_file = config.pid_file.clone();
     let workers = Workers::new(
         config.workers,
         table.procs(),
@@ -244,6 +254,9 @@ pub async fn serve(
         life: front::Lifecycle::new(Phase::Starting),
     });
     front.borrow_mut().start_workers()?;
+    if let Some(path) = pid_file {
+        crate::pidfile::write(&path).map_err(|source| FrontError::PidFile { path, source })?;
+    }
     info!(config = %summary, nofile, per_worker_limit = cap, version = %crate::version::describe(), "rrproxy starting");
     run_front(&front, control, started, signals).await
 }
@@ -314,6 +327,7 @@ pub(crate) async fn run_front(
     if let Some(path) = &control_path {
         crate::control::unlink(path);
     }
+    crate::pidfile::remove();
     info!("rrproxy stopped");
     match f.life().fatal() {
         Some(why) => Err(FrontError::Fatal(why.to_string())),

@@ -387,6 +387,17 @@ impl Table {
         )
         .map_err(io::Error::from)?;
         rustix::fs::ftruncate(&fd, (words * 8) as u64).map_err(io::Error::from)?;
+        // Its size is fixed for good: every process maps all of it, and a
+        // shorter file would make their reads fault (see `SharedWords`).
+        // Nothing may add or remove a seal afterwards. (Punching holes,
+        // as `clear_cell` does, is not growing or shrinking.)
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            rustix::fs::SealFlags::SHRINK
+                | rustix::fs::SealFlags::GROW
+                | rustix::fs::SealFlags::SEAL,
+        )
+        .map_err(io::Error::from)?;
         let map = SharedWords::map(fd.as_fd(), words)?;
         let w = map.words();
         set(&w[1], layout());

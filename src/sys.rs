@@ -87,14 +87,17 @@ pub fn raw(fd: &impl AsRawFd) -> RawFd {
 /// Take ownership of a descriptor this process inherited at `exec` (a
 /// worker's channel end, whose number came on the command line).
 ///
-/// The caller must have checked that `fd` is open (see `worker::run`), and
-/// nothing else in the process may own it: it was passed for this purpose
-/// only and is adopted exactly once, at start.
+/// The caller must have checked that `fd` is open and is not a standard
+/// descriptor (0..=2, which `std` owns; see `worker::run`), and nothing
+/// else in the process may own it: it was passed for this purpose only and
+/// is adopted exactly once, at start.
 pub fn adopt_inherited_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is open (checked by the caller through /proc/self/fd) and
-    // was inherited for this single owner; no other object in the process
-    // refers to it, so creating the unique `OwnedFd` for it is sound.
+    // SAFETY: `fd` is open and above 2 (checked by the caller, through
+    // /proc/self/fd) and was inherited for this single owner; no other
+    // object in the process refers to it (stdin, stdout and stderr, which
+    // `std` uses, are excluded), so creating the unique `OwnedFd` for it is
+    // sound.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
@@ -168,12 +171,27 @@ unsafe impl Sync for SharedWords {}
 impl SharedWords {
     /// Map the first `words` 64-bit words of `fd` (which must be at least
     /// that long) read-write and shared.
+    ///
+    /// The file must be sealed against shrinking (`F_SEAL_SHRINK`; the seal
+    /// is added here if the file allows sealing and has not got it yet):
+    /// a file that could be cut shorter after the size check would turn
+    /// reads of the mapping into `SIGBUS`. A file that cannot be sealed is
+    /// refused.
     pub fn map(fd: BorrowedFd<'_>, words: usize) -> std::io::Result<SharedWords> {
+        use rustix::fs::{SealFlags, fcntl_add_seals, fcntl_get_seals};
         use rustix::mm::{MapFlags, ProtFlags, mmap};
         let len = words
             .checked_mul(8)
             .filter(|&l| l > 0)
             .ok_or_else(|| std::io::Error::other("invalid mapping size"))?;
+        let sealed = fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if !sealed {
+            fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+                std::io::Error::other(format!(
+                    "memory file cannot be sealed against shrinking: {e}"
+                ))
+            })?;
+        }
         let size = rustix::fs::fstat(fd)?.st_size;
         if u64::try_from(size).map_or(true, |s| s < len as u64) {
             return Err(std::io::Error::other(format!(
@@ -181,8 +199,9 @@ impl SharedWords {
             )));
         }
         // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
-        // file we checked is at least `len` bytes long, so every byte of
-        // the range is backed; it aliases no Rust object. Only the returned
+        // file we checked is at least `len` bytes long and sealed against
+        // shrinking (above), so every byte of the range is backed for the
+        // mapping's whole life; it aliases no Rust object. Only the returned
         // pointer refers to it, owned by the `SharedWords` built below.
         let ptr = unsafe {
             mmap(
@@ -203,7 +222,8 @@ impl SharedWords {
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: `ptr` is page-aligned (so aligned for `AtomicU64`) and
         // points to `words * 8` mapped, readable and writable bytes that
-        // stay mapped until `self` is dropped, which the returned borrow
+        // stay mapped, and backed (the file is sealed against shrinking,
+        // see `map`), until `self` is dropped, which the returned borrow
         // cannot outlive. `AtomicU64` has the layout of `u64` and any bit
         // pattern is valid; other processes change the words only through
         // atomic operations too.

@@ -171,11 +171,11 @@ impl Worker {
     /// Count `n` finished connections and say so if the front asked.
     pub fn finished(&self, n: u64) {
         let cell = self.cell();
-        cell.bump(ProcWord::Finished, n);
         // Lines the log queue dropped: a relaxed load and store, here
         // rather than on a timer of its own.
         cell.set(ProcWord::LogDropped, crate::logging::dropped_lines());
-        if cell.take_wake() {
+        // (Counts, fences, then looks at `Wake`: see `ProcCell::finish`.)
+        if cell.finish(n) {
             self.reporter.push(Event::Wake);
         }
     }
@@ -191,12 +191,14 @@ pub fn run(slot: usize, channel_fd: i32) -> Result<(), WorkerError> {
         .enable_all()
         .build()
         .map_err(|source| WorkerError::Io { slot, source })?;
-    check_fd(channel_fd).map_err(|source| WorkerError::Channel {
+    let channel_error = |source| WorkerError::Channel {
         slot,
         fd: channel_fd,
         source,
-    })?;
+    };
+    check_fd(channel_fd).map_err(channel_error)?;
     let fd = crate::sys::adopt_inherited_fd(channel_fd);
+    check_channel(&fd).map_err(channel_error)?;
     // Started through /proc/self/exe, the process would be called "exe".
     let _ = rustix::thread::set_name(c"rrproxy");
     let local = tokio::task::LocalSet::new();
@@ -507,9 +509,56 @@ async fn send_up(slot: usize, channel: &Channel, msg: &Up) -> Result<(), WorkerE
         .map_err(|source| WorkerError::Io { slot, source })
 }
 
+/// The channel's number must name an open descriptor past the standard
+/// ones (adopting stdin, stdout or stderr would close it when the channel
+/// goes).
 fn check_fd(fd: i32) -> std::io::Result<()> {
+    if (0..=2).contains(&fd) {
+        return Err(std::io::Error::other(
+            "that is a standard descriptor (stdin, stdout or stderr), not a channel",
+        ));
+    }
     if fd < 0 {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        return Err(std::io::Error::other(
+            "a descriptor number cannot be negative",
+        ));
     }
     std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|_| ())
+}
+
+/// The channel is a Unix `SOCK_SEQPACKET` socket, as the front makes it
+/// (see `channel::fdpass::pair`): anything else would be misread.
+fn check_channel(fd: &OwnedFd) -> std::io::Result<()> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let not_socket = |e: rustix::io::Errno| {
+        if e == rustix::io::Errno::NOTSOCK {
+            std::io::Error::other("it is not a socket")
+        } else {
+            std::io::Error::from(e)
+        }
+    };
+    let domain = sockopt::socket_domain(fd).map_err(not_socket)?;
+    if domain != AddressFamily::UNIX {
+        let what = match domain {
+            AddressFamily::INET => "an IPv4".to_string(),
+            AddressFamily::INET6 => "an IPv6".to_string(),
+            AddressFamily::NETLINK => "a netlink".to_string(),
+            other => format!("a family {}", other.as_raw()),
+        };
+        return Err(std::io::Error::other(format!(
+            "it is {what} socket, not a Unix one"
+        )));
+    }
+    let kind = sockopt::socket_type(fd).map_err(not_socket)?;
+    if kind != SocketType::SEQPACKET {
+        let what = match kind {
+            SocketType::STREAM => "stream".to_string(),
+            SocketType::DGRAM => "datagram".to_string(),
+            other => format!("type {}", other.as_raw()),
+        };
+        return Err(std::io::Error::other(format!(
+            "it is a Unix {what} socket, not a SEQPACKET one"
+        )));
+    }
+    Ok(())
 }

@@ -88,7 +88,7 @@ fn clap_errors_read_like_ours() {
     );
     assert_eq!(
         clap_err(&["check", "--max-conns", "0"]),
-        "rrproxy: error: invalid value '0' for '--max-conns <N>': expected a whole number, 1 or more\n  tip: leave it out for no limit"
+        "rrproxy: error: invalid value '0' for '--max-conns <N|off>': expected a whole number, 1 or more, or off\n  tip: for no limit, write off (or leave it out)"
     );
     assert_eq!(
         clap_err(&["--worker", "3"]),

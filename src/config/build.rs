@@ -312,20 +312,29 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
     let backlog = src
         .typed("backlog", t.backlog, &keys.backlog, values::backlog)?
         .unwrap_or(1024);
+    // Each limit is what was given for it, or none: none is derived from
+    // another.
     let limits = Limits {
-        max_conns: src.typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?,
-        max_conns_per_worker: src.typed(
-            "max-conns-per-worker",
-            t.max_conns_per_worker,
-            &keys.max_conns_per_worker,
-            values::limit_u64,
-        )?,
-        max_conns_per_ip: src.typed(
-            "max-conns-per-ip",
-            t.max_conns_per_ip,
-            &keys.max_conns_per_ip,
-            values::limit_u32,
-        )?,
+        max_conns: src
+            .typed("max-conns", t.max_conns, &keys.max_conns, values::limit_u64)?
+            .and_then(|l| l.0),
+        max_conns_per_worker: src
+            .typed(
+                "max-conns-per-worker",
+                t.max_conns_per_worker,
+                &keys.max_conns_per_worker,
+                values::limit_u64,
+            )?
+            .and_then(|l| l.0),
+        max_conns_per_ip: src
+            .typed(
+                "max-conns-per-ip",
+                t.max_conns_per_ip,
+                &keys.max_conns_per_ip,
+                values::limit_u32,
+            )?
+            .and_then(|l| l.0)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         per_ip_ipv6_prefix: src
             .typed(
                 "per-ip-ipv6-prefix",
@@ -401,6 +410,22 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
             other => other,
         },
         None => AccessLog::Off,
+    };
+    let pid_file = match src.one(
+        "pid_file",
+        "pid-file",
+        r.pid_file.as_deref(),
+        &keys.pid_file,
+    ) {
+        Some(g) if matches!(g.at, At::File(..)) && !is_string(&keys.pid_file) => {
+            return Err(src.bad(&g, Invalid::new("expected a file path")));
+        }
+        // (A new front after an upgrade rewrites the same file whatever
+        // its working directory.)
+        Some(g) => src
+            .check(&g, values::pid_file)?
+            .map(|p| std::path::absolute(&p).unwrap_or(p)),
+        None => None,
     };
     let user_given = src.one("user", "user", r.user.as_deref(), &keys.user);
     let group_given = src.one("group", "group", r.group.as_deref(), &keys.group);
@@ -480,6 +505,7 @@ pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Co
         cpu_affinity,
         access_log,
         run_as,
+        pid_file,
         file: file.map(|f| f.path.clone()),
         acl: Arc::new(acl),
         accept_proxy: Arc::new(accept_proxy),

@@ -115,16 +115,28 @@ impl Invalid {
         value: &str,
         choices: impl IntoIterator<Item = &'a str>,
     ) -> Invalid {
-        let best = choices
-            .into_iter()
-            .map(|c| (strsim::jaro(value, c), c))
-            .filter(|(score, _)| *score > 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        match best {
-            Some((_, c)) => self.hint(format!("a similar {what} exists: '{c}'")),
+        match closest(value, choices) {
+            Some(c) => self.hint(format!("a similar {what} exists: '{c}'")),
             None => self,
         }
     }
+}
+
+/// The choice closest to `value`, if one is close enough to be what was
+/// meant (the measure clap uses for its own suggestions). For every "did
+/// you mean": flag values, config keys, control commands and arguments.
+pub fn closest<'a>(value: &str, choices: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // One character is "similar" to any word holding it ('-' scores 0.71
+    // against 'pid-file'): no guess is better than a silly one.
+    if value.chars().count() < 2 {
+        return None;
+    }
+    choices
+        .into_iter()
+        .map(|c| (strsim::jaro(value, c), c))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
 }
 
 impl fmt::Display for Invalid {

@@ -63,6 +63,7 @@ pub struct FileConfig {
     pub access_log: Option<Raw>,
     pub user: Option<Raw>,
     pub group: Option<Raw>,
+    pub pid_file: Option<Raw>,
 }
 
 /// A key that takes one value or a list of them. The items of a list keep
@@ -228,6 +229,21 @@ pub fn backend_spec(value: &Value) -> Result<String, Invalid> {
     Ok(spec)
 }
 
+/// serde's "unknown field `max-conn`, expected one of `listen`, ..." (the
+/// whole list of keys) as one short line, with the key that was probably
+/// meant.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let keys: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    Some(match super::error::closest(key, keys.iter().copied()) {
+        Some(near) => format!("unknown key '{key}'\n  tip: a similar key exists: '{near}'"),
+        None => {
+            format!("unknown key '{key}' (the keys are the flags' long names: see rrproxy --help)")
+        }
+    })
+}
+
 /// A config file, read and parsed, with what it takes to point at a value.
 #[derive(Debug)]
 pub struct LoadedFile {
@@ -257,11 +273,12 @@ impl LoadedFile {
                     .span()
                     .map(|span| line_column(&text, span.start))
                     .unwrap_or((1, 1));
+                let message = err.message().trim().replace('\n', " ");
                 Err(ConfigError::Parse {
                     path: path.to_path_buf(),
                     line,
                     column,
-                    message: err.message().trim().replace('\n', " "),
+                    message: unknown_key(&message).unwrap_or(message),
                 })
             }
         }

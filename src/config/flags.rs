@@ -129,20 +129,21 @@ pub struct TuningFlags {
     pub defer_accept: bool,
 
     /// Most connections proxied at once; beyond it new clients wait in the
-    /// kernel backlog instead of being accepted. [default: unlimited]
-    #[arg(long, value_name = "N", value_parser = values::limit_u64)]
-    pub max_conns: Option<u64>,
+    /// kernel backlog instead of being accepted. [default: off (no limit)]
+    #[arg(long, value_name = "N|off", value_parser = values::limit_u64)]
+    pub max_conns: Option<values::Limit>,
 
-    /// Most connections one worker proxies at once. [default: what its file
-    /// descriptor limit allows]
-    #[arg(long, value_name = "N", value_parser = values::limit_u64)]
-    pub max_conns_per_worker: Option<u64>,
+    /// Most connections one worker proxies at once (never more than its
+    /// file descriptors allow, shown at start). [default: off (only the
+    /// descriptor budget)]
+    #[arg(long, value_name = "N|off", value_parser = values::limit_u64)]
+    pub max_conns_per_worker: Option<values::Limit>,
 
     /// Most connections at once from one client IP; more are refused
-    /// (closed) so one noisy client cannot crowd out the others. [default:
-    /// half of --max-conns when that is set, else unlimited]
-    #[arg(long, value_name = "N", value_parser = values::limit_u32)]
-    pub max_conns_per_ip: Option<u32>,
+    /// (reset) and logged, so one noisy client cannot crowd out the
+    /// others. Independent of --max-conns. [default: off (no limit)]
+    #[arg(long, value_name = "N|off", value_parser = values::limit_u32)]
+    pub max_conns_per_ip: Option<values::Limit>,
 
     /// With --max-conns-per-ip: how many leading bits of an IPv6 client
     /// address make "one client" (64: a /64, which one host usually owns
@@ -268,6 +269,13 @@ pub struct RunFlags {
     /// With --user: the group to run as. [default: the user's primary group]
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+
+    /// Write the front's pid to PATH once it serves; rewritten by the new
+    /// front after an upgrade (the pid changes), removed at stop if it
+    /// still holds the front's pid. Written as --user: its directory must
+    /// let that user create files. [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<String>,
 }
 
 /// How each flag was written on the command line.

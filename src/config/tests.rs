@@ -33,6 +33,47 @@ fn defaults_fill_everything_but_backends() {
     assert!(c.workers >= 1);
 }
 
+/// Every limit is off unless set, none is derived from another, and
+/// `off` is a value (on the command line it overrides the file's number).
+#[test]
+fn limits_are_off_unless_set_and_off_is_a_value() {
+    let c = Config::load(&args(&["127.0.0.1:80"])).unwrap();
+    assert_eq!(c.limits.max_conns, None);
+    assert_eq!(c.limits.max_conns_per_worker, None);
+    assert_eq!(c.limits.per_ip(), None);
+    let mut a = args(&["127.0.0.1:80"]);
+    a.tuning.max_conns = Some(values::limit_u64("2").unwrap());
+    let c = Config::load(&a).unwrap();
+    assert_eq!(c.limits.max_conns, Some(2));
+    assert_eq!(c.limits.per_ip(), None, "no per-IP limit from --max-conns");
+    let dir = std::env::temp_dir().join(format!("rrproxy-cfg-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.toml");
+    std::fs::write(
+        &path,
+        "max-conns = \"off\"\nmax-conns-per-worker = 7\nmax-conns-per-ip = 3\n",
+    )
+    .unwrap();
+    let mut a = args(&["127.0.0.1:80"]);
+    a.config = Some(path);
+    let c = Config::load(&a).unwrap();
+    assert_eq!(
+        (
+            c.limits.max_conns,
+            c.limits.max_conns_per_worker,
+            c.limits.per_ip()
+        ),
+        (None, Some(7), Some(3))
+    );
+    a.tuning.max_conns_per_ip = Some(values::limit_u32("off").unwrap());
+    assert_eq!(
+        Config::load(&a).unwrap().limits.per_ip(),
+        None,
+        "the flag wins"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn backend_forms() {
     let b = parse_backend("10.0.0.5:80,weight=3", &[]).unwrap();
@@ -285,7 +326,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "max-conns = 0\n",
-            "x.toml:2:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more\n  tip: leave it out for no limit",
+            "x.toml:2:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more, or off\n  tip: for no limit, write off (or leave it out)",
         ),
         (
             "rise = -1\n",
@@ -318,6 +359,18 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         (
             "workers = [2]\n",
             "x.toml:2:11: invalid value '[2]' for 'workers': expected a number 1..=256 or auto",
+        ),
+        (
+            "max-conn = 5\n",
+            "x.toml:2:1: unknown key 'max-conn'\n  tip: a similar key exists: 'max-conns'",
+        ),
+        (
+            "helth-interval = \"5s\"\n",
+            "x.toml:2:1: unknown key 'helth-interval'\n  tip: a similar key exists: 'health-interval'",
+        ),
+        (
+            "zzz = 1\n",
+            "x.toml:2:1: unknown key 'zzz' (the keys are the flags' long names: see rrproxy --help)",
         ),
     ] {
         assert_eq!(file_err(&format!("{B}{body}")), want, "{body}");

@@ -78,11 +78,26 @@ fn number(text: &str, min: u64, max: u64) -> Result<u64, Invalid> {
     }
 }
 
-/// A limit that is off when not given: 0 gets a hint saying so.
-fn limit(text: &str, max: u64) -> Result<u64, Invalid> {
-    number(text, 1, max).map_err(|e| {
+/// A connection limit as given: a number, or `off` (`None`: no limit,
+/// which is also what leaving it out means; on the command line, `off`
+/// overrides a number in the file). No limit is ever derived from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+/// A limit up to `max`, or `off`; 0 is refused with a hint at `off`
+/// (0 could as well mean "refuse everyone").
+fn limit(text: &str, max: u64) -> Result<Limit, Invalid> {
+    if text.trim() == "off" {
+        return Ok(Limit(None));
+    }
+    number(text, 1, max).map(|n| Limit(Some(n))).map_err(|_| {
+        let e = if max == u64::MAX {
+            Invalid::new("expected a whole number, 1 or more, or off")
+        } else {
+            Invalid::new(format!("expected a whole number 1..={max}, or off"))
+        };
         if text.trim() == "0" {
-            e.hint("leave it out for no limit")
+            e.hint("for no limit, write off (or leave it out)")
         } else {
             e
         }
@@ -95,13 +110,13 @@ pub fn backlog(text: &str) -> Result<u32, Invalid> {
 }
 
 /// `--max-conns`, `--max-conns-per-worker`.
-pub fn limit_u64(text: &str) -> Result<u64, Invalid> {
+pub fn limit_u64(text: &str) -> Result<Limit, Invalid> {
     limit(text, u64::MAX)
 }
 
 /// `--max-conns-per-ip`.
-pub fn limit_u32(text: &str) -> Result<u32, Invalid> {
-    limit(text, u32::MAX.into()).map(|n| n as u32)
+pub fn limit_u32(text: &str) -> Result<Limit, Invalid> {
+    limit(text, u32::MAX.into())
 }
 
 /// `--rise`, `--fall`: consecutive checks.
@@ -226,6 +241,15 @@ fn address(text: &str, expected: &str) -> Result<String, Invalid> {
             bad
         }
     })
+}
+
+/// `--pid-file`: a file path (made absolute when the config is built).
+pub fn pid_file(text: &str) -> Result<Option<PathBuf>, Invalid> {
+    match text {
+        "" => Err(Invalid::new("expected a file path")),
+        path if path.contains('\0') => Err(Invalid::new("a path cannot contain a NUL byte")),
+        path => Ok(Some(PathBuf::from(path))),
+    }
 }
 
 /// `--access-log`: `off`, `stderr`, or a file path (made absolute when

@@ -27,6 +27,49 @@ pub enum CtlError {
         "control socket {path} is served by uid {server}, not by you (uid {me}): refusing to talk to it (is another user impersonating rrproxy?)"
     )]
     Impostor { path: String, server: u32, me: u32 },
+    #[error(
+        "lost the proxy during the upgrade: control socket {path} unreachable for {waited}s ({cause}); last seen: {last_seen} (was it stopped or killed? see its log)"
+    )]
+    Lost {
+        path: String,
+        waited: u64,
+        cause: String,
+        last_seen: String,
+    },
+    #[error(
+        "gave up after {waited}s: the workers are still being replaced, longer than the upgrade's own timeouts allow ({bound}s); last seen: {last_seen}; see `rrproxy ctl status`"
+    )]
+    TooLong {
+        waited: u64,
+        bound: u64,
+        last_seen: String,
+    },
+}
+
+/// While following an upgrade, how long the control socket may stay
+/// unreachable before `ctl` says the proxy is gone. After the upgrade
+/// reply the new front holds the socket, so it is never unreachable for
+/// long; the new front's own start is bounded by `START_TIMEOUT`.
+pub const UNREACHABLE_LIMIT: Duration =
+    Duration::from_secs(crate::front::upgrade::START_TIMEOUT.as_secs() + 5);
+
+/// Reply time allowed for a status poll while following an upgrade.
+const POLL_REPLY_LIMIT: Duration = Duration::from_secs(10);
+
+/// The longest a restart of the workers may take, as the front bounds it,
+/// counted as if the slots went one after another (they go together, so
+/// this is loose, but finite): per slot, a replacement ready within
+/// `READY_TIMEOUT`, then the old process drained within the drain timeout
+/// and killed after the kill grace (and two more seconds to see it gone);
+/// plus a margin for the hand-over itself.
+pub fn roll_bound(workers: u64, drain: Duration) -> Duration {
+    let per_slot = crate::supervisor::READY_TIMEOUT
+        + drain
+        + crate::supervisor::KILL_GRACE
+        + Duration::from_secs(2);
+    per_slot * u32::try_from(workers.max(1)).unwrap_or(u32::MAX)
+        + crate::front::upgrade::START_TIMEOUT
+        + Duration::from_secs(30)
 }
 
 /// Send `words` (plus `--json` if asked) and return the reply text. An
@@ -41,7 +84,7 @@ pub fn run(path: &Path, words: &[String], json: bool) -> Result<String, CtlError
     if !upgrade {
         return Ok(reply);
     }
-    let rolled = wait_for_workers(path)?;
+    let rolled = wait_for_workers(path, &reply)?;
     if json {
         let msg = serde_json::json!({ "ok": format!("{}; {rolled}", reply) });
         return Ok(msg.to_string());
@@ -51,28 +94,66 @@ pub fn run(path: &Path, words: &[String], json: bool) -> Result<String, CtlError
 
 /// After an upgrade: poll the (new) front until no upgrade or restart of
 /// the workers is in progress; its last outcome, or an error if it failed.
-fn wait_for_workers(path: &Path) -> Result<String, CtlError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+/// Ends within bounds: the proxy unreachable for [`UNREACHABLE_LIMIT`]
+/// (it was stopped or killed), or the restart taking longer than the
+/// front's own timeouts allow ([`roll_bound`]); either error says what
+/// was last seen.
+fn wait_for_workers(path: &Path, reply: &str) -> Result<String, CtlError> {
+    use std::time::Instant;
+    let started = Instant::now();
+    let mut last_seen = format!("the upgrade reply '{}'", reply.replace('\n', "; "));
+    // Until a status says otherwise: one slot with the longest drain.
+    let mut bound = roll_bound(1, crate::config::MAX_DURATION);
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let status = match run_once(path, &["status".to_string()], true) {
-            Ok(s) => s,
-            // Between fronts: try again.
-            Err(CtlError::Connect { .. }) | Err(CtlError::Io { .. })
-                if std::time::Instant::now() < deadline =>
-            {
+        let status = match exchange(path, &["status".to_string()], true, POLL_REPLY_LIMIT) {
+            Ok(s) => {
+                unreachable_since = None;
+                s
+            }
+            // Between fronts, or a front leaving: try again, for a while.
+            Err(e) => {
+                let cause = match e {
+                    CtlError::Connect { source, .. } | CtlError::Io { source, .. } => {
+                        source.to_string()
+                    }
+                    CtlError::Refused(m) if m.contains("handed over to a new one") => m,
+                    other => return Err(other),
+                };
+                let since = unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNREACHABLE_LIMIT {
+                    return Err(CtlError::Lost {
+                        path: path.display().to_string(),
+                        waited: since.elapsed().as_secs(),
+                        cause,
+                        last_seen,
+                    });
+                }
                 continue;
             }
-            Err(e) => return Err(e),
         };
         let v: serde_json::Value = serde_json::from_str(&status)
             .map_err(|e| CtlError::Refused(format!("bad status reply: {e}")))?;
-        if v["upgrading"] == true || v["rolling_restart"] == true {
-            if std::time::Instant::now() > deadline {
-                return Err(CtlError::Refused(
-                    "the workers are still being replaced after an hour; see `rrproxy ctl status`"
-                        .into(),
-                ));
+        let workers = v["workers"].as_u64().unwrap_or(1);
+        if let Some(drain) = v["drain_timeout_seconds"].as_f64() {
+            bound = roll_bound(workers, Duration::from_secs_f64(drain.max(0.0)));
+        }
+        let busy = v["upgrading"] == true || v["rolling_restart"] == true;
+        last_seen = format!(
+            "front pid {}, {}/{} workers up{}",
+            v["pid"],
+            v["workers_up"],
+            v["workers"],
+            if busy { ", workers being replaced" } else { "" }
+        );
+        if busy {
+            if started.elapsed() > bound {
+                return Err(CtlError::TooLong {
+                    waited: started.elapsed().as_secs(),
+                    bound: bound.as_secs(),
+                    last_seen,
+                });
             }
             continue;
         }
@@ -86,17 +167,30 @@ fn wait_for_workers(path: &Path) -> Result<String, CtlError> {
     }
 }
 
-/// One command, one reply (retried once if the front handed over to a
-/// new one while this connection was open).
+/// One command, one reply (retried if the front handed over to a new one
+/// while this connection was open). A connection closed with no reply
+/// after the command was sent is retried only for a command that is safe
+/// to repeat ([`super::table::Action::repeatable`]): the front may have
+/// run it.
 fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+    let typed: Vec<&str> = words.iter().map(String::as_str).collect();
+    let repeatable = super::table::lookup(&typed).is_ok_and(|(_, action, _)| action.repeatable());
     for _ in 0..3 {
-        match exchange(path, words, json) {
+        match exchange(path, words, json, REPLY_LIMIT) {
             // A front that handed over to a new one in an upgrade, and did
             // not run the command: ask the new one.
             Err(CtlError::Refused(msg)) if msg.contains("handed over to a new one") => {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(reply) if reply.is_empty() => std::thread::sleep(Duration::from_millis(50)),
+            Ok(reply) if reply.is_empty() && repeatable => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(reply) if reply.is_empty() => {
+                return Err(CtlError::Refused(format!(
+                    "the proxy closed the connection without a reply to '{}': it may or may not have run it (see `rrproxy ctl status`)",
+                    typed.join(" ")
+                )));
+            }
             // Closed before it read the command (a front exiting after an
             // upgrade, with this connection still in its queue): the
             // command did not run.
@@ -106,7 +200,7 @@ fn run_once(path: &Path, words: &[String], json: bool) -> Result<String, CtlErro
             other => return other,
         }
     }
-    exchange(path, words, json)
+    exchange(path, words, json, REPLY_LIMIT)
 }
 
 /// The server closed the connection with the command unread: writing it
@@ -118,7 +212,17 @@ fn unread(err: &std::io::Error) -> bool {
     )
 }
 
-fn exchange(path: &Path, words: &[String], json: bool) -> Result<String, CtlError> {
+/// How long a reply may take: an upgrade replies when the new front
+/// serves (its start is bounded by the front's own timeouts); everything
+/// else at once.
+const REPLY_LIMIT: Duration = Duration::from_secs(60);
+
+fn exchange(
+    path: &Path,
+    words: &[String],
+    json: bool,
+    reply_limit: Duration,
+) -> Result<String, CtlError> {
     let p = path.display().to_string();
     let io = |source| CtlError::Io {
         path: p.clone(),
@@ -140,11 +244,8 @@ fn exchange(path: &Path, words: &[String], json: bool) -> Result<String, CtlErro
             me,
         });
     }
-    // An upgrade replies when the new front serves (its start is bounded
-    // by the front's own timeouts); everything else at once.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(io)?;
+    stream.set_read_timeout(Some(reply_limit)).map_err(io)?;
+    stream.set_write_timeout(Some(reply_limit)).map_err(io)?;
     let mut line = words.join(" ");
     if json {
         line.push_str(" --json");
@@ -292,16 +393,34 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
                 },
                 r.total.to_string(),
                 r.failures.to_string(),
+                check_failures(r.check_failures, r.check_failures_in_a_row),
                 r.check.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     table(
         &[
-            "BACKEND", "STATE", "WEIGHT", "ACTIVE", "QUEUE", "TOTAL", "FAILURES", "CHECK",
+            "BACKEND",
+            "STATE",
+            "WEIGHT",
+            "ACTIVE",
+            "QUEUE",
+            "TOTAL",
+            "CONNECT-FAILS",
+            "CHECK-FAILS",
+            "CHECK",
         ],
         &body,
     )
+}
+
+/// Failed health checks in all, and how many of the last ones in a row.
+pub fn check_failures(total: u64, in_a_row: u32) -> String {
+    if in_a_row == 0 {
+        total.to_string()
+    } else {
+        format!("{total} (last {in_a_row} in a row)")
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,18 @@ pub async fn execute(front: &Shared, line: &str) -> Reply {
     Reply { text, handed_over }
 }
 
+/// An admin error; for a name no backend has, with the name probably meant.
+fn backend_error(f: &crate::front::Front, e: crate::front::AdminError) -> String {
+    match &e {
+        crate::front::AdminError::NoSuchBackend(name) => {
+            let rows = f.backend_rows();
+            let names = rows.iter().map(|r| r.address.as_str());
+            e.to_string() + &table::did_you_mean(name, names)
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn to_json<T: Serialize>(value: &T) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| format!("cannot encode reply: {e}"))
 }
@@ -107,7 +119,10 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             }
         }
         (Action::Policy, [name, ..]) => {
-            let name: PolicyName = name.parse()?;
+            let name: PolicyName = name.parse().map_err(|e: String| {
+                let names = PolicyName::ALL.map(PolicyName::as_str);
+                e + &table::did_you_mean(name, names)
+            })?;
             let old = front
                 .borrow_mut()
                 .set_policy(name)
@@ -129,27 +144,21 @@ async fn run(front: &Shared, words: &[&str], json: bool) -> Result<String, Strin
             ok_json(json, format!("backend {name} added"))
         }
         (Action::BackendRemove, [name, ..]) => {
-            front
-                .borrow_mut()
-                .remove_backend(name)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().remove_backend(name);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(
                 json,
                 format!("backend {name} draining; removed when its connections end"),
             )
         }
         (Action::BackendEnable, [name, ..]) => {
-            front
-                .borrow_mut()
-                .set_backend_enabled(name, true)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().set_backend_enabled(name, true);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(json, format!("backend {name} enabled"))
         }
         (Action::BackendDisable, [name, ..]) => {
-            front
-                .borrow_mut()
-                .set_backend_enabled(name, false)
-                .map_err(|e| e.to_string())?;
+            let done = front.borrow_mut().set_backend_enabled(name, false);
+            done.map_err(|e| backend_error(&front.borrow(), e))?;
             ok_json(
                 json,
                 format!("backend {name} disabled: no new connections, existing ones finish"),

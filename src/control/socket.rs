@@ -138,11 +138,59 @@ pub fn unlink(path: &Path) {
     }
 }
 
+/// What [`bind`] would refuse, found without creating, removing or
+/// binding anything (`rrproxy check`): the default directory, if it
+/// exists, must be private to this user (or `owner`'s), and one that does
+/// not must be creatable; whatever is at `path` must be a socket; the
+/// socket's directory must let this user create it. (Whether a socket
+/// there is live is for binding to find: `check` runs next to a running
+/// proxy.)
+pub fn check_path(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let default = path == crate::config::default_control_path();
+    if default {
+        match std::fs::symlink_metadata(dir) {
+            Ok(_) => inspect_private_dir(dir, owner.map(|(uid, _)| uid))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let parent = dir.parent().unwrap_or(Path::new("/"));
+                return may_create_in(parent).map_err(|e| {
+                    format!(
+                        "cannot create control socket directory {}: {e} (or use --control PATH)",
+                        dir.display()
+                    )
+                });
+            }
+            Err(e) => return Err(format!("control socket directory {}: {e}", dir.display())),
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {}
+        Ok(meta) => return Err(not_a_socket(path, &meta)),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot use control path {}: {e}", path.display())),
+    }
+    may_create_in(dir).map_err(|e| format!("cannot create control socket {}: {e}", path.display()))
+}
+
+/// This process (its effective ids) may create entries in `dir`.
+fn may_create_in(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    accessat(
+        CWD,
+        dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )?;
+    Ok(())
+}
+
 /// `dir` exists (made now, mode 0700, if it did not), is a directory (not
 /// a link to one), belongs to this user (or to `also`, the user the proxy
 /// is about to become) and is closed to group and others.
 pub fn private_dir(dir: &Path, also: Option<u32>) -> Result<(), String> {
-    let euid = rustix::process::geteuid().as_raw();
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -153,6 +201,12 @@ pub fn private_dir(dir: &Path, also: Option<u32>) -> Result<(), String> {
             ));
         }
     }
+    inspect_private_dir(dir, also)
+}
+
+/// The checks of [`private_dir`] on a directory that exists.
+fn inspect_private_dir(dir: &Path, also: Option<u32>) -> Result<(), String> {
+    let euid = rustix::process::geteuid().as_raw();
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| format!("control socket directory {}: {e}", dir.display()))?;
     if !meta.file_type().is_dir() {

@@ -35,6 +35,24 @@ pub enum Action {
     Top,
 }
 
+impl Action {
+    /// Whether sending the command twice does what sending it once does,
+    /// so a client that got no reply (the front closed the connection
+    /// while it handed over to a new one) may send it again. Anything
+    /// that starts something (an upgrade, a reload) or adds and removes
+    /// is not: a second copy could start a second upgrade.
+    pub fn repeatable(self) -> bool {
+        match self {
+            Status | Workers | Backends | Acl | Help | Quit | Top => true,
+            // Setting a policy, an admin state or a limit twice lands in the same
+            // place.
+            Policy | BackendEnable | BackendDisable | BackendMaxconn => true,
+            BackendAdd | BackendRemove | Upgrade | ConfigReload | AclAllow | AclDeny
+            | AclRemove | LogReopen => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Does {
     Run(Action),
@@ -75,7 +93,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections (/maxconn), queue, failures, last check",
+        "backends: state, weight, connections (/maxconn), queue, failed connects and checks",
         Run(Backends),
     ),
     row(
@@ -166,7 +184,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "top",
         "[FRAMES]",
-        "live view of workers and backends (rrproxy ctl only)",
+        "live view of workers and backends; q quits (rrproxy ctl only)",
         Run(Top),
     ),
     row("help", "", "this list", Run(Help)),
@@ -197,9 +215,27 @@ pub fn lookup<'w, 'a>(
             .map(usage)
             .collect();
         if group.is_empty() {
-            return Err(format!("unknown command '{}' (try help)", truncate(first)));
+            return Err(format!(
+                "unknown command '{}'{} (try help)",
+                truncate(first),
+                did_you_mean(
+                    first,
+                    COMMANDS.iter().map(|s| s.name).filter(|n| !n.contains(' '))
+                )
+            ));
         }
-        return Err(format!("usage: {}", group.join(" | ")));
+        // `backend enabel`: the two-word command probably meant.
+        let meant = match words {
+            [_, second, ..] => did_you_mean(
+                &format!("{first} {second}"),
+                COMMANDS
+                    .iter()
+                    .map(|s| s.name)
+                    .filter(|n| n.starts_with(&format!("{first} "))),
+            ),
+            _ => String::new(),
+        };
+        return Err(format!("usage: {}{meant}", group.join(" | ")));
     };
     let args = &words[spec.name.split(' ').count()..];
     let (min, max) = arity(spec.args);
@@ -223,6 +259,15 @@ pub fn lookup<'w, 'a>(
         });
     }
     Ok((spec, action(spec), args))
+}
+
+/// ` (did you mean 'X'?)` when `typed` is close to one of `choices`, else
+/// nothing: for one-line replies.
+pub fn did_you_mean<'a>(typed: &str, choices: impl IntoIterator<Item = &'a str>) -> String {
+    match crate::config::closest(typed, choices) {
+        Some(c) => format!(" (did you mean '{c}'?)"),
+        None => String::new(),
+    }
 }
 
 /// What a row does, following aliases (a bounded chain).
@@ -327,6 +372,23 @@ mod tests {
         }
     }
 
+    /// A client that got no reply sends a command again only if doing so
+    /// cannot start a second upgrade or reload, or add twice; aliases
+    /// (`reload`, the old name of `upgrade`) are classified as their row.
+    #[test]
+    fn only_commands_safe_to_repeat_are_resent() {
+        let repeat = |line: &str| {
+            let words: Vec<&str> = line.split(' ').collect();
+            lookup(&words).unwrap().1.repeatable()
+        };
+        for line in ["status", "workers", "backends", "policy sticky", "help"] {
+            assert!(repeat(line), "{line}");
+        }
+        for line in ["upgrade", "reload", "config reload", "log reopen"] {
+            assert!(!repeat(line), "{line}");
+        }
+    }
+
     #[test]
     fn lookup_follows_aliases_and_checks_arguments() {
         let (spec, action, args) = lookup(&["drain", "10.0.0.1:80"]).unwrap();
@@ -355,10 +417,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("usage: backend add ADDR[,weight=N] | backend remove ADDR")
         );
+        assert_eq!(
+            lookup(&["frob"]).unwrap_err(),
+            "unknown command 'frob' (try help)"
+        );
+        assert_eq!(
+            lookup(&["statsu"]).unwrap_err(),
+            "unknown command 'statsu' (did you mean 'status'?) (try help)"
+        );
         assert!(
-            lookup(&["frob"])
+            lookup(&["backend", "enabel", "10.0.0.1:80"])
                 .unwrap_err()
-                .contains("unknown command 'frob'")
+                .ends_with("(did you mean 'backend enable'?)")
         );
         assert!(lookup(&[]).is_err());
         assert_eq!(lookup(&["acl"]).unwrap().1, Acl);

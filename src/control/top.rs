@@ -1,7 +1,12 @@
 //! `rrproxy ctl top`: a live terminal view of a running proxy, refreshed
 //! every second: per-worker and per-backend active connections as bars,
 //! connection rates, health, policy. `rrproxy ctl top N` draws N frames and
-//! exits (for scripts); without N it runs until interrupted.
+//! exits (for scripts); without N it runs until `q` (or Ctrl-C).
+//!
+//! Keys: when stdin is a terminal it is put in a mode that hands over each
+//! key at once, without echo and with Ctrl-C as a key rather than a signal
+//! (so the terminal is always put back: on `q`, Ctrl-C, an error, or a
+//! reader that left), and restored on the way out.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -24,6 +29,12 @@ pub fn run(path: &Path, args: &[String]) -> Result<(), CtlError> {
         _ => return Err(CtlError::Refused("usage: rrproxy ctl top [FRAMES]".into())),
     };
     let tty = std::io::stdout().is_terminal();
+    let keys = Keys::take();
+    let hint = match (&keys, tty) {
+        (Some(_), true) => "\nq to quit\n",
+        (None, true) => "\nCtrl-C to quit\n",
+        (_, false) => "",
+    };
     let mut prev: Option<(Instant, HashMap<String, u64>)> = None;
     let mut drawn = 0u64;
     loop {
@@ -47,7 +58,7 @@ pub fn run(path: &Path, args: &[String]) -> Result<(), CtlError> {
         let frame = render(&status, &workers, &backends, rates.as_ref());
         let mut out = std::io::stdout().lock();
         let result = if tty {
-            write!(out, "\x1b[H\x1b[2J{frame}")
+            write!(out, "\x1b[H\x1b[2J{frame}{hint}")
         } else {
             writeln!(out, "{frame}")
         };
@@ -60,7 +71,88 @@ pub fn run(path: &Path, args: &[String]) -> Result<(), CtlError> {
         if frames.is_some_and(|n| drawn >= n) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+        let rest = Duration::from_secs(1).saturating_sub(started.elapsed());
+        match &keys {
+            Some(keys) if keys.quit_within(rest) => return Ok(()),
+            Some(_) => {}
+            None => std::thread::sleep(rest),
+        }
+    }
+}
+
+/// Stdin, a terminal, in a mode that hands over each key at once; its
+/// old mode comes back when this is dropped.
+struct Keys {
+    saved: rustix::termios::Termios,
+}
+
+impl Keys {
+    /// `None` when stdin is not a terminal (or its mode cannot be set).
+    fn take() -> Option<Keys> {
+        use rustix::termios::{
+            LocalModes, OptionalActions, SpecialCodeIndex, tcgetattr, tcsetattr,
+        };
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut keys = saved.clone();
+        // Keys one at a time, not echoed; Ctrl-C a key (read below), so
+        // no signal can end the process before the mode is put back.
+        keys.local_modes -= LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG;
+        keys.special_codes[SpecialCodeIndex::VMIN] = 0;
+        keys.special_codes[SpecialCodeIndex::VTIME] = 0;
+        tcsetattr(&stdin, OptionalActions::Now, &keys).ok()?;
+        Some(Keys { saved })
+    }
+
+    /// Wait up to `d` for keys; true if one of them means quit (`q`, `Q`,
+    /// Ctrl-C, Ctrl-\\, Ctrl-D) or stdin is gone.
+    fn quit_within(&self, d: Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let stdin = std::io::stdin();
+        let deadline = Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            });
+            let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) => return false,
+                Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return true,
+            }
+            let mut buf = [0u8; 64];
+            match rustix::io::read(&stdin, &mut buf) {
+                Ok(n) => {
+                    if buf[..n]
+                        .iter()
+                        .any(|b| matches!(b, b'q' | b'Q' | 0x03 | 0x1c | 0x04))
+                    {
+                        return true;
+                    }
+                }
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        use rustix::termios::{OptionalActions, tcsetattr};
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.saved);
     }
 }
 
@@ -159,26 +251,33 @@ fn render(
         .max()
         .unwrap_or(0);
     out.push_str(&format!(
-        "\n{:<24} {:<9} {:<w$}  {:>7} {:>9} {:>8}\n",
+        "\n{:<24} {:<9} {:<w$}  {:>7} {:>9} {:>13}  {}\n",
         "BACKEND",
         "STATE",
         "ACTIVE",
         "",
         "RATE",
-        "FAILURES",
+        "CONNECT-FAILS",
+        "CHECK-FAILS",
         w = BAR_WIDTH
     ));
     for b in &bs {
         let active = b["active"].as_u64().unwrap_or(0);
         let address = b["address"].as_str().unwrap_or("?");
         out.push_str(&format!(
-            "{:<24} {:<9} {} {:>7} {:>9} {:>8}\n",
+            "{:<24} {:<9} {} {:>7} {:>9} {:>13}  {}\n",
             address,
             b["state"].as_str().unwrap_or("?"),
             bar(active, bmax),
             active,
             rate(rates, &format!("b{}", b["address"])),
             b["failures"].to_string(),
+            super::client::check_failures(
+                b["check_failures"].as_u64().unwrap_or(0),
+                b["check_failures_in_a_row"]
+                    .as_u64()
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            ),
         ));
     }
     out

@@ -9,6 +9,9 @@
 //!   [`Config`] (so an upgrade keeps `ctl` edits, and a reload reports the
 //!   ones it undoes); this part holds a copy for the hot path, refreshed
 //!   whenever the config changes ([`Access::configure`]).
+//! - The per-IP limit (`--max-conns-per-ip`): a client over it is reset,
+//!   counted in `rrproxy_refused_connections_total` and logged like a
+//!   denial.
 //! - PROXY headers from `--accept-proxy` sources (see `header`): the
 //!   header's source is the client from then on, for the access list, the
 //!   per-IP limit, the policy, the logs and `send-proxy`.
@@ -43,6 +46,7 @@ pub struct Access {
     next_wait: u64,
     denied_log: Throttle,
     header_log: Throttle,
+    limit_log: Throttle,
 }
 
 impl Access {
@@ -55,6 +59,7 @@ impl Access {
             next_wait: 0,
             denied_log: Throttle::default(),
             header_log: Throttle::default(),
+            limit_log: Throttle::default(),
         }
     }
 
@@ -104,6 +109,21 @@ impl Throttle {
 }
 
 impl Access {
+    /// `conn`'s client is at its per-IP limit (`limit`): reset it, count
+    /// it and say so, like an access list denial (at most a line a second).
+    pub fn refuse_at_limit(&mut self, conn: &Conn, limit: u32, counters: &Counters) {
+        counters.bump(FrontWord::RefusedPerIp, 1);
+        refuse(&conn.stream);
+        if let Some(held) = self.limit_log.pass() {
+            warn!(
+                client.addr = %conn.peer,
+                limit,
+                also_refused_since_last_line = held,
+                "client refused: at --max-conns-per-ip"
+            );
+        }
+    }
+
     /// The access list's decision for `conn`'s client; a refused client is
     /// reset, counted and (at most once a second) logged. Nothing has been
     /// handed to a worker or a backend touched for a refused one.

@@ -591,6 +591,16 @@ impl Backends {
         })
     }
 
+    /// Failed active checks of backend `i` in all (the front's count, in
+    /// the statistics base) and how many of the last ones in a row.
+    pub fn check_failures(&self, i: usize, table: &crate::stats::Table) -> (u64, u32) {
+        let b = &self.list[i];
+        (
+            ColCell::of(table.base(b.column)).get(Col::CheckFailures),
+            b.check.consecutive_fail,
+        )
+    }
+
     /// Whether `spec`'s source addresses fit the workers' table beside the
     /// other backends' (`global`: `--source`).
     pub fn check_sources(

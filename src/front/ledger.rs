@@ -8,9 +8,9 @@
 //!   worker (it died before reading them, or its channel refused them)
 //!   were accepted before anything still waiting and go first
 //!   ([`Ledger::requeue`]).
-//! - per client (only with a per-IP limit: `--max-conns-per-ip`, or half
-//!   of `--max-conns`): open connections, released by the workers'
-//!   `Closed` events. A client is an IPv4 address, or an IPv6 address's
+//! - per client (only with a per-IP limit, `--max-conns-per-ip`): open
+//!   connections, released by the workers' `Closed` events. A client is
+//!   an IPv4 address, or an IPv6 address's
 //!   leading `--per-ip-ipv6-prefix` bits (a /64 by default: one host
 //!   usually owns a whole /64 and could walk it).
 //! - the id the next connection gets (log correlation).

@@ -37,6 +37,9 @@ pub struct Status {
     pub last_restart: Option<String>,
     /// Worker processes by build id (more than one while an upgrade rolls).
     pub builds: Vec<String>,
+    /// `--drain-timeout` (how long a restart of the workers may take
+    /// depends on it).
+    pub drain_timeout_seconds: f64,
 }
 
 /// One row of `workers`.
@@ -84,7 +87,13 @@ pub struct BackendRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maxqueue: Option<u32>,
     pub total: u64,
+    /// Connects to it that failed (refused, timed out, other), in all.
     pub failures: u64,
+    /// Active health checks of it that failed, in all.
+    pub check_failures: u64,
+    /// Of those, how many in a row up to the last check (0 once one
+    /// passes).
+    pub check_failures_in_a_row: u32,
     /// The last active health check: `ok`, or why it failed; absent
     /// before the first (or with checks off).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +156,7 @@ pub(super) fn backends(
         .enumerate()
         .map(|(i, b)| {
             let total = |w| backends.total(i, w, table, cells);
+            let (check_failures, check_failures_in_a_row) = backends.check_failures(i, table);
             BackendRow {
                 address: b.spec().name.clone(),
                 resolved: b.spec().addr.to_string(),
@@ -162,6 +172,8 @@ pub(super) fn backends(
                 maxqueue: b.spec().maxqueue,
                 total: total(Col::Conns),
                 failures: total(Col::FailRefused) + total(Col::FailTimeout) + total(Col::FailOther),
+                check_failures,
+                check_failures_in_a_row,
                 check: backends.last_check(i),
             }
         })

@@ -302,6 +302,7 @@ pub fn plan(
         ("backlog", cur.backlog != new.backlog),
         ("cpu-affinity", cur.cpu_affinity != new.cpu_affinity),
         ("user", cur.run_as != new.run_as),
+        ("pid-file", cur.pid_file != new.pid_file),
     ] {
         if changed {
             notes.push(format!("{what} changed: needs a restart, kept"));
@@ -369,6 +370,7 @@ pub fn plan(
         backlog: cur.backlog,
         cpu_affinity: cur.cpu_affinity,
         run_as: cur.run_as.clone(),
+        pid_file: cur.pid_file.clone(),
         ..new
     };
     Ok(Plan { config, notes })

@@ -203,6 +203,7 @@ impl Front {
                 Err(m) => format!("failed: {m}"),
             }),
             builds: report::builds(&self.workers),
+            drain_timeout_seconds: cfg.drain_timeout.as_secs_f64(),
         }
     }
 
@@ -266,8 +267,8 @@ impl Front {
             return;
         }
         if !self.admit_ip(conn.ip()) {
-            self.counters.bump(FrontWord::RefusedPerIp, 1);
-            refuse(&conn.stream);
+            let limit = self.settings.limits().per_ip().unwrap_or(0);
+            self.access.refuse_at_limit(&conn, limit, &self.counters);
             return;
         }
         if let Err(conn) = self.dispatch(conn) {
@@ -1072,8 +1073,8 @@ impl Front {
         }
         // Orders the stores of `Wake` above before the loads of the
         // workers' `Finished`/`Received` below (paired with the worker's
-        // own fence between its store of `Finished` and its load of
-        // `Wake`), so one side always sees the other.
+        // own fence in `ProcCell::finish`, between its store of `Finished`
+        // and its load of `Wake`), so one side always sees the other.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         for slot in 0..self.workers.len() {
             self.refresh_view(slot);

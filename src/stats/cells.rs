@@ -71,12 +71,38 @@ impl<'a> ProcCell<'a> {
         })
     }
 
-    /// The front asks to be told when this worker makes room.
+    /// The front asks to be told when this worker makes room. The caller
+    /// must then issue a `SeqCst` fence before it reads `Finished` and
+    /// `Received` (see [`ProcCell::finish`] for why).
     pub fn request_wake(&self) {
         self.word(ProcWord::Wake).store(1, Ordering::SeqCst);
     }
 
-    /// The worker: was a wake-up asked for (and now taken)?
+    /// The worker: `n` more connections are finished; was a wake-up asked
+    /// for (and now taken)?
+    ///
+    /// This and the front's `request_wake` then read form a Dekker
+    /// pattern: the worker stores `Finished` then loads `Wake`; the front
+    /// stores `Wake` then loads `Finished` (and `Received`). If each side
+    /// could see its load before its own store became visible to the
+    /// other (a store-buffer reordering, which x86 does too), the worker
+    /// would see no wake-up asked for and the front would see no room
+    /// made: the listeners would stay paused until the next upkeep tick. A
+    /// `SeqCst` fence on each side between the store and the load rules
+    /// that out: of the two fences, the one that comes later in their
+    /// single total order sees the other side's store.
+    pub fn finish(&self, n: u64) -> bool {
+        bump(self.word(ProcWord::Finished), n);
+        // Orders this worker's store of `Finished` (and its earlier stores
+        // of `Received`) before its load of `Wake` below. Pairs with the
+        // fence in `Front::request_wakes`, which orders the front's store
+        // of `Wake` before its loads of `Finished` and `Received`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.take_wake()
+    }
+
+    /// The worker: was a wake-up asked for (and now taken)? Use
+    /// [`ProcCell::finish`] after counting, which fences first.
     pub fn take_wake(&self) -> bool {
         let w = self.word(ProcWord::Wake);
         w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::SeqCst) != 0

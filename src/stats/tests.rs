@@ -107,9 +107,16 @@ fn the_build_declares_its_layout() {
 
 #[test]
 fn a_foreign_file_is_refused() {
-    let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    use rustix::fs::MemfdFlags;
+    let fd =
+        rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, 4096).unwrap();
     assert!(matches!(Table::open(fd), Err(StatsError::Magic)));
+    // One that could shrink under the mapping is not even looked at.
+    let unsealable = rustix::fs::memfd_create("z", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealable, 4096).unwrap();
+    let err = Table::open(unsealable).unwrap_err().to_string();
+    assert!(err.contains("cannot be sealed against shrinking"), "{err}");
     let t = Table::create(1, 1, 1).unwrap();
     set(&t.words()[1], LAYOUT + 1);
     assert!(matches!(
@@ -201,6 +208,121 @@ fn every_header_error_reason_has_its_word() {
             "{e}"
         );
     }
+}
+
+/// The wake-up handshake as a litmus test, with the real methods on a real
+/// shared table: in every round the worker counts a finished connection
+/// and looks for a wake-up request while the front requests one and looks
+/// at `Finished`; at least one of them must see the other. Without the
+/// fence in `ProcCell::finish` both miss now and then (store-buffer
+/// reordering): here hundreds to thousands of times in the three seconds
+/// this runs, whenever the two threads get a core each at the same time
+/// (on a loaded two-core machine they may not, and then it cannot show).
+#[test]
+fn a_wake_up_request_and_a_finished_connection_never_miss_each_other() {
+    use std::sync::atomic::{AtomicBool, fence};
+    const MAX_ROUNDS: u64 = 1_000_000;
+    const BUDGET: Duration = Duration::from_secs(3);
+    let t = Table::create(1, 1, 1).unwrap();
+    // Each side says which round it reached; the other waits for it.
+    let (worker_at, front_at) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stop = AtomicBool::new(false);
+    let wait = |at: &dyn Fn() -> u64, round: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut spins = 0u32;
+        while at() < round {
+            spins += 1;
+            if spins % 256 == 0 {
+                assert!(std::time::Instant::now() < deadline, "litmus stalled");
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+    };
+    let (rounds, missed) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let cell = t.cell(0);
+            let mut saw = Vec::new();
+            for round in 1..=MAX_ROUNDS {
+                front_at.store(round, Ordering::Release);
+                wait(&|| worker_at.load(Ordering::Acquire), round);
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                saw.push(cell.finish(1));
+            }
+            saw
+        });
+        let cell = t.cell(0);
+        let started = std::time::Instant::now();
+        let mut saw = Vec::new();
+        for round in 1..=MAX_ROUNDS {
+            wait(&|| front_at.load(Ordering::Acquire), round);
+            if started.elapsed() > BUDGET {
+                stop.store(true, Ordering::Release);
+                worker_at.store(round, Ordering::Release);
+                break;
+            }
+            // The last round's request, if the worker did not take it.
+            cell.word(ProcWord::Wake).store(0, Ordering::Relaxed);
+            worker_at.store(round, Ordering::Release);
+            // The worker sees the round start a cache transfer later:
+            // start after it by a varying few cycles, so the two sides'
+            // stores and loads overlap in every alignment.
+            for _ in 0..round % 16 {
+                std::hint::spin_loop();
+            }
+            cell.request_wake();
+            fence(Ordering::SeqCst);
+            saw.push(cell.get(ProcWord::Finished) >= round);
+            // The worker ends this round before the next reset.
+            wait(&|| cell.get(ProcWord::Finished), round);
+        }
+        let worker_saw = worker.join().unwrap();
+        let missed = saw
+            .iter()
+            .zip(&worker_saw)
+            .filter(|(front, worker)| !**front && !**worker)
+            .count();
+        (saw.len(), missed)
+    });
+    assert!(rounds > 1000, "only {rounds} rounds ran");
+    assert_eq!(missed, 0, "rounds (of {rounds}) in which both missed");
+}
+
+#[test]
+fn the_table_cannot_change_size_or_lose_its_seals() {
+    use rustix::fs::{SealFlags, fcntl_add_seals, fcntl_get_seals, ftruncate};
+    let t = Table::create(2, 4, 3).unwrap();
+    let size = rustix::fs::fstat(t.fd()).unwrap().st_size as u64;
+    let seals = fcntl_get_seals(t.fd()).unwrap();
+    assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+    assert_eq!(ftruncate(t.fd(), size - 8), Err(rustix::io::Errno::PERM));
+    assert_eq!(ftruncate(t.fd(), 0), Err(rustix::io::Errno::PERM));
+    assert_eq!(ftruncate(t.fd(), size + 4096), Err(rustix::io::Errno::PERM));
+    assert_eq!(
+        fcntl_add_seals(t.fd(), SealFlags::WRITE),
+        Err(rustix::io::Errno::PERM)
+    );
+    // Clearing a cell punches holes: still allowed, still the same size.
+    t.cell(2).bump(ProcWord::Finished, 5);
+    t.clear_cell(2);
+    assert_eq!(t.cell(2).get(ProcWord::Finished), 0);
+    assert_eq!(rustix::fs::fstat(t.fd()).unwrap().st_size as u64, size);
+    // A table handed over by a front that did not seal it gets the seal
+    // from the process that opens it.
+    let fd = rustix::fs::memfd_create(
+        "old",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    ftruncate(&fd, size).unwrap();
+    let copy = Table::open(t.dup_fd().unwrap()).unwrap();
+    drop(copy);
+    let old = SharedWords::map(fd.as_fd(), 16).unwrap();
+    drop(old);
+    assert!(fcntl_get_seals(&fd).unwrap().contains(SealFlags::SHRINK));
+    assert_eq!(ftruncate(&fd, 8), Err(rustix::io::Errno::PERM));
 }
 
 mod buckets_match_the_float_definition {

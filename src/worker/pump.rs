@@ -35,6 +35,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::splice;
+pub use crate::access_log::ConnBytes;
 use crate::channel::Splice;
 use crate::stats::bump;
 
@@ -75,15 +76,6 @@ pub struct Meter<'a> {
     pub to_backend: &'a AtomicU64,
     pub from_backend: &'a AtomicU64,
     pub conn: &'a ConnBytes,
-}
-
-/// Bytes one connection moved, each way.
-#[derive(Debug, Default)]
-pub struct ConnBytes {
-    /// From the client to the backend.
-    pub up: Cell<u64>,
-    /// From the backend to the client.
-    pub down: Cell<u64>,
 }
 
 impl Meter<'_> {

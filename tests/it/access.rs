@@ -251,7 +251,8 @@ fn switching_lists_under_load_fails_nothing_else() {
 
 /// An upgrade hands over the running lists (ctl edits included) and the
 /// connections still waiting for their PROXY header, which the new front
-/// reads.
+/// reads, from the first byte (one whose long header had half arrived
+/// included).
 #[test]
 fn an_upgrade_keeps_the_lists_and_the_connections_waiting_for_a_header() {
     let b = echo_backend();
@@ -269,6 +270,31 @@ fn an_upgrade_keeps_the_lists_and_the_connections_waiting_for_a_header() {
     proxy.ctl("acl deny 127.0.0.40");
     // Trusted, header not sent yet.
     let mut waiting = proxy.connect();
+    // Trusted, the first part of a v2 header longer than one peek (600
+    // bytes of TLVs) sent: the old front must leave every byte of it for
+    // the new one.
+    let mut long = Header::Tcp {
+        source: "198.51.100.8:4321".parse().unwrap(),
+        destination: proxy.listen,
+    }
+    .encode(Version::V2)
+    .to_vec();
+    let body = u16::from_be_bytes([long[14], long[15]]) + 603;
+    long[14..16].copy_from_slice(&body.to_be_bytes());
+    long.extend_from_slice(&[0x04, 0x02, 0x58]); // PP2_TYPE_NOOP, 600 bytes
+    long.extend(std::iter::repeat_n(0u8, 600));
+    let mut half_sent = proxy.connect();
+    half_sent.write_all(&long[..300]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the long header's connection accepted",
+        || {
+            proxy
+                .scrape()
+                .get("rrproxy_accepted_connections_total", &[])
+                == Some(2.0)
+        },
+    );
     let old = proxy.ctl_json("status")["pid"].as_u64().unwrap();
     let reply = proxy.ctl("upgrade");
     assert!(reply.contains("front upgraded"), "{reply}");
@@ -289,6 +315,13 @@ fn an_upgrade_keeps_the_lists_and_the_connections_waiting_for_a_header() {
     let mut got = Vec::new();
     waiting.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"after the upgrade");
+    long.drain(..300);
+    long.extend_from_slice(b"the long header's rest came after the upgrade");
+    half_sent.write_all(&long).unwrap();
+    half_sent.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    half_sent.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"the long header's rest came after the upgrade");
     // And a client the list denies is still refused.
     let mut s = proxy.connect();
     s.write_all(

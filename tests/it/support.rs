@@ -230,7 +230,20 @@ impl ProxyCmd {
         if let Some(runtime) = &self.runtime_dir {
             cmd.env("XDG_RUNTIME_DIR", runtime);
         }
-        let child = cmd.spawn().expect("start rrproxy");
+        // A binary just copied (`binary_copy`) may still be open for
+        // writing in a child another test thread forked before the copy
+        // was closed, until that child execs: exec then fails with
+        // ETXTBSY for a moment. Try again, a bounded number of times.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("start rrproxy"),
+            }
+        };
         let mut proxy = Proxy {
             child,
             dir,

@@ -5,6 +5,7 @@
 //! `ctl --help` and `ctl help` list the commands the server accepts.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -277,4 +278,105 @@ fn the_man_page_synopsis_shows_value_placeholders() {
     ] {
         assert!(synopsis.contains(want), "{want} not in:\n{synopsis}");
     }
+}
+
+/// `check` makes every check starting makes, short of binding: for each
+/// fault starting finds after the configuration (an access log it cannot
+/// open, as --user too; a control path it cannot use), `check` fails with
+/// the same line and the same exit status (1), and for a good setting it
+/// passes without creating anything.
+#[test]
+fn check_refuses_what_starting_refuses_with_the_same_line() {
+    let dir = temp_dir("check-start");
+    let d = dir.to_str().unwrap().to_string();
+    let file = dir.join("plain.toml");
+    std::fs::write(&file, "").unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let mut cases: Vec<Vec<String>> = vec![
+        vec!["--access-log".into(), format!("{d}/missing/access.log")],
+        vec!["--access-log".into(), d.clone()],
+        vec!["--control".into(), format!("{d}/missing/ctl.sock")],
+        vec!["--control".into(), f.clone()],
+        vec!["--pid-file".into(), format!("{d}/missing/rrproxy.pid")],
+        vec!["--pid-file".into(), d.clone()],
+    ];
+    if rustix::process::geteuid().is_root() {
+        // Root may write there; the --user the workers run as may not.
+        let private = dir.join("root-only");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let log = format!("{}/access.log", private.display());
+        cases.push(vec![
+            "--user".into(),
+            "nobody".into(),
+            "--access-log".into(),
+            log,
+        ]);
+    }
+    for extra in &cases {
+        // (Not the default control socket: its directory is the machine's.)
+        let control = if extra.contains(&"--control".to_string()) {
+            vec![]
+        } else {
+            vec!["--control", "off"]
+        };
+        let mut check = vec!["check", "-b", "127.0.0.1:9"];
+        check.extend(extra.iter().map(String::as_str));
+        check.extend(&control);
+        let (code, out, err) = run(&check);
+        assert_eq!(code, Some(1), "{extra:?}: {out}{err}");
+        let mut start = Command::new(BIN);
+        start.args(["-b", "127.0.0.1:9", "-l", "127.0.0.1:0", "--metrics", "off"]);
+        start.args(extra).args(&control);
+        let (status, start_err) = run_to_exit(start, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "{extra:?}: {start_err}");
+        // (Among its log lines.)
+        let said = start_err
+            .lines()
+            .find(|l| l.starts_with("rrproxy: error: "))
+            .unwrap_or("");
+        assert_eq!(err.trim_end(), said, "{extra:?}");
+    }
+    // A good setting passes and creates nothing.
+    let log = dir.join("new-access.log");
+    let (code, out, err) = run(&[
+        "check",
+        "-b",
+        "127.0.0.1:9",
+        "--access-log",
+        log.to_str().unwrap(),
+        "--control",
+        &format!("{d}/ctl.sock"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("configuration OK"), "{out}");
+    assert!(!log.exists() && !dir.join("ctl.sock").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A second instance on a metrics port already taken (the default one is
+/// the same for every instance) fails in one line that says what to do.
+#[test]
+fn a_metrics_port_in_use_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut start = Command::new(BIN);
+    start.args(["-b", "127.0.0.1:9", "-l", "127.0.0.1:0", "--control", "off"]);
+    start.args(["--metrics", &addr]);
+    let (status, err) = run_to_exit(start, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("rrproxy: error: "))
+        .unwrap_or("");
+    assert_eq!(
+        line,
+        format!(
+            "rrproxy: error: cannot serve metrics on {addr}: Address already in use (os error 98) (another rrproxy? give this one --metrics HOST:PORT with a free port, or --metrics off)"
+        )
+    );
 }

@@ -173,7 +173,15 @@ fn check_parse_error(text: &str, err: &ConfigError) -> Result<(), TestCaseError>
         width,
         err
     );
-    prop_assert!(!message.is_empty() && !message.contains('\n'), "{}", err);
+    // One line naming the problem, optionally followed by one tip line.
+    let (head, tip) = match message.split_once('\n') {
+        Some((head, tip)) => (head, Some(tip)),
+        None => (message.as_str(), None),
+    };
+    prop_assert!(!head.is_empty(), "{}", err);
+    if let Some(tip) = tip {
+        prop_assert!(tip.starts_with("  tip: ") && !tip.contains('\n'), "{}", err);
+    }
     let prefix = format!("test.toml:{line}:{column}: ");
     prop_assert!(err.to_string().starts_with(&prefix), "{}", err);
     Ok(())

@@ -19,10 +19,9 @@
 //! Upgrades: when the front freezes for a handover, the reads stop (their
 //! tasks are cancelled; a read only consumes once the whole header is
 //! there, and then without yielding, so a cancelled read has consumed
-//! nothing, bar a v2 header longer than the 256 bytes one peek sees, which
-//! is read in pieces) and the connections travel to the new front, which
-//! reads their headers anew when it thaws; if the upgrade fails, the old
-//! front resumes them.
+//! nothing, however long the header) and the connections travel to the
+//! new front, which reads their headers anew when it thaws; if the upgrade
+//! fails, the old front resumes them.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

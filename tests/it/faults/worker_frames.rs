@@ -263,8 +263,12 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
     let mut got = String::new();
     e.read_to_string(&mut got).unwrap();
     assert_eq!(got, "still serving\n");
+    // The worker logs through a non-blocking writer: the line may land
+    // after the connection is served.
+    wait_until(Duration::from_secs(10), "the bad-frame log line", || {
+        w.stderr().contains("skipped a bad frame from the front")
+    });
     let log = w.stderr();
-    assert!(log.contains("skipped a bad frame from the front"), "{log}");
     // At most one line a second: three skips within a second or so log
     // fewer than three lines, or say what they hid.
     let lines = log.matches("skipped a bad frame").count();
@@ -276,4 +280,41 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
         w.child.try_wait().unwrap()
     });
     assert!(st.success(), "worker exit: {st}\n{}", w.stderr());
+}
+
+/// What is promised: a worker started on a descriptor that is not a
+/// channel (a standard descriptor, a file, a stream socket, a TCP socket)
+/// refuses in one line naming the descriptor and what it is, and exits
+/// with failure without touching it.
+#[test]
+fn a_worker_refuses_a_descriptor_that_is_not_a_channel() {
+    let dir = temp_dir("notchannel");
+    let file = std::fs::File::create(dir.join("plain")).unwrap();
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cases: [(Option<BorrowedFd<'_>>, i32, &str); 5] = [
+        (None, 1, "standard descriptor"),
+        (None, -3, "cannot be negative"),
+        (Some(file.as_fd()), 0, "not a socket"),
+        (Some(stream.as_fd()), 0, "not a SEQPACKET one"),
+        (Some(tcp.as_fd()), 0, "not a Unix one"),
+    ];
+    for (fd, number, says) in cases {
+        let number = fd.map_or(number, |f| rrproxy::sys::raw(&f));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["worker", "--slot", "3", &format!("--channel-fd={number}")]);
+        if fd.is_some() {
+            rrproxy::sys::inherit_fd(&mut cmd, number);
+        }
+        let (st, err) = run_to_exit(cmd, Duration::from_secs(10));
+        assert!(!st.success(), "{number}: {st}");
+        let line = err.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains(&format!("worker slot 3: channel fd {number} is not usable"))
+                && line.contains(says),
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
