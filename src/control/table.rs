@@ -93,7 +93,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections (/maxconn), queue, failed connects and checks",
+        "backends: state, active/maxconn, queue, failures, checks",
         Run(Backends),
     ),
     row(
