@@ -65,7 +65,8 @@ class Backend:
             writer.write(b"ok\n")
             await writer.drain()
             await asyncio.wait_for(reader.read(), 60)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            # (Cancelled: the bench is ending.)
             pass
         writer.close()
 
