@@ -50,6 +50,7 @@ mod services;
 mod settings;
 pub mod upgrade;
 mod upkeep;
+mod waiting;
 mod watch;
 mod wiring;
 
@@ -67,6 +68,8 @@ pub use services::{Service, Services};
 pub use settings::Settings;
 pub use wiring::{Front, Parts, Shared};
 pub(crate) use wiring::{defer_plan, listen_plan};
+
+use std::rc::Rc;
 
 use crate::config::{Config, ConfigError};
 
@@ -164,6 +167,7 @@ pub fn start_tasks(front: &Shared) {
     tokio::task::spawn_local(health::run(front.clone()));
     tokio::task::spawn_local(resolver::run(front.clone()));
     tokio::task::spawn_local(upkeep::run(front.clone()));
+    tokio::task::spawn_local(waiting::run(Rc::downgrade(front)));
 }
 
 /// Re-read the config file and apply it (SIGHUP, `config reload`); a file

@@ -22,6 +22,7 @@ pub enum Action {
     BackendRemove,
     BackendEnable,
     BackendDisable,
+    BackendMaxconn,
     Upgrade,
     ConfigReload,
     Acl,
@@ -44,9 +45,9 @@ impl Action {
     pub fn repeatable(self) -> bool {
         match self {
             Status | Workers | Backends | Services | Acl | Help | Quit | Top => true,
-            // Setting a policy or an admin state twice lands in the same
+            // Setting a policy, an admin state or a limit twice lands in the same
             // place.
-            Policy | BackendEnable | BackendDisable => true,
+            Policy | BackendEnable | BackendDisable | BackendMaxconn => true,
             BackendAdd | BackendRemove | Upgrade | ConfigReload | AclAllow | AclDeny
             | AclRemove | LogReopen => false,
         }
@@ -93,19 +94,19 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections, failed connects and checks",
+        "backends: state, active/maxconn, queue, failures, checks",
         Run(Backends),
     ),
     row(
         "services",
         "",
-        "services: listeners, server names, policy, backends up/total, connections",
+        "services: listeners, server names, policy, backends up/total, conns",
         Run(Services),
     ),
     row(
         "policy",
         "[NAME]",
-        "show, or switch to round-robin|least-conn|sticky (--service NAME: of that service)",
+        "show, or switch to round-robin|least-conn|sticky (--service: its own)",
         Run(Policy),
     ),
     row(
@@ -131,6 +132,12 @@ pub const COMMANDS: &[Spec] = &[
         "ADDR",
         "no new connections to a backend; existing ones finish",
         Run(BackendDisable),
+    ),
+    row(
+        "backend maxconn",
+        "ADDR N|off",
+        "set a backend's connection limit (open ones stay; new ones queue)",
+        Run(BackendMaxconn),
     ),
     row(
         "drain",

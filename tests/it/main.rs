@@ -19,6 +19,7 @@ mod peers;
 mod pidfile;
 mod policies;
 mod protect;
+mod queue;
 mod services;
 mod shims;
 mod supervision;
