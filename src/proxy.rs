@@ -194,6 +194,13 @@ pub async fn serve(
                 .map_err(FrontError::Fatal)?;
         }
     }
+    // One service: every listener is its own, inherited ones included
+    // (their addresses need not be in the config).
+    if config.defer_accept && config.services.is_empty() {
+        listeners
+            .set_defer_accept(true)
+            .map_err(FrontError::Fatal)?;
+    }
     if let Some(addr) = config.metrics {
         let l = std::net::TcpListener::bind(addr)
             .map_err(|source| FrontError::Metrics { addr, source })?;

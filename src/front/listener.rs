@@ -219,13 +219,16 @@ impl Listeners {
         self.addrs.remove(i);
     }
 
-    /// Turn defer-accept on or off on the listener on `addr`.
+    /// Turn defer-accept on or off on the listener on `addr` (port 0: on
+    /// each listener of that IP, whatever port it was given).
     pub fn set_defer_accept_at(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
-        let Some(i) = self.addrs.iter().position(|&a| a == addr) else {
-            return Ok(());
-        };
-        crate::sys::set_defer_accept(self.sockets[i].get_ref().as_fd(), on)
-            .map_err(|err| format!("cannot set defer-accept on {addr}: {err}"))
+        for (i, &a) in self.addrs.iter().enumerate() {
+            if a == addr || (addr.port() == 0 && a.ip() == addr.ip()) {
+                crate::sys::set_defer_accept(self.sockets[i].get_ref().as_fd(), on)
+                    .map_err(|err| format!("cannot set defer-accept on {a}: {err}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Stop accepting and close the sockets (shutdown).

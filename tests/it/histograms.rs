@@ -69,7 +69,12 @@ fn histograms_start_at_zero_count_each_connection_and_survive_a_respawn() {
     // with their HELP and TYPE.
     let m = proxy.scrape();
     for b in [&e, &d] {
-        let h = histogram(&m, CONNECT, &[("backend", b)], &CONNECT_LE);
+        let h = histogram(
+            &m,
+            CONNECT,
+            &[("service", "default"), ("backend", b)],
+            &CONNECT_LE,
+        );
         assert!(h.iter().all(|&v| v == 0.0), "{b}: {h:?}");
     }
     let h = histogram(&m, LIFETIME, &[], &LIFETIME_LE);
@@ -91,7 +96,12 @@ fn histograms_start_at_zero_count_each_connection_and_survive_a_respawn() {
         let m = proxy.scrape();
         (m.get(&format!("{LIFETIME}_count"), &[]) == Some(10.0)).then_some(m)
     });
-    let connect = histogram(&m, CONNECT, &[("backend", &e)], &CONNECT_LE);
+    let connect = histogram(
+        &m,
+        CONNECT,
+        &[("service", "default"), ("backend", &e)],
+        &CONNECT_LE,
+    );
     assert_eq!(connect[CONNECT_LE.len() + 1], 10.0, "ten connects to {e}");
     assert_eq!(connect[CONNECT_LE.len() - 1], 10.0, "+Inf is the count");
     assert!(
@@ -105,10 +115,19 @@ fn histograms_start_at_zero_count_each_connection_and_survive_a_respawn() {
     assert!(sum > 0.0 && sum < spent, "connect time sum {sum}");
     let refused = m.get(
         "rrproxy_backend_connect_failures_total",
-        &[("backend", &d), ("reason", "refused")],
+        &[
+            ("service", "default"),
+            ("backend", &d),
+            ("reason", "refused"),
+        ],
     );
     assert_eq!(refused, Some(5.0));
-    let h = histogram(&m, CONNECT, &[("backend", &d)], &CONNECT_LE);
+    let h = histogram(
+        &m,
+        CONNECT,
+        &[("service", "default"), ("backend", &d)],
+        &CONNECT_LE,
+    );
     assert!(h.iter().all(|&v| v == 0.0), "failures are not times: {h:?}");
     let life = histogram(&m, LIFETIME, &[], &LIFETIME_LE);
     // None lasted 25 ms or less; all ten under an hour.
@@ -138,7 +157,12 @@ fn histograms_start_at_zero_count_each_connection_and_survive_a_respawn() {
     });
     let after = proxy.scrape();
     assert_eq!(
-        histogram(&after, CONNECT, &[("backend", &e)], &CONNECT_LE),
+        histogram(
+            &after,
+            CONNECT,
+            &[("service", "default"), ("backend", &e)],
+            &CONNECT_LE
+        ),
         connect
     );
     assert_eq!(histogram(&after, LIFETIME, &[], &LIFETIME_LE), life);
@@ -149,6 +173,9 @@ fn histograms_start_at_zero_count_each_connection_and_survive_a_respawn() {
     wait_until(Duration::from_secs(10), "twelve lifetimes", || {
         let m = proxy.scrape();
         m.get(&format!("{LIFETIME}_count"), &[]) == Some(12.0)
-            && m.get(&format!("{CONNECT}_count"), &[("backend", &e)]) == Some(12.0)
+            && m.get(
+                &format!("{CONNECT}_count"),
+                &[("service", "default"), ("backend", &e)],
+            ) == Some(12.0)
     });
 }

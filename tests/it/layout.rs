@@ -58,7 +58,7 @@ fn an_upgrade_to_a_build_of_another_table_layout_is_refused() {
     let count = |m: &Metrics| {
         m.get(
             "rrproxy_backend_connect_seconds_count",
-            &[("backend", &b.addr.to_string())],
+            &[("service", "default"), ("backend", &b.addr.to_string())],
         )
         .unwrap()
     };

@@ -97,7 +97,10 @@ fn a_known_workload_shows_in_every_metric() {
     // end after it closes: the client may be done a moment earlier.
     let m = wait_for(Duration::from_secs(5), "all events reported", || {
         let m = proxy.scrape();
-        let bytes = m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
+        let bytes = m.get(
+            "rrproxy_backend_received_bytes_total",
+            &[("service", "default"), ("backend", &e)],
+        );
         let closed = m.get("rrproxy_connection_duration_seconds_count", &[]);
         (bytes == Some(10_000.0) && closed == Some(10.0)).then_some(m)
     });
@@ -108,7 +111,8 @@ fn a_known_workload_shows_in_every_metric() {
         );
     }
     let w = |name: &str, slot: &str| m.get(name, &[("worker", slot)]);
-    let b = |name: &str, backend: &str| m.get(name, &[("backend", backend)]);
+    let b =
+        |name: &str, backend: &str| m.get(name, &[("service", "default"), ("backend", backend)]);
     assert_eq!(w("rrproxy_worker_connections_total", "0"), Some(5.0));
     assert_eq!(w("rrproxy_worker_connections_total", "1"), Some(5.0));
     assert_eq!(w("rrproxy_worker_active_connections", "0"), Some(0.0));
@@ -124,12 +128,19 @@ fn a_known_workload_shows_in_every_metric() {
     assert_eq!(
         m.get(
             "rrproxy_backend_connect_failures_total",
-            &[("backend", &d), ("reason", "refused")]
+            &[
+                ("service", "default"),
+                ("backend", &d),
+                ("reason", "refused")
+            ]
         ),
         Some(5.0)
     );
     assert_eq!(
-        m.get("rrproxy_backend_connect_seconds_count", &[("backend", &e)]),
+        m.get(
+            "rrproxy_backend_connect_seconds_count",
+            &[("service", "default"), ("backend", &e)]
+        ),
         Some(10.0)
     );
     assert_eq!(m.get("rrproxy_accepted_connections_total", &[]), Some(10.0));
@@ -550,9 +561,24 @@ fn a_worker_killed_mid_count_leaves_the_counts_right() {
             s
         })
         .collect();
-    let active = |m: &Metrics| m.get("rrproxy_backend_active_connections", &[("backend", &e)]);
-    let conns = |m: &Metrics| m.get("rrproxy_backend_connections_total", &[("backend", &e)]);
-    let bytes = |m: &Metrics| m.get("rrproxy_backend_received_bytes_total", &[("backend", &e)]);
+    let active = |m: &Metrics| {
+        m.get(
+            "rrproxy_backend_active_connections",
+            &[("service", "default"), ("backend", &e)],
+        )
+    };
+    let conns = |m: &Metrics| {
+        m.get(
+            "rrproxy_backend_connections_total",
+            &[("service", "default"), ("backend", &e)],
+        )
+    };
+    let bytes = |m: &Metrics| {
+        m.get(
+            "rrproxy_backend_received_bytes_total",
+            &[("service", "default"), ("backend", &e)],
+        )
+    };
     // A worker counts a chunk right after writing it, so the client may
     // read its echo a moment before the count lands: wait for all three.
     wait_until(Duration::from_secs(5), "all four counted", || {

@@ -62,7 +62,7 @@ fn round_robin_gives_each_backend_a_third() {
         let n = m
             .get(
                 "rrproxy_backend_connections_total",
-                &[("backend", &b.addr.to_string())],
+                &[("service", "default"), ("backend", &b.addr.to_string())],
             )
             .unwrap();
         assert!((n - 100.0).abs() <= 1.0, "metrics for {}: {n}", b.addr);
@@ -326,7 +326,7 @@ fn a_sticky_client_of_a_failing_backend_moves_once() {
         .scrape()
         .get(
             "rrproxy_backend_redispatches_total",
-            &[("backend", &dead.to_string())],
+            &[("service", "default"), ("backend", &dead.to_string())],
         )
         .unwrap();
     assert!(redispatched > 0.0, "some clients had the dead one first");

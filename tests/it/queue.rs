@@ -181,7 +181,7 @@ fn a_limited_backend_never_sees_more_than_maxconn_and_serves_in_arrival_order() 
     }
     wait_metric(&proxy, "rrproxy_backend_queue_length", addr, 0.0);
     let m = proxy.scrape();
-    let label = [("backend", label.as_str())];
+    let label = [("service", "default"), ("backend", label.as_str())];
     assert_eq!(
         m.get("rrproxy_backend_queued_total", &label),
         Some(f64::from(CLIENTS) - MAX as f64)

@@ -242,30 +242,39 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         .start();
     let label = flappy_addr.to_string();
     assert_eq!(
-        proxy
-            .scrape()
-            .get("rrproxy_backend_up", &[("backend", &label)]),
+        proxy.scrape().get(
+            "rrproxy_backend_up",
+            &[("service", "default"), ("backend", &label)]
+        ),
         Some(1.0)
     );
     drop(flappy); // stops listening
     // fall × interval = 300 ms, plus a check timeout and scheduling slack
     // (a loaded 2-core machine: the bound is generous, not a speed target).
     wait_until(Duration::from_secs(5), "backend marked down", || {
-        proxy
-            .scrape()
-            .get("rrproxy_backend_up", &[("backend", &label)])
-            == Some(0.0)
+        proxy.scrape().get(
+            "rrproxy_backend_up",
+            &[("service", "default"), ("backend", &label)],
+        ) == Some(0.0)
     });
     let refused_before = proxy.scrape().get(
         "rrproxy_backend_connect_failures_total",
-        &[("backend", &label), ("reason", "refused")],
+        &[
+            ("service", "default"),
+            ("backend", &label),
+            ("reason", "refused"),
+        ],
     );
     for _ in 0..20 {
         assert_eq!(fetch_name(&proxy), "stays");
     }
     let refused_after = proxy.scrape().get(
         "rrproxy_backend_connect_failures_total",
-        &[("backend", &label), ("reason", "refused")],
+        &[
+            ("service", "default"),
+            ("backend", &label),
+            ("reason", "refused"),
+        ],
     );
     assert_eq!(
         refused_before, refused_after,
@@ -278,10 +287,10 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         let _ = c.write_all(b"flappy\n");
     });
     wait_until(Duration::from_secs(3), "backend back up", || {
-        proxy
-            .scrape()
-            .get("rrproxy_backend_up", &[("backend", &label)])
-            == Some(1.0)
+        proxy.scrape().get(
+            "rrproxy_backend_up",
+            &[("service", "default"), ("backend", &label)],
+        ) == Some(1.0)
     });
     let names: Vec<String> = (0..10).map(|_| fetch_name(&proxy)).collect();
     assert!(names.iter().any(|n| n == "flappy"), "{names:?}");

@@ -40,7 +40,7 @@ impl Front {
         // New listeners are bound now, so that a failure changes nothing.
         let running = self.listeners.addrs().to_vec();
         for (addr, backlog) in listen_plan(&plan.config) {
-            if running.contains(&addr) {
+            if running.iter().any(|&r| same_listener(addr, r)) {
                 continue;
             }
             let l = crate::front::bind_listener(addr, backlog)
@@ -49,7 +49,12 @@ impl Front {
             plan.bound.push(l);
         }
         for addr in running {
-            if !plan.config.all_listen().contains(&addr) {
+            if !plan
+                .config
+                .all_listen()
+                .iter()
+                .any(|&w| same_listener(w, addr))
+            {
                 plan.notes.push(format!("no longer listening on {addr}"));
             }
         }
@@ -75,7 +80,7 @@ impl Front {
         let cur = self.settings.get();
         let wanted = config.all_listen();
         for addr in self.listeners.addrs().to_vec() {
-            if !wanted.contains(&addr) {
+            if !wanted.iter().any(|&w| same_listener(w, addr)) {
                 self.listeners.remove(addr);
                 info!(listener = %addr, "listener closed by reload");
             }
@@ -97,7 +102,21 @@ impl Front {
         }
         self.settings.clear_overrides();
         let applied = self.table_applied_everywhere();
+        let policies = |f: &Front| -> Vec<(u32, PolicyName)> {
+            f.services
+                .iter()
+                .map(|s| (s.id(), s.routing().policy()))
+                .collect()
+        };
+        let before = policies(self);
         notes.extend(self.services.apply(&config, self.counters.table(), applied));
+        // A policy a reload switched counts as a change, as `ctl policy`.
+        let switched = policies(self)
+            .iter()
+            .filter(|now| before.iter().any(|b| b.0 == now.0 && b.1 != now.1))
+            .count();
+        self.counters
+            .bump(FrontWord::PolicyChanges, switched as u64);
         let access_log_changed = cur.access_log != config.access_log;
         self.settings.replace(config);
         let cfg = self.settings.get();
@@ -192,4 +211,11 @@ pub(crate) fn defer_plan(config: &Config) -> Vec<(SocketAddr, bool)> {
         }
     }
     out
+}
+
+/// Whether the listener running on `running` is the one the config's
+/// `wanted` asks for: the same address, or, for port 0 (any port, chosen
+/// at bind), the same IP (a reload keeps the port it got).
+fn same_listener(wanted: SocketAddr, running: SocketAddr) -> bool {
+    wanted == running || (wanted.port() == 0 && wanted.ip() == running.ip())
 }

@@ -353,7 +353,11 @@ fn a_backend_that_fails_now_and_then_but_serves_stays_in() {
         p.scrape()
             .get(
                 "rrproxy_backend_connect_failures_total",
-                &[("backend", &label), ("reason", "refused")],
+                &[
+                    ("service", "default"),
+                    ("backend", &label),
+                    ("reason", "refused"),
+                ],
             )
             .unwrap_or(0.0)
     };
@@ -384,9 +388,10 @@ fn a_backend_that_fails_now_and_then_but_serves_stays_in() {
     assert_eq!(served_by_flaky, 6, "it served between its failures");
     assert!(fails(&proxy) >= 6.0);
     assert_eq!(
-        proxy
-            .scrape()
-            .get("rrproxy_backend_up", &[("backend", &label)]),
+        proxy.scrape().get(
+            "rrproxy_backend_up",
+            &[("service", "default"), ("backend", &label)]
+        ),
         Some(1.0),
         "six failures, each after a success: still in"
     );
@@ -404,7 +409,12 @@ fn without_health_checks_traffic_takes_a_dead_backend_out_for_a_while() {
         .args(["--health-interval", "off", "--fall", "3"])
         .start();
     let label = dead.to_string();
-    let up = |p: &Proxy| p.scrape().get("rrproxy_backend_up", &[("backend", &label)]);
+    let up = |p: &Proxy| {
+        p.scrape().get(
+            "rrproxy_backend_up",
+            &[("service", "default"), ("backend", &label)],
+        )
+    };
     for _ in 0..8 {
         assert_eq!(fetch_name(&proxy), "good");
     }
@@ -415,7 +425,11 @@ fn without_health_checks_traffic_takes_a_dead_backend_out_for_a_while() {
         p.scrape()
             .get(
                 "rrproxy_backend_connect_failures_total",
-                &[("backend", &label), ("reason", "refused")],
+                &[
+                    ("service", "default"),
+                    ("backend", &label),
+                    ("reason", "refused"),
+                ],
             )
             .unwrap()
     };
