@@ -20,6 +20,7 @@ mod pidfile;
 mod policies;
 mod protect;
 mod queue;
+mod queue_services;
 mod services;
 mod shims;
 mod supervision;

@@ -17,15 +17,15 @@ use crate::support::*;
 /// set, answers `ok` and waits for the client's EOF. Its count of open
 /// connections drops before it answers, so a slot the proxy frees (which
 /// needs the answer first) is never counted twice here.
-struct Counted {
-    backend: Backend,
+pub(crate) struct Counted {
+    pub(crate) backend: Backend,
     open: Arc<AtomicU64>,
-    peak: Arc<AtomicU64>,
+    pub(crate) peak: Arc<AtomicU64>,
     order: Arc<Mutex<Vec<u32>>>,
-    release: Arc<AtomicBool>,
+    pub(crate) release: Arc<AtomicBool>,
 }
 
-fn counted(hold: Duration) -> Counted {
+pub(crate) fn counted(hold: Duration) -> Counted {
     let open = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
     let order = Arc::new(Mutex::new(Vec::new()));
