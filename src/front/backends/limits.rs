@@ -121,6 +121,9 @@ impl Backends {
     }
 
     /// `w` waits for backend `i`; `Err(w)` if its queue is full.
+    // (The connection itself comes back on refusal, as `dispatch` gives
+    // back its `Conn`; boxing it would cost an allocation per wait.)
+    #[allow(clippy::result_large_err)]
     pub fn enqueue(
         &mut self,
         queues: &mut Queues,
