@@ -434,9 +434,17 @@ pub struct Entry<'a> {
     client: SocketAddr,
     pub backend: Option<SocketAddr>,
     pub end: Option<End>,
+    /// The connection went back to the front (no line: it goes on).
+    given_back: bool,
 }
 
 impl<'a> Entry<'a> {
+    /// The connection was given back to the front, which hands it to
+    /// another worker: this one writes no line for it.
+    pub fn given_back(&mut self) {
+        self.given_back = true;
+    }
+
     pub fn new(
         log: &'a AccessLog,
         bytes: &'a ConnBytes,
@@ -452,13 +460,14 @@ impl<'a> Entry<'a> {
             client,
             backend: None,
             end: None,
+            given_back: false,
         }
     }
 }
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
-        if !self.log.is_on() {
+        if !self.log.is_on() || self.given_back {
             return;
         }
         self.log.push(Record {

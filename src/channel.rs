@@ -163,6 +163,11 @@ pub struct BackendEntry {
     /// Its service's settings: this entry of [`WorkerConfig::services`];
     /// `None`: the config's own.
     pub service: Option<u16>,
+    /// Has a connection limit (`maxconn=`), counted by the front: a
+    /// connection on it that ends or moves away is reported
+    /// ([`Event::Released`]) at once, and the worker never falls back to
+    /// it on its own (it gives the connection back, [`Up::Returned`]).
+    pub limited: bool,
 }
 
 /// Most backends a handoff names to fall back on (`--retries`).
@@ -224,6 +229,11 @@ pub enum Up {
     /// Events that need the front to act, batched. Everything else a worker
     /// does is counted in the statistics table.
     Events(Vec<Event>),
+    /// A client connection given back to the front, its descriptor riding
+    /// with the frame: its planned backend failed and the next one to try
+    /// (`backend`, then `fallbacks`) has a connection limit, which only
+    /// the front may grant.
+    Returned(Handoff),
 }
 
 /// Why a connect to a backend failed.
@@ -248,6 +258,10 @@ pub enum Event {
     /// The front had asked (through the statistics table) to hear when
     /// this worker makes room: it has.
     Wake,
+    /// A connection on `backend`, a backend with a connection limit,
+    /// ended or moved to another backend: a slot is free (its backend
+    /// connection is already closed).
+    Released { backend: u32 },
 }
 
 impl Down {

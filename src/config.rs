@@ -139,6 +139,11 @@ pub struct Config {
     /// over this long; `None`: off.
     #[serde(default)]
     pub slow_start: Option<Duration>,
+    /// `--queue-timeout`: how long a connection waits in a full
+    /// backend's queue; `None`: the connect timeout (see
+    /// [`Config::queue_timeout`]).
+    #[serde(default)]
+    pub queue_timeout: Option<Duration>,
     /// When to forward with splice(2) (zero-copy) rather than buffered copies.
     pub splice: Splice,
     /// Pin the front and the workers to CPUs.
@@ -198,6 +203,11 @@ impl Config {
         Config::load(args)
     }
 
+    /// How long a connection may wait in a backend's queue.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(self.connect_timeout)
+    }
+
     /// A one-line summary for logs and `rrproxy check`.
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
@@ -250,6 +260,13 @@ impl Config {
         }
         if let Some(d) = self.slow_start {
             out.push_str(&format!(", slow start {}", humantime::format_duration(d)));
+        }
+        let limited = |c: &Config| c.backends.iter().any(|b| b.maxconn.is_some());
+        if limited(self) || self.services.iter().any(|s| limited(&s.config)) {
+            out.push_str(&format!(
+                ", queue timeout {}",
+                humantime::format_duration(self.queue_timeout())
+            ));
         }
         for s in &self.services {
             let c = &s.config;

@@ -52,6 +52,7 @@ mod settings;
 pub mod status;
 pub mod upgrade;
 mod upkeep;
+mod waiting;
 mod watch;
 mod wiring;
 
@@ -69,6 +70,8 @@ pub use services::{Service, Services};
 pub use settings::Settings;
 pub use wiring::{Front, Parts, Shared};
 pub(crate) use wiring::{defer_plan, listen_plan};
+
+use std::rc::Rc;
 
 use crate::config::{Config, ConfigError};
 
@@ -171,6 +174,7 @@ pub fn start_tasks(front: &Shared) {
     tokio::task::spawn_local(health::run(front.clone()));
     tokio::task::spawn_local(resolver::run(front.clone()));
     tokio::task::spawn_local(upkeep::run(front.clone()));
+    tokio::task::spawn_local(waiting::run(Rc::downgrade(front)));
 }
 
 /// Re-read the config file and apply it (SIGHUP, `config reload`); a file

@@ -50,6 +50,13 @@ pub const REFUSED_PER_IP: &str = "rrproxy_refused_connections_total";
 pub const ACTIVE: &str = "rrproxy_active_connections";
 pub const IMBALANCE: &str = "rrproxy_worker_imbalance_ratio";
 pub const BACKEND_REDISPATCHES: &str = "rrproxy_backend_redispatches_total";
+pub const BACKEND_MAXCONN: &str = "rrproxy_backend_max_connections";
+pub const BACKEND_QUEUE_LENGTH: &str = "rrproxy_backend_queue_length";
+pub const BACKEND_QUEUED: &str = "rrproxy_backend_queued_total";
+pub const BACKEND_QUEUE_TIMEOUTS: &str = "rrproxy_backend_queue_timeouts_total";
+pub const BACKEND_QUEUE_OVERFLOWS: &str = "rrproxy_backend_queue_overflows_total";
+pub const BACKEND_QUEUE_ABANDONED: &str = "rrproxy_backend_queue_abandoned_total";
+pub const BACKEND_QUEUE_WAIT: &str = "rrproxy_backend_queue_wait_seconds";
 pub const OPEN_FDS: &str = "rrproxy_open_fds";
 pub const MAX_FDS: &str = "rrproxy_max_fds";
 pub const WORKER_LIMIT: &str = "rrproxy_worker_connection_limit";
@@ -135,7 +142,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         BACKEND_ACTIVE,
         "gauge",
-        "Connections workers hold on each backend now.",
+        "Connections open (or being opened) on each backend now, counted by the workers that hold them; exact at every moment, so never above the backend's maxconn.",
     ),
     (
         BACKEND_UP,
@@ -222,6 +229,41 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         BACKEND_REDISPATCHES,
         "counter",
         "Connections planned for this backend that another backend served after a connect failure.",
+    ),
+    (
+        BACKEND_MAXCONN,
+        "gauge",
+        "Connection limit of each backend (maxconn=, or ctl backend maxconn); 0 when it has none.",
+    ),
+    (
+        BACKEND_QUEUE_LENGTH,
+        "gauge",
+        "Connections waiting now for a slot of each backend at its maxconn.",
+    ),
+    (
+        BACKEND_QUEUED,
+        "counter",
+        "Connections that had to wait in each backend's queue (counted as they joined it).",
+    ),
+    (
+        BACKEND_QUEUE_TIMEOUTS,
+        "counter",
+        "Waits in each backend's queue ended by --queue-timeout (the connection went to another backend with room, or was closed).",
+    ),
+    (
+        BACKEND_QUEUE_OVERFLOWS,
+        "counter",
+        "Connections closed because each backend's queue was full (maxqueue=).",
+    ),
+    (
+        BACKEND_QUEUE_ABANDONED,
+        "counter",
+        "Clients that closed their connection while it waited in each backend's queue.",
+    ),
+    (
+        BACKEND_QUEUE_WAIT,
+        "histogram",
+        "Time connections waited in each backend's queue, until handed to a worker or until --queue-timeout.",
     ),
     (
         OPEN_FDS,

@@ -21,8 +21,10 @@
 //! Layout, in 64-bit words: a header (magic, layout version, capacities),
 //! the front's words ([`FrontWord`]), one group per worker slot
 //! ([`SlotWord`]), one group per backend column with the front's base
-//! ([`Col`]), then one page-aligned cell per worker process: its own words
-//! ([`ProcWord`]) followed by a [`Col`] group per backend column. A backend
+//! ([`Col`]), the front's queue words per backend column ([`QueueWord`],
+//! for backends with a connection limit), then one page-aligned cell per
+//! worker process: its own words ([`ProcWord`]) followed by a [`Col`]
+//! group per backend column. A backend
 //! gets a column from the front (sent to workers with the backend table);
 //! a process gets a cell when it is spawned and gives it back, folded into
 //! the bases, when it is gone.
@@ -35,7 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use cells::{ColCell, ProcCell};
-pub use hist::{CONNECT, Counts, DURATION, Hist, nanos};
+pub use hist::{CONNECT, Counts, DURATION, Hist, QUEUE_WAIT, nanos};
 
 use crate::sys::SharedWords;
 
@@ -43,8 +45,9 @@ use crate::sys::SharedWords;
 const MAGIC: u64 = u64::from_le_bytes(*b"RRSTATS\0");
 /// Bumped whenever the layout changes: an upgrade between builds with
 /// different layouts is refused (the new front could not read the old
-/// workers' cells). 2: the histograms' buckets of [`hist`].
-pub const LAYOUT: u64 = 2;
+/// workers' cells). 2: the histograms' buckets of [`hist`]. 3: the
+/// queue words per backend column ([`QueueWord`]).
+pub const LAYOUT: u64 = 3;
 
 /// [`LAYOUT`] as this build declares it: decimal digits after a marker in
 /// the binary's read-only data, read at run time ([`layout`]). What the
@@ -95,6 +98,8 @@ const FRONT_WORDS: usize = 64;
 const SLOT_WORDS: usize = 8;
 /// Words per backend column (in a process cell and in the base).
 pub const COL_WORDS: usize = 32;
+/// Words per backend column in the front's queue region.
+pub const QUEUE_WORDS: usize = 24;
 const PROC_HEAD_WORDS: usize = 48;
 const PAGE_WORDS: usize = 4096 / 8;
 
@@ -223,6 +228,31 @@ pub enum Col {
     CheckFailures = 9 + CONNECT_BOUNDS.len() + 1,
 }
 
+/// The front's words about one backend's queue (`maxconn=`), one group
+/// per backend column after the bases. Front-owned, never folded: the
+/// front alone queues, and the table outlives it across upgrades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum QueueWord {
+    /// Connections that waited in the queue (counted as they join it).
+    Queued,
+    /// Waits ended by `--queue-timeout`.
+    Timeouts,
+    /// Connections closed because the queue was full (`maxqueue=`).
+    Overflows,
+    /// Clients that went away while they waited.
+    Abandoned,
+    /// Connections waiting now (a gauge).
+    Length,
+    /// The wait histogram ([`QUEUE_WAIT`]): its sum, then its buckets.
+    WaitSumNs,
+    WaitBucket0,
+}
+
+const _: () = assert!(
+    QueueWord::WaitSumNs as usize + Hist::<{ QUEUE_WAIT.bounds_ns.len() }>::WORDS <= QUEUE_WORDS
+);
+
 /// The head of a process cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -294,12 +324,25 @@ impl std::fmt::Debug for Table {
     }
 }
 
-fn offsets(slots: usize, columns: usize) -> (usize, usize, usize, usize) {
-    let front = HEADER_WORDS;
-    let slot = front + FRONT_WORDS;
+/// Where each region starts: front words, slots, bases, queues, cells.
+struct Offsets {
+    slot: usize,
+    base: usize,
+    queue: usize,
+    procs: usize,
+}
+
+fn offsets(slots: usize, columns: usize) -> Offsets {
+    let slot = HEADER_WORDS + FRONT_WORDS;
     let base = slot + slots * SLOT_WORDS;
-    let procs = (base + columns * COL_WORDS).div_ceil(PAGE_WORDS) * PAGE_WORDS;
-    (front, slot, base, procs)
+    let queue = base + columns * COL_WORDS;
+    let procs = (queue + columns * QUEUE_WORDS).div_ceil(PAGE_WORDS) * PAGE_WORDS;
+    Offsets {
+        slot,
+        base,
+        queue,
+        procs,
+    }
 }
 
 fn proc_words(columns: usize) -> usize {
@@ -307,7 +350,7 @@ fn proc_words(columns: usize) -> usize {
 }
 
 fn total_words(slots: usize, columns: usize, procs: usize) -> Option<usize> {
-    let (_, _, _, p) = offsets(slots, columns);
+    let p = offsets(slots, columns).procs;
     proc_words(columns).checked_mul(procs)?.checked_add(p)
 }
 
@@ -451,19 +494,28 @@ impl Table {
     }
 
     pub fn slot(&self, slot: usize, w: SlotWord) -> &AtomicU64 {
-        let (_, s, _, _) = offsets(self.slots, self.columns);
+        let s = offsets(self.slots, self.columns).slot;
         &self.words()[s + slot.min(self.slots - 1) * SLOT_WORDS + w as usize]
     }
 
     /// The base (front-owned) group of backend column `col`.
     pub fn base(&self, col: usize) -> &[AtomicU64] {
-        let (_, _, b, _) = offsets(self.slots, self.columns);
+        let b = offsets(self.slots, self.columns).base;
         let start = b + col.min(self.columns - 1) * COL_WORDS;
         &self.words()[start..start + COL_WORDS]
     }
 
+    /// The front's queue group of backend column `col`.
+    pub fn queue(&self, col: usize) -> QueueCell<'_> {
+        let q = offsets(self.slots, self.columns).queue;
+        let start = q + col.min(self.columns - 1) * QUEUE_WORDS;
+        QueueCell {
+            words: &self.words()[start..start + QUEUE_WORDS],
+        }
+    }
+
     fn cell_words(&self, cell: usize) -> &[AtomicU64] {
-        let (_, _, _, p) = offsets(self.slots, self.columns);
+        let p = offsets(self.slots, self.columns).procs;
         let size = proc_words(self.columns);
         let start = p + cell.min(self.procs - 1) * size;
         &self.words()[start..start + size]
@@ -477,7 +529,7 @@ impl Table {
     /// Zero process cell `cell` so a new process can have it. Only when no
     /// process writes it any more.
     pub fn clear_cell(&self, cell: usize) {
-        let (_, _, _, p) = offsets(self.slots, self.columns);
+        let p = offsets(self.slots, self.columns).procs;
         let size = proc_words(self.columns);
         let start = p + cell.min(self.procs - 1) * size;
         // Give the pages back (they read as zeros); fall back to stores.
@@ -491,6 +543,44 @@ impl Table {
             for w in self.cell_words(cell) {
                 set(w, 0);
             }
+        }
+    }
+}
+
+/// One backend column's queue words (the front writes them alone).
+#[derive(Clone, Copy)]
+pub struct QueueCell<'a> {
+    words: &'a [AtomicU64],
+}
+
+impl<'a> QueueCell<'a> {
+    pub fn get(&self, w: QueueWord) -> u64 {
+        get(&self.words[w as usize])
+    }
+
+    pub fn bump(&self, w: QueueWord, n: u64) {
+        bump(&self.words[w as usize], n);
+    }
+
+    pub fn set(&self, w: QueueWord, v: u64) {
+        set(&self.words[w as usize], v);
+    }
+
+    /// The wait histogram's words: sum, then buckets.
+    pub fn wait(&self) -> &'a [AtomicU64] {
+        let start = QueueWord::WaitSumNs as usize;
+        &self.words[start..start + Hist::<{ QUEUE_WAIT.bounds_ns.len() }>::WORDS]
+    }
+
+    /// A connection waited `d` (served, or timed out).
+    pub fn record_wait(&self, d: std::time::Duration) {
+        QUEUE_WAIT.record(self.wait(), d);
+    }
+
+    /// Zero the group (a column given to a new backend).
+    pub fn clear(&self) {
+        for w in self.words {
+            set(w, 0);
         }
     }
 }

@@ -162,7 +162,7 @@ pub struct StateCounts {
 impl StateCounts {
     pub fn count(&mut self, state: &str) {
         match state {
-            "up" => self.up += 1,
+            "up" | "standby" => self.up += 1,
             "down" => self.down += 1,
             "disabled" => self.disabled += 1,
             _ => self.draining += 1,

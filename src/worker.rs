@@ -464,6 +464,9 @@ fn start_conns(worker: &Rc<Worker>, conns: Vec<Handoff>, fds: &mut Vec<OwnedFd>)
             .instrument(span),
         );
     }
+    // Every `Active` raised above is seen by a front that sees these
+    // received (it counts limited backends from both).
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
     // Handoffs without a descriptor are done with at once.
     cell.bump(ProcWord::Received, taken);
     worker.finished(taken - served);

@@ -34,6 +34,7 @@ pub fn table() -> (Table, Snapshot) {
                 column: i,
                 up: i % 50 != 0,
                 weight: 1 + (i % 4) as u32,
+                maxconn: None,
             })
             .collect(),
         cells: (0..WORKERS).collect(),

@@ -37,6 +37,7 @@ const DOWN_HELLO: u8 = 0x04;
 const DOWN_ACCESS_LOG: u8 = 0x05;
 const UP_READY: u8 = 0x81;
 const UP_EVENTS: u8 = 0x82;
+const UP_RETURNED: u8 = 0x83;
 
 /// In a backend entry's flags byte: may be used as a fallback.
 const ROUTABLE: u8 = 0x01;
@@ -52,8 +53,11 @@ const HAS_SOURCE: u8 = 0x08;
 /// (u16) follows (after the source index). A table of one service encodes
 /// as before the field existed; the settings follow the source lists.
 const HAS_SERVICE: u8 = 0x10;
+/// In a backend entry's flags byte: it has a connection limit. A table
+/// without limits encodes as before the field existed.
+const LIMITED: u8 = 0x20;
 /// In a backend entry's flags byte: every bit that has a meaning.
-const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE | HAS_SERVICE;
+const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE | HAS_SERVICE | LIMITED;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
@@ -64,6 +68,7 @@ const EV_FAILED: u8 = 2;
 const EV_CLOSED: u8 = 3;
 const EV_DRAINING: u8 = 6;
 const EV_WAKE: u8 = 7;
+const EV_RELEASED: u8 = 8;
 
 pub(super) fn is_config(frame: &[u8]) -> bool {
     frame.len() >= 2 && frame[0] == VERSION && frame[1] == DOWN_CONFIG
@@ -108,7 +113,8 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                     (u8::from(b.routable) * ROUTABLE)
                         | (send_proxy << SEND_PROXY_SHIFT)
                         | has_source
-                        | has_service,
+                        | has_service
+                        | (u8::from(b.limited) * LIMITED),
                 );
                 if let Some(i) = b.source {
                     out.extend_from_slice(&i.to_le_bytes());
@@ -154,24 +160,29 @@ pub(super) fn encode_conns(conns: &[Handoff], out: &mut Vec<u8>) -> Result<(), F
     out.push(DOWN_CONNS);
     put_count(out, conns.len(), "handoff count")?;
     for h in conns {
-        out.extend_from_slice(&h.conn.to_le_bytes());
-        out.extend_from_slice(&h.backend.to_le_bytes());
-        let fallbacks = h.fallbacks.as_slice();
-        let has_destination = if h.destination.is_some() {
-            HAS_DESTINATION
-        } else {
-            0
-        };
-        out.push(fallbacks.len() as u8 | has_destination);
-        for id in fallbacks {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-        put_addr(out, h.client);
-        if let Some(d) = h.destination {
-            put_addr(out, d);
-        }
+        put_handoff(out, h);
     }
     Ok(())
+}
+
+/// One handoff (in a `Down::Conns` frame, or an `Up::Returned`).
+fn put_handoff(out: &mut Vec<u8>, h: &Handoff) {
+    out.extend_from_slice(&h.conn.to_le_bytes());
+    out.extend_from_slice(&h.backend.to_le_bytes());
+    let fallbacks = h.fallbacks.as_slice();
+    let has_destination = if h.destination.is_some() {
+        HAS_DESTINATION
+    } else {
+        0
+    };
+    out.push(fallbacks.len() as u8 | has_destination);
+    for id in fallbacks {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    put_addr(out, h.client);
+    if let Some(d) = h.destination {
+        put_addr(out, d);
+    }
 }
 
 pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
@@ -238,6 +249,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     send_proxy,
                     source,
                     service,
+                    limited: flags & LIMITED != 0,
                 });
             }
             let sources = sources::read(&mut r, &backends)?;
@@ -265,34 +277,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
             }
             let mut conns = Vec::with_capacity(n);
             for _ in 0..n {
-                let conn = r.u64("connection id")?;
-                let backend = r.u32("backend id")?;
-                let count = r.u8("fallback count")?;
-                let has_destination = count & HAS_DESTINATION != 0;
-                let n = usize::from(count & !HAS_DESTINATION);
-                if n > MAX_FALLBACKS {
-                    return Err(FrameError::Invalid {
-                        what: "fallback count",
-                        value: n as u64,
-                    });
-                }
-                let mut ids = [0u32; MAX_FALLBACKS];
-                for id in ids.iter_mut().take(n) {
-                    *id = r.u32("fallback backend id")?;
-                }
-                let client = r.addr()?;
-                let destination = if has_destination {
-                    Some(r.addr()?)
-                } else {
-                    None
-                };
-                conns.push(Handoff {
-                    conn,
-                    backend,
-                    fallbacks: Fallbacks::new(&ids[..n]),
-                    client,
-                    destination,
-                });
+                conns.push(r.handoff()?);
             }
             Down::Conns(conns)
         }
@@ -336,6 +321,10 @@ pub(super) fn encode_up(msg: &Up, out: &mut Vec<u8>) -> Result<(), FrameError> {
                 put_event(out, ev);
             }
         }
+        Up::Returned(h) => {
+            out.push(UP_RETURNED);
+            put_handoff(out, h);
+        }
     }
     check_size(out)
 }
@@ -355,6 +344,7 @@ pub(super) fn decode_up(frame: &[u8]) -> Result<Up, FrameError> {
             }
             Up::Events(events)
         }
+        UP_RETURNED => Up::Returned(r.handoff()?),
         other => return Err(FrameError::Kind(other)),
     };
     r.finish()?;
@@ -378,6 +368,10 @@ fn put_event(out: &mut Vec<u8>, ev: &Event) {
         }
         Event::Draining => out.push(EV_DRAINING),
         Event::Wake => out.push(EV_WAKE),
+        Event::Released { backend } => {
+            out.push(EV_RELEASED);
+            out.extend_from_slice(&backend.to_le_bytes());
+        }
     }
 }
 
@@ -571,6 +565,38 @@ impl Reader<'_> {
         Ok(std::ffi::OsStr::from_bytes(bytes).into())
     }
 
+    /// One handoff as `put_handoff` writes it.
+    fn handoff(&mut self) -> Result<Handoff, FrameError> {
+        let conn = self.u64("connection id")?;
+        let backend = self.u32("backend id")?;
+        let count = self.u8("fallback count")?;
+        let has_destination = count & HAS_DESTINATION != 0;
+        let n = usize::from(count & !HAS_DESTINATION);
+        if n > MAX_FALLBACKS {
+            return Err(FrameError::Invalid {
+                what: "fallback count",
+                value: n as u64,
+            });
+        }
+        let mut ids = [0u32; MAX_FALLBACKS];
+        for id in ids.iter_mut().take(n) {
+            *id = self.u32("fallback backend id")?;
+        }
+        let client = self.addr()?;
+        let destination = if has_destination {
+            Some(self.addr()?)
+        } else {
+            None
+        };
+        Ok(Handoff {
+            conn,
+            backend,
+            fallbacks: Fallbacks::new(&ids[..n]),
+            client,
+            destination,
+        })
+    }
+
     fn event(&mut self) -> Result<Event, FrameError> {
         match self.u8("event kind")? {
             EV_FAILED => {
@@ -591,6 +617,9 @@ impl Reader<'_> {
             EV_CLOSED => Ok(Event::Closed { client: self.ip()? }),
             EV_DRAINING => Ok(Event::Draining),
             EV_WAKE => Ok(Event::Wake),
+            EV_RELEASED => Ok(Event::Released {
+                backend: self.u32("backend id")?,
+            }),
             v => Err(FrameError::Invalid {
                 what: "event kind",
                 value: v.into(),

@@ -30,6 +30,7 @@ fn sample_config() -> WorkerConfig {
                 send_proxy: None,
                 source: Some(1),
                 service: None,
+                limited: true,
             },
             BackendEntry {
                 id: 7,
@@ -39,6 +40,7 @@ fn sample_config() -> WorkerConfig {
                 send_proxy: Some(Version::V2),
                 source: Some(0),
                 service: Some(1),
+                limited: false,
             },
             BackendEntry {
                 id: 8,
@@ -48,6 +50,7 @@ fn sample_config() -> WorkerConfig {
                 send_proxy: Some(Version::V1),
                 source: None,
                 service: Some(0),
+                limited: false,
             },
         ],
         sources: vec![
@@ -83,6 +86,7 @@ fn sample_events() -> Vec<Event> {
         },
         Event::Draining,
         Event::Wake,
+        Event::Released { backend: 42 },
     ]
 }
 
@@ -148,10 +152,37 @@ fn up_messages_round_trip() {
         pid: 4242,
         build: "abc".into(),
     };
-    for msg in [ready, Up::Events(sample_events())] {
+    let returned = Up::Returned(Handoff {
+        conn: 77,
+        backend: 3,
+        fallbacks: Fallbacks::new(&[4, 5]),
+        client: "127.0.0.9:4000".parse().unwrap(),
+        destination: Some("10.0.0.1:80".parse().unwrap()),
+    });
+    for msg in [ready, Up::Events(sample_events()), returned] {
         msg.encode(&mut buf).unwrap();
         assert_eq!(Up::decode(&buf).unwrap(), msg);
     }
+}
+
+/// A table without limits encodes as before the flag existed (an older
+/// worker reads it during an upgrade), and the flag survives a round trip.
+#[test]
+fn the_limited_flag_is_one_bit_absent_without_limits() {
+    let mut cfg = sample_config();
+    let mut with = Vec::new();
+    Down::Config(cfg.clone()).encode(&mut with).unwrap();
+    for b in &mut cfg.backends {
+        b.limited = false;
+    }
+    let mut without = Vec::new();
+    Down::Config(cfg.clone()).encode(&mut without).unwrap();
+    assert_eq!(with.len(), without.len());
+    assert_ne!(with, without);
+    let Down::Config(back) = Down::decode(&with).unwrap() else {
+        panic!("not a config");
+    };
+    assert!(back.backends[0].limited && !back.backends[1].limited);
 }
 
 #[test]
@@ -205,6 +236,7 @@ fn frames_without_the_proxy_fields_are_unchanged() {
     let mut cfg = sample_config();
     cfg.backends.truncate(1);
     cfg.backends[0].source = None;
+    cfg.backends[0].limited = false;
     cfg.sources.clear();
     Down::Config(cfg).encode(&mut buf).unwrap();
     // The last byte of the only entry: routable, no send-proxy.

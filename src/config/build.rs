@@ -556,6 +556,7 @@ pub(super) fn build_one(
         probe: protect.probe,
         source,
         slow_start: protect.slow_start,
+        queue_timeout: protect.queue_timeout,
         splice,
         cpu_affinity,
         access_log,

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub health_send: Option<Raw>,
     pub health_expect: Option<Raw>,
     pub slow_start: Option<Raw>,
+    pub queue_timeout: Option<Raw>,
     /// `"IP"`, `"IP;IP"` or `["IP", ...]`.
     pub source: Option<Spanned<List>>,
     pub rise: Option<Raw>,

@@ -32,7 +32,11 @@ pub struct Flags {
     /// or ",send-proxy=v2" writes a PROXY protocol header (the client's
     /// address) to the backend before anything else. ",source=IP[;IP...]"
     /// and ",slow-start=D|off" are this backend's own --source and
-    /// --slow-start.
+    /// --slow-start. ",maxconn=N" allows at most N connections to it at
+    /// once across all workers (more wait in its queue, see
+    /// --queue-timeout), ",maxqueue=M" lets at most M wait (0: none), and
+    /// ",backup" makes it take connections only while no other backend
+    /// is up.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backend: Vec<String>,
 
@@ -193,6 +197,12 @@ pub struct TuningFlags {
     /// ",slow-start=D|off". [default: off]
     #[arg(long, value_name = "DURATION|off")]
     pub slow_start: Option<String>,
+
+    /// How long a connection may wait in the queue of a backend at its
+    /// ",maxconn=N" before it goes to another backend with room or is
+    /// closed. [default: --connect-timeout]
+    #[arg(long, value_name = "DURATION", value_parser = values::timeout)]
+    pub queue_timeout: Option<Duration>,
 
     /// Consecutive good checks that bring a down backend back up. [default: 2]
     #[arg(long, value_name = "N", value_parser = values::checks)]

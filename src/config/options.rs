@@ -82,7 +82,68 @@ pub const OPTIONS: &[BackendOption] = &[
         list: false,
         apply: slow_start,
     },
+    BackendOption {
+        name: "maxconn",
+        value: Some("N"),
+        list: false,
+        apply: |arg, v| {
+            arg.maxconn = Some(maxconn(v)?);
+            Ok(())
+        },
+    },
+    BackendOption {
+        name: "maxqueue",
+        value: Some("M"),
+        list: false,
+        apply: |arg, v| {
+            arg.maxqueue = Some(maxqueue(v)?);
+            Ok(())
+        },
+    },
+    BackendOption {
+        name: "backup",
+        value: None,
+        list: false,
+        apply: |arg, _| {
+            arg.backup = true;
+            Ok(())
+        },
+    },
 ];
+
+/// Largest `maxconn=` and `maxqueue=`.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
+/// `maxconn=N` (also `ctl backend maxconn`): 1..=[`MAX_LIMIT`].
+pub fn maxconn(value: &str) -> Result<u32, Invalid> {
+    let n = value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n));
+    n.ok_or_else(|| {
+        let bad = Invalid::new(format!("maxconn must be 1..={MAX_LIMIT}, got '{value}'"));
+        if value.trim() == "0" {
+            bad.hint("leave maxconn out for no limit (HAProxy's maxconn 0)")
+        } else {
+            bad
+        }
+    })
+}
+
+/// `maxqueue=M`: 0..=[`MAX_LIMIT`] (0: nothing waits).
+pub fn maxqueue(value: &str) -> Result<u32, Invalid> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n <= MAX_LIMIT)
+        .ok_or_else(|| {
+            Invalid::new(format!(
+                "maxqueue must be 0..={MAX_LIMIT} (0: none wait), got '{value}'"
+            ))
+        })
+}
 
 /// `HOST:PORT[,weight=N][,resolve]...`, every option in brackets.
 pub fn syntax() -> String {

@@ -36,6 +36,18 @@ pub struct BackendSpec {
     /// with `--slow-start`; `None`: as `--slow-start` says.
     #[serde(default)]
     pub slow_start: Option<Duration>,
+    /// At most this many connections open to it at once, across all
+    /// workers (`maxconn=N`); more wait in its queue. `None`: no limit.
+    #[serde(default)]
+    pub maxconn: Option<u32>,
+    /// At most this many connections wait in its queue (`maxqueue=M`;
+    /// 0: none wait). `None`: no limit.
+    #[serde(default)]
+    pub maxqueue: Option<u32>,
+    /// Takes connections only while no other (non-backup) backend is up
+    /// (`backup`).
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// A backend argument as written, before any resolution:
@@ -49,6 +61,9 @@ pub struct BackendArg {
     pub send_proxy: Option<Version>,
     pub source: Vec<IpAddr>,
     pub slow_start: Option<Duration>,
+    pub maxconn: Option<u32>,
+    pub maxqueue: Option<u32>,
+    pub backup: bool,
 }
 
 /// A host name whose addresses are all backends, kept up to date by
@@ -66,6 +81,12 @@ pub struct ResolveGroup {
     pub source: Vec<IpAddr>,
     #[serde(default)]
     pub slow_start: Option<Duration>,
+    #[serde(default)]
+    pub maxconn: Option<u32>,
+    #[serde(default)]
+    pub maxqueue: Option<u32>,
+    #[serde(default)]
+    pub backup: bool,
 }
 
 impl fmt::Display for BackendSpec {
@@ -85,6 +106,15 @@ impl fmt::Display for BackendSpec {
             None => {}
             Some(d) if d.is_zero() => write!(f, ",slow-start=off")?,
             Some(d) => write!(f, ",slow-start={}", humantime::format_duration(d))?,
+        }
+        if let Some(n) = self.maxconn {
+            write!(f, ",maxconn={n}")?;
+        }
+        if let Some(n) = self.maxqueue {
+            write!(f, ",maxqueue={n}")?;
+        }
+        if self.backup {
+            write!(f, ",backup")?;
         }
         Ok(())
     }
@@ -175,6 +205,11 @@ pub fn parse_backend_arg(text: &str) -> Result<BackendArg, Invalid> {
     if name.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
         return Err(Invalid::new("port 0 is not a backend port"));
     }
+    if arg.maxqueue.is_some() && arg.maxconn.is_none() {
+        return Err(Invalid::new(
+            "maxqueue needs maxconn (connections queue only above a connection limit)",
+        ));
+    }
     Ok(arg)
 }
 
@@ -192,6 +227,9 @@ pub fn expand_backend(arg: &BackendArg) -> Result<Vec<BackendSpec>, String> {
             send_proxy: arg.send_proxy,
             source: arg.source.clone(),
             slow_start: arg.slow_start,
+            maxconn: arg.maxconn,
+            maxqueue: arg.maxqueue,
+            backup: arg.backup,
         }]);
     }
     let group = ResolveGroup::of(arg);
@@ -211,6 +249,9 @@ pub fn group_member(group: &ResolveGroup, addr: SocketAddr) -> BackendSpec {
         send_proxy: group.send_proxy,
         source: group.source.clone(),
         slow_start: group.slow_start,
+        maxconn: group.maxconn,
+        maxqueue: group.maxqueue,
+        backup: group.backup,
     }
 }
 
@@ -223,6 +264,9 @@ impl ResolveGroup {
             send_proxy: arg.send_proxy,
             source: arg.source.clone(),
             slow_start: arg.slow_start,
+            maxconn: arg.maxconn,
+            maxqueue: arg.maxqueue,
+            backup: arg.backup,
         }
     }
 }

@@ -108,6 +108,9 @@ mod tests {
             send_proxy: None,
             source: source.iter().map(|s| s.parse().unwrap()).collect(),
             slow_start: None,
+            maxconn: None,
+            maxqueue: None,
+            backup: false,
         }
     }
 

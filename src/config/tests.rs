@@ -3,6 +3,7 @@
 mod access;
 mod props;
 mod protect;
+mod queue;
 mod services;
 
 use std::path::Path;
@@ -403,7 +404,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
     for (body, want) in [
         (
             "backends = [\"127.0.0.1:80\", { address = \"127.0.0.1:81\", wieght = 2 }]\n",
-            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy, source, slow-start)\n  tip: a similar key exists: 'weight'",
+            "x.toml:1:29: invalid value '{ address = \"127.0.0.1:81\", wieght = 2 }' for 'backends': unknown key 'wieght' in a backend table (expected address, weight, resolve, send-proxy, source, slow-start, maxconn, maxqueue, backup)\n  tip: a similar key exists: 'weight'",
         ),
         (
             "backends = [\"127.0.0.1:80\",\n  \"127.0.0.1:80,weight=0\"]\n",
@@ -411,7 +412,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [3]\n",
-            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
+            "x.toml:1:13: invalid value '3' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off][,maxconn=N][,maxqueue=M][,backup]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "backends = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
@@ -419,7 +420,7 @@ fn bad_values_in_a_file_name_the_key_and_its_position() {
         ),
         (
             "backends = [true]\n",
-            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
+            "x.toml:1:13: invalid value 'true' for 'backends': expected \"HOST:PORT[,weight=N][,resolve][,send-proxy=v1|v2][,source=IP[;IP...]][,slow-start=D|off][,maxconn=N][,maxqueue=M][,backup]\" or a table { address = \"HOST:PORT\", ... } with those options as keys",
         ),
         (
             "workers = 2\n",

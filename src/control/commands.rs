@@ -68,6 +68,22 @@ fn ok_json(json: bool, msg: String) -> Result<String, String> {
     }
 }
 
+/// `N` or `off`, for `backend maxconn` (as `maxconn=` in `--backend`).
+fn parse_maxconn(text: &str) -> Result<Option<u32>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let short: String = text.chars().take(40).collect();
+    crate::config::options::maxconn(&short)
+        .map(Some)
+        .map_err(|_| {
+            format!(
+                "bad connection limit '{short}': a number 1..={}, or off for none",
+                crate::config::options::MAX_LIMIT
+            )
+        })
+}
+
 /// Take `--service NAME` (or `--service=NAME`) out of `words`.
 fn take_service(words: &mut Vec<&str>) -> Result<Option<String>, String> {
     let Some(at) = words
@@ -106,6 +122,7 @@ fn per_service(action: Action) -> bool {
             | Action::BackendRemove
             | Action::BackendEnable
             | Action::BackendDisable
+            | Action::BackendMaxconn
             | Action::Acl
             | Action::AclAllow
             | Action::AclDeny
@@ -224,6 +241,14 @@ async fn run(
                 json,
                 format!("backend {name} disabled: no new connections, existing ones finish"),
             )
+        }
+        (Action::BackendMaxconn, [name, limit, ..]) => {
+            let maxconn = parse_maxconn(limit)?;
+            let done = front
+                .borrow_mut()
+                .set_backend_maxconn(service, name, maxconn);
+            let msg = done.map_err(|e| backend_error(&front.borrow(), service, e))?;
+            ok_json(json, msg)
         }
         (Action::Upgrade, args) => {
             let path = args.first().map(std::path::PathBuf::from);

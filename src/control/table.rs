@@ -22,6 +22,7 @@ pub enum Action {
     BackendRemove,
     BackendEnable,
     BackendDisable,
+    BackendMaxconn,
     Upgrade,
     ConfigReload,
     Acl,
@@ -45,9 +46,9 @@ impl Action {
     pub fn repeatable(self) -> bool {
         match self {
             Status | Workers | Backends | Services | Acl | Explain | Help | Quit | Top => true,
-            // Setting a policy or an admin state twice lands in the same
+            // Setting a policy, an admin state or a limit twice lands in the same
             // place.
-            Policy | BackendEnable | BackendDisable => true,
+            Policy | BackendEnable | BackendDisable | BackendMaxconn => true,
             BackendAdd | BackendRemove | Upgrade | ConfigReload | AclAllow | AclDeny
             | AclRemove | LogReopen => false,
         }
@@ -94,7 +95,7 @@ pub const COMMANDS: &[Spec] = &[
     row(
         "backends",
         "",
-        "backends: state, weight, connections, failed connects and checks",
+        "backends: state, active/maxconn, queue, failures, checks",
         Run(Backends),
     ),
     row(
@@ -132,6 +133,12 @@ pub const COMMANDS: &[Spec] = &[
         "ADDR",
         "no new connections to a backend; existing ones finish",
         Run(BackendDisable),
+    ),
+    row(
+        "backend maxconn",
+        "ADDR N|off",
+        "set a backend's connection limit (open ones stay; new ones queue)",
+        Run(BackendMaxconn),
     ),
     row(
         "drain",

@@ -26,12 +26,16 @@
 //! after [`PASSIVE_COOLDOWN`]. Every change of admin or health state goes
 //! through the methods here, which keep the views' `routable` in step.
 
+mod limits;
+mod queue;
+
+pub use queue::{Queues, Waiting, WaitingState};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use tracing::info;
 
 use super::AdminError;
 use crate::channel::BackendEntry;
@@ -105,6 +109,16 @@ pub struct Backend {
     column_seq: u64,
     /// Handed to a worker, not yet taken out of its channel.
     inflight: u64,
+    /// With a connection limit: connections open on it as last counted
+    /// (in flight plus what workers hold), never below the truth: raised
+    /// at each hand-off, counted again when one may have ended (see
+    /// `limits`).
+    #[serde(skip)]
+    open: u64,
+    /// Connections waiting in its queue (the queues are the `Services`
+    /// part's, one set for every service's backends, by backend id).
+    #[serde(skip)]
+    queued: usize,
 }
 
 impl Backend {
@@ -161,6 +175,12 @@ pub struct Backends {
     by_id: HashMap<u32, usize>,
     #[serde(skip)]
     alloc: SharedColumns,
+    /// Every primary backend is down and the backups take connections.
+    #[serde(skip)]
+    backups_active: bool,
+    /// The indexes of the backends with a connection limit.
+    #[serde(skip)]
+    limited: Vec<usize>,
 }
 
 impl Backends {
@@ -170,6 +190,8 @@ impl Backends {
             views: Vec::new(),
             by_id: HashMap::new(),
             alloc,
+            backups_active: false,
+            limited: Vec::new(),
         }
     }
 
@@ -178,6 +200,9 @@ impl Backends {
         self.alloc = alloc;
         self.views = self.list.iter().map(view_of).collect();
         self.reindex();
+        self.backups_active = self.list.iter().any(|b| b.spec.backup)
+            && !self.list.iter().any(|b| !b.spec.backup && b.routable());
+        self.refresh_routable();
         self
     }
 
@@ -225,10 +250,13 @@ impl Backends {
             column,
             column_seq,
             inflight: 0,
+            open: 0,
+            queued: 0,
         };
         self.views.push(view_of(&b));
         self.list.push(b);
         self.reindex();
+        self.refresh_routable();
         Some(id)
     }
 
@@ -399,10 +427,11 @@ impl Backends {
                 .sum::<u64>()
     }
 
-    /// Recompute every view's `active` (for least-conn).
+    /// Recompute every view's `active` (for least-conn): what is open
+    /// on each backend, and what waits in its queue.
     pub fn refresh_active(&mut self, table: &Table, cells: &[usize]) {
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
-            v.active = b.inflight + held(table, cells, b.column);
+            v.active = b.inflight + held(table, cells, b.column) + b.queued as u64;
         }
     }
 
@@ -430,6 +459,7 @@ impl Backends {
         }
         if !gone.is_empty() {
             self.reindex();
+            self.refresh_routable();
         }
         gone
     }
@@ -440,6 +470,9 @@ impl Backends {
             .iter()
             .enumerate()
             .map(|(i, b)| (b.id, i))
+            .collect();
+        self.limited = (0..self.list.len())
+            .filter(|&i| self.list[i].spec.maxconn.is_some())
             .collect();
     }
 
@@ -454,6 +487,8 @@ impl Backends {
     pub fn set_spec(&mut self, i: usize, spec: BackendSpec) {
         self.views[i].weight = spec.weight;
         self.list[i].spec = spec;
+        self.reindex();
+        self.refresh_routable();
     }
 
     /// Views for a fail-open pick: every enabled backend counts as routable.
@@ -483,10 +518,23 @@ impl Backends {
     /// One more connection handed for backend `idx`.
     pub fn add_inflight(&mut self, idx: usize) {
         self.list[idx].inflight += 1;
+        self.list[idx].open += 1;
         self.views[idx].active += 1;
     }
 
-    /// A handoff for backend `id` was taken by its worker, or failed.
+    /// A handoff for backend `id` will never reach a worker (its batch was
+    /// refused, or its worker died before reading it): uncounted, slot
+    /// included.
+    pub fn unhanded(&mut self, id: u32) {
+        if let Some(idx) = self.index_of(id) {
+            let b = &mut self.list[idx];
+            b.open = b.open.saturating_sub(1);
+        }
+        self.sub_inflight(id);
+    }
+
+    /// A handoff for backend `id` was taken by its worker (or will never
+    /// be: see [`Backends::unhanded`]).
     pub fn sub_inflight(&mut self, id: u32) {
         if let Some(idx) = self.index_of(id) {
             let b = &mut self.list[idx];
@@ -508,7 +556,8 @@ impl Backends {
         let entries = self
             .list
             .iter()
-            .map(|b| {
+            .zip(&self.views)
+            .map(|(b, v)| {
                 let from = crate::config::sources::of(&b.spec, global);
                 let source = (!from.is_empty()).then(|| {
                     let i = lists.iter().position(|l| *l == from).unwrap_or_else(|| {
@@ -521,10 +570,11 @@ impl Backends {
                     id: b.id,
                     column: b.column as u16,
                     addr: b.spec.addr,
-                    routable: b.routable(),
+                    routable: v.routable,
                     send_proxy: b.spec.send_proxy,
                     source,
                     service: None,
+                    limited: b.spec.maxconn.is_some(),
                 }
             })
             .collect();
@@ -551,6 +601,7 @@ impl Backends {
                 column: b.column,
                 up: b.routable(),
                 weight: b.spec.weight,
+                maxconn: b.spec.maxconn,
             })
             .collect()
     }

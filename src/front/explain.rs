@@ -144,6 +144,8 @@ pub fn explain(
         "waits"
     } else if run.backend.is_none() {
         "closed"
+    } else if run.queued {
+        "queued"
     } else {
         "served"
     };
@@ -169,8 +171,8 @@ pub fn explain(
         proxy_header: adm.proxy_header,
         access,
         per_ip,
-        worker: run.slot.filter(|_| outcome == "served"),
-        backend: backend.filter(|_| outcome == "served"),
+        worker: run.slot.filter(|_| matches!(outcome, "served" | "queued")),
+        backend: backend.filter(|_| matches!(outcome, "served" | "queued")),
         fallbacks: if outcome == "served" {
             fallbacks
         } else {

@@ -291,7 +291,8 @@ impl Listeners {
         self.asked.remove(i);
     }
 
-    /// Turn defer-accept on or off on the listener on `addr`.
+    /// Turn defer-accept on or off on the listener on `addr` (port 0: on
+    /// each listener of that IP, whatever port it was given).
     pub fn set_defer_accept_at(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
         let Some(i) = self.position(addr) else {
             return Ok(());

@@ -31,6 +31,8 @@ pub struct Status {
     pub active_connections: u64,
     pub total_connections: u64,
     pub pending_connections: usize,
+    /// Waiting for a slot of a backend at its connection limit.
+    pub queued_connections: usize,
     pub accepting: bool,
     pub rolling_restart: bool,
     pub upgrading: bool,
@@ -90,12 +92,24 @@ pub struct BackendRow {
     /// The PROXY protocol version written to it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// `standby`: a backup backend, up, while a primary is up.
     pub state: &'static str,
+    /// Takes connections only while no primary backend is up.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
     pub weight: u32,
     /// While slow start ramps it up: how far, in percent of its weight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_start_percent: Option<u8>,
     pub active: u64,
+    /// Its connection limit (`maxconn=`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxconn: Option<u32>,
+    /// Connections waiting for one of its slots now.
+    pub queued: usize,
+    /// Most that may wait (`maxqueue=`), if bounded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxqueue: Option<u32>,
     pub total: u64,
     /// Connects to it that failed (refused, timed out, other), in all.
     pub failures: u64,
@@ -199,10 +213,14 @@ pub(super) fn backends(
                 resolved: b.spec().addr.to_string(),
                 from: b.spec().group.clone(),
                 send_proxy: b.spec().send_proxy,
-                state: b.state(),
+                state: backends.state(i),
+                backup: b.spec().backup,
                 weight: b.spec().weight,
                 slow_start_percent: backends.ramp_percent(i).filter(|_| b.routable()),
                 active: backends.active(i, table, cells),
+                maxconn: b.spec().maxconn,
+                queued: backends.queue_len(i),
+                maxqueue: b.spec().maxqueue,
                 total: total(Col::Conns),
                 failures: total(Col::FailRefused) + total(Col::FailTimeout) + total(Col::FailOther),
                 check_failures,

@@ -30,7 +30,7 @@ use crate::metrics::ServiceLabel;
 use crate::policy::WorkerView;
 use crate::stats::Table;
 
-use super::backends::{Columns, SharedColumns};
+use super::backends::{Columns, Queues, SharedColumns, Waiting};
 use super::{Backends, Routing};
 pub use routes::Route;
 pub use sni::SniWaits;
@@ -126,6 +126,10 @@ pub struct Services {
     /// Each listening address's route (by service id).
     routes: routes::Routes,
     alloc: SharedColumns,
+    /// Connections waiting for a slot of a backend at its `maxconn`, for
+    /// the backends of every service (by backend id; each backend counts
+    /// its own). The hand-over carries them beside the services.
+    queues: Queues,
     next_id: u32,
     /// SNI outcomes that led to no service (closed): per reason.
     unrouted: ServiceLabel,
@@ -139,6 +143,7 @@ impl Services {
             list: Vec::new(),
             routes: routes::Routes::default(),
             alloc: Columns::shared(table.columns()),
+            queues: Queues::default(),
             next_id: 0,
             unrouted: ServiceLabel::new(""),
             slots,
@@ -307,6 +312,43 @@ impl Services {
         &self.alloc
     }
 
+    /// The backend queues of every service (one set, by backend id).
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    pub fn queues_mut(&mut self) -> &mut Queues {
+        &mut self.queues
+    }
+
+    /// Service `si`'s backends and the queues, to move connections
+    /// between them.
+    pub fn backends_and_queues(&mut self, si: usize) -> (&mut Backends, &mut Queues) {
+        (&mut self.list[si].backends, &mut self.queues)
+    }
+
+    /// Put the queues taken over from a previous front in place, and
+    /// their lengths in the table.
+    pub fn set_queues(&mut self, queues: Queues, table: &Table) {
+        self.queues = queues;
+        for s in &mut self.list {
+            s.backends.queues_refreshed(&self.queues, table);
+        }
+    }
+
+    /// Connections waiting for backends no service has any more (only
+    /// after a hand-over from a front that listed them): out of their
+    /// queues.
+    pub fn orphans(&mut self) -> Vec<Waiting> {
+        let mut out = Vec::new();
+        for id in self.queues.backends() {
+            if self.of_backend(id).is_none() {
+                out.extend(self.queues.take_all(id));
+            }
+        }
+        out
+    }
+
     pub fn table_seq(&self) -> u64 {
         self.alloc.borrow().table_seq()
     }
@@ -319,6 +361,14 @@ impl Services {
     pub fn sub_inflight(&mut self, id: u32) {
         if let Some((s, _)) = self.of_backend(id) {
             self.list[s].backends.sub_inflight(id);
+        }
+    }
+
+    /// A handoff for backend `id` will never reach a worker: uncounted,
+    /// its slot (`maxconn=`) included.
+    pub fn unhanded(&mut self, id: u32) {
+        if let Some((s, _)) = self.of_backend(id) {
+            self.list[s].backends.unhanded(id);
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Overrides {
     removed: BTreeSet<String>,
     /// Networks `ctl acl` put in a list (or took out of both: `None`).
     acl: BTreeMap<Cidr, Option<Action>>,
+    /// Connection limits set with `ctl backend maxconn`, by service and
+    /// backend name (`None`: off).
+    maxconn: BTreeMap<(String, String), Option<u32>>,
 }
 
 pub struct Settings {
@@ -69,6 +72,8 @@ pub struct SettingsState {
     overrides_added: Vec<String>,
     overrides_removed: Vec<String>,
     overrides_acl: Vec<(Cidr, Option<Action>)>,
+    #[serde(default)]
+    overrides_maxconn: Vec<(String, String, Option<u32>)>,
 }
 
 impl Settings {
@@ -131,6 +136,14 @@ impl Settings {
     /// `ctl acl` put `cidr` in the `action` list (`None`: in neither).
     pub fn note_acl(&mut self, cidr: Cidr, action: Option<Action>) {
         self.overrides.acl.insert(cidr, action);
+    }
+
+    /// `ctl backend maxconn` set the limit of backend `name` of service
+    /// `service`.
+    pub fn note_maxconn(&mut self, service: &str, name: &str, maxconn: Option<u32>) {
+        self.overrides
+            .maxconn
+            .insert((service.to_string(), name.to_string()), maxconn);
     }
 
     /// The file was applied: `ctl` changes are forgotten.
@@ -235,6 +248,11 @@ impl Settings {
             overrides_added: o.added.iter().cloned().collect(),
             overrides_removed: o.removed.iter().cloned().collect(),
             overrides_acl: o.acl.iter().map(|(&c, &a)| (c, a)).collect(),
+            overrides_maxconn: o
+                .maxconn
+                .iter()
+                .map(|((s, n), &m)| (s.clone(), n.clone(), m))
+                .collect(),
         }
     }
 
@@ -245,6 +263,11 @@ impl Settings {
             added: state.overrides_added.into_iter().collect(),
             removed: state.overrides_removed.into_iter().collect(),
             acl: state.overrides_acl.into_iter().collect(),
+            maxconn: state
+                .overrides_maxconn
+                .into_iter()
+                .map(|(s, n, m)| ((s, n), m))
+                .collect(),
         };
         s
     }
@@ -332,6 +355,28 @@ pub fn plan(
         &by_ctl,
     ));
     notes.extend(super::access::reload_notes(&o.acl, &new));
+    let services = new.service_list();
+    for ((service, name), set) in &o.maxconn {
+        let listed = services
+            .iter()
+            .find(|(s, _, _)| *s == service.as_str())
+            .and_then(|(_, _, c)| c.backends.iter().find(|s| &s.name == name));
+        if let Some(spec) = listed {
+            if spec.maxconn != *set {
+                let show = |m: Option<u32>| m.map_or("off".to_string(), |n| n.to_string());
+                let of = if services.len() > 1 {
+                    format!(" of service {service}")
+                } else {
+                    String::new()
+                };
+                notes.push(format!(
+                    "backend {name}{of} maxconn {} (set by ctl) -> {} (from the configuration)",
+                    show(*set),
+                    show(spec.maxconn)
+                ));
+            }
+        }
+    }
     for spec in &new.backends {
         let disabled = default.is_some_and(|backends| {
             backends

@@ -159,11 +159,11 @@ fn service(s: &super::Service, table: &crate::stats::Table, cells: &[usize]) -> 
         .enumerate()
         .map(|(i, b)| {
             let total = |w| bs.total(i, w, table, cells);
-            summary.count(b.state());
+            summary.count(bs.state(i));
             BackendStatus {
                 name: b.spec().name.clone(),
                 address: b.spec().addr.to_string(),
-                state: b.state(),
+                state: bs.state(i),
                 weight: b.spec().weight,
                 slow_start_percent: bs.ramp_percent(i).filter(|_| b.routable()),
                 active: bs.active(i, table, cells),
@@ -182,8 +182,8 @@ fn service(s: &super::Service, table: &crate::stats::Table, cells: &[usize]) -> 
                     last: bs.last_check(i),
                 },
                 from: b.spec().group.clone(),
-                maxconn: None,
-                queued: None,
+                maxconn: bs.maxconn(i).map(u64::from),
+                queued: bs.maxconn(i).map(|_| bs.queue_len(i) as u64),
             }
         })
         .collect();

@@ -50,17 +50,23 @@ async fn read_events(
     let mut fds = Vec::new();
     let mut bad_frames = 0u64;
     loop {
+        fds.clear();
         let received = channel
             .recv_gated(&mut buf, &mut fds, || frozen_gate(&front))
             .await;
-        fds.clear(); // workers send no descriptors; drop any
         let n = match received {
             Ok(Received::Frame(n)) => n,
             Ok(Received::Closed) | Err(_) => return,
         };
         let Some(front) = front.upgrade() else { return };
         match Up::decode(&buf[..n]) {
-            Ok(up) => front.borrow_mut().on_up(slot, id, up),
+            // A connection given back carries its descriptor; nothing
+            // else carries one (any other is dropped).
+            Ok(up @ Up::Returned(_)) => {
+                let fd = (!fds.is_empty()).then(|| fds.remove(0));
+                front.borrow_mut().on_up(slot, id, up, fd);
+            }
+            Ok(up) => front.borrow_mut().on_up(slot, id, up, None),
             Err(err) => {
                 bad_frames += 1;
                 if bad_frames.is_power_of_two() {
@@ -72,19 +78,20 @@ async fn read_events(
 }
 
 /// The reports still queued on a channel whose worker is gone (read now,
-/// bounded: a dead worker adds nothing).
-pub(super) fn queued_reports(channel: &Channel) -> Vec<Up> {
+/// bounded: a dead worker adds nothing), each connection given back with
+/// its descriptor.
+pub(super) fn queued_reports(channel: &Channel) -> Vec<(Up, Option<OwnedFd>)> {
     let mut buf = Box::new([0u8; MAX_FRAME]);
     let mut fds = Vec::new();
     let mut out = Vec::new();
     for _ in 0..100_000 {
+        fds.clear();
         match channel.try_recv(&mut buf, &mut fds) {
-            Ok(Received::Frame(n)) => {
-                fds.clear();
-                if let Ok(up @ Up::Events(_)) = Up::decode(&buf[..n]) {
-                    out.push(up);
-                }
-            }
+            Ok(Received::Frame(n)) => match Up::decode(&buf[..n]) {
+                Ok(up @ Up::Events(_)) => out.push((up, None)),
+                Ok(up @ Up::Returned(_)) if !fds.is_empty() => out.push((up, Some(fds.remove(0)))),
+                _ => {}
+            },
             _ => break,
         }
     }

@@ -17,6 +17,7 @@ mod accept;
 mod changes;
 mod life;
 mod observe;
+mod queue;
 mod reload;
 mod upkeep;
 mod views;
@@ -34,8 +35,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::backends::Waiting;
 use super::phase::{Action, Event, Phase};
 use super::report::{self, BackendRow, ServiceRow, Status, WorkerRow};
+use super::routing::Pick;
 use super::services::{Services, SniWaits};
 use super::settings::{Plan, Settings};
 use super::{
@@ -166,9 +169,12 @@ impl Front {
         Ok(self.services.get(i).routing().policy())
     }
 
-    /// Connections the front has accepted and not yet seen finished.
+    /// Connections the front has accepted and not yet seen finished
+    /// (those waiting for a backend slot included).
     pub fn total_active(&self) -> u64 {
-        self.services.total_active() + self.ledger.pending() as u64
+        self.services.total_active()
+            + self.ledger.pending() as u64
+            + self.services.queues().total() as u64
     }
 
     pub fn status(&self) -> Status {
@@ -206,6 +212,7 @@ impl Front {
             active_connections: self.services.total_active(),
             total_connections: report::handed(&self.workers, &self.counters),
             pending_connections: self.ledger.pending(),
+            queued_connections: self.services.queues().total(),
             accepting: !self.listeners.paused(),
             rolling_restart: phase.rolling(),
             upgrading: phase.upgrading(),

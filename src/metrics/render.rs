@@ -16,7 +16,8 @@ use super::*;
 use crate::policy::PolicyName;
 use crate::proxy_protocol::HeaderError;
 use crate::stats::{
-    self, CONNECT, Col, ColCell, Counts, DURATION, FrontWord, Hist, ProcWord, SlotWord, Table,
+    self, CONNECT, Col, ColCell, Counts, DURATION, FrontWord, Hist, ProcWord, QUEUE_WAIT,
+    QueueWord, SlotWord, Table,
 };
 
 /// What the renderer needs to know beyond the numbers: which slots and
@@ -89,6 +90,8 @@ pub struct BackendLabel {
     pub column: usize,
     pub up: bool,
     pub weight: u32,
+    /// Its connection limit (`maxconn=`), if any.
+    pub maxconn: Option<u32>,
 }
 
 /// What the metrics endpoint serves from: the table and the snapshot.
@@ -337,6 +340,36 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
                 );
             }
         }
+    }
+    per_backend(&mut o, BACKEND_MAXCONN, &|b| {
+        u64::from(b.maxconn.unwrap_or(0))
+    });
+    let queue = |w: QueueWord| move |b: &BackendLabel| table.queue(b.column).get(w);
+    per_backend(&mut o, BACKEND_QUEUE_LENGTH, &queue(QueueWord::Length));
+    per_backend(&mut o, BACKEND_QUEUED, &queue(QueueWord::Queued));
+    per_backend(&mut o, BACKEND_QUEUE_TIMEOUTS, &queue(QueueWord::Timeouts));
+    per_backend(
+        &mut o,
+        BACKEND_QUEUE_OVERFLOWS,
+        &queue(QueueWord::Overflows),
+    );
+    per_backend(
+        &mut o,
+        BACKEND_QUEUE_ABANDONED,
+        &queue(QueueWord::Abandoned),
+    );
+    o.family(BACKEND_QUEUE_WAIT);
+    let le = QUEUE_WAIT.le();
+    let mut h = Counts::new(Hist::<{ QUEUE_WAIT.bounds_ns.len() }>::BUCKETS);
+    for b in &snap.backends {
+        h.clear();
+        h.add(table.queue(b.column).wait());
+        o.histogram(
+            BACKEND_QUEUE_WAIT,
+            &[("service", &b.service), ("backend", &b.name)],
+            &le,
+            &h,
+        );
     }
     o.family(RESOLVE_FAILURES);
     for (name, n) in &snap.resolve_failures {

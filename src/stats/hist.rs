@@ -132,6 +132,28 @@ pub const DURATION: Hist<18> = Hist::new([
     3600 * S,
 ]);
 
+/// `rrproxy_backend_queue_wait_seconds`: how long a connection waited
+/// in a backend's queue (`maxconn=`) before it was handed to a worker, or
+/// until `--queue-timeout` ended the wait. 1 ms (a slot freed as it
+/// arrived) to a minute, the 1-2.5-5 ladder.
+pub const QUEUE_WAIT: Hist<15> = Hist::new([
+    MS,
+    2_500 * US,
+    5 * MS,
+    10 * MS,
+    25 * MS,
+    50 * MS,
+    100 * MS,
+    250 * MS,
+    500 * MS,
+    S,
+    2_500 * MS,
+    5 * S,
+    10 * S,
+    30 * S,
+    60 * S,
+]);
+
 impl<const N: usize> Hist<N> {
     /// Words a histogram takes: its sum, then `N + 1` buckets.
     pub const WORDS: usize = N + 2;

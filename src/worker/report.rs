@@ -1,13 +1,15 @@
 //! Telling the front what it must act on, batched.
 //!
-//! Events (connect failures, closes with per-client limits on, draining,
-//! wake-ups) are queued in memory and written by one flusher task:
+//! Events (connect failures, closes with per-client limits on, freed
+//! slots of limited backends, draining, wake-ups) are queued in memory
+//! and written by one flusher task:
 //! whatever piled up while it was waiting goes out in as few frames as
 //! fit, so under load there is one channel write per many events, and at
 //! rest an event leaves at once. Counting is not done here: it goes to the
 //! statistics table.
 
 use std::cell::RefCell;
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
 use tokio::sync::Notify;
@@ -15,7 +17,7 @@ use tracing::warn;
 
 use super::Worker;
 use crate::channel::fdpass::Channel;
-use crate::channel::{EVENT_MAX_LEN, Event, MAX_FRAME, Up};
+use crate::channel::{EVENT_MAX_LEN, Event, Handoff, MAX_FRAME, Up};
 
 pub struct Reporter {
     channel: Rc<Channel>,
@@ -36,6 +38,16 @@ impl Reporter {
     pub fn push(&self, event: Event) {
         self.queue.borrow_mut().push(event);
         self.wake.notify_one();
+    }
+
+    /// Give a client connection back to the front (`Up::Returned`, its
+    /// descriptor with the frame), waiting for channel room if needed.
+    pub async fn give_back(&self, h: Handoff, fd: OwnedFd) -> std::io::Result<()> {
+        let mut frame = Vec::new();
+        Up::Returned(h)
+            .encode(&mut frame)
+            .map_err(std::io::Error::other)?;
+        self.channel.send(&frame, &[fd.as_fd()]).await
     }
 
     /// Send everything queued now, waiting for channel room if needed.

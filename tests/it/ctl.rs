@@ -301,6 +301,7 @@ fn ctl_backends_shows_failed_health_checks() {
             "STATE",
             "WEIGHT",
             "ACTIVE",
+            "QUEUE",
             "TOTAL",
             "CONNECT-FAILS",
             "CHECK-FAILS",
@@ -313,5 +314,10 @@ fn ctl_backends_shows_failed_health_checks() {
         .find(|l| l.starts_with(&good.addr.to_string()))
         .unwrap();
     let cells: Vec<&str> = good_line.split_whitespace().collect();
-    assert_eq!(cells[1..], ["up", "1", "0", "0", "0", "0", "ok"], "{text}");
+    // (QUEUE is `-`: no maxconn.)
+    assert_eq!(
+        cells[1..],
+        ["up", "1", "0", "-", "0", "0", "0", "ok"],
+        "{text}"
+    );
 }

@@ -21,6 +21,8 @@ mod peers;
 mod pidfile;
 mod policies;
 mod protect;
+mod queue;
+mod queue_services;
 mod services;
 mod shims;
 mod status;

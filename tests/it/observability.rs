@@ -65,6 +65,13 @@ const DOCUMENTED: &[&str] = &[
     "rrproxy_client_first_byte_timeouts_total",
     "rrproxy_denied_connections_total",
     "rrproxy_proxy_header_errors_total",
+    "rrproxy_backend_max_connections",
+    "rrproxy_backend_queue_length",
+    "rrproxy_backend_queued_total",
+    "rrproxy_backend_queue_timeouts_total",
+    "rrproxy_backend_queue_overflows_total",
+    "rrproxy_backend_queue_abandoned_total",
+    "rrproxy_backend_queue_wait_seconds_bucket",
 ];
 
 #[test]

@@ -266,9 +266,9 @@ fn connections_and_checks_leave_from_the_chosen_addresses() {
 
 /// A name backend (`name\n` on connect) whose listener can be closed and
 /// opened again on the same port, as a restarted server would.
-struct Switch {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
+pub(crate) struct Switch {
+    pub(crate) addr: SocketAddr,
+    pub(crate) open: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -278,7 +278,7 @@ impl Drop for Switch {
     }
 }
 
-fn switch_backend(name: &'static str) -> Switch {
+pub(crate) fn switch_backend(name: &'static str) -> Switch {
     let first = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = first.local_addr().unwrap();
     let open = Arc::new(AtomicBool::new(true));

@@ -45,9 +45,10 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         send_proxy,
         prop::option::of(any::<u16>()),
         prop::option::of(any::<u16>()),
+        any::<bool>(),
     )
         .prop_map(
-            |(id, column, addr, routable, send_proxy, source, service)| BackendEntry {
+            |(id, column, addr, routable, send_proxy, source, service, limited)| BackendEntry {
                 id,
                 column,
                 addr,
@@ -55,6 +56,7 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
                 send_proxy,
                 source,
                 service,
+                limited,
             },
         );
     let service = (
@@ -189,6 +191,7 @@ fn event() -> impl Strategy<Value = Event> {
         ip().prop_map(|client| Event::Closed { client }),
         Just(Event::Draining),
         Just(Event::Wake),
+        any::<u32>().prop_map(|backend| Event::Released { backend }),
     ]
 }
 
@@ -196,6 +199,7 @@ fn up() -> impl Strategy<Value = Up> {
     prop_oneof![
         (any::<u32>(), build()).prop_map(|(pid, build)| Up::Ready { pid, build }),
         prop::collection::vec(event(), 0..40).prop_map(Up::Events),
+        handoff().prop_map(Up::Returned),
     ]
 }
 
@@ -204,7 +208,7 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![
             Just(vec![]),
-            prop::sample::select(vec![0x01u8, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82])
+            prop::sample::select(vec![0x01u8, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82, 0x83])
                 .prop_map(|k| vec![VERSION, k]),
         ],
         prop::collection::vec(any::<u8>(), 0..300),

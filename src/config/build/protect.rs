@@ -17,13 +17,16 @@ use crate::config::{Probe, escape, options, sources, values};
 pub(super) struct Protect<'a> {
     pub probe: Probe,
     pub slow_start: Option<Duration>,
+    /// `--queue-timeout`; `None`: the connect timeout.
+    pub queue_timeout: Option<Duration>,
     /// Each `--source` address and the index of the item it came in.
     source: Vec<(IpAddr, usize)>,
     source_given: Vec<Given<'a>>,
 }
 
-/// Read `--health-send`, `--health-expect`, `--slow-start` and
-/// `--source` (syntax: no repeats, at most `MAX_SOURCES`).
+/// Read `--health-send`, `--health-expect`, `--slow-start`,
+/// `--queue-timeout` and `--source` (syntax: no repeats, at most
+/// `MAX_SOURCES`).
 pub(super) fn read<'a>(
     src: &Sources<'a>,
     args: &Flags,
@@ -59,6 +62,12 @@ pub(super) fn read<'a>(
             values::interval,
         )?
         .flatten();
+    let queue_timeout = src.typed(
+        "queue-timeout",
+        t.queue_timeout,
+        &keys.queue_timeout,
+        values::timeout,
+    )?;
     let source_given = src.list("source", "source", args.source.as_slice(), &keys.source);
     let mut source: Vec<(IpAddr, usize)> = Vec::new();
     for (i, g) in source_given.iter().enumerate() {
@@ -82,6 +91,7 @@ pub(super) fn read<'a>(
     Ok(Protect {
         probe,
         slow_start,
+        queue_timeout,
         source,
         source_given,
     })

@@ -10,7 +10,7 @@ fn ips(s: &[&str]) -> Vec<IpAddr> {
     s.iter().map(|s| s.parse().unwrap()).collect()
 }
 
-fn file_ok(body: &str) -> Config {
+pub(super) fn file_ok(body: &str) -> Config {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("rrproxy-prot-{}-{n}", std::process::id()));

@@ -25,7 +25,7 @@ impl Backends {
                     ((frac * f64::from(RAMP_FULL)) as u32).clamp(RAMP_FLOOR, RAMP_FULL)
                 }
                 (Some(_), Some(span)) => {
-                    info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
+                    tracing::info!(backend = %b.spec.name, slow_start = ?span, "backend at its full weight after slow start");
                     b.check.up_since = None;
                     RAMP_FULL
                 }
@@ -44,10 +44,48 @@ impl Backends {
             .then(|| ((u64::from(r) * 100 + u64::from(RAMP_FULL / 2)) / u64::from(RAMP_FULL)) as u8)
     }
 
-    /// Recompute the routable flags from admin and health state.
+    /// Recompute the routable flags from admin and health state: a
+    /// backup backend is routable only while no other backend is (see
+    /// [`Backends::backups_active`]).
     pub(super) fn refresh_routable(&mut self) {
+        let primary_up = self.list.iter().any(|b| !b.spec.backup && b.routable());
+        let has_backups = self.list.iter().any(|b| b.spec.backup);
         for (b, v) in self.list.iter().zip(self.views.iter_mut()) {
-            v.routable = b.routable();
+            v.routable = b.routable() && (!b.spec.backup || !primary_up);
+        }
+        let active = has_backups && !primary_up;
+        if active != self.backups_active {
+            self.backups_active = active;
+            if active {
+                tracing::warn!("every primary backend is down: the backup backends take over");
+            } else if has_backups {
+                tracing::info!(
+                    "a primary backend is up: the backup backends stand by (their open connections stay)"
+                );
+            }
+        }
+    }
+
+    /// Whether the backup backends take new connections now (every other
+    /// backend is down, disabled or draining).
+    pub fn backups_active(&self) -> bool {
+        self.backups_active
+    }
+
+    /// Whether backend `i` takes new connections now: routable and, for a
+    /// backup, no primary routable.
+    pub fn in_use(&self, i: usize) -> bool {
+        self.views[i].routable
+    }
+
+    /// A word for `ctl backends`: the backend's own state, or `standby`
+    /// for a backup that is up while a primary is.
+    pub fn state(&self, i: usize) -> &'static str {
+        let b = &self.list[i];
+        if b.routable() && !self.views[i].routable {
+            "standby"
+        } else {
+            b.state()
         }
     }
 
@@ -148,7 +186,7 @@ impl Backends {
                     1,
                 );
                 if b.check.consecutive_fail == 1 && b.healthy {
-                    info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
+                    tracing::info!(backend = %b.spec.name, reason = %why, fall = health.fall, "health check failed");
                 }
                 b.check.last = Some(Err(why));
                 if b.healthy && b.check.consecutive_fail >= health.fall {
@@ -206,7 +244,7 @@ impl Backends {
                 if !b.healthy && now.duration_since(t) >= PASSIVE_COOLDOWN {
                     b.healthy = true;
                     b.check.passive_down = None;
-                    info!(backend = %b.spec.name, after = ?PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
+                    tracing::info!(backend = %b.spec.name, after = ?PASSIVE_COOLDOWN, "backend back in rotation (no health checks to confirm; traffic will tell)");
                     back.push(i);
                 }
             }

@@ -68,6 +68,7 @@ impl Columns {
             self.free_columns.swap_remove(i).0
         };
         ColCell::of(table.base(col)).clear();
+        table.queue(col).clear();
         Some(col)
     }
 }

@@ -97,6 +97,7 @@ impl Services {
             list: Vec::new(),
             routes: Default::default(),
             alloc: alloc.clone(),
+            queues: Default::default(),
             next_id: state.next_id,
             unrouted,
             slots,

@@ -7,8 +7,10 @@
 //! (see `Front::handover`): the listeners (listening sockets, then the
 //! metrics, control and status sockets), the statistics table, each worker
 //! process's channel ends and pidfd (slot by slot), the connections
-//! waiting for a worker, then those whose PROXY header is still to be
-//! read, then those whose ClientHello is still to be read; the new front takes them in the same order ([`rebuild`]).
+//! waiting for a worker, those whose PROXY header is still to be read,
+//! those whose ClientHello is still to be read, then those waiting for a
+//! backend slot (of every service); the new front takes them in the same
+//! order ([`rebuild`]).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::front::access::AccessState;
+use crate::front::backends::{Queues, WaitingState};
 use crate::front::counters::CountersState;
 use crate::front::ledger::LedgerState;
 use crate::front::listener::ListenersState;
@@ -38,6 +41,8 @@ pub struct HandoverOut<'a> {
     pub ledger: LedgerState,
     pub access: AccessState,
     pub services: ServicesOut<'a>,
+    /// The connections waiting for a backend slot, of every service.
+    pub queue: Vec<WaitingState>,
     pub life: LifeState,
 }
 
@@ -51,6 +56,9 @@ pub struct Handover {
     ledger: LedgerState,
     access: AccessState,
     services: ServicesState,
+    /// (Absent from the handover of a build before queues: none.)
+    #[serde(default)]
+    queue: Vec<WaitingState>,
     life: LifeState,
 }
 
@@ -114,7 +122,9 @@ pub fn rebuild(
     let mut services_state = h.services;
     let sni_waits =
         SniWaits::from_handover(std::mem::take(&mut services_state.sni_waits), &mut fds)?;
-    let services = Services::from_handover(services_state, &table, workers.len());
+    let queues = Queues::from_handover(h.queue, &mut fds)?;
+    let mut services = Services::from_handover(services_state, &table, workers.len());
+    services.set_queues(queues, &table);
     let mut life = Lifecycle::new(Phase::TakingOver { stop: false });
     if let Some(outcome) = h.life.last_roll {
         life.set_last_roll(outcome);

@@ -202,8 +202,10 @@ impl Front {
     }
 
     /// Choose a worker and a backend of its service for `conn` and add it
-    /// to that worker's batch; a full batch is sent at once. `Err(conn)`:
-    /// no worker can take it now.
+    /// to that worker's batch; a full batch is sent at once. A connection
+    /// for which every backend it may use is at its connection limit
+    /// waits in a backend's queue (see `queue`). `Err(conn)`: no worker
+    /// can take it now.
     pub(super) fn dispatch(&mut self, conn: Conn) -> Result<(), Conn> {
         let ip = conn.ip();
         let Some(si) = conn
@@ -218,21 +220,48 @@ impl Front {
             refuse(&conn.stream);
             return Ok(());
         };
+        // Exact counts for limited backends (cheap: a few word reads per
+        // worker and limited backend); also right after a take-over or a
+        // limit set by ctl, before any report arrived.
+        self.recount(Some(si));
         let service = self.services.get_mut(si);
         let retries = service.retries();
         let (routing, backends) = service.parts_mut();
         let Some(slot) = routing.pick_worker(ip) else {
             return Err(conn);
         };
-        let Some((bidx, fallbacks)) = routing.pick_backend(ip, backends, retries) else {
-            // Every backend is disabled or draining: nothing to try.
-            debug!(client.addr = %conn.peer, "no enabled backend; closing client");
-            self.counters.bump(FrontWord::FailedFront, 1);
-            self.release_ip(ip);
-            refuse(&conn.stream);
-            return Ok(());
+        let (bidx, fallbacks) = match routing.pick_backend(ip, backends, retries) {
+            Pick::Go(bidx, fallbacks) => (bidx, fallbacks),
+            Pick::Wait { backend, pinned } => {
+                let w = Waiting::new(conn, Instant::now(), pinned, None);
+                self.wait_for(si, backend, w);
+                return Ok(());
+            }
+            Pick::Nowhere => {
+                // Every backend is disabled or draining: nothing to try.
+                debug!(client.addr = %conn.peer, "no enabled backend; closing client");
+                self.counters.bump(FrontWord::FailedFront, 1);
+                self.release_ip(ip);
+                refuse(&conn.stream);
+                return Ok(());
+            }
         };
-        let backend = backends.get(bidx).id();
+        self.hand(slot, conn, si, bidx, fallbacks)
+    }
+
+    /// Add `conn` to the batch of the worker in `slot`, for backend `bidx`
+    /// of service `si` then `fallbacks`; a full batch is sent at once.
+    /// `Err(conn)`: the slot has no serving worker after all.
+    pub(super) fn hand(
+        &mut self,
+        slot: usize,
+        conn: Conn,
+        si: usize,
+        bidx: usize,
+        fallbacks: crate::channel::Fallbacks,
+    ) -> Result<(), Conn> {
+        let ip = conn.ip();
+        let backend = self.services.get(si).backends().get(bidx).id();
         let track = self.settings.limits().per_ip().map(|_| self.client_key(ip));
         let id = self.ledger.next_conn();
         let Some(proc) = self.workers.slot_mut(slot).serving_mut() else {
@@ -324,7 +353,7 @@ impl Front {
                 self.counters
                     .bump(FrontWord::HandoffFailures, handoffs.len() as u64);
                 for h in &handoffs {
-                    self.services.sub_inflight(h.backend);
+                    self.services.unhanded(h.backend);
                 }
                 self.refresh_view(slot);
                 let watch = self
@@ -393,6 +422,7 @@ impl Front {
         if self.frozen() {
             return;
         }
+        self.serve_queues();
         while let Some(conn) = self.ledger.take_oldest() {
             if let Err(conn) = self.dispatch(conn) {
                 self.ledger.put_back(conn);

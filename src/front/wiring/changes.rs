@@ -10,19 +10,21 @@ impl Front {
     /// at the end of this loop turn, once however many changes it holds.
     pub(super) fn config_changed(&mut self) {
         self.refresh_all_views();
-        if !self.settings.schedule_broadcast() {
-            return;
-        }
-        let me = self.me.clone();
-        tokio::task::spawn_local(async move {
-            tokio::task::yield_now().await;
-            if let Some(front) = me.upgrade() {
-                let mut f = front.borrow_mut();
-                if f.settings.take_broadcast() {
-                    f.broadcast_config();
+        if self.settings.schedule_broadcast() {
+            let me = self.me.clone();
+            tokio::task::spawn_local(async move {
+                tokio::task::yield_now().await;
+                if let Some(front) = me.upgrade() {
+                    let mut f = front.borrow_mut();
+                    if f.settings.take_broadcast() {
+                        f.broadcast_config();
+                    }
                 }
-            }
-        });
+            });
+        }
+        // (After scheduling: a connection it hands out is sent after the
+        // new table, by `flush_slot`.)
+        self.queues_changed();
     }
 
     /// Send the current worker config to every live worker process now. A

@@ -84,6 +84,13 @@ impl Front {
         if pending > 0 {
             warn!(pending, "closed connections that were waiting for a worker");
         }
+        let queued = self.close_queues();
+        if queued > 0 {
+            warn!(
+                queued,
+                "closed connections that were waiting for a backend slot"
+            );
+        }
         self.publish_pending();
         let now = Instant::now();
         let drain = self.drain_frame();

@@ -40,7 +40,7 @@ impl Front {
         // New listeners are bound now, so that a failure changes nothing.
         let running = self.listeners.asked().to_vec();
         for (addr, backlog) in listen_plan(&plan.config) {
-            if running.contains(&addr) {
+            if running.iter().any(|&r| same_listener(addr, r)) {
                 continue;
             }
             let l = crate::front::bind_listener(addr, backlog)
@@ -49,7 +49,12 @@ impl Front {
             plan.bound.push((addr, l));
         }
         for addr in running {
-            if !plan.config.all_listen().contains(&addr) {
+            if !plan
+                .config
+                .all_listen()
+                .iter()
+                .any(|&w| same_listener(w, addr))
+            {
                 plan.notes.push(format!("no longer listening on {addr}"));
             }
         }
@@ -206,4 +211,11 @@ pub(crate) fn defer_plan(config: &Config) -> Vec<(SocketAddr, bool)> {
         }
     }
     out
+}
+
+/// Whether the listener running on `running` is the one the config's
+/// `wanted` asks for: the same address, or, for port 0 (any port, chosen
+/// at bind), the same IP (a reload keeps the port it got).
+fn same_listener(wanted: SocketAddr, running: SocketAddr) -> bool {
+    wanted == running || (wanted.port() == 0 && wanted.ip() == running.ip())
 }

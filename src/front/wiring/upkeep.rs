@@ -124,6 +124,8 @@ impl Front {
         }
         self.staff();
         self.advance_roll();
+        // Slots a missed report would have freed, and upkeep's view.
+        self.queues_changed();
         if self.ledger.pending() > 0 {
             self.retry_pending();
         }
@@ -177,6 +179,7 @@ impl Front {
         let ledger = self.ledger.handover(&mut fds);
         let access = self.access.handover(&mut fds);
         let sni_waits = self.sni_waits.handover(&mut fds);
+        let queue = self.services.queues().handover(&mut fds);
         let out = crate::front::upgrade::state::HandoverOut {
             settings: self.settings.handover(),
             listeners,
@@ -185,6 +188,7 @@ impl Front {
             ledger,
             access,
             services: self.services.handover(sni_waits),
+            queue,
             life: crate::front::upgrade::state::LifeState {
                 last_roll: self.life.last_roll().cloned(),
                 frozen_at_us: self.life.frozen_at_us(),

@@ -115,19 +115,36 @@ impl Front {
         }
     }
 
-    /// Handle one message from the worker process `id` in `slot`.
-    pub fn on_up(&mut self, slot: usize, id: u64, up: Up) {
+    /// Handle one message from the worker process `id` in `slot`, with
+    /// the descriptor it carried (a connection given back).
+    pub fn on_up(&mut self, slot: usize, id: u64, up: Up, fd: Option<OwnedFd>) {
         match up {
             Up::Ready { pid, build } => self.worker_ready(slot, id, pid, build),
             Up::Events(events) => {
+                let mut released = Vec::new();
                 for ev in events {
-                    self.on_event(slot, id, ev);
+                    if let WorkerEvent::Released { backend } = ev {
+                        released.push(backend);
+                    } else {
+                        self.on_event(slot, id, ev);
+                    }
                 }
                 self.refresh_all_views();
+                if !released.is_empty() {
+                    self.released(&released);
+                    self.flush();
+                }
                 if self.ledger.pending() > 0 {
                     self.retry_pending();
                 }
             }
+            Up::Returned(h) => match fd {
+                Some(fd) => {
+                    self.returned(slot, id, h, fd);
+                    self.update_paused();
+                }
+                None => warn!(slot, "a connection given back came without its descriptor"),
+            },
         }
     }
 
@@ -207,6 +224,8 @@ impl Front {
                 self.publish();
             }
             WorkerEvent::Wake => {}
+            // (Gathered by `on_up`.)
+            WorkerEvent::Released { .. } => {}
         }
     }
 
@@ -221,7 +240,7 @@ impl Front {
         let prefix = self.settings.limits().per_ip_ipv6_prefix;
         let (batch, queued) = proc.recover(prefix);
         for (h, _) in &batch {
-            self.services.sub_inflight(h.backend);
+            self.services.unhanded(h.backend);
         }
         let recovered: Vec<Conn> = batch
             .into_iter()
@@ -278,8 +297,8 @@ impl Front {
         else {
             return;
         };
-        for up in crate::front::watch::queued_reports(&channel) {
-            self.on_up(slot, id, up);
+        for (up, fd) in crate::front::watch::queued_reports(&channel) {
+            self.on_up(slot, id, up, fd);
         }
     }
 
@@ -289,7 +308,7 @@ impl Front {
     pub(super) fn forget_proc(&mut self, proc: &mut WorkerProc) -> u64 {
         let (inflight, ips) = proc.forget();
         for backend in inflight {
-            self.services.sub_inflight(backend);
+            self.services.unhanded(backend);
         }
         for (ip, n) in ips {
             self.ledger.release_ip(ip, n);

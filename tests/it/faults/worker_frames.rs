@@ -197,6 +197,7 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             send_proxy: None,
             source: None,
             service: None,
+            limited: false,
         }],
         sources: Vec::new(),
         services: Vec::new(),

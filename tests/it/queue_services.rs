@@ -1,0 +1,113 @@
+//! A connection limit inside a named `[[service]]`: two services, one
+//! with a limited backend. Its queue fills and is counted under its
+//! service's label while the other service serves at once; `ctl backend
+//! maxconn` needs `--service` when there are several and raises the
+//! limit of that service's backend; every waiting client is answered.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::Duration;
+
+use crate::peers::free_port;
+use crate::queue::counted;
+use crate::support::*;
+
+fn queue_length(proxy: &Proxy, backend: SocketAddr) -> Option<f64> {
+    proxy.scrape().get(
+        "rrproxy_backend_queue_length",
+        &[("service", "alpha"), ("backend", &backend.to_string())],
+    )
+}
+
+#[test]
+fn a_maxconn_queue_works_inside_one_of_two_services() {
+    let limited = counted(Duration::from_millis(1));
+    let free = name_backend("b");
+    let (pa, pb) = (free_port(), free_port());
+    let dir = temp_dir("queue-services");
+    let path = dir.join("rrproxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[service]]
+name = "alpha"
+listen = "127.0.0.1:{pa}"
+backends = ["{},maxconn=2"]
+
+[[service]]
+name = "beta"
+listen = "127.0.0.1:{pb}"
+backends = ["{}"]
+"#,
+            limited.backend.addr, free.addr
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .workers(2)
+        .args(["--config".to_string(), path.display().to_string()])
+        .args(["--health-interval", "off"])
+        .start();
+    let (la, lb) = (
+        SocketAddr::from(([127, 0, 0, 1], pa)),
+        SocketAddr::from(([127, 0, 0, 1], pb)),
+    );
+    let addr = limited.backend.addr;
+    // Six clients for alpha: two hold its slots, four wait.
+    let mut clients = Vec::new();
+    for n in 0..6u32 {
+        let s = TcpStream::connect_timeout(&la, Duration::from_secs(5)).unwrap();
+        s.try_clone()
+            .unwrap()
+            .write_all(format!("{n}\n").as_bytes())
+            .unwrap();
+        clients.push(thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut line = String::new();
+            let ok = BufReader::new(&s)
+                .read_line(&mut line)
+                .is_ok_and(|_| line == "ok\n");
+            let _ = s.shutdown(Shutdown::Both);
+            ok
+        }));
+    }
+    wait_until(Duration::from_secs(20), "alpha's queue to hold 4", || {
+        queue_length(&proxy, addr) == Some(4.0)
+    });
+    // Beta is not limited by alpha's queue: it answers at once.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect_timeout(&lb, Duration::from_secs(5)).unwrap();
+        assert_eq!(read_name(&mut s), "b");
+    }
+    let rows = proxy.ctl("backends --service alpha");
+    assert!(rows.contains("2/2"), "{rows}");
+    // Several services: the limit is set on one service's backend.
+    let err = proxy.ctl(&format!("backend maxconn {addr} 3"));
+    assert!(err.contains("several services"), "{err}");
+    let err = proxy.ctl(&format!("backend maxconn {addr} 3 --service beta"));
+    assert!(err.starts_with("error"), "{err}");
+    let ok = proxy.ctl(&format!("backend maxconn {addr} 3 --service alpha"));
+    assert!(ok.contains("maxconn 2 -> 3"), "{ok}");
+    wait_until(Duration::from_secs(20), "a third slot to take one", || {
+        queue_length(&proxy, addr) == Some(3.0)
+    });
+    limited.release.store(true, Ordering::SeqCst);
+    let answered = clients
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(answered, 6, "every waiting client of alpha answered");
+    let peak = limited.peak.load(Ordering::SeqCst);
+    assert!(peak <= 3, "the limited backend saw {peak} at once");
+    let queued = proxy.scrape().get(
+        "rrproxy_backend_queued_total",
+        &[("service", "alpha"), ("backend", &addr.to_string())],
+    );
+    assert_eq!(queued, Some(4.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
