@@ -23,8 +23,8 @@
 #                      {b1}, {b2}, {b3} are replaced with the listening port
 #                      and the three backends' ports, {workers} with
 #                      PROXY_CORES. It must send a.bench.test to {b1},
-#                      b.bench.test to {b2} and anything else to {b3}. The
-#                      rrproxy-sni row runs only with it.
+#                      b.bench.test to {b2} and anything else to {b3}.
+#                      [benches/sni-rrproxy.toml: three [[service]] tables]
 #   RRPROXY=PATH       rrproxy binary                 [target/release/rrproxy]
 #   OUT_DIR            where results go               [target/bench-results]
 
@@ -41,7 +41,7 @@ CLIENTS=${CLIENTS:-4}
 PROXY_CORES=${PROXY_CORES:-1}
 PIN=${PIN:-1}
 PROXIES=${PROXIES:-direct haproxy-sni haproxy-plain nginx-sni nginx-plain rrproxy-plain rrproxy-sni}
-RRPROXY_SNI_CONFIG=${RRPROXY_SNI_CONFIG:-}
+RRPROXY_SNI_CONFIG=${RRPROXY_SNI_CONFIG:-$(dirname "${BASH_SOURCE[0]}")/sni-rrproxy.toml}
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-results}
 NGINX_STREAM_MODULE=${NGINX_STREAM_MODULE:-/usr/lib/nginx/modules/ngx_stream_module.so}
 TLSLOAD=("$PY" -S "$HERE/tlsload.py")
