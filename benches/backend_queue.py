@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Is the backend queue exact? rrproxy (`maxconn=`) and HAProxy (server
 `maxconn`), side by side on the same load, same backend.
+(Named backend_queue.py: a queue.py here would shadow Python's own `queue`
+module for the other benches in this directory, which import multiprocessing.)
 
 One backend (in this process, asyncio) records how many connections it has
 open at once (peak) and the order in which clients reach it; each
@@ -14,7 +16,7 @@ at most the ones that got a slot at the same instant, < MAX), the p50/p99
 of the time a client waited for its answer, and the whole run's time.
 
     cargo build --release
-    python3 benches/queue.py            # ROUNDS=3 CLIENTS=400 MAX=10 ...
+    python3 benches/backend_queue.py            # ROUNDS=3 CLIENTS=400 MAX=10 ...
 
 Starts everything it needs on free loopback ports and kills it at the end.
 """
