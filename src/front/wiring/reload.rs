@@ -40,7 +40,9 @@ impl Front {
         // New listeners are bound now, so that a failure changes nothing.
         let running = self.listeners.asked().to_vec();
         for (addr, backlog) in listen_plan(&plan.config) {
-            if running.iter().any(|&r| same_listener(addr, r)) {
+            // Listeners remember the address they were asked for (port 0
+            // included), so the config is compared with that, exactly.
+            if running.contains(&addr) {
                 continue;
             }
             let l = crate::front::bind_listener(addr, backlog)
@@ -49,12 +51,7 @@ impl Front {
             plan.bound.push((addr, l));
         }
         for addr in running {
-            if !plan
-                .config
-                .all_listen()
-                .iter()
-                .any(|&w| same_listener(w, addr))
-            {
+            if !plan.config.all_listen().contains(&addr) {
                 plan.notes.push(format!("no longer listening on {addr}"));
             }
         }
@@ -211,11 +208,4 @@ pub(crate) fn defer_plan(config: &Config) -> Vec<(SocketAddr, bool)> {
         }
     }
     out
-}
-
-/// Whether the listener running on `running` is the one the config's
-/// `wanted` asks for: the same address, or, for port 0 (any port, chosen
-/// at bind), the same IP (a reload keeps the port it got).
-fn same_listener(wanted: SocketAddr, running: SocketAddr) -> bool {
-    wanted == running || (wanted.port() == 0 && wanted.ip() == running.ip())
 }
