@@ -37,6 +37,10 @@ pub struct Listeners {
     /// Wakes paused listeners.
     resume: Rc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The accept loops run (between `start` and `close`): a listener a
+    /// reload adds gets its own at once. (Not `!tasks.is_empty()`: a reload
+    /// that moves the only listener removes it, and its task, first.)
+    accepting: bool,
     /// The metrics endpoint's address and a copy of its socket (served by
     /// its own thread; kept here for a handover).
     metrics: Option<(SocketAddr, std::os::fd::OwnedFd)>,
@@ -88,6 +92,7 @@ impl Listeners {
             paused: true,
             resume: Rc::new(Notify::new()),
             tasks: Vec::new(),
+            accepting: false,
             metrics: None,
             control: None,
             status: None,
@@ -248,6 +253,7 @@ impl Listeners {
         if let Err(err) = crate::sys::sched_batch(true) {
             debug!(cause = %err, "cannot put the front under SCHED_BATCH; it keeps the normal policy");
         }
+        self.accepting = true;
         for l in &self.sockets {
             self.tasks.push(tokio::task::spawn_local(accept_loop(
                 front.clone(),
@@ -266,7 +272,7 @@ impl Listeners {
     ) -> io::Result<()> {
         let addr = socket.local_addr()?;
         let l = Rc::new(crate::sys::register(socket, tokio::io::Interest::READABLE)?);
-        if !self.tasks.is_empty() {
+        if self.accepting {
             if let Some(front) = front.upgrade() {
                 self.tasks
                     .push(tokio::task::spawn_local(accept_loop(front, l.clone())));
@@ -303,6 +309,7 @@ impl Listeners {
 
     /// Stop accepting and close the sockets (shutdown).
     pub fn close(&mut self) {
+        self.accepting = false;
         for t in self.tasks.drain(..) {
             t.abort();
         }

@@ -656,3 +656,44 @@ fn a_reload_of_an_edited_file_lists_what_it_changed() {
     let again = proxy.ctl("config reload");
     assert_eq!(again.trim_end(), "configuration reloaded", "{again}");
 }
+
+/// A reload that moves the listener to another port binds the new one
+/// before it replies and closes the old one, and says both.
+#[test]
+fn a_reload_moves_the_listener_and_says_so() {
+    let dir = temp_dir("move-listener");
+    let a = name_backend("a");
+    let (p1, p2) = (crate::peers::free_port(), crate::peers::free_port());
+    let body = |p: u16| {
+        format!(
+            "listen = [\"127.0.0.1:{p}\"]\nbackends = [\"{}\"]\n",
+            a.addr
+        )
+    };
+    let config = write_config(&dir, &body(p1));
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .args(["--config", config.to_str().unwrap()])
+        .workers(1)
+        .start();
+    let old: std::net::SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
+    let new: std::net::SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    let mut c = std::net::TcpStream::connect(old).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_name(&mut c), "a");
+    write_config(&dir, &body(p2));
+    let reply = proxy.ctl("config reload");
+    assert!(reply.contains(&format!("listening on {new}")), "{reply}");
+    assert!(
+        reply.contains(&format!("no longer listening on {old}")),
+        "{reply}"
+    );
+    // (It used to be bound and never accepted from: the only listener's
+    // accept loop was removed first, and the new one got none.)
+    let mut c = std::net::TcpStream::connect(new).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_name(&mut c), "a");
+    wait_until(Duration::from_secs(10), "the old port to close", || {
+        std::net::TcpStream::connect(old).is_err()
+    });
+}
