@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::front::explain::{BackendRank, Explanation};
+use crate::policy::PolicyName;
 
 /// Rows of the backend table shown in text (JSON has them all).
 const SHOWN: usize = 12;
@@ -49,6 +50,19 @@ pub fn render(e: &Explanation) -> String {
         "waits" => {
             "=> it waits in the front's queue: no worker slot can take a connection now".to_string()
         }
+        "queued" => match &e.backend {
+            Some(b) => {
+                let why = if e.policy == PolicyName::Sticky {
+                    "it is at its connection limit (maxconn), and a sticky client waits for its own backend"
+                } else {
+                    "every backend it may use is at its connection limit (maxconn)"
+                };
+                format!(
+                    "=> it waits in the queue of backend {b}: {why}; a slot freed goes to the oldest waiting"
+                )
+            }
+            None => "=> it waits in a backend's queue".to_string(),
+        },
         "closed" => "=> closed: no backend is enabled".to_string(),
         _ => "=> refused: the proxy is stopping".to_string(),
     };
@@ -71,7 +85,7 @@ pub fn render(e: &Explanation) -> String {
             }
         ),
     });
-    let would = if e.outcome == "served" {
+    let would = if matches!(e.outcome, "served" | "queued") {
         ""
     } else {
         " (were it admitted)"

@@ -25,7 +25,8 @@ pub struct Explanation {
     pub policy: PolicyName,
     /// What happens to the connection: `served`, `denied` (access list),
     /// `refused` (per-IP limit), `waits` (no worker can take one now),
-    /// `closed` (no backend enabled) or `stopping`.
+    /// `queued` (it would wait in the queue of `backend`, at its
+    /// `maxconn`), `closed` (no backend enabled) or `stopping`.
     pub outcome: &'static str,
     /// Connections from this address must begin with a PROXY header
     /// (`--accept-proxy`); the header's address is then the client.
@@ -92,6 +93,7 @@ pub struct BackendRank {
     /// Weight times the slow-start ramp: what round-robin and
     /// least-connections balance by.
     pub effective_weight: f64,
+    /// Connections open on it, plus those waiting in its queue.
     pub active: u64,
     /// Least-connections: active / effective weight (lowest wins).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,13 +119,15 @@ pub struct Admission {
     pub stopping: bool,
 }
 
-/// Explain a connection from `ip` to `service`.
+/// Explain a connection from `ip` to `service`; `active`: what each
+/// backend holds now plus what waits for it.
 pub fn explain(
     ip: IpAddr,
     service: &str,
     adm: Admission,
     routing: &Routing,
     backends: &Backends,
+    active: &[u64],
     retries: usize,
 ) -> Explanation {
     let access = access_check(&adm);
@@ -161,7 +165,7 @@ pub fn explain(
     };
     let policy = routing.policy();
     let workers = worker_ranks(&run);
-    let ranks = backend_ranks(&run, backends);
+    let ranks = backend_ranks(&run, backends, active);
     let (worker_reason, backend_reason) = reasons(&run, &workers, &ranks, backend.as_deref());
     Explanation {
         client: ip,
@@ -246,7 +250,7 @@ fn worker_ranks(run: &DryRun) -> Vec<WorkerRank> {
         .collect()
 }
 
-fn backend_ranks(run: &DryRun, backends: &Backends) -> Vec<BackendRank> {
+fn backend_ranks(run: &DryRun, backends: &Backends, active: &[u64]) -> Vec<BackendRank> {
     let unit = f64::from(crate::policy::RAMP_FULL);
     let mut ranks: Vec<BackendRank> = backends
         .views()
@@ -276,7 +280,7 @@ fn backend_ranks(run: &DryRun, backends: &Backends) -> Vec<BackendRank> {
                 routable: v.routable,
                 weight: v.weight,
                 effective_weight: ew,
-                active: v.active,
+                active: active.get(i).copied().unwrap_or(v.active),
                 load,
                 credit,
                 score,

@@ -40,12 +40,20 @@ impl Front {
             per_ip,
             stopping: self.stopping(),
         };
+        // What each backend holds and has waiting for it now (the views
+        // count this only for least-conn, which balances by it).
+        let cells = self.workers.live_cells();
+        let bs = s.backends();
+        let active: Vec<u64> = (0..bs.list().len())
+            .map(|i| bs.active(i, self.counters.table(), &cells) + bs.queue_len(i) as u64)
+            .collect();
         Ok(crate::front::explain::explain(
             ip,
             s.name(),
             admission,
             s.routing(),
-            s.backends(),
+            bs,
+            &active,
             s.retries(),
         ))
     }
