@@ -177,7 +177,8 @@ pub struct BackendStatus {
     pub name: String,
     /// The address connected to.
     pub address: String,
-    /// `up`, `down`, `disabled` or `draining`.
+    /// `up`, `down`, `disabled`, `draining`, or `standby` (a backup while
+    /// a primary is up; counted as up).
     pub state: &'static str,
     pub weight: u32,
     /// While slow start ramps it up: how far, in percent.

@@ -1,7 +1,8 @@
 //! What one request asks to see of the backends, from its query string:
 //! `filter` (part of the name or address, any case), `state` (`up`,
-//! `down`, `disabled`, `draining`, or `problems` for all but up), `page`
-//! (from 1) and `per_page`. Rows come backends that are not up first,
+//! `down`, `disabled`, `draining`, or `problems` for all but up; a
+//! backup on `standby` counts as up), `page` (from 1) and `per_page`.
+//! Rows come backends that are not up first,
 //! then in configured order; the per-state summary always counts them
 //! all. The HTML page shows [`PAGE`] rows per page unless asked otherwise;
 //! `/status.json` gives every row unless `page` or `per_page` is given.
@@ -98,7 +99,8 @@ impl View {
             .into_iter()
             .filter(|b| match self.state.as_deref() {
                 None => true,
-                Some("problems") => b.state != "up",
+                Some("problems") => !counts_as_up(b.state),
+                Some("up") => counts_as_up(b.state),
                 Some(st) => b.state == st,
             })
             .filter(|b| {
@@ -108,7 +110,7 @@ impl View {
             })
             .collect();
         // Stable: configured order within each group.
-        rows.sort_by_key(|b| b.state == "up");
+        rows.sort_by_key(|b| counts_as_up(b.state));
         s.backends_matched = rows.len();
         match self.per_page {
             None => s.offset = 0,
@@ -129,6 +131,13 @@ impl View {
             Some(n) => matched.div_ceil(n).max(1),
         }
     }
+}
+
+/// Whether a backend in `state` is one the `up` filter shows (and
+/// `problems` does not): up, or a backup standing by while a primary is
+/// up (healthy, and counted as up in the summary, `StateCounts::count`).
+fn counts_as_up(state: &str) -> bool {
+    matches!(state, "up" | "standby")
 }
 
 fn number(key: &str, value: &str, min: usize, max: usize) -> Result<usize, String> {
