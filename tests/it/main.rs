@@ -22,6 +22,7 @@ mod pidfile;
 mod policies;
 mod protect;
 mod queue;
+mod queue_paths;
 mod queue_services;
 mod services;
 mod shims;

@@ -21,7 +21,7 @@ pub(crate) struct Counted {
     pub(crate) backend: Backend,
     open: Arc<AtomicU64>,
     pub(crate) peak: Arc<AtomicU64>,
-    order: Arc<Mutex<Vec<u32>>>,
+    pub(crate) order: Arc<Mutex<Vec<u32>>>,
     pub(crate) release: Arc<AtomicBool>,
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn counted(hold: Duration) -> Counted {
     }
 }
 
-fn metric(proxy: &Proxy, name: &str, backend: SocketAddr) -> f64 {
+pub(crate) fn metric(proxy: &Proxy, name: &str, backend: SocketAddr) -> f64 {
     proxy
         .scrape()
         .get(
@@ -77,7 +77,7 @@ fn metric(proxy: &Proxy, name: &str, backend: SocketAddr) -> f64 {
         .unwrap_or_else(|| panic!("no {name} for {backend}"))
 }
 
-fn wait_metric(proxy: &Proxy, name: &str, backend: SocketAddr, want: f64) {
+pub(crate) fn wait_metric(proxy: &Proxy, name: &str, backend: SocketAddr, want: f64) {
     wait_until(
         Duration::from_secs(20),
         &format!("{name}{{backend={backend}}} = {want}"),
@@ -86,7 +86,7 @@ fn wait_metric(proxy: &Proxy, name: &str, backend: SocketAddr, want: f64) {
 }
 
 /// Send `n` as a line and wait for the backend's `ok`.
-fn ask(mut s: TcpStream, n: u32) -> bool {
+pub(crate) fn ask(mut s: TcpStream, n: u32) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     if s.write_all(format!("{n}\n").as_bytes()).is_err() {
         return false;
