@@ -86,7 +86,7 @@ pub(crate) fn wait_metric(proxy: &Proxy, name: &str, backend: SocketAddr, want: 
 }
 
 /// Send `n` as a line and wait for the backend's `ok`.
-pub(crate) fn ask(mut s: TcpStream, n: u32) -> bool {
+fn ask(mut s: TcpStream, n: u32) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     if s.write_all(format!("{n}\n").as_bytes()).is_err() {
         return false;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::queue::{ask, counted, metric, wait_metric};
+use crate::queue::{counted, metric, wait_metric};
 use crate::status::status_json;
 use crate::support::*;
 use crate::upgrade::front_pid;
@@ -30,6 +30,18 @@ fn waiter(s: TcpStream) -> thread::JoinHandle<String> {
         let _ = s.shutdown(Shutdown::Both);
         line.trim().to_string()
     })
+}
+
+/// Whether the `counted` backend answered `ok` on `s` (within 60 s);
+/// then close.
+fn answered(s: TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut line = String::new();
+    let ok = BufReader::new(&s)
+        .read_line(&mut line)
+        .is_ok_and(|_| line == "ok\n");
+    let _ = s.shutdown(Shutdown::Both);
+    ok
 }
 
 /// The row of backend `name` in `ctl explain --json`'s ranking.
@@ -149,7 +161,17 @@ fn status_json_shows_maxconn_and_queued_and_a_standby_backup_counts_as_up() {
     }
     wait_metric(&proxy, QUEUE_LENGTH, a.addr, 0.0);
     let v = status_json(page, "");
-    assert_eq!(v["services"][0]["backends"][0]["queued"], 0, "{v}");
+    let ra = v["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == a.addr.to_string())
+        .unwrap();
+    assert_eq!(
+        (&ra["maxconn"], &ra["queued"]),
+        (&1.into(), &0.into()),
+        "{ra}"
+    );
     assert_eq!(
         metric(&proxy, "rrproxy_backend_connections_total", b.addr),
         0.0
@@ -181,9 +203,7 @@ fn an_upgrade_hands_the_backend_queue_over_and_every_waiting_client_is_served() 
         } else {
             wait_metric(&proxy, QUEUE_LENGTH, addr, f64::from(n));
         }
-        // (`ask` sends the number again: the backend reads only the
-        // first line.)
-        clients.push(thread::spawn(move || ask(s, n)));
+        clients.push(thread::spawn(move || answered(s)));
     }
     let old = front_pid(&proxy);
     let reply = proxy.ctl("upgrade");
@@ -207,7 +227,7 @@ fn an_upgrade_hands_the_backend_queue_over_and_every_waiting_client_is_served() 
         (Some(1), Some(3)),
         "{row}"
     );
-    assert_eq!(metric(&proxy, ACTIVE, addr), 1.0);
+    wait_metric(&proxy, ACTIVE, addr, 1.0);
     b.release.store(true, Ordering::SeqCst);
     let answered = clients
         .into_iter()
