@@ -23,6 +23,7 @@ mod policies;
 mod protect;
 mod queue;
 mod queue_services;
+mod service_limits;
 mod services;
 mod shims;
 mod status;
