@@ -261,6 +261,7 @@ fn frames_without_the_proxy_fields_are_unchanged() {
     cfg.backends.truncate(1);
     cfg.backends[0].source = None;
     cfg.backends[0].limited = false;
+    cfg.backends[0].counted = false;
     cfg.sources.clear();
     Down::Config(cfg).encode(&mut buf).unwrap();
     // The last byte of the only entry: routable, no send-proxy.

@@ -35,6 +35,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Handoff;
+pub use crate::supervisor::Tally;
 use crate::handover::FdSource;
 
 /// An accepted client connection not yet handed to a worker.
@@ -50,16 +51,6 @@ pub struct Conn {
     pub service: Option<u32>,
     /// What its service's own limits counted it as (released when it ends).
     pub tally: Option<Tally>,
-}
-
-/// What a connection was counted as against its service's own limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    /// The service's id.
-    pub service: u32,
-    /// The client, when counted against the service's `max-conns-per-ip`
-    /// (as its key: an IPv6 address's prefix).
-    pub client: Option<IpAddr>,
 }
 
 /// Why a service's own limits refused a connection.

@@ -23,7 +23,18 @@ use tracing::{debug, warn};
 use super::Role;
 use crate::channel::fdpass::{self, Channel, Received};
 use crate::channel::{Down, Handoff, MAX_FRAME};
-use crate::front::Tally;
+
+/// What the front counted a connection as against its service's own
+/// limits (kept per process for the connections it holds, so a process
+/// that dies gives them back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// The service's id.
+    pub service: u32,
+    /// The client, when counted against the service's `max-conns-per-ip`
+    /// (as its key: an IPv6 address's prefix).
+    pub client: Option<IpAddr>,
+}
 
 /// One worker process.
 pub struct WorkerProc {

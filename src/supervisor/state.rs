@@ -42,7 +42,7 @@ struct ProcState {
     ips: Vec<(IpAddr, u32)>,
     /// (Absent from a build before service limits: none.)
     #[serde(default)]
-    counted: Vec<(u64, crate::front::Tally)>,
+    counted: Vec<(u64, super::Tally)>,
     outbox: Vec<Vec<u8>>,
     full: bool,
     /// Milliseconds left before its role's deadline.

@@ -306,6 +306,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], port)),
             destination: None,
             service: None,
+            tally: None,
         }
     }
 
