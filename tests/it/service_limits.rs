@@ -116,6 +116,20 @@ backends = ["{}"]
     wait_until(Duration::from_secs(10), "alpha to count 3", || {
         active(&proxy, "alpha") == Some(3.0)
     });
+    // `ctl services` and the status page say so.
+    let table = proxy.ctl("services");
+    let row = table.lines().find(|l| l.starts_with("alpha")).unwrap_or("");
+    assert!(row.contains("3/3"), "{table}");
+    let status = crate::status::status_json(proxy.metrics.expect("metrics"), "");
+    let alpha = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "alpha")
+        .unwrap()
+        .clone();
+    assert_eq!(alpha["max_connections"], 3, "{alpha}");
+    assert_eq!(alpha["limited_connections"], 3, "{alpha}");
     // The fourth waits in alpha's backlog, unserved and not refused.
     let mut fourth = connect_between(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), la);
     assert!(
