@@ -168,6 +168,10 @@ pub struct BackendEntry {
     /// ([`Event::Released`]) at once, and the worker never falls back to
     /// it on its own (it gives the connection back, [`Up::Returned`]).
     pub limited: bool,
+    /// Its service has connection limits of its own, which the front
+    /// counts per connection: the end of a connection planned on it is
+    /// reported ([`Event::Ended`]).
+    pub counted: bool,
 }
 
 /// Most backends a handoff names to fall back on (`--retries`).
@@ -262,6 +266,10 @@ pub enum Event {
     /// ended or moved to another backend: a slot is free (its backend
     /// connection is already closed).
     Released { backend: u32 },
+    /// Connection `conn` (the handoff's id), planned on a `counted`
+    /// backend, ended here (or was closed unserved): its service's count
+    /// goes down.
+    Ended { conn: u64 },
 }
 
 impl Down {

@@ -61,6 +61,24 @@ pub struct Limits {
     pub per_ip_ipv6_prefix: u8,
 }
 
+/// A `[[service]]`'s own limits on its connections (`max-conns`,
+/// `max-conns-per-ip` in its table). They are not inherited and do not
+/// replace the proxy-wide [`Limits`]: both apply. `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceLimits {
+    /// The service's open connections at once.
+    pub max_conns: Option<u64>,
+    /// One client's open connections to this service at once.
+    pub max_conns_per_ip: Option<u32>,
+}
+
+impl ServiceLimits {
+    /// Whether either limit is set (its connections are counted).
+    pub fn any(&self) -> bool {
+        self.max_conns.is_some() || self.max_conns_per_ip.is_some()
+    }
+}
+
 impl Limits {
     /// The per-IP limit in force: the one given, if any (never derived
     /// from `max_conns`: a limit nobody set refuses nobody).
@@ -126,6 +144,11 @@ pub struct Config {
     #[serde(default)]
     pub defer_accept: bool,
     pub limits: Limits,
+    /// A `[[service]]`'s own connection limits (none for the top level,
+    /// whose `limits` are the proxy's). (Absent from the handover of a
+    /// build before it: none.)
+    #[serde(default)]
+    pub own_limits: ServiceLimits,
     pub health: Health,
     /// What a health check says and expects. (Absent from the handover
     /// of a build before it: a plain connect.)

@@ -59,7 +59,7 @@ mod wiring;
 pub use access::{Access, AclView, MAX_HEADER_WAITS};
 pub use backends::{Admin, Backend, Backends};
 pub use counters::Counters;
-pub use ledger::{Conn, Ledger};
+pub use ledger::{Conn, Ledger, Tally};
 pub use lifecycle::Lifecycle;
 pub use limits::fd_budget;
 pub use listener::{Listeners, accept_loop, bind as bind_listener};

@@ -72,6 +72,14 @@ pub const PROXY_HEADER_ERRORS: &str = "rrproxy_proxy_header_errors_total";
 pub const ACCESS_LOG_DROPPED: &str = "rrproxy_access_log_lines_dropped_total";
 pub const SERVICE_CONNECTIONS: &str = "rrproxy_service_connections_total";
 pub const SNI_CONNECTIONS: &str = "rrproxy_sni_connections_total";
+pub const SERVICE_REFUSED: &str = "rrproxy_service_refused_connections_total";
+pub const SERVICE_MAXCONN: &str = "rrproxy_service_max_connections";
+pub const SERVICE_ACTIVE: &str = "rrproxy_service_active_connections";
+
+/// Why a service's own limits refused a connection: `max_conns` (the
+/// service held its `max-conns`), `max_conns_per_ip` (the client held the
+/// service's `max-conns-per-ip`).
+pub const SERVICE_REFUSALS: [&str; 2] = ["max_conns", "max_conns_per_ip"];
 
 /// Why a connection on a listener that routes by server name went where
 /// it went: `found` (a name of the service's matched), `no_match` (a name
@@ -98,6 +106,21 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         SERVICE_CONNECTIONS,
         "counter",
         "Connections routed to each service (before the access list and the per-IP limit).",
+    ),
+    (
+        SERVICE_REFUSED,
+        "counter",
+        "Connections a service's own limits refused (reset), by service and reason (max_conns: it held its max-conns on a listener it shares; max_conns_per_ip).",
+    ),
+    (
+        SERVICE_MAXCONN,
+        "gauge",
+        "A service's own max-conns (services that set one).",
+    ),
+    (
+        SERVICE_ACTIVE,
+        "gauge",
+        "Connections a service with max-conns of its own holds now (waiting, queued or proxied).",
     ),
     (
         SNI_CONNECTIONS,

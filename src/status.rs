@@ -134,6 +134,12 @@ pub struct Service {
     pub policy: String,
     pub listen: Vec<String>,
     pub active_connections: u64,
+    /// Its own `max-conns`, and what that counts now (waiting, queued or
+    /// proxied); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited_connections: Option<u64>,
     pub connection_rate: Option<f64>,
     /// `rate` (the shares are of the connections made over the rate
     /// window) or `total` (of every connection made; no window yet).

@@ -44,7 +44,7 @@ use crate::channel::Down;
 use crate::channel::fdpass::{self, Channel};
 use crate::logging::LogOptions;
 
-pub use proc::{Refused, WorkerProc};
+pub use proc::{Refused, Tally, WorkerProc};
 pub use process::{Exe, spawn_worker};
 pub use state::WorkersState;
 

@@ -56,8 +56,13 @@ const HAS_SERVICE: u8 = 0x10;
 /// In a backend entry's flags byte: it has a connection limit. A table
 /// without limits encodes as before the field existed.
 const LIMITED: u8 = 0x20;
+/// In a backend entry's flags byte: its service counts its connections
+/// (limits of its own). A table without such services encodes as before
+/// the field existed.
+const COUNTED: u8 = 0x40;
 /// In a backend entry's flags byte: every bit that has a meaning.
-const KNOWN_FLAGS: u8 = ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE | HAS_SERVICE | LIMITED;
+const KNOWN_FLAGS: u8 =
+    ROUTABLE | (0x03 << SEND_PROXY_SHIFT) | HAS_SOURCE | HAS_SERVICE | LIMITED | COUNTED;
 /// In a handoff's fallback count byte: a destination address follows the
 /// client's. A handoff without one encodes as before the field existed.
 const HAS_DESTINATION: u8 = 0x80;
@@ -69,6 +74,7 @@ const EV_CLOSED: u8 = 3;
 const EV_DRAINING: u8 = 6;
 const EV_WAKE: u8 = 7;
 const EV_RELEASED: u8 = 8;
+const EV_ENDED: u8 = 9;
 
 pub(super) fn is_config(frame: &[u8]) -> bool {
     frame.len() >= 2 && frame[0] == VERSION && frame[1] == DOWN_CONFIG
@@ -114,7 +120,8 @@ pub(super) fn encode_down(msg: &Down, out: &mut Vec<u8>) -> Result<(), FrameErro
                         | (send_proxy << SEND_PROXY_SHIFT)
                         | has_source
                         | has_service
-                        | (u8::from(b.limited) * LIMITED),
+                        | (u8::from(b.limited) * LIMITED)
+                        | (u8::from(b.counted) * COUNTED),
                 );
                 if let Some(i) = b.source {
                     out.extend_from_slice(&i.to_le_bytes());
@@ -250,6 +257,7 @@ pub(super) fn decode_down(frame: &[u8]) -> Result<Down, FrameError> {
                     source,
                     service,
                     limited: flags & LIMITED != 0,
+                    counted: flags & COUNTED != 0,
                 });
             }
             let sources = sources::read(&mut r, &backends)?;
@@ -371,6 +379,10 @@ fn put_event(out: &mut Vec<u8>, ev: &Event) {
         Event::Released { backend } => {
             out.push(EV_RELEASED);
             out.extend_from_slice(&backend.to_le_bytes());
+        }
+        Event::Ended { conn } => {
+            out.push(EV_ENDED);
+            out.extend_from_slice(&conn.to_le_bytes());
         }
     }
 }
@@ -619,6 +631,9 @@ impl Reader<'_> {
             EV_WAKE => Ok(Event::Wake),
             EV_RELEASED => Ok(Event::Released {
                 backend: self.u32("backend id")?,
+            }),
+            EV_ENDED => Ok(Event::Ended {
+                conn: self.u64("connection id")?,
             }),
             v => Err(FrameError::Invalid {
                 what: "event kind",

@@ -31,6 +31,7 @@ fn sample_config() -> WorkerConfig {
                 source: Some(1),
                 service: None,
                 limited: true,
+                counted: true,
             },
             BackendEntry {
                 id: 7,
@@ -41,6 +42,7 @@ fn sample_config() -> WorkerConfig {
                 source: Some(0),
                 service: Some(1),
                 limited: false,
+                counted: false,
             },
             BackendEntry {
                 id: 8,
@@ -51,6 +53,7 @@ fn sample_config() -> WorkerConfig {
                 source: None,
                 service: Some(0),
                 limited: false,
+                counted: false,
             },
         ],
         sources: vec![
@@ -84,6 +87,7 @@ fn sample_events() -> Vec<Event> {
         Event::Closed {
             client: IpAddr::V6(Ipv6Addr::LOCALHOST),
         },
+        Event::Ended { conn: u64::MAX },
         Event::Draining,
         Event::Wake,
         Event::Released { backend: 42 },
@@ -165,6 +169,26 @@ fn up_messages_round_trip() {
     }
 }
 
+/// A table without services that count their connections encodes as
+/// before the flag existed, and the flag survives a round trip.
+#[test]
+fn the_counted_flag_is_one_bit_absent_without_service_limits() {
+    let mut cfg = sample_config();
+    let mut with = Vec::new();
+    Down::Config(cfg.clone()).encode(&mut with).unwrap();
+    for b in &mut cfg.backends {
+        b.counted = false;
+    }
+    let mut without = Vec::new();
+    Down::Config(cfg.clone()).encode(&mut without).unwrap();
+    assert_eq!(with.len(), without.len());
+    assert_ne!(with, without);
+    let Down::Config(back) = Down::decode(&with).unwrap() else {
+        panic!("not a config");
+    };
+    assert!(back.backends[0].counted && !back.backends[1].counted);
+}
+
 /// A table without limits encodes as before the flag existed (an older
 /// worker reads it during an upgrade), and the flag survives a round trip.
 #[test]
@@ -237,6 +261,7 @@ fn frames_without_the_proxy_fields_are_unchanged() {
     cfg.backends.truncate(1);
     cfg.backends[0].source = None;
     cfg.backends[0].limited = false;
+    cfg.backends[0].counted = false;
     cfg.sources.clear();
     Down::Config(cfg).encode(&mut buf).unwrap();
     // The last byte of the only entry: routable, no send-proxy.

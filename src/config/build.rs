@@ -552,6 +552,7 @@ pub(super) fn build_one(
         backlog,
         defer_accept,
         limits,
+        own_limits: super::ServiceLimits::default(),
         health,
         probe: protect.probe,
         source,

@@ -156,6 +156,18 @@ fn setting_changes(cur: &Config, new: &Config) -> Vec<String> {
         opt_num(cur.limits.max_conns_per_ip),
         opt_num(new.limits.max_conns_per_ip),
     );
+    // A service's own (named so apart from the proxy's, which a
+    // service's lines repeat).
+    row(
+        "own max-conns",
+        opt_num(cur.own_limits.max_conns),
+        opt_num(new.own_limits.max_conns),
+    );
+    row(
+        "own max-conns-per-ip",
+        opt_num(cur.own_limits.max_conns_per_ip),
+        opt_num(new.own_limits.max_conns_per_ip),
+    );
     row(
         "per-ip-ipv6-prefix",
         cur.limits.per_ip_ipv6_prefix.to_string(),
@@ -302,6 +314,7 @@ mod tests {
         b.policy = PolicyName::Sticky;
         b.connect_timeout = Duration::from_millis(250);
         b.limits.max_conns = Some(100);
+        b.own_limits.max_conns_per_ip = Some(4);
         b.health.interval = None;
         let notes = changes(&a, &b, false, &[]);
         assert_eq!(
@@ -314,6 +327,7 @@ mod tests {
                 "backend 127.0.0.1:83 removed (its connections drain)",
                 "connect-timeout 5s -> 250ms",
                 "max-conns off -> 100",
+                "own max-conns-per-ip off -> 4",
                 &format!("health-interval {} -> off", opt_dur(a.health.interval)),
             ]
         );

@@ -242,11 +242,19 @@ fn unknown_key(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (key, rest) = rest.split_once('`')?;
     let keys: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    // Only a `[[service]]` table takes `name`.
+    let in_service = keys.contains(&"name");
+    if in_service && is_proxy_key(key) {
+        return Some(format!(
+            "'{key}' is a setting of the whole proxy, not of one service: set it at the top level (a [[service]] table takes {})",
+            keys.join(", ")
+        ));
+    }
     Some(match super::error::closest(key, keys.iter().copied()) {
         Some(near) => format!("unknown key '{key}'\n  tip: a similar key exists: '{near}'"),
-        // Only a `[[service]]` table takes `name`: it says what it takes
-        // (not every flag is a service's).
-        None if keys.contains(&"name") => format!(
+        // A service's table says what it takes (not every flag is a
+        // service's).
+        None if in_service => format!(
             "unknown key '{key}' in a [[service]] table (it takes {})",
             keys.join(", ")
         ),
@@ -254,6 +262,14 @@ fn unknown_key(message: &str) -> Option<String> {
             format!("unknown key '{key}' (the keys are the flags' long names: see rrproxy --help)")
         }
     })
+}
+
+/// Whether `key` is a top-level key (a flag's long name).
+fn is_proxy_key(key: &str) -> bool {
+    use clap::Args;
+    super::Flags::augment_args(clap::Command::new("rrproxy"))
+        .get_arguments()
+        .any(|a| a.get_long() == Some(key))
 }
 
 /// A config file, read and parsed, with what it takes to point at a value.

@@ -26,7 +26,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
-use super::{Config, Flags};
+use super::values::{self, Limit};
+use super::{Config, Flags, ServiceLimits};
 use crate::sni::names::Pattern;
 
 /// The name of the service the top-level keys and the flags make.
@@ -76,6 +77,9 @@ pub struct ServiceTable {
     pub slow_start: Option<Raw>,
     pub source: Option<Spanned<List>>,
     pub resolve_interval: Option<Raw>,
+    /// The service's own limits (see [`ServiceLimits`]): not inherited.
+    pub max_conns: Option<Raw>,
+    pub max_conns_per_ip: Option<Raw>,
 }
 
 /// The keys and flags a service builds from: the top level's, with the
@@ -165,6 +169,27 @@ fn name(file: &LoadedFile, t: &ServiceTable) -> Result<String, ConfigError> {
     Ok(name.clone())
 }
 
+/// A service's own connection limits, from its table only: the
+/// top-level `max-conns` and `max-conns-per-ip` (and their flags) are the
+/// proxy's and apply beside them.
+fn own_limits(file: &LoadedFile, t: &ServiceTable) -> Result<ServiceLimits, ConfigError> {
+    let one = |key: &str, raw: &Option<Raw>, max: fn(&str) -> Result<Limit, Invalid>| {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let shown = file::shown(raw.get_ref());
+        let text = file::text(raw.get_ref()).unwrap_or_else(|| shown.clone());
+        max(&text)
+            .map(|l| l.0)
+            .map_err(|why| ConfigError::value(file.origin(key, raw.span()), shown, why))
+    };
+    Ok(ServiceLimits {
+        max_conns: one("max-conns", &t.max_conns, values::limit_u64)?,
+        max_conns_per_ip: one("max-conns-per-ip", &t.max_conns_per_ip, values::limit_u32)?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
+}
+
 /// Build every `[[service]]` of `file` (the top level is built already:
 /// `top`), then check the rules across them.
 pub(super) fn build(
@@ -236,6 +261,7 @@ pub(super) fn build(
         let (keys, f) = merged(&file.keys, flags, t);
         let mut config = super::build::build_one(&f, Some(&file.with_keys(keys)), false)?;
         config.services = Vec::new();
+        config.own_limits = own_limits(file, t)?;
         services.push(Service { name, sni, config });
         said.push(defer_said(file, flags, Some(t)));
     }

@@ -364,6 +364,18 @@ pub fn render_workers(rows: &[WorkerRow]) -> String {
     )
 }
 
+/// A service's own limits and what they count now: `OPEN/MAX`, a per-IP
+/// limit as `N per IP`; `-` without either.
+fn service_limits(r: &crate::front::ServiceRow) -> String {
+    let open = r.open.unwrap_or(0);
+    match (r.max_conns, r.max_conns_per_ip) {
+        (Some(max), Some(ip)) => format!("{open}/{max}, {ip} per IP"),
+        (Some(max), None) => format!("{open}/{max}"),
+        (None, Some(ip)) => format!("{ip} per IP"),
+        (None, None) => "-".into(),
+    }
+}
+
 /// `services` as a table.
 pub fn render_services(rows: &[crate::front::ServiceRow]) -> String {
     let body: Vec<Vec<String>> = rows
@@ -384,13 +396,14 @@ pub fn render_services(rows: &[crate::front::ServiceRow]) -> String {
                 r.policy.to_string(),
                 format!("{}/{}", r.backends_up, r.backends),
                 r.active.to_string(),
+                service_limits(r),
                 r.total.to_string(),
             ]
         })
         .collect();
     table(
         &[
-            "SERVICE", "LISTEN", "SNI", "POLICY", "UP", "ACTIVE", "TOTAL",
+            "SERVICE", "LISTEN", "SNI", "POLICY", "UP", "ACTIVE", "LIMITS", "TOTAL",
         ],
         &body,
     )

@@ -47,6 +47,8 @@ pub struct Access {
     denied_log: Throttle,
     header_log: Throttle,
     limit_log: Throttle,
+    /// Refusals by a service's own limits (a line a second at most).
+    service_log: Throttle,
 }
 
 impl Access {
@@ -60,6 +62,7 @@ impl Access {
             denied_log: Throttle::default(),
             header_log: Throttle::default(),
             limit_log: Throttle::default(),
+            service_log: Throttle::default(),
         }
     }
 
@@ -120,6 +123,21 @@ impl Access {
                 limit,
                 also_refused_since_last_line = held,
                 "client refused: at --max-conns-per-ip"
+            );
+        }
+    }
+
+    /// `conn` was refused by its service's own limit `limit` (`why`):
+    /// reset, and logged at most once a second.
+    pub fn refuse_by_service(&mut self, conn: &Conn, service: &str, limit: u64, why: &str) {
+        refuse(&conn.stream);
+        if let Some(held) = self.service_log.pass() {
+            warn!(
+                service,
+                client.addr = %conn.peer,
+                limit,
+                also_refused_since_last_line = held,
+                "client refused: {why}"
             );
         }
     }

@@ -575,6 +575,7 @@ impl Backends {
                     source,
                     service: None,
                     limited: b.spec.maxconn.is_some(),
+                    counted: false,
                 }
             })
             .collect();

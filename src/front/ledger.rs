@@ -13,6 +13,13 @@
 //!   an IPv4 address, or an IPv6 address's
 //!   leading `--per-ip-ipv6-prefix` bits (a /64 by default: one host
 //!   usually owns a whole /64 and could walk it).
+//! - per service (only for a `[[service]]` with `max-conns` or
+//!   `max-conns-per-ip` of its own): its open connections, and each
+//!   client's. What admission counted travels with the connection (its
+//!   [`Tally`]) wherever it goes (waiting here, in a backend queue, to a
+//!   worker, back), and is released exactly once when it ends, whatever a
+//!   reload changed meanwhile; a worker reports such an end
+//!   (`Event::Ended`), and a worker that dies releases all of its own.
 //! - the id the next connection gets (log correlation).
 //!
 //! What is in flight to a worker (handed, not yet received) is counted by
@@ -28,6 +35,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Handoff;
+pub use crate::supervisor::Tally;
 use crate::handover::FdSource;
 
 /// An accepted client connection not yet handed to a worker.
@@ -41,6 +49,17 @@ pub struct Conn {
     pub destination: Option<SocketAddr>,
     /// The id of the service it is for, once routed.
     pub service: Option<u32>,
+    /// What its service's own limits counted it as (released when it ends).
+    pub tally: Option<Tally>,
+}
+
+/// Why a service's own limits refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// The service holds its `max-conns`.
+    Service(u64),
+    /// The client holds the service's `max-conns-per-ip`.
+    Client(u32),
 }
 
 impl Conn {
@@ -56,6 +75,7 @@ impl Conn {
             peer: h.client,
             destination: h.destination,
             service: None,
+            tally: None,
         }
     }
 }
@@ -66,6 +86,11 @@ pub struct Ledger {
     pending: VecDeque<Conn>,
     /// Open connections per client (only with a per-IP limit).
     per_ip: HashMap<IpAddr, u32>,
+    /// Open connections per service with limits of its own (by id).
+    service_open: HashMap<u32, u64>,
+    /// Open connections per (service, client) under a service's own
+    /// per-IP limit.
+    service_ip: HashMap<(u32, IpAddr), u32>,
     /// The id the next connection gets.
     next_conn: u64,
 }
@@ -79,6 +104,13 @@ pub struct LedgerState {
     #[serde(default)]
     services: Vec<Option<u32>>,
     per_ip: Vec<(IpAddr, u32)>,
+    /// Parallel to `pending`: what each counted against its service.
+    #[serde(default)]
+    tallies: Vec<Option<Tally>>,
+    #[serde(default)]
+    service_open: Vec<(u32, u64)>,
+    #[serde(default)]
+    service_ip: Vec<(u32, IpAddr, u32)>,
     next_conn: u64,
 }
 
@@ -157,6 +189,63 @@ impl Ledger {
         }
     }
 
+    /// Count a new connection of service `service` from client `key`
+    /// under the service's own `limits`; `Err` (nothing counted) if the
+    /// service or the client is at its limit.
+    pub fn admit_service(
+        &mut self,
+        service: u32,
+        key: IpAddr,
+        limits: crate::config::ServiceLimits,
+    ) -> Result<Tally, Over> {
+        if let Some(max) = limits.max_conns {
+            if self.service_count(service) >= max {
+                return Err(Over::Service(max));
+            }
+        }
+        if let Some(max) = limits.max_conns_per_ip {
+            if self.service_ip_count(service, key) >= max {
+                return Err(Over::Client(max));
+            }
+        }
+        *self.service_open.entry(service).or_default() += 1;
+        let client = limits.max_conns_per_ip.map(|_| {
+            *self.service_ip.entry((service, key)).or_default() += 1;
+            key
+        });
+        Ok(Tally { service, client })
+    }
+
+    /// A connection counted as `t` ended.
+    pub fn release_tally(&mut self, t: Tally) {
+        if let Some(c) = self.service_open.get_mut(&t.service) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.service_open.remove(&t.service);
+            }
+        }
+        if let Some(key) = t.client {
+            if let Some(c) = self.service_ip.get_mut(&(t.service, key)) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.service_ip.remove(&(t.service, key));
+                }
+            }
+        }
+    }
+
+    /// Open connections of service `id` (counted only with limits of its
+    /// own).
+    pub fn service_count(&self, id: u32) -> u64 {
+        self.service_open.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Open connections of client `key` to service `id` (counted only
+    /// under the service's own per-IP limit).
+    pub fn service_ip_count(&self, id: u32, key: IpAddr) -> u32 {
+        self.service_ip.get(&(id, key)).copied().unwrap_or(0)
+    }
+
     /// What the ledger hands to a new front; the waiting connections'
     /// descriptors are pushed on `fds`.
     pub fn handover<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> LedgerState {
@@ -171,6 +260,13 @@ impl Ledger {
                 .collect(),
             services: self.pending.iter().map(|c| c.service).collect(),
             per_ip: self.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect(),
+            tallies: self.pending.iter().map(|c| c.tally).collect(),
+            service_open: self.service_open.iter().map(|(&s, &n)| (s, n)).collect(),
+            service_ip: self
+                .service_ip
+                .iter()
+                .map(|(&(s, ip), &n)| (s, ip, n))
+                .collect(),
             next_conn: self.next_conn,
         }
     }
@@ -184,11 +280,18 @@ impl Ledger {
                 peer,
                 destination,
                 service: state.services.get(i).copied().flatten(),
+                tally: state.tallies.get(i).copied().flatten(),
             });
         }
         Ok(Ledger {
             pending,
             per_ip: state.per_ip.into_iter().collect(),
+            service_open: state.service_open.into_iter().collect(),
+            service_ip: state
+                .service_ip
+                .into_iter()
+                .map(|(s, ip, n)| ((s, ip), n))
+                .collect(),
             next_conn: state.next_conn,
         })
     }
@@ -206,6 +309,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], port)),
             destination: None,
             service: None,
+            tally: None,
         }
     }
 
@@ -246,5 +350,38 @@ mod tests {
         assert!(ledger.admit_ip(ip, 2));
         ledger.release_ip(ip, 5);
         assert!(ledger.per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_service_at_its_limits_refuses_until_a_counted_connection_ends() {
+        use crate::config::ServiceLimits;
+        let mut ledger = Ledger::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let limits = ServiceLimits {
+            max_conns: Some(3),
+            max_conns_per_ip: Some(2),
+        };
+        let t1 = ledger.admit_service(7, a, limits).unwrap();
+        ledger.admit_service(7, a, limits).unwrap();
+        assert_eq!(ledger.admit_service(7, a, limits), Err(Over::Client(2)));
+        // Another service counts apart.
+        ledger.admit_service(8, a, limits).unwrap();
+        ledger.admit_service(7, b, limits).unwrap();
+        assert_eq!(ledger.admit_service(7, b, limits), Err(Over::Service(3)));
+        assert_eq!(ledger.service_count(7), 3);
+        ledger.release_tally(t1);
+        assert_eq!(ledger.service_ip_count(7, a), 1);
+        assert!(ledger.admit_service(7, b, limits).is_ok());
+        // A limit without the per-IP one counts no client.
+        let only = ServiceLimits {
+            max_conns: Some(1),
+            max_conns_per_ip: None,
+        };
+        let t = ledger.admit_service(9, a, only).unwrap();
+        assert_eq!(t.client, None);
+        ledger.release_tally(t);
+        ledger.release_tally(t);
+        assert_eq!(ledger.service_count(9), 0);
     }
 }

@@ -34,6 +34,9 @@ pub struct Listeners {
     asked: Vec<SocketAddr>,
     /// Listeners are paused; see `Front::should_pause`.
     paused: bool,
+    /// Listeners whose every service is at its own `max-conns`: they do
+    /// not accept while the others do (usually empty).
+    held: Vec<SocketAddr>,
     /// Wakes paused listeners.
     resume: Rc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -90,6 +93,7 @@ impl Listeners {
             asked: addrs.clone(),
             addrs,
             paused: true,
+            held: Vec::new(),
             resume: Rc::new(Notify::new()),
             tasks: Vec::new(),
             accepting: false,
@@ -124,6 +128,31 @@ impl Listeners {
 
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    /// Whether the listener at `addr` is held (see [`Listeners::set_held`]).
+    pub fn held(&self, addr: Option<SocketAddr>) -> bool {
+        !self.held.is_empty() && addr.is_some_and(|a| self.held.contains(&a))
+    }
+
+    /// Hold exactly the listeners at `addrs`; a listener no longer held
+    /// wakes. Returns the newly held ones, if anything changed.
+    pub fn set_held(&mut self, mut addrs: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+        addrs.sort();
+        if addrs == self.held {
+            return None;
+        }
+        let new: Vec<SocketAddr> = addrs
+            .iter()
+            .filter(|a| !self.held.contains(a))
+            .copied()
+            .collect();
+        let freed = self.held.iter().any(|a| !addrs.contains(a));
+        self.held = addrs;
+        if freed {
+            self.resume.notify_waiters();
+        }
+        Some(new)
     }
 
     /// Pause or resume accepting; resuming wakes the accept loops.
@@ -414,7 +443,7 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
                 if f.stopping() {
                     return;
                 }
-                if !f.listeners().paused {
+                if !f.listeners().paused && !f.listeners().held(local) {
                     break;
                 }
             }
@@ -433,7 +462,7 @@ pub async fn accept_loop(front: Shared, listener: Rc<AsyncFd<std::net::TcpListen
             // per connection.
             f.refresh_all_views();
             for n in 0..ACCEPT_BATCH {
-                if f.listeners().paused {
+                if f.listeners().paused || f.listeners().held(local) {
                     break;
                 }
                 full_round = n + 1 == ACCEPT_BATCH;

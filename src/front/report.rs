@@ -77,6 +77,16 @@ pub struct ServiceRow {
     pub total: u64,
     /// Removed by a reload, draining.
     pub leaving: bool,
+    /// Its own `max-conns`, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u64>,
+    /// Its own `max-conns-per-ip`, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns_per_ip: Option<u32>,
+    /// Connections its own limits count now (waiting, queued or
+    /// proxied), when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<u64>,
 }
 
 /// One row of `backends`.
@@ -144,6 +154,13 @@ pub(super) fn services(
                 active: (0..b.list().len()).map(|i| b.active(i, table, cells)).sum(),
                 total: s.connections(),
                 leaving: s.leaving(),
+                max_conns: s.config().own_limits.max_conns,
+                max_conns_per_ip: s.config().own_limits.max_conns_per_ip,
+                open: s
+                    .config()
+                    .own_limits
+                    .any()
+                    .then(|| s.label().open.load(std::sync::atomic::Ordering::Relaxed)),
             }
         })
         .collect()

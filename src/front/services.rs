@@ -282,6 +282,16 @@ impl Services {
         }
     }
 
+    /// The listening addresses whose every service is `full` (at its own
+    /// `max-conns`), when some service has one.
+    pub fn held_listeners(&self, full: impl Fn(&Service) -> bool) -> Vec<SocketAddr> {
+        let limited = |s: &Service| s.config.own_limits.max_conns.is_some();
+        if !self.list.iter().any(limited) {
+            return Vec::new();
+        }
+        self.routes.held(&self.list, full)
+    }
+
     /// Rebuild the routes from the services not leaving.
     fn reroute(&mut self) {
         self.routes = routes::Routes::build(&self.list);
@@ -419,6 +429,7 @@ impl Services {
                     }) as u16
                 });
                 e.service = service;
+                e.counted = s.config.own_limits.any();
                 entries.push(e);
             }
         }

@@ -194,6 +194,12 @@ fn service(s: &super::Service, table: &crate::stats::Table, cells: &[usize]) -> 
         policy: s.routing().policy().to_string(),
         listen: s.config().listen.iter().map(|a| a.to_string()).collect(),
         active_connections: backends.iter().map(|b| b.active).sum(),
+        max_connections: s.config().own_limits.max_conns,
+        limited_connections: s
+            .config()
+            .own_limits
+            .max_conns
+            .map(|_| s.label().open.load(std::sync::atomic::Ordering::Relaxed)),
         connection_rate: None,
         share_basis: "total",
         summary,

@@ -19,6 +19,7 @@ mod life;
 mod observe;
 mod queue;
 mod reload;
+mod tally;
 mod upkeep;
 mod views;
 mod workers;
@@ -43,7 +44,7 @@ use super::services::{Services, SniWaits};
 use super::settings::{Plan, Settings};
 use super::{
     Access, AclView, Admin, AdminError, Conn, Counters, Ledger, Lifecycle, Listeners, ReloadReport,
-    access, notify, refuse,
+    Tally, access, notify, refuse,
 };
 use crate::acl::Action as AclAction;
 use crate::channel::{AccessLog, Event as WorkerEvent, Handoff, MAX_FDS, Up};
@@ -110,6 +111,7 @@ impl Front {
     /// Start an accept loop per listening socket.
     pub fn start_listeners(front: &Shared) {
         let mut f = front.borrow_mut();
+        f.publish_service_limits();
         f.listeners.start(front);
     }
 

@@ -47,6 +47,12 @@ pub struct ServiceLabel {
     pub connections: Arc<AtomicU64>,
     /// SNI outcomes that led to it, per [`super::SNI_REASONS`].
     pub sni: Arc<[AtomicU64; super::SNI_REASONS.len()]>,
+    /// Its own `max-conns` (0: none).
+    pub max_conns: Arc<AtomicU64>,
+    /// Its open connections, counted only under limits of its own.
+    pub open: Arc<AtomicU64>,
+    /// Connections its own limits refused, per [`super::SERVICE_REFUSALS`].
+    pub refused: Arc<[AtomicU64; super::SERVICE_REFUSALS.len()]>,
 }
 
 impl ServiceLabel {
@@ -55,6 +61,23 @@ impl ServiceLabel {
             name: name.to_string(),
             connections: Arc::new(AtomicU64::new(0)),
             sni: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            max_conns: Arc::new(AtomicU64::new(0)),
+            open: Arc::new(AtomicU64::new(0)),
+            refused: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    pub fn refused_counts(&self) -> Vec<u64> {
+        self.refused
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Refusal counts carried over from a previous front.
+    pub fn set_refused_counts(&self, counts: &[u64]) {
+        for (a, &n) in self.refused.iter().zip(counts) {
+            a.store(n, Ordering::Relaxed);
         }
     }
 
@@ -327,6 +350,37 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             SERVICE_CONNECTIONS,
             &[("service", &s.name)],
             s.connections.load(Ordering::Relaxed),
+        );
+    }
+    o.family(SERVICE_REFUSED);
+    for s in snap.services.iter().filter(|s| !s.name.is_empty()) {
+        for (reason, n) in super::SERVICE_REFUSALS.iter().zip(s.refused.iter()) {
+            o.sample(
+                SERVICE_REFUSED,
+                &[("service", &s.name), ("reason", reason)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let limited = || {
+        snap.services
+            .iter()
+            .filter(|s| !s.name.is_empty() && s.max_conns.load(Ordering::Relaxed) > 0)
+    };
+    o.family(SERVICE_MAXCONN);
+    for s in limited() {
+        o.sample(
+            SERVICE_MAXCONN,
+            &[("service", &s.name)],
+            s.max_conns.load(Ordering::Relaxed),
+        );
+    }
+    o.family(SERVICE_ACTIVE);
+    for s in limited() {
+        o.sample(
+            SERVICE_ACTIVE,
+            &[("service", &s.name)],
+            s.open.load(Ordering::Relaxed),
         );
     }
     o.family(SNI_CONNECTIONS);

@@ -150,10 +150,18 @@ fn worker(o: &mut String, w: &WorkerSlot) {
     );
 }
 
+/// ` · N of max-conns M` for a service with its own `max-conns`.
+fn limit_text(s: &Service) -> String {
+    match (s.limited_connections, s.max_connections) {
+        (Some(n), Some(max)) => format!(" · {n} of max-conns {max}"),
+        _ => String::new(),
+    }
+}
+
 fn service(o: &mut String, s: &Service, view: &View) {
     let _ = write!(
         o,
-        "<section class=\"service\" data-service=\"{0}\"><h2>Service <b>{0}</b>{5} · policy <b class=\"policy\">{1}</b>{6}</h2><p class=\"listen\">listens on {2} · {3} active · {4} conn/s</p>",
+        "<section class=\"service\" data-service=\"{0}\"><h2>Service <b>{0}</b>{5} · policy <b class=\"policy\">{1}</b>{6}</h2><p class=\"listen\">listens on {2} · {3} active{7} · {4} conn/s</p>",
         esc(&s.name),
         esc(&s.policy),
         esc(&s.listen.join(", ")),
@@ -168,7 +176,8 @@ fn service(o: &mut String, s: &Service, view: &View) {
             " · <b class=\"bad\">leaving</b> (removed; draining)"
         } else {
             ""
-        }
+        },
+        limit_text(s),
     );
     o.push_str("<p class=\"summary\">backends: ");
     let c = &s.summary;

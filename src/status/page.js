@@ -109,7 +109,9 @@
   function service(el, s) {
     el.querySelector(".policy").textContent = s.policy;
     el.querySelector(".listen").textContent = "listens on " + s.listen.join(", ") + " · " +
-      s.active_connections + " active · " + rate(s.connection_rate) + " conn/s";
+      s.active_connections + " active" +
+      (s.max_connections ? " · " + s.limited_connections + " of max-conns " + s.max_connections : "") +
+      " · " + rate(s.connection_rate) + " conn/s";
     for (const st of ["up", "down", "disabled", "draining"]) {
       const a = el.querySelector(".summary a[data-state=\"" + st + "\"] b");
       if (a) a.textContent = s.summary[st];

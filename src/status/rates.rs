@@ -194,6 +194,8 @@ mod tests {
                 policy: "round-robin".into(),
                 listen: vec![],
                 active_connections: 0,
+                max_connections: None,
+                limited_connections: None,
                 connection_rate: None,
                 share_basis: "total",
                 summary: StateCounts::default(),

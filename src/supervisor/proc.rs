@@ -24,6 +24,18 @@ use super::Role;
 use crate::channel::fdpass::{self, Channel, Received};
 use crate::channel::{Down, Handoff, MAX_FRAME};
 
+/// What the front counted a connection as against its service's own
+/// limits (kept per process for the connections it holds, so a process
+/// that dies gives them back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// The service's id.
+    pub service: u32,
+    /// The client, when counted against the service's `max-conns-per-ip`
+    /// (as its key: an IPv6 address's prefix).
+    pub client: Option<IpAddr>,
+}
+
 /// One worker process.
 pub struct WorkerProc {
     /// Unique for the front's lifetime (pids can be reused).
@@ -61,6 +73,10 @@ pub struct WorkerProc {
     pub(super) received_seen: u64,
     /// Open connections per client IP (only with a per-IP limit).
     pub(super) ips: HashMap<IpAddr, u32>,
+    /// What each connection handed to it counted against its service's
+    /// own limits (only those that counted), by connection id: released
+    /// when it reports the end, or when the process is gone.
+    pub(super) counted: HashMap<u64, Tally>,
     /// Starting: when it must have reported ready; retiring: when it must
     /// have finished. Past it, the process is killed.
     pub(super) deadline: Option<Instant>,
@@ -116,6 +132,7 @@ impl WorkerProc {
             inflight: VecDeque::new(),
             received_seen: 0,
             ips: HashMap::new(),
+            counted: HashMap::new(),
             deadline,
             retired_at: None,
             reclaimed: false,
@@ -245,13 +262,26 @@ impl WorkerProc {
     }
 
     /// The process is gone: what the front still counted for it, to
-    /// uncount: the backends of handoffs it never received, and its
-    /// clients' per-IP counts.
-    pub fn forget(&mut self) -> (Vec<u32>, HashMap<IpAddr, u32>) {
+    /// uncount: the backends of handoffs it never received, its clients'
+    /// per-IP counts, and what its connections counted for their
+    /// services.
+    pub fn forget(&mut self) -> (Vec<u32>, HashMap<IpAddr, u32>, Vec<Tally>) {
         (
             self.inflight.drain(..).collect(),
             std::mem::take(&mut self.ips),
+            self.counted.drain().map(|(_, t)| t).collect(),
         )
+    }
+
+    /// Connection `conn`, handed to it, counted as `tally`.
+    pub fn track(&mut self, conn: u64, tally: Tally) {
+        self.counted.insert(conn, tally);
+    }
+
+    /// Connection `conn` is no longer its (ended, or taken back): what it
+    /// counted, if anything.
+    pub fn untrack(&mut self, conn: u64) -> Option<Tally> {
+        self.counted.remove(&conn)
     }
 
     /// Take back what a dead process never read: this round's batch (not

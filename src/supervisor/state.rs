@@ -40,6 +40,9 @@ struct ProcState {
     inflight: Vec<u32>,
     received_seen: u64,
     ips: Vec<(IpAddr, u32)>,
+    /// (Absent from a build before service limits: none.)
+    #[serde(default)]
+    counted: Vec<(u64, super::Tally)>,
     outbox: Vec<Vec<u8>>,
     full: bool,
     /// Milliseconds left before its role's deadline.
@@ -75,6 +78,7 @@ impl Workers {
                             inflight: p.inflight.iter().copied().collect(),
                             received_seen: p.received_seen,
                             ips: p.ips.iter().map(|(&ip, &n)| (ip, n)).collect(),
+                            counted: p.counted.iter().map(|(&c, &t)| (c, t)).collect(),
                             outbox: p.outbox.iter().cloned().collect(),
                             full: p.full,
                             deadline_ms: p
@@ -138,6 +142,7 @@ impl Workers {
                 proc.inflight = p.inflight.into_iter().collect();
                 proc.received_seen = p.received_seen;
                 proc.ips = p.ips.into_iter().collect();
+                proc.counted = p.counted.into_iter().collect();
                 proc.outbox = p.outbox.into_iter().collect();
                 proc.full = p.full;
                 proc.retired_at = p

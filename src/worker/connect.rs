@@ -111,10 +111,13 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     let routes = worker.routes();
     let cell = worker.cell();
     let mut holder = Holder::planned(&routes, cell, handoff.backend);
+    // Whether the front counts this connection for its service (decided
+    // by the table it was planned with).
+    let counted = routes.entry(handoff.backend).is_some_and(|b| b.counted);
     let unserved = |holder: &mut Holder| {
         holder.release(worker);
         cell.bump(ProcWord::Failed, 1);
-        closed(worker, handoff.client.ip());
+        closed(worker, &handoff, counted);
     };
     // The front accepted it nonblocking (the flag travels with the
     // descriptor), as tokio requires.
@@ -220,7 +223,7 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     });
     holder.release(worker);
     cell.record_duration(started.elapsed());
-    closed(worker, handoff.client.ip());
+    closed(worker, &handoff, counted);
 }
 
 /// Count a connection planned for `planned` that another backend serves
@@ -262,10 +265,16 @@ async fn give_back(worker: &Worker, client: TcpStream, handoff: &Handoff, rest: 
     worker.finished(1);
 }
 
-/// The connection is over: count it, and tell the front if it asked.
-fn closed(worker: &Worker, client: IpAddr) {
+/// The connection is over: count it, and tell the front if it asked
+/// (per-IP counts), or if it counts the connection for its service.
+fn closed(worker: &Worker, handoff: &Handoff, counted: bool) {
     if worker.routes().config.report_closes {
-        worker.reporter.push(Event::Closed { client });
+        worker.reporter.push(Event::Closed {
+            client: handoff.client.ip(),
+        });
+    }
+    if counted {
+        worker.reporter.push(Event::Ended { conn: handoff.conn });
     }
     worker.finished(1);
 }

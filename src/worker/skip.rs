@@ -55,11 +55,15 @@ impl Skipped {
             let cell = worker.cell();
             cell.bump(ProcWord::Received, taken);
             cell.bump(ProcWord::Failed, taken);
-            if worker.routes().config.report_closes {
-                for h in conns {
+            let routes = worker.routes();
+            for h in conns {
+                if routes.config.report_closes {
                     worker.reporter.push(Event::Closed {
                         client: h.client.ip(),
                     });
+                }
+                if routes.entry(h.backend).is_some_and(|b| b.counted) {
+                    worker.reporter.push(Event::Ended { conn: h.conn });
                 }
             }
             worker.finished(taken);

@@ -24,6 +24,7 @@ mod protect;
 mod queue;
 mod queue_paths;
 mod queue_services;
+mod service_limits;
 mod services;
 mod shims;
 mod status;

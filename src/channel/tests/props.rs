@@ -46,17 +46,21 @@ fn worker_config() -> impl Strategy<Value = WorkerConfig> {
         prop::option::of(any::<u16>()),
         prop::option::of(any::<u16>()),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(id, column, addr, routable, send_proxy, source, service, limited)| BackendEntry {
-                id,
-                column,
-                addr,
-                routable,
-                send_proxy,
-                source,
-                service,
-                limited,
+            |(id, column, addr, routable, send_proxy, source, service, limited, counted)| {
+                BackendEntry {
+                    id,
+                    column,
+                    addr,
+                    routable,
+                    send_proxy,
+                    source,
+                    service,
+                    limited,
+                    counted,
+                }
             },
         );
     let service = (
@@ -192,6 +196,7 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::Draining),
         Just(Event::Wake),
         any::<u32>().prop_map(|backend| Event::Released { backend }),
+        any::<u64>().prop_map(|conn| Event::Ended { conn }),
     ]
 }
 

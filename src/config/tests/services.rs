@@ -95,6 +95,23 @@ fn flags_are_the_default_service_and_what_services_inherit() {
     assert_eq!(c.services[0].config.idle_timeout, Duration::from_secs(9));
 }
 
+/// A service's own limits are its table's only: the top-level limits are
+/// the proxy's and stay so (not copied into the service's own).
+#[test]
+fn a_services_own_limits_are_its_tables_and_the_proxys_stay_global() {
+    let body = "max-conns = 100\nmax-conns-per-ip = 9\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7100\"\nbackends = \"127.0.0.1:7101\"\nmax-conns = 5\nmax-conns-per-ip = 2\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:7102\"\nbackends = \"127.0.0.1:7103\"\nmax-conns = \"off\"\n";
+    let c = load(body, Flags::default()).unwrap();
+    assert_eq!(c.limits.max_conns, Some(100));
+    assert_eq!(c.own_limits, crate::config::ServiceLimits::default());
+    let a = &c.services[0].config;
+    assert_eq!(a.own_limits.max_conns, Some(5));
+    assert_eq!(a.own_limits.max_conns_per_ip, Some(2));
+    assert_eq!(a.limits.max_conns, Some(100), "the proxy's, unchanged");
+    let b = &c.services[1].config;
+    assert!(!b.own_limits.any());
+    assert_eq!(b.limits.max_conns_per_ip, Some(9));
+}
+
 #[test]
 fn a_config_without_services_is_as_before() {
     let c = load("backends = [\"127.0.0.1:80\"]\n", Flags::default()).unwrap();
@@ -136,7 +153,25 @@ fn bad_services_are_refused_with_their_position() {
             format!(
                 "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nworkers = 3\n"
             ),
-            "x.toml:5:1: unknown key 'workers' in a [[service]] table (it takes name, sni, listen, backends,",
+            "x.toml:5:1: 'workers' is a setting of the whole proxy, not of one service: set it at the top level (a [[service]] table takes name, sni, listen, backends,",
+        ),
+        (
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\ncolour = 3\n"
+            ),
+            "x.toml:5:1: unknown key 'colour' in a [[service]] table (it takes name, sni, listen, backends,",
+        ),
+        (
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nmax-conns = 0\n"
+            ),
+            "x.toml:5:13: invalid value '0' for 'max-conns': expected a whole number, 1 or more, or off",
+        ),
+        (
+            format!(
+                "{S}name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = \"127.0.0.1:2\"\nmax-conns-per-ip = \"many\"\n"
+            ),
+            "x.toml:5:20: invalid value 'many' for 'max-conns-per-ip': expected a whole number 1..=4294967295, or off",
         ),
         (
             format!(

@@ -147,6 +147,7 @@ impl Access {
             peer,
             destination,
             service: None,
+            tally: None,
         })
     }
 

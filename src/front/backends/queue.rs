@@ -88,6 +88,10 @@ pub struct WaitingState {
     /// the only one.)
     #[serde(default)]
     service: Option<u32>,
+    /// What it counted against its service's own limits. (Absent from a
+    /// build before them: nothing.)
+    #[serde(default)]
+    tally: Option<crate::front::ledger::Tally>,
 }
 
 impl Queues {
@@ -262,6 +266,7 @@ impl Queues {
                     pinned: w.pinned,
                     fallbacks: w.fallbacks.map(|f| f.as_slice().to_vec()),
                     service: w.conn.service,
+                    tally: w.conn.tally,
                 });
             }
         }
@@ -280,6 +285,7 @@ impl Queues {
                 peer: s.peer,
                 destination: s.destination,
                 service: s.service,
+                tally: s.tally,
             };
             let since = now.checked_sub(waited).unwrap_or(now);
             let fallbacks = s.fallbacks.as_deref().map(Fallbacks::new);
@@ -300,6 +306,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], port)),
             destination: None,
             service: None,
+            tally: None,
         }
     }
 
@@ -361,6 +368,7 @@ mod tests {
                         peer: SocketAddr::from(([127, 0, 0, 1], port)),
                         destination: None,
                         service: None,
+                        tally: None,
                     },
                     Instant::now(),
                     false,

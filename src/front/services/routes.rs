@@ -133,4 +133,20 @@ impl Routes {
     pub fn any_sni(&self) -> bool {
         self.any_sni
     }
+
+    /// The listening addresses whose every service (of `list`, not
+    /// leaving) is `full`.
+    pub fn held(&self, list: &[Service], full: impl Fn(&Service) -> bool) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for &addr in self.map.keys() {
+            let mut on = list
+                .iter()
+                .filter(|s| !s.leaving && s.config.listen.contains(&addr))
+                .peekable();
+            if on.peek().is_some() && on.all(&full) {
+                out.push(addr);
+            }
+        }
+        out
+    }
 }

@@ -129,6 +129,7 @@ impl SniWaits {
                 peer: w.peer,
                 destination: w.destination,
                 service: None,
+                tally: None,
             },
             w.local,
         ))
@@ -189,6 +190,7 @@ impl SniWaits {
                 peer,
                 destination,
                 service: None,
+                tally: None,
             };
             // (Not registered with a loop yet? `from_std` needs the
             // runtime, which the new front runs on.)

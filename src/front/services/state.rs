@@ -25,6 +25,7 @@ struct OneOut<'a> {
     backends: &'a Backends,
     connections: u64,
     sni_counts: Vec<u64>,
+    refused_counts: Vec<u64>,
 }
 
 /// The part as the old front writes it.
@@ -48,6 +49,9 @@ struct One {
     backends: Backends,
     connections: u64,
     sni_counts: Vec<u64>,
+    /// (Absent from a build before service limits: none.)
+    #[serde(default)]
+    refused_counts: Vec<u64>,
 }
 
 /// The part across an upgrade (the waiting connections' descriptors
@@ -80,6 +84,7 @@ impl Services {
                     backends: &s.backends,
                     connections: s.connections(),
                     sni_counts: s.label.sni_counts(),
+                    refused_counts: s.label.refused_counts(),
                 })
                 .collect(),
             unrouted: self.unrouted.sni_counts(),
@@ -114,6 +119,7 @@ impl Services {
             let label = ServiceLabel::new(&one.name);
             label.set_connections(one.connections);
             label.set_sni_counts(&one.sni_counts);
+            label.set_refused_counts(&one.refused_counts);
             s.list.push(Service {
                 id: one.id,
                 name: one.name,

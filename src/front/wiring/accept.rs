@@ -35,6 +35,7 @@ impl Front {
                 peer,
                 destination: None,
                 service: None,
+                tally: None,
             },
             local,
         );
@@ -149,7 +150,8 @@ impl Front {
     }
 
     /// A connection for service `i` whose client is known: refused if the
-    /// service's access list or the client's per-IP limit says so, else
+    /// service's access list, the client's per-IP limit or the service's
+    /// own limits say so, else
     /// dispatched (or, if no worker can take it now, queued behind the
     /// others).
     pub(super) fn admit(&mut self, mut conn: Conn, i: usize) {
@@ -167,6 +169,10 @@ impl Front {
         if !self.admit_ip(conn.ip()) {
             let limit = self.settings.limits().per_ip().unwrap_or(0);
             self.access.refuse_at_limit(&conn, limit, &self.counters);
+            return;
+        }
+        if !self.admit_service(&mut conn, i) {
+            self.release_ip(conn.ip());
             return;
         }
         if let Err(conn) = self.dispatch(conn) {
@@ -216,7 +222,7 @@ impl Front {
             // Its service is gone (removed by a reload, drained).
             debug!(client.addr = %conn.peer, "its service is gone; closing client");
             self.counters.bump(FrontWord::FailedFront, 1);
-            self.release_ip(ip);
+            self.release(&conn);
             refuse(&conn.stream);
             return Ok(());
         };
@@ -241,7 +247,7 @@ impl Front {
                 // Every backend is disabled or draining: nothing to try.
                 debug!(client.addr = %conn.peer, "no enabled backend; closing client");
                 self.counters.bump(FrontWord::FailedFront, 1);
-                self.release_ip(ip);
+                self.release(&conn);
                 refuse(&conn.stream);
                 return Ok(());
             }
@@ -272,6 +278,9 @@ impl Front {
         };
         if let Some(key) = track {
             proc.ip_add(key);
+        }
+        if let Some(t) = conn.tally {
+            proc.track(id, t);
         }
         let handoff = Handoff {
             conn: id,
@@ -345,6 +354,8 @@ impl Front {
                 Vec::new()
             }
             Err(Refused { err, handoffs, fds }) => {
+                let tallies: Vec<Option<Tally>> =
+                    handoffs.iter().map(|h| proc.untrack(h.conn)).collect();
                 let (id, channel) = (proc.id(), proc.channel().clone());
                 let wait = crate::front::flow::retry_wait(&err);
                 if wait.is_none() {
@@ -366,7 +377,8 @@ impl Front {
                 }
                 fds.into_iter()
                     .zip(&handoffs)
-                    .map(|(fd, h)| self.conn_of_handoff(TcpStream::from(fd), h))
+                    .zip(tallies)
+                    .map(|((fd, h), t)| self.conn_of_handoff(TcpStream::from(fd), h, t))
                     .collect()
             }
         }
@@ -434,12 +446,21 @@ impl Front {
 
     /// A connection taken back from a worker's channel: its service is
     /// its planned backend's.
-    pub(super) fn conn_of_handoff(&self, stream: TcpStream, h: &Handoff) -> Conn {
+    /// `tally`: what it counted against its service, taken back from the
+    /// process it was handed to.
+    pub(super) fn conn_of_handoff(
+        &self,
+        stream: TcpStream,
+        h: &Handoff,
+        tally: Option<Tally>,
+    ) -> Conn {
         let mut conn = Conn::of_handoff(stream, h);
         conn.service = self
             .services
             .of_backend(h.backend)
-            .map(|(s, _)| self.services.get(s).id());
+            .map(|(s, _)| self.services.get(s).id())
+            .or(tally.map(|t| t.service));
+        conn.tally = tally;
         conn
     }
 }

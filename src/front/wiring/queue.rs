@@ -50,7 +50,7 @@ impl Front {
             let b = backends.get(i);
             let limit = u64::from(b.spec().maxqueue.unwrap_or(0));
             log_refused("backend queue full (maxqueue)", &b.spec().name, limit);
-            self.release_ip(w.conn.ip());
+            self.release(&w.conn);
             refuse(&w.conn.stream);
         }
     }
@@ -202,7 +202,7 @@ impl Front {
         let Some(si) = self.service_of(&w.conn) else {
             // Its service is gone (removed by a reload).
             self.counters.bump(FrontWord::FailedFront, 1);
-            self.release_ip(ip);
+            self.release(&w.conn);
             refuse(&w.conn.stream);
             return;
         };
@@ -223,7 +223,7 @@ impl Front {
             }
             Pick::Nowhere => {
                 self.counters.bump(FrontWord::FailedFront, 1);
-                self.release_ip(ip);
+                self.release(&w.conn);
                 refuse(&w.conn.stream);
             }
         }
@@ -257,7 +257,7 @@ impl Front {
         for (id, w) in expired {
             let ip = w.conn.ip();
             let Some((si, i)) = self.services.of_backend(id) else {
-                self.release_ip(ip);
+                self.release(&w.conn);
                 refuse(&w.conn.stream);
                 continue;
             };
@@ -280,7 +280,7 @@ impl Front {
                         &name,
                         timeout.as_millis() as u64,
                     );
-                    self.release_ip(ip);
+                    self.release(&w.conn);
                     refuse(&w.conn.stream);
                 }
             }
@@ -306,7 +306,7 @@ impl Front {
                     .abandoned(i, &table);
             }
             debug!(client.addr = %w.conn.peer, waited = ?w.since.elapsed(), "client left the queue");
-            self.release_ip(w.conn.ip());
+            self.release(&w.conn);
         }
         self.publish_pending();
         self.update_paused();
@@ -317,15 +317,18 @@ impl Front {
     /// with a free slot, else waits for the first that may queue it, else
     /// is closed. They are all its service's.
     pub(super) fn returned(&mut self, slot: usize, id: u64, h: Handoff, fd: OwnedFd) {
-        let conn = self.conn_of_handoff(std::net::TcpStream::from(fd), &h);
-        if self.settings.limits().per_ip().is_some() {
-            let key = self.client_key(conn.ip());
-            if let Some(p) = self.workers.slot_mut(slot).proc_mut(id) {
+        let key = self.client_key(h.client.ip());
+        let per_ip = self.settings.limits().per_ip().is_some();
+        // It is the process's no more: its counts come back with it.
+        let tally = self.workers.slot_mut(slot).proc_mut(id).and_then(|p| {
+            if per_ip {
                 p.ip_sub(key, 1);
             }
-        }
+            p.untrack(h.conn)
+        });
+        let conn = self.conn_of_handoff(std::net::TcpStream::from(fd), &h, tally);
         if self.stopping() {
-            self.release_ip(conn.ip());
+            self.release(&conn);
             return;
         }
         let ip = conn.ip();
@@ -338,7 +341,7 @@ impl Front {
         else {
             debug!(client.addr = %conn.peer, "its backends are gone; closing client");
             self.counters.bump(FrontWord::FailedFront, 1);
-            self.release_ip(ip);
+            self.release(&conn);
             refuse(&conn.stream);
             return;
         };
@@ -377,7 +380,7 @@ impl Front {
         }
         debug!(client.addr = %conn.peer, "no backend left to try; closing client");
         self.counters.bump(FrontWord::FailedFront, 1);
-        self.release_ip(ip);
+        self.release(&conn);
         refuse(&conn.stream);
     }
 
@@ -387,15 +390,9 @@ impl Front {
         for s in self.services.iter_mut() {
             s.backends_mut().forget_queued(&table);
         }
-        let closed: Vec<std::net::IpAddr> = self
-            .services
-            .queues_mut()
-            .close_all()
-            .iter()
-            .map(|c| c.ip())
-            .collect();
-        for ip in &closed {
-            self.release_ip(*ip);
+        let closed = self.services.queues_mut().close_all();
+        for c in &closed {
+            self.release(c);
         }
         closed.len()
     }

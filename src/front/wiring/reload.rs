@@ -125,6 +125,7 @@ impl Front {
         self.workers.set_per_proc_cap(cap);
         self.counters.set(FrontWord::WorkerLimit, cap);
         self.config_changed();
+        self.publish_service_limits();
         self.reap_drained();
         self.refresh_all_views();
         self.publish();

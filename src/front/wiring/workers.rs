@@ -226,6 +226,7 @@ impl Front {
             WorkerEvent::Wake => {}
             // (Gathered by `on_up`.)
             WorkerEvent::Released { .. } => {}
+            WorkerEvent::Ended { conn } => self.ended(slot, id, conn),
         }
     }
 
@@ -245,7 +246,10 @@ impl Front {
         let recovered: Vec<Conn> = batch
             .into_iter()
             .chain(queued)
-            .map(|(h, fd)| self.conn_of_handoff(TcpStream::from(fd), &h))
+            .map(|(h, fd)| {
+                let tally = proc.untrack(h.conn);
+                self.conn_of_handoff(TcpStream::from(fd), &h, tally)
+            })
             .collect();
         let held = self.forget_proc(&mut proc);
         let lost = held.saturating_sub(recovered.len() as u64);
@@ -303,15 +307,19 @@ impl Front {
     }
 
     /// Uncount whatever the front still counted for a gone process (its
-    /// in-flight handoffs, its clients' per-IP counts). Returns the
+    /// in-flight handoffs, its clients' per-IP counts, its connections'
+    /// counts for their services). Returns the
     /// connections it held that were lost (handed and not finished).
     pub(super) fn forget_proc(&mut self, proc: &mut WorkerProc) -> u64 {
-        let (inflight, ips) = proc.forget();
+        let (inflight, ips, tallies) = proc.forget();
         for backend in inflight {
             self.services.unhanded(backend);
         }
         for (ip, n) in ips {
             self.ledger.release_ip(ip, n);
+        }
+        for t in tallies {
+            self.release_tally(t);
         }
         let finished = self.counters.cell(proc.cell()).get(ProcWord::Finished);
         proc.handed().saturating_sub(finished)

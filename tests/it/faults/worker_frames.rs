@@ -198,6 +198,7 @@ fn a_worker_skips_bad_frames_closes_their_descriptors_and_keeps_serving() {
             source: None,
             service: None,
             limited: false,
+            counted: false,
         }],
         sources: Vec::new(),
         services: Vec::new(),
