@@ -35,8 +35,8 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Handoff;
-pub use crate::supervisor::Tally;
 use crate::handover::FdSource;
+pub use crate::supervisor::Tally;
 
 /// An accepted client connection not yet handed to a worker.
 pub struct Conn {
