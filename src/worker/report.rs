@@ -1,7 +1,8 @@
 //! Telling the front what it must act on, batched.
 //!
-//! Events (connect failures, closes with per-client limits on, freed
-//! slots of limited backends, draining, wake-ups) are queued in memory
+//! Events (connect failures, closes with per-client limits on, ends of
+//! connections whose service counts them, freed slots of limited
+//! backends, draining, wake-ups) are queued in memory
 //! and written by one flusher task:
 //! whatever piled up while it was waiting goes out in as few frames as
 //! fit, so under load there is one channel write per many events, and at
