@@ -46,7 +46,14 @@ pub fn render(e: &Explanation) -> String {
             _ => "=> served".to_string(),
         },
         "denied" => "=> refused with a reset: the access list denies it".to_string(),
-        "refused" => "=> refused with a reset: it is at its per-IP limit".to_string(),
+        "refused" => match e.service_limits.as_ref().and_then(|l| l.reached) {
+            Some("max_conns_per_ip") => {
+                "=> refused with a reset: it is at the service's own per-IP limit (max-conns-per-ip)"
+                    .to_string()
+            }
+            _ => "=> refused with a reset: it is at its per-IP limit".to_string(),
+        },
+        "full" => "=> not served now: the service is at its own max-conns; on a listener of its own the client waits in the backlog until a connection ends, on one shared by SNI it is reset".to_string(),
         "waits" => {
             "=> it waits in the front's queue: no worker slot can take a connection now".to_string()
         }
@@ -85,6 +92,20 @@ pub fn render(e: &Explanation) -> String {
             }
         ),
     });
+    if let Some(l) = &e.service_limits {
+        let mut parts = Vec::new();
+        if let Some(max) = l.max_conns {
+            parts.push(format!("{} of max-conns {max} open", l.open));
+        }
+        if let (Some(max), Some(n)) = (l.max_conns_per_ip, l.client_open) {
+            parts.push(format!("{n} of max-conns-per-ip {max} from this client"));
+        }
+        let state = match l.reached {
+            Some(_) => "full",
+            None => "room for one more",
+        };
+        out.push(format!("service limits: {} ({state})", parts.join(", ")));
+    }
     let would = if matches!(e.outcome, "served" | "queued") {
         ""
     } else {

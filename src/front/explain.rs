@@ -24,7 +24,9 @@ pub struct Explanation {
     pub service: String,
     pub policy: PolicyName,
     /// What happens to the connection: `served`, `denied` (access list),
-    /// `refused` (per-IP limit), `waits` (no worker can take one now),
+    /// `refused` (per-IP limit, the proxy's or the service's own), `full`
+    /// (the service is at its own `max-conns`), `waits` (no worker can take
+    /// one now),
     /// `queued` (it would wait in the queue of `backend`, at its
     /// `maxconn`), `closed` (no backend enabled) or `stopping`.
     pub outcome: &'static str,
@@ -34,6 +36,9 @@ pub struct Explanation {
     pub access: AccessCheck,
     /// `None`: no per-IP limit.
     pub per_ip: Option<PerIp>,
+    /// The service's own limits; `None`: it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_limits: Option<ServiceLimitCheck>,
     /// The slot and backend it gets (when served).
     pub worker: Option<usize>,
     pub backend: Option<String>,
@@ -72,6 +77,24 @@ pub struct PerIp {
     /// Connections it has open now.
     pub open: u32,
     pub admitted: bool,
+}
+
+/// The service's own limits (`max-conns`, `max-conns-per-ip` in its
+/// table) as admission would check them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceLimitCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u64>,
+    /// Connections the service's limits count now.
+    pub open: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns_per_ip: Option<u32>,
+    /// This client's connections to the service now (with a per-IP limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_open: Option<u32>,
+    /// The limit that stops it: `max_conns` or `max_conns_per_ip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +139,8 @@ pub struct Admission {
     pub proxy_header: bool,
     /// (client key, limit, open now, room for one more).
     pub per_ip: Option<(IpAddr, u32, u32, bool)>,
+    /// The service's own limits, when it has any.
+    pub service_limits: Option<ServiceLimitCheck>,
     pub stopping: bool,
 }
 
@@ -144,6 +169,12 @@ pub fn explain(
         "denied"
     } else if per_ip.as_ref().is_some_and(|p| !p.admitted) {
         "refused"
+    } else if let Some(reached) = adm.service_limits.as_ref().and_then(|l| l.reached) {
+        if reached == "max_conns" {
+            "full"
+        } else {
+            "refused"
+        }
     } else if run.slot.is_none() {
         "waits"
     } else if run.backend.is_none() {
@@ -175,6 +206,7 @@ pub fn explain(
         proxy_header: adm.proxy_header,
         access,
         per_ip,
+        service_limits: adm.service_limits,
         worker: run.slot.filter(|_| matches!(outcome, "served" | "queued")),
         backend: backend.filter(|_| matches!(outcome, "served" | "queued")),
         fallbacks: if outcome == "served" {

@@ -130,6 +130,15 @@ backends = ["{}"]
         .clone();
     assert_eq!(alpha["max_connections"], 3, "{alpha}");
     assert_eq!(alpha["limited_connections"], 3, "{alpha}");
+    // `ctl explain` says what a new client of alpha would get.
+    let e = proxy.ctl_json("explain 127.0.0.9 --service alpha");
+    assert_eq!(e["outcome"], "full", "{e}");
+    assert_eq!(e["service_limits"]["open"], 3, "{e}");
+    let text = proxy.ctl("explain 127.0.0.9 --service alpha");
+    assert!(
+        text.contains("service limits: 3 of max-conns 3 open (full)"),
+        "{text}"
+    );
     // The fourth waits in alpha's backlog, unserved and not refused.
     let mut fourth = connect_between(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), la);
     assert!(
@@ -202,6 +211,12 @@ backends = ["{}"]
     let mut third = connect_between(SocketAddr::from((one, 0)), la);
     assert!(turned_away(&mut third), "a third connection from {one}");
     assert_eq!(refused(&proxy, "alpha", "max_conns_per_ip"), 1.0);
+    let e = proxy.ctl_json(&format!("explain {one} --service alpha"));
+    assert_eq!(e["outcome"], "refused", "{e}");
+    assert_eq!(e["service_limits"]["reached"], "max_conns_per_ip", "{e}");
+    assert_eq!(e["service_limits"]["client_open"], 2, "{e}");
+    let e = proxy.ctl_json(&format!("explain {two} --service alpha"));
+    assert_eq!(e["outcome"], "served", "{e}");
     // Another client, and the same client on another service, are served.
     let from_two: Vec<TcpStream> = (0..2)
         .map(|_| {

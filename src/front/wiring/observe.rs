@@ -33,11 +33,37 @@ impl Front {
             let open = self.ledger.ip_count(key);
             (key, max, open, self.ledger.ip_has_room(key, max))
         });
+        let limits = s.config().own_limits;
+        let service_limits = limits.any().then(|| {
+            let open = self.ledger.service_count(s.id());
+            let client_open = limits
+                .max_conns_per_ip
+                .map(|_| self.ledger.service_ip_count(s.id(), self.client_key(ip)));
+            let reached = if limits.max_conns.is_some_and(|m| open >= m) {
+                Some("max_conns")
+            } else if limits
+                .max_conns_per_ip
+                .zip(client_open)
+                .is_some_and(|(m, n)| n >= m)
+            {
+                Some("max_conns_per_ip")
+            } else {
+                None
+            };
+            crate::front::explain::ServiceLimitCheck {
+                max_conns: limits.max_conns,
+                open,
+                max_conns_per_ip: limits.max_conns_per_ip,
+                client_open,
+                reached,
+            }
+        });
         let admission = crate::front::explain::Admission {
             verdict,
             matching,
             proxy_header: s.config().accept_proxy.contains(ip),
             per_ip,
+            service_limits,
             stopping: self.stopping(),
         };
         // What each backend holds and has waiting for it now (the views
