@@ -529,18 +529,21 @@ impl Backends {
         if let Some(idx) = self.index_of(id) {
             let b = &mut self.list[idx];
             b.open = b.open.saturating_sub(1);
+            let v = &mut self.views[idx];
+            v.active = v.active.saturating_sub(1);
         }
         self.sub_inflight(id);
     }
 
     /// A handoff for backend `id` was taken by its worker (or will never
-    /// be: see [`Backends::unhanded`]).
+    /// be: see [`Backends::unhanded`]). What the policy sees of the
+    /// backend does not change: the connection is still open, now in the
+    /// worker's `Active` word, which the next `refresh_active` reads
+    /// (dropping it here undercounted least-conn until then).
     pub fn sub_inflight(&mut self, id: u32) {
         if let Some(idx) = self.index_of(id) {
             let b = &mut self.list[idx];
             b.inflight = b.inflight.saturating_sub(1);
-            let v = &mut self.views[idx];
-            v.active = v.active.saturating_sub(1);
         }
     }
 

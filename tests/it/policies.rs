@@ -390,3 +390,46 @@ fn backend_active(proxy: &Proxy, addr: &str) -> u64 {
         .map(|r| r["active"].as_u64().unwrap())
         .unwrap()
 }
+
+/// Least-conn in a burst: connections that arrive together (accepted in
+/// the same rounds, while workers take the earlier ones) are still spread
+/// by what each backend holds. A connection a worker has taken is counted
+/// on its backend until the next look at the workers' counts, not dropped
+/// from it the moment the worker reads it (which sent a whole burst to
+/// the backend that started lower).
+#[test]
+fn least_conn_spreads_a_burst_by_what_each_backend_holds() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr, b.addr])
+        .workers(2)
+        .args(["--policy", "least-conn"])
+        .start();
+    // a holds 20 (b out of rotation meanwhile).
+    proxy.ctl(&format!("backend disable {}", b.addr));
+    let mut on_a: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = proxy.connect();
+            assert_eq!(read_name(&mut s), "a");
+            s
+        })
+        .collect();
+    proxy.ctl(&format!("backend enable {}", b.addr));
+    wait_until(Duration::from_secs(10), "a to hold 20", || {
+        backend_active(&proxy, &a.addr.to_string()) == 20
+    });
+    // A burst of 40, all opened before any is read: 30 to b, 10 to a
+    // makes 30/30.
+    let mut burst: Vec<TcpStream> = (0..40).map(|_| proxy.connect()).collect();
+    let names: Vec<String> = burst.iter_mut().map(read_name).collect();
+    let c = count(&names);
+    let (na, nb) = (
+        20 + c.get("a").copied().unwrap_or(0),
+        c.get("b").copied().unwrap_or(0),
+    );
+    assert!(
+        na.abs_diff(nb) <= 4,
+        "after a burst of 40 onto 20/0, a holds {na} and b {nb}"
+    );
+    on_a.clear();
+}
