@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+mod given;
 mod protect;
+
+use given::{At, Given, Sources, look_up, resolve_error};
 
 use super::error::{BadValue, ConfigError, Invalid};
 use super::file::{self, FileConfig, List, LoadedFile, Raw};
@@ -20,161 +23,6 @@ use super::{Config, Health, Limits, MAX_BACKENDS, Origin, default_control_path, 
 use crate::acl::{Acl, Cidr, Networks};
 use crate::channel::{AccessLog, Splice};
 use crate::policy::{PolicyName, PolicyOptions};
-
-/// One value as given: its text, how an error shows it, where it is.
-struct Given<'a> {
-    /// What a validator reads; `None` for a TOML array or table.
-    text: Option<String>,
-    shown: String,
-    at: At<'a>,
-}
-
-enum At<'a> {
-    /// A flag, by its clap id.
-    Flag(&'static str),
-    /// A file key, and where its value is.
-    File(&'a LoadedFile, &'static str, Range<usize>),
-}
-
-/// Where values come from: the flags, then the file.
-struct Sources<'a> {
-    args: &'a super::Flags,
-    file: Option<&'a LoadedFile>,
-}
-
-impl<'a> Sources<'a> {
-    fn origin(&self, given: &Given) -> Origin {
-        match &given.at {
-            At::Flag(id) => self.args.spelling.origin(id, given.text.as_deref()),
-            At::File(file, key, span) => file.origin(key, span.clone()),
-        }
-    }
-
-    fn bad(&self, given: &Given, why: Invalid) -> ConfigError {
-        ConfigError::value(self.origin(given), given.shown.clone(), why)
-    }
-
-    fn in_file(&self, key: &'static str, raw: &'a Raw) -> Option<Given<'a>> {
-        let file = self.file?;
-        Some(Given {
-            text: file::text(raw.get_ref()),
-            shown: file::shown(raw.get_ref()),
-            at: At::File(file, key, raw.span()),
-        })
-    }
-
-    /// The flag (by clap id) if given, else the file key.
-    fn one(
-        &self,
-        id: &'static str,
-        key: &'static str,
-        flag: Option<&str>,
-        raw: &'a Option<Raw>,
-    ) -> Option<Given<'a>> {
-        match flag {
-            Some(text) => Some(Given {
-                text: Some(text.to_string()),
-                shown: text.to_string(),
-                at: At::Flag(id),
-            }),
-            None => self.in_file(key, raw.as_ref()?),
-        }
-    }
-
-    fn check<T>(
-        &self,
-        given: &Given,
-        check: impl Fn(&str) -> Result<T, Invalid>,
-    ) -> Result<T, ConfigError> {
-        match &given.text {
-            Some(text) => check(text).map_err(|why| self.bad(given, why)),
-            // An array or a table where one value belongs: say what the
-            // key takes (its validator's words for the TOML text).
-            None => Err(self.bad(
-                given,
-                check(&given.shown)
-                    .err()
-                    .unwrap_or_else(|| Invalid::new("expected a single value")),
-            )),
-        }
-    }
-
-    /// A setting whose flag is text: flag, else file key, validated.
-    fn text<T>(
-        &self,
-        id: &'static str,
-        key: &'static str,
-        flag: Option<&str>,
-        raw: &'a Option<Raw>,
-        check: impl Fn(&str) -> Result<T, Invalid>,
-    ) -> Result<Option<T>, ConfigError> {
-        self.one(id, key, flag, raw)
-            .map(|given| self.check(&given, check))
-            .transpose()
-    }
-
-    /// A setting whose flag clap has already parsed and checked with the
-    /// same validator: the flag's value, else the file key's, validated.
-    fn typed<T>(
-        &self,
-        key: &'static str,
-        flag: Option<T>,
-        raw: &'a Option<Raw>,
-        check: impl Fn(&str) -> Result<T, Invalid>,
-    ) -> Result<Option<T>, ConfigError> {
-        if flag.is_some() {
-            return Ok(flag);
-        }
-        raw.as_ref()
-            .and_then(|raw| self.in_file(key, raw))
-            .map(|given| self.check(&given, check))
-            .transpose()
-    }
-
-    /// A repeatable flag, else a list key: every item.
-    fn list(
-        &self,
-        id: &'static str,
-        key: &'static str,
-        flags: &[String],
-        raw: &'a Option<Spanned<List>>,
-    ) -> Vec<Given<'a>> {
-        if !flags.is_empty() {
-            return flags
-                .iter()
-                .map(|text| Given {
-                    text: Some(text.clone()),
-                    shown: text.clone(),
-                    at: At::Flag(id),
-                })
-                .collect();
-        }
-        let (Some(file), Some(list)) = (self.file, raw) else {
-            return Vec::new();
-        };
-        file::items(list)
-            .into_iter()
-            .map(|item| Given {
-                text: file::text(item.value),
-                shown: file::shown(item.value),
-                at: At::File(file, key, item.span),
-            })
-            .collect()
-    }
-}
-
-/// Resolve `text` (a checked `host:port`), naming `given` if it fails.
-fn look_up(src: &Sources, given: &Given, text: &str) -> Result<SocketAddr, ConfigError> {
-    super::resolve(text).map_err(|why| resolve_error(src, given, why))
-}
-
-fn resolve_error(src: &Sources, given: &Given, why: String) -> ConfigError {
-    ConfigError::Resolve(Box::new(BadValue {
-        origin: src.origin(given),
-        value: given.shown.clone(),
-        why: Invalid::new(why),
-    }))
-}
 
 pub(super) fn build(args: &super::Flags, file: Option<&LoadedFile>) -> Result<Config, ConfigError> {
     let tables = file
