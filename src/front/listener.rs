@@ -120,6 +120,23 @@ impl Listeners {
         }
     }
 
+    /// What the config asked for as the listener a connection came in on
+    /// (`local`: the listener's address, or the connection's own local
+    /// address, which on a wildcard listener is found by its port): the
+    /// address services route by. `local` itself when no listener matches.
+    pub fn asked_for(&self, local: SocketAddr) -> SocketAddr {
+        let exact = self.addrs.iter().position(|&a| a == local);
+        let wildcard = || {
+            self.addrs
+                .iter()
+                .position(|a| a.ip().is_unspecified() && a.port() == local.port())
+        };
+        exact
+            .or_else(wildcard)
+            .and_then(|i| self.asked.get(i).copied())
+            .unwrap_or(local)
+    }
+
     /// The socket asked for as `addr`, or bound on it.
     fn position(&self, addr: SocketAddr) -> Option<usize> {
         (self.asked.iter().position(|&a| a == addr))
@@ -135,9 +152,15 @@ impl Listeners {
         !self.held.is_empty() && addr.is_some_and(|a| self.held.contains(&a))
     }
 
-    /// Hold exactly the listeners at `addrs`; a listener no longer held
-    /// wakes. Returns the newly held ones, if anything changed.
-    pub fn set_held(&mut self, mut addrs: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+    /// Hold exactly the listeners asked for as `asked`; a listener no
+    /// longer held wakes. Returns the newly held ones, if anything changed.
+    pub fn set_held(&mut self, asked: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+        // The services name listeners as the config asked for them: hold
+        // the sockets bound for those.
+        let mut addrs: Vec<SocketAddr> = asked
+            .iter()
+            .filter_map(|&a| self.position(a).map(|i| self.addrs[i]))
+            .collect();
         addrs.sort();
         if addrs == self.held {
             return None;

@@ -388,3 +388,82 @@ max-conns = 2
         active(&proxy, "alpha") == Some(0.0)
     });
 }
+
+/// The addresses the proxy logged it listens on (`listening listen=ADDR`).
+fn logged_listeners(proxy: &Proxy) -> Vec<SocketAddr> {
+    wait_for(
+        Duration::from_secs(10),
+        "the listeners to be logged",
+        || {
+            let found: Vec<SocketAddr> = proxy
+                .stderr()
+                .lines()
+                .filter_map(|l| l.split("listening listen=").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect();
+            (!found.is_empty()).then_some(found)
+        },
+    )
+}
+
+/// Services on a port the kernel chose (`listen = "127.0.0.1:0"`) route by
+/// what the config asked for: the shared SNI listener reaches both
+/// services (it reset every connection before: no route matched the bound
+/// port), and a full service's own `:0` listener is held like any other.
+#[test]
+fn services_on_a_port_the_kernel_chose_route_and_hold() {
+    let w = name_backend("w");
+    let o = name_backend("o");
+    let x = name_backend("x");
+    let proxy = start(
+        &format!(
+            r#"
+[[service]]
+name = "web"
+listen = "127.0.0.1:0"
+backends = ["{}"]
+sni = ["www.example.com"]
+
+[[service]]
+name = "other"
+listen = "127.0.0.1:0"
+backends = ["{}"]
+
+[[service]]
+name = "solo"
+listen = "[::1]:0"
+backends = ["{}"]
+max-conns = 1
+"#,
+            w.addr, o.addr, x.addr
+        ),
+        2,
+    );
+    let all = logged_listeners(&proxy);
+    let shared = *all.iter().find(|a| a.is_ipv4()).expect("the v4 listener");
+    let solo = *all.iter().find(|a| a.is_ipv6()).expect("the v6 listener");
+    let mut s = hello_to(shared, "www.example.com");
+    assert_eq!(read_name(&mut s), "w");
+    let mut plain = connect_between(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), shared);
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(
+        read_name(&mut plain),
+        "o",
+        "plain text goes to the fallback"
+    );
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+    let mut first = connect_between(any6, solo);
+    assert_eq!(read_name(&mut first), "x");
+    wait_until(Duration::from_secs(10), "solo to count 1", || {
+        active(&proxy, "solo") == Some(1.0)
+    });
+    let mut second = connect_between(any6, solo);
+    assert!(
+        silent_for(&mut second, Duration::from_millis(1500)),
+        "a second connection of solo was served past its max-conns"
+    );
+    first.shutdown(Shutdown::Both).unwrap();
+    drop(first);
+    assert_eq!(read_name(&mut second), "x");
+    assert_eq!(refused(&proxy, "solo", "max_conns"), 0.0);
+}

@@ -20,7 +20,8 @@ impl Front {
                 .accept_proxy
                 .contains(peer.ip())
         } else {
-            self.services.trusts(local, peer.ip())
+            let key = local.map(|l| self.listeners.asked_for(l));
+            self.services.trusts(key, peer.ip())
         };
         if trusted {
             let frozen = self.frozen();
@@ -70,6 +71,9 @@ impl Front {
             refuse(&conn.stream);
             return;
         };
+        // (Services route by the address the config asked for: `:0` for a
+        // port the kernel chose.)
+        let local = self.listeners.asked_for(local);
         let Some(route) = self.services.route(local) else {
             // A listener a reload just removed.
             refuse(&conn.stream);
