@@ -5,7 +5,9 @@
 //! the service's per-IP limit is reset while other clients and services
 //! are served; on a listener shared by SNI, a connection for the full
 //! service is reset while the fallback serves; a dead worker's connections
-//! are uncounted; an upgrade carries the counts.
+//! are uncounted; an upgrade carries the counts; a reload raises and
+//! removes a limit at once; services on a port the kernel chose route
+//! and hold like any other.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -466,4 +468,65 @@ max-conns = 1
     drop(first);
     assert_eq!(read_name(&mut second), "x");
     assert_eq!(refused(&proxy, "solo", "max_conns"), 0.0);
+}
+
+/// A reload changes a service's own limit at once: raised, the client
+/// waiting in the backlog is served; removed, nothing is held or counted
+/// any more (the connections counted before end without a trace).
+#[test]
+fn a_reload_raises_and_removes_a_services_max_conns() {
+    let a = name_backend("a");
+    let (pa, pb) = (free_port(), free_port());
+    let body = |limit: &str| {
+        format!(
+            r#"
+[[service]]
+name = "alpha"
+listen = "127.0.0.1:{pa}"
+backends = ["{}"]
+{limit}
+
+[[service]]
+name = "beta"
+listen = "127.0.0.1:{pb}"
+backends = ["{}"]
+"#,
+            a.addr, a.addr
+        )
+    };
+    let dir = temp_dir("service-limits-reload");
+    let path = dir.join("rrproxy.toml");
+    std::fs::write(&path, body("max-conns = 1")).unwrap();
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .workers(2)
+        .args(["--config".to_string(), path.display().to_string()])
+        .args(["--health-interval", "off"])
+        .start();
+    let la = local(pa);
+    let (first, _) = served(Ipv4Addr::LOCALHOST, la);
+    wait_until(Duration::from_secs(10), "alpha to count 1", || {
+        active(&proxy, "alpha") == Some(1.0)
+    });
+    let mut second = connect_between(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), la);
+    assert!(silent_for(&mut second, Duration::from_millis(1000)));
+    std::fs::write(&path, body("max-conns = 2")).unwrap();
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.contains("service alpha: own max-conns 1 -> 2"),
+        "{reply}"
+    );
+    assert_eq!(read_name(&mut second), "a", "served once the limit rose");
+    wait_until(Duration::from_secs(10), "alpha to count 2", || {
+        active(&proxy, "alpha") == Some(2.0)
+    });
+    std::fs::write(&path, body("")).unwrap();
+    let reply = proxy.ctl("config reload");
+    assert!(
+        reply.contains("service alpha: own max-conns 2 -> off"),
+        "{reply}"
+    );
+    assert_eq!(active(&proxy, "alpha"), None, "no gauge without a limit");
+    let more: Vec<TcpStream> = (0..4).map(|_| served(Ipv4Addr::LOCALHOST, la).0).collect();
+    drop((first, second, more));
 }
