@@ -308,6 +308,12 @@ impl Config {
             if c.defer_accept {
                 out.push_str(", defer-accept");
             }
+            if let Some(n) = c.own_limits.max_conns {
+                out.push_str(&format!(", max-conns {n}"));
+            }
+            if let Some(n) = c.own_limits.max_conns_per_ip {
+                out.push_str(&format!(", max-conns-per-ip {n}"));
+            }
         }
         out
     }

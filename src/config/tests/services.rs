@@ -109,6 +109,12 @@ fn a_services_own_limits_are_its_tables_and_the_proxys_stay_global() {
     assert_eq!(a.limits.max_conns, Some(100), "the proxy's, unchanged");
     let b = &c.services[1].config;
     assert!(!b.own_limits.any());
+    assert!(
+        c.summary()
+            .contains("service a: listen 127.0.0.1:7100 -> backends 127.0.0.1:7101, policy round-robin, max-conns 5, max-conns-per-ip 2;"),
+        "{}",
+        c.summary()
+    );
     assert_eq!(b.limits.max_conns_per_ip, Some(9));
 }
 
