@@ -141,6 +141,15 @@ fn setting_changes(cur: &Config, new: &Config) -> Vec<String> {
         dur(new.proxy_header_timeout),
     );
     row("retries", cur.retries.to_string(), new.retries.to_string());
+    // (Without one set on either side it follows the connect timeout,
+    // listed above.)
+    if cur.queue_timeout.is_some() || new.queue_timeout.is_some() {
+        row(
+            "queue-timeout",
+            dur(cur.queue_timeout()),
+            dur(new.queue_timeout()),
+        );
+    }
     row(
         "max-conns",
         opt_num(cur.limits.max_conns),

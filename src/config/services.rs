@@ -77,6 +77,7 @@ pub struct ServiceTable {
     pub slow_start: Option<Raw>,
     pub source: Option<Spanned<List>>,
     pub resolve_interval: Option<Raw>,
+    pub queue_timeout: Option<Raw>,
     /// The service's own limits (see [`ServiceLimits`]): not inherited.
     pub max_conns: Option<Raw>,
     pub max_conns_per_ip: Option<Raw>,
@@ -126,6 +127,7 @@ fn merged(top: &FileConfig, flags: &Flags, t: &ServiceTable) -> (FileConfig, Fla
         slow_start => |f| f.tuning.slow_start = None;
         source => |f| f.source = None;
         resolve_interval => |f| f.tuning.resolve_interval = None;
+        queue_timeout => |f| f.tuning.queue_timeout = None;
     }
     (keys, f)
 }

@@ -331,6 +331,37 @@ impl Services {
         &mut self.queues
     }
 
+    /// How long a connection may wait for backend `id`: its service's
+    /// queue timeout (`queue-timeout`, else that service's connect
+    /// timeout); `global` for a backend no service has.
+    fn queue_timeout(
+        list: &[Service],
+        id: u32,
+        global: std::time::Duration,
+    ) -> std::time::Duration {
+        list.iter()
+            .find(|s| s.backends.index_of(id).is_some())
+            .map_or(global, |s| s.config.queue_timeout())
+    }
+
+    /// When the next wait in any queue ends, if anything waits.
+    pub fn queue_deadline(&self, global: std::time::Duration) -> Option<std::time::Instant> {
+        self.queues
+            .next_deadline(|id| Self::queue_timeout(&self.list, id, global))
+    }
+
+    /// Every wait that reached its service's queue timeout by `now`, out
+    /// of the queues.
+    pub fn expired_waits(
+        &mut self,
+        now: std::time::Instant,
+        global: std::time::Duration,
+    ) -> Vec<(u32, Waiting)> {
+        let list = &self.list;
+        self.queues
+            .expired(now, |id| Self::queue_timeout(list, id, global))
+    }
+
     /// Service `si`'s backends and the queues, to move connections
     /// between them.
     pub fn backends_and_queues(&mut self, si: usize) -> (&mut Backends, &mut Queues) {

@@ -3,6 +3,7 @@
 //! service's label while the other service serves at once; `ctl backend
 //! maxconn` needs `--service` when there are several and raises the
 //! limit of that service's backend; every waiting client is answered.
+//! Each service's waits end at its own queue timeout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -110,4 +111,86 @@ backends = ["{}"]
     );
     assert_eq!(queued, Some(4.0));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn queue_metric(proxy: &Proxy, name: &str, service: &str, backend: SocketAddr) -> f64 {
+    proxy
+        .scrape()
+        .get(
+            name,
+            &[("service", service), ("backend", &backend.to_string())],
+        )
+        .unwrap_or(f64::NAN)
+}
+
+/// Each service's waits end at its own queue timeout: `queue-timeout` in
+/// its table, else its own connect timeout; the top level's applies to a
+/// service that sets neither.
+#[test]
+fn each_service_waits_its_own_queue_timeout() {
+    let fast = name_backend("f");
+    let slow = name_backend("s");
+    let (pf, ps) = (free_port(), free_port());
+    let dir = temp_dir("queue-timeouts");
+    let path = dir.join("rrproxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+connect-timeout = "30s"
+
+[[service]]
+name = "fast"
+listen = "127.0.0.1:{pf}"
+backends = ["{},maxconn=1"]
+queue-timeout = "500ms"
+
+[[service]]
+name = "slow"
+listen = "127.0.0.1:{ps}"
+backends = ["{},maxconn=1"]
+"#,
+            fast.addr, slow.addr
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyCmd::new(&[])
+        .no_listen()
+        .workers(2)
+        .args(["--config".to_string(), path.display().to_string()])
+        .args(["--health-interval", "off"])
+        .start();
+    let (lf, ls) = (
+        SocketAddr::from(([127, 0, 0, 1], pf)),
+        SocketAddr::from(([127, 0, 0, 1], ps)),
+    );
+    // Each backend's one slot taken, then one client waits for each.
+    let mut holders = Vec::new();
+    for l in [lf, ls] {
+        let mut s = TcpStream::connect_timeout(&l, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        read_name(&mut s);
+        holders.push(s);
+    }
+    let waiters: Vec<TcpStream> = [lf, ls]
+        .iter()
+        .map(|l| TcpStream::connect_timeout(l, Duration::from_secs(5)).unwrap())
+        .collect();
+    let qlen = "rrproxy_backend_queue_length";
+    wait_until(Duration::from_secs(10), "one waiting in each queue", || {
+        queue_metric(&proxy, qlen, "fast", fast.addr) == 1.0
+            && queue_metric(&proxy, qlen, "slow", slow.addr) == 1.0
+    });
+    let timeouts = "rrproxy_backend_queue_timeouts_total";
+    wait_until(Duration::from_secs(10), "fast's wait to time out", || {
+        queue_metric(&proxy, timeouts, "fast", fast.addr) == 1.0
+    });
+    // slow's (30 s, its connect timeout inherited) still waits.
+    assert_eq!(queue_metric(&proxy, qlen, "slow", slow.addr), 1.0);
+    assert_eq!(queue_metric(&proxy, timeouts, "slow", slow.addr), 0.0);
+    // Its slot frees: the waiter is served.
+    drop(holders.pop());
+    let mut w = waiters.into_iter().nth(1).unwrap();
+    w.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(read_name(&mut w), "s");
 }

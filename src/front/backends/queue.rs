@@ -218,20 +218,24 @@ impl Queues {
     }
 
     /// When the oldest waiting connection's wait ends, with `timeout`.
-    pub fn next_deadline(&self, timeout: Duration) -> Option<Instant> {
+    pub fn next_deadline(&self, timeout: impl Fn(u32) -> Duration) -> Option<Instant> {
         self.lines
-            .values()
-            .filter_map(|l| l.front())
-            .map(|w| w.since + timeout)
+            .iter()
+            .filter_map(|(&id, l)| Some(l.front()?.since + timeout(id)))
             .min()
     }
 
-    /// Every connection that has waited `timeout` by `now`, out of the
-    /// queue, oldest first per backend.
-    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<(u32, Waiting)> {
+    /// Every connection that has waited its backend's `timeout` by `now`,
+    /// out of the queue, oldest first per backend.
+    pub fn expired(
+        &mut self,
+        now: Instant,
+        timeout: impl Fn(u32) -> Duration,
+    ) -> Vec<(u32, Waiting)> {
         let mut out = Vec::new();
         for id in self.backends() {
-            while self.head(id).is_some_and(|w| w.since + timeout <= now) {
+            let t = timeout(id);
+            while self.head(id).is_some_and(|w| w.since + t <= now) {
                 if let Some(w) = self.pop(id) {
                     out.push((id, w));
                 }
@@ -331,7 +335,7 @@ mod tests {
         q.push(8, Waiting::new(conn(&l, 5), at(5), true, None));
         assert_eq!((q.len(7), q.len(8), q.total()), (4, 1, 5));
         assert_eq!(
-            q.next_deadline(Duration::from_secs(1)),
+            q.next_deadline(|_| Duration::from_secs(1)),
             Some(at(5) + Duration::from_secs(1))
         );
         // Backend 8's head is older but pinned.
@@ -341,7 +345,7 @@ mod tests {
         let (id, w) = q.remove_token(token).unwrap();
         assert_eq!((id, w.conn.peer.port()), (7, 2));
         assert!(q.remove_token(token).is_none());
-        let gone = q.expired(at(12), Duration::from_millis(0));
+        let gone = q.expired(at(12), |_| Duration::from_millis(0));
         let gone: Vec<u16> = gone.iter().map(|(_, w)| w.conn.peer.port()).collect();
         assert_eq!(gone.len(), 2);
         assert!(gone.contains(&1) && gone.contains(&5));

@@ -231,8 +231,8 @@ impl Front {
 
     /// When the next wait ends (for the queue task), if anything waits.
     pub fn queue_deadline(&self) -> Option<Instant> {
-        let timeout = self.settings.get().queue_timeout();
-        self.services.queues().next_deadline(timeout)
+        let global = self.settings.get().queue_timeout();
+        self.services.queue_deadline(global)
     }
 
     /// What the queue task waits on (see `backends::queue`).
@@ -240,16 +240,17 @@ impl Front {
         self.services.queues_mut().watch()
     }
 
-    /// Waits that reached `--queue-timeout`: each goes to a backend of its
+    /// Waits that reached their service's queue timeout (`queue-timeout`,
+    /// else its connect timeout): each goes to a backend of its
     /// service the policy allows that has room, or is closed (reset).
     pub fn expire_waits(&mut self) {
         if self.frozen() || self.stopping() {
             return;
         }
-        let timeout = self.settings.get().queue_timeout();
+        let global = self.settings.get().queue_timeout();
         let table = self.counters.table().clone();
         let now = Instant::now();
-        let expired = self.services.queues_mut().expired(now, timeout);
+        let expired = self.services.expired_waits(now, global);
         if expired.is_empty() {
             return;
         }
@@ -263,6 +264,7 @@ impl Front {
             };
             let service = self.services.get_mut(si);
             let retries = service.retries();
+            let timeout = service.config().queue_timeout();
             let (routing, backends) = service.parts_mut();
             backends.expired(i, w.since, now, &table);
             let elsewhere = routing.pick_with_room(ip, backends, retries);
