@@ -530,3 +530,99 @@ backends = ["{}"]
     let more: Vec<TcpStream> = (0..4).map(|_| served(Ipv4Addr::LOCALHOST, la).0).collect();
     drop((first, second, more));
 }
+
+/// Nothing a service counts leaks, whatever way its connections end:
+/// served, queued for a full backend, given back by a worker whose connect
+/// failed (a refusing backend first, a limited one next), refused by the
+/// service's own limits, or lost with a worker killed in the middle. Once
+/// the clients are gone the service counts 0 and every client is admitted.
+#[test]
+fn a_services_counts_return_to_zero_after_churn_and_a_killed_worker() {
+    let echo = echo_backend();
+    let dead = refused_addr();
+    let port = free_port();
+    let proxy = start(
+        &format!(
+            r#"
+retries = 1
+
+[[service]]
+name = "alpha"
+listen = "127.0.0.1:{port}"
+backends = ["{},maxconn=2", "{}"]
+max-conns = 3
+max-conns-per-ip = 1
+"#,
+            echo.addr, dead
+        ),
+        2,
+    );
+    let l = local(port);
+    let kill_at = std::sync::Arc::new(std::sync::Barrier::new(7));
+    let clients: Vec<_> = (0..6u8)
+        .map(|t| {
+            let kill_at = kill_at.clone();
+            std::thread::spawn(move || {
+                let from = Ipv4Addr::new(127, 0, 0, 2 + t % 3);
+                for n in 0..40 {
+                    if n == 20 {
+                        kill_at.wait();
+                    }
+                    let Ok(mut s) = try_connect_between(SocketAddr::from((from, 0)), l) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(b"ping\n");
+                    let mut b = [0u8; 5];
+                    let _ = s.read_exact(&mut b);
+                }
+            })
+        })
+        .collect();
+    kill_at.wait();
+    if let Some(pid) = proxy.worker_pids()[0] {
+        kill(pid, "KILL");
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_until(Duration::from_secs(20), "alpha to count 0", || {
+        active(&proxy, "alpha") == Some(0.0)
+    });
+    // Every way was taken.
+    let m = proxy.scrape();
+    let echo_label = [("service", "alpha"), ("backend", &*echo.addr.to_string())];
+    let queued = m
+        .get("rrproxy_backend_queued_total", &echo_label)
+        .unwrap_or(0.0);
+    let given_back = m
+        .get("rrproxy_redispatched_connections_total", &[])
+        .unwrap_or(0.0);
+    let per_ip = refused(&proxy, "alpha", "max_conns_per_ip");
+    assert!(
+        queued > 0.0 && given_back > 0.0 && per_ip > 0.0,
+        "queued {queued}, given back {given_back}, refused per IP {per_ip}"
+    );
+    for from in 2..5u8 {
+        let ip = Ipv4Addr::new(127, 0, 0, from);
+        let e = proxy.ctl_json(&format!("explain {ip} --service alpha"));
+        assert_eq!(e["service_limits"]["client_open"], 0, "{e}");
+    }
+    // And they are served again (two: the echo backend's slots).
+    wait_until(Duration::from_secs(20), "a worker in each slot", || {
+        proxy.worker_pids().iter().all(|p| p.is_some())
+    });
+    let mut held = Vec::new();
+    for from in 2..4u8 {
+        let ip = Ipv4Addr::new(127, 0, 0, from);
+        let mut s = connect_between(SocketAddr::from((ip, 0)), l);
+        s.write_all(b"ping\n").unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping\n");
+        held.push(s);
+    }
+    wait_until(Duration::from_secs(10), "alpha to count 2", || {
+        active(&proxy, "alpha") == Some(2.0)
+    });
+}
