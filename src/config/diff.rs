@@ -111,124 +111,66 @@ pub fn backend_changes(cur: &[BackendSpec], new: &[BackendSpec]) -> Vec<(String,
     out
 }
 
+/// How one setting is shown: its name and its value in a config.
+type Field = (&'static str, fn(&Config) -> String);
+
+/// Every setting a reload applies that is listed by value, in the order
+/// the lines come.
+const FIELDS: &[Field] = &[
+    ("connect-timeout", |c| dur(c.connect_timeout)),
+    ("idle-timeout", |c| dur(c.idle_timeout)),
+    ("drain-timeout", |c| dur(c.drain_timeout)),
+    ("client-first-byte-timeout", |c| {
+        opt_dur(c.client_first_byte_timeout)
+    }),
+    ("proxy-header-timeout", |c| dur(c.proxy_header_timeout)),
+    ("retries", |c| c.retries.to_string()),
+    ("max-conns", |c| opt_num(c.limits.max_conns)),
+    ("max-conns-per-worker", |c| {
+        opt_num(c.limits.max_conns_per_worker)
+    }),
+    ("max-conns-per-ip", |c| opt_num(c.limits.max_conns_per_ip)),
+    // A service's own (named so apart from the proxy's, which a
+    // service's lines repeat).
+    ("own max-conns", |c| opt_num(c.own_limits.max_conns)),
+    ("own max-conns-per-ip", |c| {
+        opt_num(c.own_limits.max_conns_per_ip)
+    }),
+    ("per-ip-ipv6-prefix", |c| {
+        c.limits.per_ip_ipv6_prefix.to_string()
+    }),
+    ("sticky-ipv6-prefix", |c| {
+        c.policy_options.sticky_ipv6_prefix.to_string()
+    }),
+    ("health-interval", |c| opt_dur(c.health.interval)),
+    ("health-timeout", |c| dur(c.health.timeout)),
+    ("rise", |c| c.health.rise.to_string()),
+    ("fall", |c| c.health.fall.to_string()),
+    ("health-send", |c| bytes(&c.probe.send)),
+    ("health-expect", |c| bytes(&c.probe.expect)),
+    ("resolve-interval", |c| opt_dur(c.resolve_interval)),
+    ("slow-start", |c| opt_dur(c.slow_start)),
+    ("source", |c| show_ips(&c.source)),
+    ("splice", |c| debug(&c.splice)),
+];
+
 /// The timeouts, limits, checks and per-connection settings that differ.
 fn setting_changes(cur: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let mut row = |what: &str, a: String, b: String| {
+    for (what, show) in FIELDS {
+        let (a, b) = (show(cur), show(new));
         if a != b {
             out.push(format!("{what} {a} -> {b}"));
         }
-    };
-    row(
-        "connect-timeout",
-        dur(cur.connect_timeout),
-        dur(new.connect_timeout),
-    );
-    row("idle-timeout", dur(cur.idle_timeout), dur(new.idle_timeout));
-    row(
-        "drain-timeout",
-        dur(cur.drain_timeout),
-        dur(new.drain_timeout),
-    );
-    row(
-        "client-first-byte-timeout",
-        opt_dur(cur.client_first_byte_timeout),
-        opt_dur(new.client_first_byte_timeout),
-    );
-    row(
-        "proxy-header-timeout",
-        dur(cur.proxy_header_timeout),
-        dur(new.proxy_header_timeout),
-    );
-    row("retries", cur.retries.to_string(), new.retries.to_string());
-    // (Without one set on either side it follows the connect timeout,
-    // listed above.)
-    if cur.queue_timeout.is_some() || new.queue_timeout.is_some() {
-        row(
-            "queue-timeout",
-            dur(cur.queue_timeout()),
-            dur(new.queue_timeout()),
-        );
     }
-    row(
-        "max-conns",
-        opt_num(cur.limits.max_conns),
-        opt_num(new.limits.max_conns),
-    );
-    row(
-        "max-conns-per-worker",
-        opt_num(cur.limits.max_conns_per_worker),
-        opt_num(new.limits.max_conns_per_worker),
-    );
-    row(
-        "max-conns-per-ip",
-        opt_num(cur.limits.max_conns_per_ip),
-        opt_num(new.limits.max_conns_per_ip),
-    );
-    // A service's own (named so apart from the proxy's, which a
-    // service's lines repeat).
-    row(
-        "own max-conns",
-        opt_num(cur.own_limits.max_conns),
-        opt_num(new.own_limits.max_conns),
-    );
-    row(
-        "own max-conns-per-ip",
-        opt_num(cur.own_limits.max_conns_per_ip),
-        opt_num(new.own_limits.max_conns_per_ip),
-    );
-    row(
-        "per-ip-ipv6-prefix",
-        cur.limits.per_ip_ipv6_prefix.to_string(),
-        new.limits.per_ip_ipv6_prefix.to_string(),
-    );
-    row(
-        "sticky-ipv6-prefix",
-        cur.policy_options.sticky_ipv6_prefix.to_string(),
-        new.policy_options.sticky_ipv6_prefix.to_string(),
-    );
-    row(
-        "health-interval",
-        opt_dur(cur.health.interval),
-        opt_dur(new.health.interval),
-    );
-    row(
-        "health-timeout",
-        dur(cur.health.timeout),
-        dur(new.health.timeout),
-    );
-    row(
-        "rise",
-        cur.health.rise.to_string(),
-        new.health.rise.to_string(),
-    );
-    row(
-        "fall",
-        cur.health.fall.to_string(),
-        new.health.fall.to_string(),
-    );
-    row(
-        "health-send",
-        bytes(&cur.probe.send),
-        bytes(&new.probe.send),
-    );
-    row(
-        "health-expect",
-        bytes(&cur.probe.expect),
-        bytes(&new.probe.expect),
-    );
-    row(
-        "resolve-interval",
-        opt_dur(cur.resolve_interval),
-        opt_dur(new.resolve_interval),
-    );
-    row(
-        "slow-start",
-        opt_dur(cur.slow_start),
-        opt_dur(new.slow_start),
-    );
-    row("source", show_ips(&cur.source), show_ips(&new.source));
-    row("splice", debug(&cur.splice), debug(&new.splice));
+    // Without one set on either side the queue timeout follows the
+    // connect timeout, listed already.
+    if cur.queue_timeout.is_some() || new.queue_timeout.is_some() {
+        let (a, b) = (dur(cur.queue_timeout()), dur(new.queue_timeout()));
+        if a != b {
+            out.push(format!("queue-timeout {a} -> {b}"));
+        }
+    }
     if *cur.acl != *new.acl {
         out.push("allow/deny lists changed (see ctl acl)".to_string());
     }
@@ -345,6 +287,21 @@ mod tests {
         let notes = changes(&a, &b, true, &["127.0.0.1:84", "127.0.0.1:83"]);
         assert!(!notes.iter().any(|n| n.starts_with("policy")), "{notes:?}");
         assert!(!notes.iter().any(|n| n.contains(":84") || n.contains(":83")));
+    }
+
+    /// The queue timeout is listed when either side sets one; otherwise
+    /// it follows the connect timeout, which has its own line.
+    #[test]
+    fn a_queue_timeout_is_listed_only_when_one_is_set() {
+        let a = config(&["127.0.0.1:81"]);
+        let mut b = a.clone();
+        b.connect_timeout = Duration::from_secs(2);
+        assert_eq!(changes(&a, &b, false, &[]), ["connect-timeout 5s -> 2s"]);
+        b.queue_timeout = Some(Duration::from_millis(500));
+        assert_eq!(
+            changes(&a, &b, false, &[]),
+            ["connect-timeout 5s -> 2s", "queue-timeout 5s -> 500ms"]
+        );
     }
 
     #[test]
