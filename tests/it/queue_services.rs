@@ -15,11 +15,27 @@ use crate::peers::free_port;
 use crate::queue::counted;
 use crate::support::*;
 
-fn queue_length(proxy: &Proxy, backend: SocketAddr) -> Option<f64> {
-    proxy.scrape().get(
-        "rrproxy_backend_queue_length",
-        &[("service", "alpha"), ("backend", &backend.to_string())],
-    )
+/// A per-backend series of `service`'s backend (NaN when absent).
+fn queue_metric(proxy: &Proxy, name: &str, service: &str, backend: SocketAddr) -> f64 {
+    proxy
+        .scrape()
+        .get(
+            name,
+            &[("service", service), ("backend", &backend.to_string())],
+        )
+        .unwrap_or(f64::NAN)
+}
+
+fn queue_length(proxy: &Proxy, backend: SocketAddr) -> f64 {
+    queue_metric(proxy, "rrproxy_backend_queue_length", "alpha", backend)
+}
+
+fn start(tag: &str, body: &str) -> Proxy {
+    ProxyCmd::new(&[])
+        .config(&config_file(tag, body))
+        .workers(2)
+        .args(["--health-interval", "off"])
+        .start()
 }
 
 #[test]
@@ -27,11 +43,9 @@ fn a_maxconn_queue_works_inside_one_of_two_services() {
     let limited = counted(Duration::from_millis(1));
     let free = name_backend("b");
     let (pa, pb) = (free_port(), free_port());
-    let dir = temp_dir("queue-services");
-    let path = dir.join("rrproxy.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let proxy = start(
+        "queue-services",
+        &format!(
             r#"
 [[service]]
 name = "alpha"
@@ -45,14 +59,7 @@ backends = ["{}"]
 "#,
             limited.backend.addr, free.addr
         ),
-    )
-    .unwrap();
-    let proxy = ProxyCmd::new(&[])
-        .no_listen()
-        .workers(2)
-        .args(["--config".to_string(), path.display().to_string()])
-        .args(["--health-interval", "off"])
-        .start();
+    );
     let (la, lb) = (
         SocketAddr::from(([127, 0, 0, 1], pa)),
         SocketAddr::from(([127, 0, 0, 1], pb)),
@@ -77,7 +84,7 @@ backends = ["{}"]
         }));
     }
     wait_until(Duration::from_secs(20), "alpha's queue to hold 4", || {
-        queue_length(&proxy, addr) == Some(4.0)
+        queue_length(&proxy, addr) == 4.0
     });
     // Beta is not limited by alpha's queue: it answers at once.
     for _ in 0..5 {
@@ -94,7 +101,7 @@ backends = ["{}"]
     let ok = proxy.ctl(&format!("backend maxconn {addr} 3 --service alpha"));
     assert!(ok.contains("maxconn 2 -> 3"), "{ok}");
     wait_until(Duration::from_secs(20), "a third slot to take one", || {
-        queue_length(&proxy, addr) == Some(3.0)
+        queue_length(&proxy, addr) == 3.0
     });
     limited.release.store(true, Ordering::SeqCst);
     let answered = clients
@@ -105,37 +112,21 @@ backends = ["{}"]
     assert_eq!(answered, 6, "every waiting client of alpha answered");
     let peak = limited.peak.load(Ordering::SeqCst);
     assert!(peak <= 3, "the limited backend saw {peak} at once");
-    let queued = proxy.scrape().get(
-        "rrproxy_backend_queued_total",
-        &[("service", "alpha"), ("backend", &addr.to_string())],
-    );
-    assert_eq!(queued, Some(4.0));
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn queue_metric(proxy: &Proxy, name: &str, service: &str, backend: SocketAddr) -> f64 {
-    proxy
-        .scrape()
-        .get(
-            name,
-            &[("service", service), ("backend", &backend.to_string())],
-        )
-        .unwrap_or(f64::NAN)
+    let queued = queue_metric(&proxy, "rrproxy_backend_queued_total", "alpha", addr);
+    assert_eq!(queued, 4.0);
 }
 
 /// Each service's waits end at its own queue timeout: `queue-timeout` in
-/// its table, else its own connect timeout; the top level's applies to a
-/// service that sets neither.
+/// its table, else the top level's, else its connect timeout (here the
+/// top level's 30 s).
 #[test]
 fn each_service_waits_its_own_queue_timeout() {
     let fast = name_backend("f");
     let slow = name_backend("s");
     let (pf, ps) = (free_port(), free_port());
-    let dir = temp_dir("queue-timeouts");
-    let path = dir.join("rrproxy.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let proxy = start(
+        "queue-timeouts",
+        &format!(
             r#"
 connect-timeout = "30s"
 
@@ -152,14 +143,7 @@ backends = ["{},maxconn=1"]
 "#,
             fast.addr, slow.addr
         ),
-    )
-    .unwrap();
-    let proxy = ProxyCmd::new(&[])
-        .no_listen()
-        .workers(2)
-        .args(["--config".to_string(), path.display().to_string()])
-        .args(["--health-interval", "off"])
-        .start();
+    );
     let (lf, ls) = (
         SocketAddr::from(([127, 0, 0, 1], pf)),
         SocketAddr::from(([127, 0, 0, 1], ps)),

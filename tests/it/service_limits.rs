@@ -18,15 +18,34 @@ use crate::support::*;
 use crate::upgrade::front_pid;
 
 fn start(body: &str, workers: usize) -> Proxy {
-    let dir = temp_dir("service-limits");
-    let path = dir.join("rrproxy.toml");
-    std::fs::write(&path, body).unwrap();
+    start_at(&config_file("service-limits", body), workers)
+}
+
+fn start_at(path: &std::path::Path, workers: usize) -> Proxy {
     ProxyCmd::new(&[])
-        .no_listen()
+        .config(path)
         .workers(workers)
-        .args(["--config".to_string(), path.display().to_string()])
         .args(["--health-interval", "off"])
         .start()
+}
+
+/// Two services on their own ports: `alpha` (to backend `a`, with the
+/// `limits` lines) and `beta` (to `b`).
+fn alpha_and_beta(pa: u16, a: SocketAddr, limits: &str, pb: u16, b: SocketAddr) -> String {
+    format!(
+        r#"
+[[service]]
+name = "alpha"
+listen = "127.0.0.1:{pa}"
+backends = ["{a}"]
+{limits}
+
+[[service]]
+name = "beta"
+listen = "127.0.0.1:{pb}"
+backends = ["{b}"]
+"#
+    )
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -81,24 +100,7 @@ fn a_service_at_its_max_conns_holds_its_listener_while_another_service_serves() 
     let a = name_backend("a");
     let b = name_backend("b");
     let (pa, pb) = (free_port(), free_port());
-    let proxy = start(
-        &format!(
-            r#"
-[[service]]
-name = "alpha"
-listen = "127.0.0.1:{pa}"
-backends = ["{}"]
-max-conns = 3
-
-[[service]]
-name = "beta"
-listen = "127.0.0.1:{pb}"
-backends = ["{}"]
-"#,
-            a.addr, b.addr
-        ),
-        1,
-    );
+    let proxy = start(&alpha_and_beta(pa, a.addr, "max-conns = 3", pb, b.addr), 1);
     let (la, lb) = (local(pa), local(pb));
     assert_eq!(
         metric(
@@ -189,21 +191,7 @@ fn a_client_over_its_services_per_ip_limit_is_reset_while_others_are_served() {
     let b = name_backend("b");
     let (pa, pb) = (free_port(), free_port());
     let proxy = start(
-        &format!(
-            r#"
-[[service]]
-name = "alpha"
-listen = "127.0.0.1:{pa}"
-backends = ["{}"]
-max-conns-per-ip = 2
-
-[[service]]
-name = "beta"
-listen = "127.0.0.1:{pb}"
-backends = ["{}"]
-"#,
-            a.addr, b.addr
-        ),
+        &alpha_and_beta(pa, a.addr, "max-conns-per-ip = 2", pb, b.addr),
         2,
     );
     let (la, lb) = (local(pa), local(pb));
@@ -477,32 +465,9 @@ max-conns = 1
 fn a_reload_raises_and_removes_a_services_max_conns() {
     let a = name_backend("a");
     let (pa, pb) = (free_port(), free_port());
-    let body = |limit: &str| {
-        format!(
-            r#"
-[[service]]
-name = "alpha"
-listen = "127.0.0.1:{pa}"
-backends = ["{}"]
-{limit}
-
-[[service]]
-name = "beta"
-listen = "127.0.0.1:{pb}"
-backends = ["{}"]
-"#,
-            a.addr, a.addr
-        )
-    };
-    let dir = temp_dir("service-limits-reload");
-    let path = dir.join("rrproxy.toml");
-    std::fs::write(&path, body("max-conns = 1")).unwrap();
-    let proxy = ProxyCmd::new(&[])
-        .no_listen()
-        .workers(2)
-        .args(["--config".to_string(), path.display().to_string()])
-        .args(["--health-interval", "off"])
-        .start();
+    let body = |limits: &str| alpha_and_beta(pa, a.addr, limits, pb, a.addr);
+    let path = config_file("service-limits-reload", &body("max-conns = 1"));
+    let proxy = start_at(&path, 2);
     let la = local(pa);
     let (first, _) = served(Ipv4Addr::LOCALHOST, la);
     wait_until(Duration::from_secs(10), "alpha to count 1", || {

@@ -24,11 +24,7 @@ fn config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
 fn start(body: &str) -> Proxy {
     let dir = temp_dir("services");
     let path = config(&dir, body);
-    ProxyCmd::new(&[])
-        .no_listen()
-        .workers(2)
-        .args(["--config".to_string(), path.display().to_string()])
-        .start()
+    ProxyCmd::new(&[]).config(&path).workers(2).start()
 }
 
 fn name_via(addr: SocketAddr, from: std::net::Ipv4Addr) -> String {
@@ -241,11 +237,7 @@ fn a_reload_adds_and_removes_services_while_a_download_runs_through_a_third() {
             gone.addr
         ),
     );
-    let proxy = ProxyCmd::new(&[])
-        .no_listen()
-        .workers(2)
-        .args(["--config".to_string(), path.display().to_string()])
-        .start();
+    let proxy = ProxyCmd::new(&[]).config(&path).workers(2).start();
     let download = Stream::start_at(local(pk), 19, 4 << 20, Duration::from_millis(10));
     let mut held = connect_between(SocketAddr::from(([127, 0, 0, 3], 0)), local(pg));
     held.set_read_timeout(Some(Duration::from_secs(20)))
@@ -373,11 +365,7 @@ fn a_reload_lists_what_changed_in_each_named_service() {
             a.addr, b.addr
         ),
     );
-    let proxy = ProxyCmd::new(&[])
-        .no_listen()
-        .workers(1)
-        .args(["--config".to_string(), path.display().to_string()])
-        .start();
+    let proxy = ProxyCmd::new(&[]).config(&path).workers(1).start();
     config(
         &dir,
         &format!(

@@ -62,6 +62,13 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A config file holding `body`, in a fresh temp dir named after `tag`.
+pub fn config_file(tag: &str, body: &str) -> PathBuf {
+    let path = temp_dir(tag).join("rrproxy.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -141,6 +148,13 @@ impl ProxyCmd {
             self.args.drain(..2);
         }
         self
+    }
+
+    /// Run from the config file at `path` (`--config`), which says where
+    /// to listen.
+    pub fn config(self, path: &Path) -> ProxyCmd {
+        self.no_listen()
+            .args(["--config".to_string(), path.display().to_string()])
     }
 
     pub fn workers(self, n: usize) -> ProxyCmd {
