@@ -169,44 +169,34 @@ fn up_messages_round_trip() {
     }
 }
 
-/// A table without services that count their connections encodes as
-/// before the flag existed, and the flag survives a round trip.
+/// A table without limits (`limited`: a backend's `maxconn`; `counted`:
+/// a service's own limits) encodes as before each flag existed (an older
+/// worker reads it during an upgrade), and each flag survives a round
+/// trip as one bit.
 #[test]
-fn the_counted_flag_is_one_bit_absent_without_service_limits() {
-    let mut cfg = sample_config();
-    let mut with = Vec::new();
-    Down::Config(cfg.clone()).encode(&mut with).unwrap();
-    for b in &mut cfg.backends {
-        b.counted = false;
+fn the_one_bit_flags_are_absent_without_their_limits() {
+    type Flag = fn(&mut BackendEntry) -> &mut bool;
+    let flags: [(&str, Flag); 2] = [
+        ("limited", |b| &mut b.limited),
+        ("counted", |b| &mut b.counted),
+    ];
+    for (name, flag) in flags {
+        let mut cfg = sample_config();
+        let mut with = Vec::new();
+        Down::Config(cfg.clone()).encode(&mut with).unwrap();
+        for b in &mut cfg.backends {
+            *flag(b) = false;
+        }
+        let mut without = Vec::new();
+        Down::Config(cfg.clone()).encode(&mut without).unwrap();
+        assert_eq!(with.len(), without.len(), "{name}");
+        assert_ne!(with, without, "{name}");
+        let Down::Config(mut back) = Down::decode(&with).unwrap() else {
+            panic!("not a config");
+        };
+        assert!(*flag(&mut back.backends[0]), "{name}");
+        assert!(!*flag(&mut back.backends[1]), "{name}");
     }
-    let mut without = Vec::new();
-    Down::Config(cfg.clone()).encode(&mut without).unwrap();
-    assert_eq!(with.len(), without.len());
-    assert_ne!(with, without);
-    let Down::Config(back) = Down::decode(&with).unwrap() else {
-        panic!("not a config");
-    };
-    assert!(back.backends[0].counted && !back.backends[1].counted);
-}
-
-/// A table without limits encodes as before the flag existed (an older
-/// worker reads it during an upgrade), and the flag survives a round trip.
-#[test]
-fn the_limited_flag_is_one_bit_absent_without_limits() {
-    let mut cfg = sample_config();
-    let mut with = Vec::new();
-    Down::Config(cfg.clone()).encode(&mut with).unwrap();
-    for b in &mut cfg.backends {
-        b.limited = false;
-    }
-    let mut without = Vec::new();
-    Down::Config(cfg.clone()).encode(&mut without).unwrap();
-    assert_eq!(with.len(), without.len());
-    assert_ne!(with, without);
-    let Down::Config(back) = Down::decode(&with).unwrap() else {
-        panic!("not a config");
-    };
-    assert!(back.backends[0].limited && !back.backends[1].limited);
 }
 
 #[test]
