@@ -345,21 +345,7 @@ fn a_sticky_client_of_a_failing_backend_moves_once() {
 /// backend holding ten long connections gets none of thirty short ones.
 #[test]
 fn least_conn_follows_the_live_counts_under_churn() {
-    let a = name_backend("a");
-    let b = name_backend("b");
-    let proxy = ProxyCmd::new(&[a.addr, b.addr])
-        .workers(2)
-        .args(["--policy", "least-conn"])
-        .start();
-    proxy.ctl(&format!("backend disable {}", b.addr));
-    let mut held: Vec<TcpStream> = (0..10)
-        .map(|_| {
-            let mut s = proxy.connect();
-            assert_eq!(read_name(&mut s), "a");
-            s
-        })
-        .collect();
-    proxy.ctl(&format!("backend enable {}", b.addr));
+    let (a, b, proxy, mut held) = least_conn_with_a_holding(10);
     for i in 0..30 {
         let mut s = proxy.connect();
         assert_eq!(read_name(&mut s), "b", "short connection {i}");
@@ -378,6 +364,27 @@ fn least_conn_follows_the_live_counts_under_churn() {
     let first = read_name(&mut one);
     let mut two = proxy.connect();
     assert_ne!(read_name(&mut two), first, "the other one is lighter now");
+}
+
+/// Backends `a` and `b` under least-conn, `a` holding `n` long
+/// connections (opened while `b` was out of rotation), `b` none.
+fn least_conn_with_a_holding(n: usize) -> (Backend, Backend, Proxy, Vec<TcpStream>) {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let proxy = ProxyCmd::new(&[a.addr, b.addr])
+        .workers(2)
+        .args(["--policy", "least-conn"])
+        .start();
+    proxy.ctl(&format!("backend disable {}", b.addr));
+    let held: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = proxy.connect();
+            assert_eq!(read_name(&mut s), "a");
+            s
+        })
+        .collect();
+    proxy.ctl(&format!("backend enable {}", b.addr));
+    (a, b, proxy, held)
 }
 
 fn backend_active(proxy: &Proxy, addr: &str) -> u64 {
@@ -399,22 +406,7 @@ fn backend_active(proxy: &Proxy, addr: &str) -> u64 {
 /// the backend that started lower).
 #[test]
 fn least_conn_spreads_a_burst_by_what_each_backend_holds() {
-    let a = name_backend("a");
-    let b = name_backend("b");
-    let proxy = ProxyCmd::new(&[a.addr, b.addr])
-        .workers(2)
-        .args(["--policy", "least-conn"])
-        .start();
-    // a holds 20 (b out of rotation meanwhile).
-    proxy.ctl(&format!("backend disable {}", b.addr));
-    let mut on_a: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let mut s = proxy.connect();
-            assert_eq!(read_name(&mut s), "a");
-            s
-        })
-        .collect();
-    proxy.ctl(&format!("backend enable {}", b.addr));
+    let (a, _b, proxy, mut on_a) = least_conn_with_a_holding(20);
     wait_until(Duration::from_secs(10), "a to hold 20", || {
         backend_active(&proxy, &a.addr.to_string()) == 20
     });
