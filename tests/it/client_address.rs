@@ -30,8 +30,7 @@ fn header(version: Version, src: &str, dst: &str) -> Vec<u8> {
 fn send_proxy_to(port: u16, version: &str, health: &str) -> (Proxy, SocketAddr) {
     let proxy = ProxyCmd::new(&[])
         .args(["--listen", "[::1]:0", "--health-interval", health])
-        .arg("--backend")
-        .arg(format!("127.0.0.1:{port},send-proxy={version}"))
+        .backend(format!("127.0.0.1:{port},send-proxy={version}"))
         .workers(2)
         .start();
     let v6 = proxy.ctl_json("status")["listen"][1]
@@ -157,8 +156,7 @@ fn health_checks_of_send_proxy_backends_send_a_header_without_a_client() {
         });
         let _proxy = ProxyCmd::new(&[])
             .args(["--health-interval", "100ms", "--workers", "1"])
-            .arg("--backend")
-            .arg(format!("{},send-proxy={version}", b.addr))
+            .backend(format!("{},send-proxy={version}", b.addr))
             .start();
         for _ in 0..3 {
             let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -232,14 +230,12 @@ fn a_chain_of_two_rrproxies_keeps_the_original_client_and_destination() {
     let rec = header_echo_backend();
     let inner = ProxyCmd::new(&[])
         .args(["--accept-proxy", "127.0.0.1/32", "--health-interval", "off"])
-        .arg("--backend")
-        .arg(format!("{},send-proxy=v1", rec.backend.addr))
+        .backend(format!("{},send-proxy=v1", rec.backend.addr))
         .workers(2)
         .start();
     let outer = ProxyCmd::new(&[])
         .args(["--health-interval", "off"])
-        .arg("--backend")
-        .arg(format!("{},send-proxy=v2", inner.listen))
+        .backend(format!("{},send-proxy=v2", inner.listen))
         .workers(2)
         .start();
     for i in 0..4u64 {
@@ -278,8 +274,7 @@ fn bad_proxy_headers_close_only_their_connection_and_are_counted() {
             "--health-interval",
             "off",
         ])
-        .arg("--backend")
-        .arg(format!("{},send-proxy=v1", rec.backend.addr))
+        .backend(format!("{},send-proxy=v1", rec.backend.addr))
         .workers(2)
         .start();
     let me = v4(1);

@@ -115,8 +115,7 @@ fn a_limited_backend_never_sees_more_than_maxconn_and_serves_in_arrival_order() 
     const CLIENTS: u32 = 50;
     let b = counted(Duration::from_millis(5));
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn={MAX}", b.backend.addr))
+        .backend(format!("{},maxconn={MAX}", b.backend.addr))
         .args(["--health-interval", "off"])
         .workers(2)
         .start();
@@ -210,10 +209,8 @@ fn concurrent_clients_over_all_workers_stay_within_each_limit() {
     a.release.store(true, Ordering::SeqCst);
     b.release.store(true, Ordering::SeqCst);
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=2", a.backend.addr))
-        .arg("--backend")
-        .arg(format!("{},maxconn=4", b.backend.addr))
+        .backend(format!("{},maxconn=2", a.backend.addr))
+        .backend(format!("{},maxconn=4", b.backend.addr))
         .args(["--health-interval", "off"])
         .workers(2)
         .start();
@@ -258,8 +255,7 @@ fn concurrent_clients_over_all_workers_stay_within_each_limit() {
 fn a_full_queue_refuses_a_leaver_frees_its_place_and_waits_time_out() {
     let b = counted(Duration::ZERO);
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1,maxqueue=2", b.backend.addr))
+        .backend(format!("{},maxconn=1,maxqueue=2", b.backend.addr))
         .args(["--queue-timeout", "1500ms"])
         .args(["--health-interval", "off"])
         .workers(2)
@@ -306,8 +302,7 @@ fn a_full_queue_refuses_a_leaver_frees_its_place_and_waits_time_out() {
 fn ctl_backend_maxconn_changes_a_limit_at_run_time() {
     let b = counted(Duration::ZERO);
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", b.backend.addr))
+        .backend(format!("{},maxconn=1", b.backend.addr))
         .args(["--health-interval", "off"])
         .workers(2)
         .start();
@@ -371,10 +366,8 @@ fn a_backup_takes_over_only_when_every_primary_is_down() {
     let primary = switch_backend("p");
     let backup = name_backend("b");
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", primary.addr))
-        .arg("--backend")
-        .arg(format!("{},backup", backup.addr))
+        .backend(format!("{},maxconn=1", primary.addr))
+        .backend(format!("{},backup", backup.addr))
         .args(["--health-interval", "100ms", "--fall", "1", "--rise", "1"])
         .workers(2)
         .start();

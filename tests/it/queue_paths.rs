@@ -61,8 +61,7 @@ fn rank<'a>(e: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn explain_says_queued_when_every_backend_is_full() {
     let a = name_backend("a");
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=2", a.addr))
+        .backend(format!("{},maxconn=2", a.addr))
         .args(["--health-interval", "off", "--queue-timeout", "10m"])
         .workers(2)
         .start();
@@ -112,10 +111,8 @@ fn status_json_shows_maxconn_and_queued_and_a_standby_backup_counts_as_up() {
     let a = name_backend("a");
     let b = name_backend("b");
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", a.addr))
-        .arg("--backend")
-        .arg(format!("{},backup", b.addr))
+        .backend(format!("{},maxconn=1", a.addr))
+        .backend(format!("{},backup", b.addr))
         .args(["--health-interval", "off", "--queue-timeout", "10m"])
         .workers(2)
         .start();
@@ -186,8 +183,7 @@ fn status_json_shows_maxconn_and_queued_and_a_standby_backup_counts_as_up() {
 fn an_upgrade_hands_the_backend_queue_over_and_every_waiting_client_is_served() {
     let b = counted(Duration::ZERO);
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", b.backend.addr))
+        .backend(format!("{},maxconn=1", b.backend.addr))
         .args(["--health-interval", "off", "--queue-timeout", "10m"])
         .args(["--drain-timeout", "10m"])
         .workers(2)
@@ -256,10 +252,8 @@ fn a_sticky_wait_that_times_out_goes_to_another_backend_with_room() {
     let a = name_backend("a");
     let b = name_backend("b");
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", a.addr))
-        .arg("--backend")
-        .arg(b.addr.to_string())
+        .backend(format!("{},maxconn=1", a.addr))
+        .backend(b.addr.to_string())
         .args(["--policy", "sticky", "--health-interval", "off"])
         .args(["--queue-timeout", "1s"])
         .workers(2)
@@ -315,10 +309,8 @@ fn least_conn_counts_waiting_connections_so_the_queues_stay_even() {
     let a = name_backend("a");
     let b = name_backend("b");
     let proxy = ProxyCmd::new(&[])
-        .arg("--backend")
-        .arg(format!("{},maxconn=1", a.addr))
-        .arg("--backend")
-        .arg(format!("{},maxconn=3", b.addr))
+        .backend(format!("{},maxconn=1", a.addr))
+        .backend(format!("{},maxconn=3", b.addr))
         .args(["--policy", "least-conn", "--health-interval", "off"])
         .args(["--queue-timeout", "10m"])
         .workers(2)

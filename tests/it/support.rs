@@ -150,6 +150,11 @@ impl ProxyCmd {
         self
     }
 
+    /// One more `--backend SPEC` (an address with its options).
+    pub fn backend(self, spec: impl Into<String>) -> ProxyCmd {
+        self.arg("--backend").arg(spec)
+    }
+
     /// Run from the config file at `path` (`--config`), which says where
     /// to listen.
     pub fn config(self, path: &Path) -> ProxyCmd {
