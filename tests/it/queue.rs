@@ -87,16 +87,32 @@ pub(crate) fn wait_metric(proxy: &Proxy, name: &str, backend: SocketAddr, want: 
 
 /// Send `n` as a line and wait for the backend's `ok`.
 fn ask(mut s: TcpStream, n: u32) -> bool {
+    s.write_all(format!("{n}\n").as_bytes()).is_ok() && answered(s)
+}
+
+/// Whether the `counted` backend answered `ok` on `s` (within 60 s);
+/// then close.
+pub(crate) fn answered(s: TcpStream) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-    if s.write_all(format!("{n}\n").as_bytes()).is_err() {
-        return false;
-    }
     let mut line = String::new();
     let ok = BufReader::new(&s)
         .read_line(&mut line)
         .is_ok_and(|_| line == "ok\n");
     let _ = s.shutdown(Shutdown::Both);
     ok
+}
+
+impl Counted {
+    /// Let it answer every connection, and count the `clients` (threads
+    /// giving [`answered`]) that got their answer.
+    pub(crate) fn release_and_count(&self, clients: Vec<thread::JoinHandle<bool>>) -> usize {
+        self.release.store(true, Ordering::SeqCst);
+        clients
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&ok| ok)
+            .count()
+    }
 }
 
 /// A connection the proxy closed without an answer (reset or EOF).
@@ -135,15 +151,7 @@ fn a_limited_backend_never_sees_more_than_maxconn_and_serves_in_arrival_order() 
                 f64::from(n + 1) - MAX as f64,
             );
         }
-        clients.push(thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-            let mut line = String::new();
-            let ok = BufReader::new(&s)
-                .read_line(&mut line)
-                .is_ok_and(|_| line == "ok\n");
-            let _ = s.shutdown(Shutdown::Both);
-            ok
-        }));
+        clients.push(thread::spawn(move || answered(s)));
     }
     let m = proxy.scrape();
     let label = addr.to_string();
@@ -155,13 +163,8 @@ fn a_limited_backend_never_sees_more_than_maxconn_and_serves_in_arrival_order() 
         .unwrap();
     assert_eq!(active, MAX as f64, "{}", m.text);
     assert!(proxy.ctl("backends").contains(&format!("{MAX}/{MAX}")));
-    b.release.store(true, Ordering::SeqCst);
-    let answered = clients
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .filter(|&ok| ok)
-        .count();
-    assert_eq!(answered, CLIENTS as usize, "every client answered");
+    let served = b.release_and_count(clients);
+    assert_eq!(served, CLIENTS as usize, "every client answered");
     let peak = b.peak.load(Ordering::SeqCst);
     assert!(
         peak <= MAX,

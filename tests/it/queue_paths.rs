@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::queue::{counted, metric, wait_metric};
+use crate::queue::{answered, counted, metric, wait_metric};
 use crate::status::status_json;
 use crate::support::*;
 use crate::upgrade::front_pid;
@@ -30,18 +30,6 @@ fn waiter(s: TcpStream) -> thread::JoinHandle<String> {
         let _ = s.shutdown(Shutdown::Both);
         line.trim().to_string()
     })
-}
-
-/// Whether the `counted` backend answered `ok` on `s` (within 60 s);
-/// then close.
-fn answered(s: TcpStream) -> bool {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut line = String::new();
-    let ok = BufReader::new(&s)
-        .read_line(&mut line)
-        .is_ok_and(|_| line == "ok\n");
-    let _ = s.shutdown(Shutdown::Both);
-    ok
 }
 
 /// The row of backend `name` in `ctl explain --json`'s ranking.
@@ -224,13 +212,8 @@ fn an_upgrade_hands_the_backend_queue_over_and_every_waiting_client_is_served() 
         "{row}"
     );
     wait_metric(&proxy, ACTIVE, addr, 1.0);
-    b.release.store(true, Ordering::SeqCst);
-    let answered = clients
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .filter(|&ok| ok)
-        .count();
-    assert_eq!(answered, 4, "every client answered across the upgrade");
+    let served = b.release_and_count(clients);
+    assert_eq!(served, 4, "every client answered across the upgrade");
     assert_eq!(b.peak.load(Ordering::SeqCst), 1, "the limit held");
     assert_eq!(
         *b.order.lock().unwrap(),

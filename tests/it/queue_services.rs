@@ -5,14 +5,14 @@
 //! limit of that service's backend; every waiting client is answered.
 //! Each service's waits end at its own queue timeout.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
 use crate::peers::free_port;
-use crate::queue::counted;
+use crate::queue::{answered, counted};
 use crate::support::*;
 
 /// A per-backend series of `service`'s backend (NaN when absent).
@@ -73,15 +73,7 @@ backends = ["{}"]
             .unwrap()
             .write_all(format!("{n}\n").as_bytes())
             .unwrap();
-        clients.push(thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-            let mut line = String::new();
-            let ok = BufReader::new(&s)
-                .read_line(&mut line)
-                .is_ok_and(|_| line == "ok\n");
-            let _ = s.shutdown(Shutdown::Both);
-            ok
-        }));
+        clients.push(thread::spawn(move || answered(s)));
     }
     wait_until(Duration::from_secs(20), "alpha's queue to hold 4", || {
         queue_length(&proxy, addr) == 4.0
@@ -103,13 +95,8 @@ backends = ["{}"]
     wait_until(Duration::from_secs(20), "a third slot to take one", || {
         queue_length(&proxy, addr) == 3.0
     });
-    limited.release.store(true, Ordering::SeqCst);
-    let answered = clients
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .filter(|&ok| ok)
-        .count();
-    assert_eq!(answered, 6, "every waiting client of alpha answered");
+    let served = limited.release_and_count(clients);
+    assert_eq!(served, 6, "every waiting client of alpha answered");
     let peak = limited.peak.load(Ordering::SeqCst);
     assert!(peak <= 3, "the limited backend saw {peak} at once");
     let queued = queue_metric(&proxy, "rrproxy_backend_queued_total", "alpha", addr);
