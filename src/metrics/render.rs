@@ -362,26 +362,26 @@ pub fn render(table: &Table, snap: &Snapshot) -> String {
             );
         }
     }
-    let limited = || {
-        snap.services
+    // Services with a max-conns of their own: the limit, and what it
+    // counts now.
+    type Gauge = fn(&ServiceLabel) -> &AtomicU64;
+    let gauges: [(&str, Gauge); 2] = [
+        (SERVICE_MAXCONN, |s| &s.max_conns),
+        (SERVICE_ACTIVE, |s| &s.open),
+    ];
+    for (name, gauge) in gauges {
+        o.family(name);
+        for s in snap
+            .services
             .iter()
             .filter(|s| !s.name.is_empty() && s.max_conns.load(Ordering::Relaxed) > 0)
-    };
-    o.family(SERVICE_MAXCONN);
-    for s in limited() {
-        o.sample(
-            SERVICE_MAXCONN,
-            &[("service", &s.name)],
-            s.max_conns.load(Ordering::Relaxed),
-        );
-    }
-    o.family(SERVICE_ACTIVE);
-    for s in limited() {
-        o.sample(
-            SERVICE_ACTIVE,
-            &[("service", &s.name)],
-            s.open.load(Ordering::Relaxed),
-        );
+        {
+            o.sample(
+                name,
+                &[("service", &s.name)],
+                gauge(s).load(Ordering::Relaxed),
+            );
+        }
     }
     o.family(SNI_CONNECTIONS);
     if snap.services.iter().any(|s| s.name.is_empty()) {
