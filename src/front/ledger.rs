@@ -181,12 +181,7 @@ impl Ledger {
 
     /// `n` connections of client `key` ended.
     pub fn release_ip(&mut self, key: IpAddr, n: u32) {
-        if let Some(c) = self.per_ip.get_mut(&key) {
-            *c = c.saturating_sub(n);
-            if *c == 0 {
-                self.per_ip.remove(&key);
-            }
-        }
+        uncount(&mut self.per_ip, key, n);
     }
 
     /// Count a new connection of service `service` from client `key`
@@ -218,19 +213,9 @@ impl Ledger {
 
     /// A connection counted as `t` ended.
     pub fn release_tally(&mut self, t: Tally) {
-        if let Some(c) = self.service_open.get_mut(&t.service) {
-            *c = c.saturating_sub(1);
-            if *c == 0 {
-                self.service_open.remove(&t.service);
-            }
-        }
+        uncount(&mut self.service_open, t.service, 1);
         if let Some(key) = t.client {
-            if let Some(c) = self.service_ip.get_mut(&(t.service, key)) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    self.service_ip.remove(&(t.service, key));
-                }
-            }
+            uncount(&mut self.service_ip, (t.service, key), 1);
         }
     }
 
@@ -294,6 +279,21 @@ impl Ledger {
                 .collect(),
             next_conn: state.next_conn,
         })
+    }
+}
+
+/// Take `n` from `key`'s count (never below 0); a count at 0 leaves the
+/// map, so it holds only clients and services with something open.
+fn uncount<K, N>(map: &mut HashMap<K, N>, key: K, n: N)
+where
+    K: std::hash::Hash + Eq,
+    N: Copy + Default + PartialEq + std::ops::Sub<Output = N> + PartialOrd,
+{
+    if let Some(c) = map.get_mut(&key) {
+        *c = if *c > n { *c - n } else { N::default() };
+        if *c == N::default() {
+            map.remove(&key);
+        }
     }
 }
 
