@@ -45,8 +45,8 @@ struct Holder<'a> {
 }
 
 impl<'a> Holder<'a> {
-    fn planned(routes: &Routes, cell: ProcCell<'a>, id: u32) -> Holder<'a> {
-        let entry = routes.entry(id);
+    /// On backend `id`, as the worker's table lists it (`entry`).
+    fn planned(entry: Option<&BackendEntry>, cell: ProcCell<'a>, id: u32) -> Holder<'a> {
         Holder {
             col: entry.and_then(|b| cell.col(usize::from(b.column))),
             id,
@@ -110,10 +110,11 @@ pub async fn serve_conn(worker: &Worker, stream: std::net::TcpStream, handoff: H
     tracing::Span::current().record("client.addr", tracing::field::display(handoff.client));
     let routes = worker.routes();
     let cell = worker.cell();
-    let mut holder = Holder::planned(&routes, cell, handoff.backend);
+    let planned = routes.entry(handoff.backend);
+    let mut holder = Holder::planned(planned, cell, handoff.backend);
     // Whether the front counts this connection for its service (decided
     // by the table it was planned with).
-    let counted = routes.entry(handoff.backend).is_some_and(|b| b.counted);
+    let counted = planned.is_some_and(|b| b.counted);
     let unserved = |holder: &mut Holder| {
         holder.release(worker);
         cell.bump(ProcWord::Failed, 1);
