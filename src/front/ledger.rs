@@ -62,6 +62,25 @@ pub enum Over {
     Client(u32),
 }
 
+impl Over {
+    /// Its name in metrics and `ctl explain` (one of
+    /// `metrics::SERVICE_REFUSALS`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Over::Service(_) => "max_conns",
+            Over::Client(_) => "max_conns_per_ip",
+        }
+    }
+
+    /// The limit reached.
+    pub fn limit(&self) -> u64 {
+        match *self {
+            Over::Service(n) => n,
+            Over::Client(n) => u64::from(n),
+        }
+    }
+}
+
 impl Conn {
     pub fn ip(&self) -> IpAddr {
         self.peer.ip()
@@ -193,6 +212,23 @@ impl Ledger {
         key: IpAddr,
         limits: crate::config::ServiceLimits,
     ) -> Result<Tally, Over> {
+        self.service_has_room(service, key, limits)?;
+        *self.service_open.entry(service).or_default() += 1;
+        let client = limits.max_conns_per_ip.map(|_| {
+            *self.service_ip.entry((service, key)).or_default() += 1;
+            key
+        });
+        Ok(Tally { service, client })
+    }
+
+    /// Whether service `service`'s own `limits` take one more connection
+    /// from client `key` now; `Err`: the limit that is reached.
+    pub fn service_has_room(
+        &self,
+        service: u32,
+        key: IpAddr,
+        limits: crate::config::ServiceLimits,
+    ) -> Result<(), Over> {
         if let Some(max) = limits.max_conns {
             if self.service_count(service) >= max {
                 return Err(Over::Service(max));
@@ -203,12 +239,7 @@ impl Ledger {
                 return Err(Over::Client(max));
             }
         }
-        *self.service_open.entry(service).or_default() += 1;
-        let client = limits.max_conns_per_ip.map(|_| {
-            *self.service_ip.entry((service, key)).or_default() += 1;
-            key
-        });
-        Ok(Tally { service, client })
+        Ok(())
     }
 
     /// A connection counted as `t` ended.

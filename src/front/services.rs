@@ -504,6 +504,17 @@ fn service_config(cfg: &Config) -> Arc<Config> {
 }
 
 impl ServiceLabel {
+    /// Count a refusal by the service's own limits (`reason`, one of
+    /// `metrics::SERVICE_REFUSALS`).
+    pub fn count_refused(&self, reason: &str) {
+        if let Some(i) = crate::metrics::SERVICE_REFUSALS
+            .iter()
+            .position(|&r| r == reason)
+        {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Count an SNI outcome.
     pub fn count_sni(&self, reason: &str) {
         if let Some(i) = crate::metrics::SNI_REASONS

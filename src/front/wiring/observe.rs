@@ -35,27 +35,19 @@ impl Front {
         });
         let limits = s.config().own_limits;
         let service_limits = limits.any().then(|| {
-            let open = self.ledger.service_count(s.id());
-            let client_open = limits
-                .max_conns_per_ip
-                .map(|_| self.ledger.service_ip_count(s.id(), self.client_key(ip)));
-            let reached = if limits.max_conns.is_some_and(|m| open >= m) {
-                Some("max_conns")
-            } else if limits
-                .max_conns_per_ip
-                .zip(client_open)
-                .is_some_and(|(m, n)| n >= m)
-            {
-                Some("max_conns_per_ip")
-            } else {
-                None
-            };
+            let key = self.client_key(ip);
             crate::front::explain::ServiceLimitCheck {
                 max_conns: limits.max_conns,
-                open,
+                open: self.ledger.service_count(s.id()),
                 max_conns_per_ip: limits.max_conns_per_ip,
-                client_open,
-                reached,
+                client_open: limits
+                    .max_conns_per_ip
+                    .map(|_| self.ledger.service_ip_count(s.id(), key)),
+                reached: self
+                    .ledger
+                    .service_has_room(s.id(), key, limits)
+                    .err()
+                    .map(|over| over.reason()),
             }
         });
         let admission = crate::front::explain::Admission {

@@ -37,13 +37,13 @@ impl Front {
             }
             Err(over) => {
                 let service = self.services.get(i);
-                let (reason, limit, why) = match over {
-                    Over::Service(max) => (0, max, "the service is at its max-conns"),
-                    Over::Client(max) => (1, u64::from(max), "at the service's max-conns-per-ip"),
+                let why = match over {
+                    Over::Service(_) => "the service is at its max-conns",
+                    Over::Client(_) => "at the service's max-conns-per-ip",
                 };
-                service.label().refused[reason].fetch_add(1, Ordering::Relaxed);
+                service.label().count_refused(over.reason());
                 self.access
-                    .refuse_by_service(conn, service.name(), limit, why);
+                    .refuse_by_service(conn, service.name(), over.limit(), why);
                 false
             }
         }
