@@ -4,7 +4,8 @@
 //! when a connection ends) while another service serves; a client over
 //! the service's per-IP limit is reset while other clients and services
 //! are served; on a listener shared by SNI, a connection for the full
-//! service is reset while the fallback serves; a dead worker's connections
+//! service is reset while the fallback serves, and the listener stops only
+//! when all its services are full; a dead worker's connections
 //! are uncounted; an upgrade carries the counts; a reload raises and
 //! removes a limit at once; services on a port the kernel chose route
 //! and hold like any other.
@@ -278,7 +279,7 @@ fn hello_to(to: SocketAddr, host: &str) -> TcpStream {
 }
 
 #[test]
-fn on_a_shared_sni_listener_a_full_service_resets_while_the_fallback_serves() {
+fn on_a_shared_sni_listener_a_full_service_resets_and_all_full_holds_the_listener() {
     let w = name_backend("w");
     let o = name_backend("o");
     let port = free_port();
@@ -296,6 +297,7 @@ max-conns = 1
 name = "other"
 listen = "127.0.0.1:{port}"
 backends = ["{}"]
+max-conns = 1
 "#,
             w.addr, o.addr
         ),
@@ -313,14 +315,20 @@ backends = ["{}"]
     // The listener still accepts: the fallback serves.
     let mut other = hello_to(l, "api.example.com");
     assert_eq!(read_name(&mut other), "o");
+    // Now every service on the listener is full: it stops accepting, and
+    // the next client waits in the backlog instead of being reset.
+    wait_until(Duration::from_secs(10), "other to count 1", || {
+        active(&proxy, "other") == Some(1.0)
+    });
+    let mut third = hello_to(l, "www.example.com");
+    assert!(
+        silent_for(&mut third, Duration::from_millis(1500)),
+        "a connection to a listener whose services are all full"
+    );
+    assert_eq!(refused(&proxy, "web", "max_conns"), 1.0, "not reset");
     first.shutdown(Shutdown::Both).unwrap();
     drop(first);
-    let again = wait_for(Duration::from_secs(10), "web to have room", || {
-        let mut s = hello_to(l, "www.example.com");
-        let mut line = [0u8; 2];
-        s.read_exact(&mut line).ok().map(|_| s)
-    });
-    let _ = again.shutdown(Shutdown::Both);
+    assert_eq!(read_name(&mut third), "w", "served once web had room");
     drop(other);
 }
 
