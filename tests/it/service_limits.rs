@@ -135,6 +135,8 @@ fn a_service_at_its_max_conns_holds_its_listener_while_another_service_serves() 
         .clone();
     assert_eq!(alpha["max_connections"], 3, "{alpha}");
     assert_eq!(alpha["limited_connections"], 3, "{alpha}");
+    let page = http_get(proxy.metrics.expect("metrics"), "/status");
+    assert!(page.contains("3 of max-conns 3"), "the page's alpha line");
     // `ctl explain` says what a new client of alpha would get.
     let e = proxy.ctl_json("explain 127.0.0.9 --service alpha");
     assert_eq!(e["outcome"], "full", "{e}");
